@@ -1,0 +1,73 @@
+"""Start or join Ray with Sekisho's security defaults.
+
+- Zero egress: `offline.apply()` runs before Ray is imported.
+- Token authentication on, with the token in a file only its owner can read
+  (Ray's own default file is created world-readable).
+- The dashboard (which carries the Jobs API, i.e. remote code execution) is not
+  started for the embedded default; everything binds to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cluster import offline
+
+
+def ensure_token(path: Path) -> Path:
+    """Create a 256-bit Ray auth token at `path` (mode 0600) if missing, and
+    tighten the mode of an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if stat.S_IMODE(path.stat().st_mode) != 0o600:
+        os.chmod(path, 0o600)
+    return path
+
+
+def token_auth_env(home: Path) -> dict[str, str]:
+    """The environment every process that joins the cluster needs."""
+    token = ensure_token(home / "ray" / "auth_token")
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
+                address: str | None = None) -> dict:
+    """Start (or join, with `address`) a Ray cluster with token auth and no egress.
+
+    Args:
+        home: Sekisho home; the token lives in `home/ray/auth_token`.
+        num_cpus: logical CPUs for a new local cluster. More than the cores is
+            fine and needed on small machines: Serve's ingress needs a CPU beside
+            the engine's placement group.
+
+    Returns:
+        Ray's context info (address, dashboard url, ...).
+    """
+    offline.apply()
+    os.environ.update(token_auth_env(home))
+    import ray
+
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address}
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": False,
+                    "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ctx = ray.init(address=address, **kwargs)
+    else:
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+                       **kwargs)
+    return {"address": ctx.address_info.get("gcs_address"), "session_dir": ctx.address_info.get("session_dir")}
+
+
+def stop() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,76 @@
+"""The fine-tuning job config (`configs/train/*.yaml`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cluster.config_base import StrictConfig
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSettings(StrictConfig):
+    """PEFT LoRA settings."""
+
+    r: int = Field(16, ge=1, le=512, description="Rank of the low-rank update.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (update scaled by alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1,
+                                      description="Names of the linear layers to adapt.")
+
+
+class OptimSettings(StrictConfig):
+    """Optimiser and schedule."""
+
+    lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps to run.")
+    batch_size: int = Field(8, ge=1, description="Examples per step per worker.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
+    schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        return self
+
+
+class ScalingSettings(StrictConfig):
+    """How many Ray Train workers, and what each gets."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker when true.")
+    cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker.")
+
+
+class LoraJobConfig(StrictConfig):
+    """A LoRA fine-tuning job: base model + dataset -> a registered adapter version."""
+
+    name: str = Field(description="Job name (Ray Train run name and MLflow run name).", pattern=r"^[A-Za-z0-9_.-]+$")
+    recipe: Literal["sft_lora"] = Field("sft_lora", description="Training recipe.")
+    base_model: str = Field(description="Registry reference NAME@ALIAS or NAME/VERSION of the base model.")
+    dataset: str = Field(description="Path of the dataset config (configs/data/*.yaml), relative to this file.")
+    register_as: str = Field(description="Registered model name the trained adapter becomes a version of.")
+    seed: int = Field(0, description="Seed for LoRA init and data order.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
+    optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimiser settings.")
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train scaling.")
+    log_every: int = Field(10, ge=1, description="Log metrics to MLflow every N steps.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _resolve(cls, value: str, info) -> str:
+        base = (info.context or {}).get("config_dir")
+        return str(Path(base, value)) if base and not Path(value).is_absolute() else value
+
+    @field_validator("base_model")
+    @classmethod
+    def _is_ref(cls, value: str) -> str:
+        if "@" not in value and "/" not in value:
+            raise ValueError(f"{value!r} is not a registry reference; expected NAME@ALIAS or NAME/VERSION")
+        return value

@@ -1,0 +1,131 @@
+"""The LoRA fine-tuning recipe: a plain object (setup / train / save / cleanup)
+that runs in one process without Ray; `train.trainer` wraps it for Ray Train.
+
+Loss is on assistant tokens only (labels prepared by `data`). Data order is a
+seeded permutation per epoch, so a rerun sees the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from train.config import LoraJobConfig
+
+MetricsSink = Callable[[dict[str, float], int], None]
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate for 0-based `step`: linear warmup, then constant/linear/cosine decay."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)
+    if o.schedule == "linear":
+        return o.lr * max(0.0, 1.0 - progress)
+    return o.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LoraRecipe:
+    """PEFT LoRA supervised fine-tuning on tokenised chat examples."""
+
+    def __init__(self, cfg: LoraJobConfig, rank: int = 0, world_size: int = 1):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.step = 0
+
+    def setup(self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model=None) -> None:
+        """Load the base model, add LoRA, load the examples.
+
+        Args:
+            wrap_model: optional function applied to the PEFT model (Ray Train's
+                `prepare_model` for data parallelism).
+        """
+        import pyarrow.parquet as pq
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(self.cfg.scaling.cpus_per_worker)
+        torch.manual_seed(self.cfg.seed)
+        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        lora = self.cfg.lora
+        self.peft_model = get_peft_model(base, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        self.model = wrap_model(self.peft_model) if wrap_model else self.peft_model
+        self.pad_id = base.config.pad_token_id or 0
+        table = pq.read_table(str(tokens_path)).to_pydict()
+        self.examples = list(zip(table["input_ids"], table["labels"]))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.optim.lr,
+                                           weight_decay=self.cfg.optim.weight_decay)
+
+    def batches(self):
+        """Yield this rank's batches forever: seeded permutation per epoch, sharded by rank."""
+        import torch
+
+        epoch, bs = 0, self.cfg.optim.batch_size
+        while True:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(self.examples), generator=g).tolist()[self.rank::self.world_size]
+            for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
+                yield [self.examples[j] for j in order[i:i + bs]]
+            epoch += 1
+
+    def collate(self, batch):
+        import torch
+
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (x, y) in enumerate(batch):
+            ids[row, :len(x)] = torch.tensor(x)
+            labels[row, :len(y)] = torch.tensor(y)
+            mask[row, :len(x)] = 1
+        return ids, labels, mask
+
+    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None) -> dict[str, float]:
+        """Run the configured number of steps; returns the last metrics."""
+        import torch
+
+        log_every = log_every or self.cfg.log_every
+        self.model.train()
+        batches = self.batches()
+        last: dict[str, float] = {}
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < self.cfg.optim.steps:
+            ids, labels, mask = self.collate(next(batches))
+            lr = lr_at(self.step, self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            window_tokens += int(mask.sum()) * self.world_size
+            if self.step % log_every == 0 or self.step == self.cfg.optim.steps:
+                elapsed = time.perf_counter() - window_start
+                last = {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0}
+                if on_metrics:
+                    on_metrics(last, self.step)
+                window_tokens, window_start = 0, time.perf_counter()
+        return last
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the adapter (safetensors + adapter_config.json) to `out_dir`."""
+        out = Path(out_dir)
+        self.peft_model.save_pretrained(str(out), safe_serialization=True)
+        return out
+
+    def cleanup(self) -> None:
+        self.model = self.peft_model = self.optimizer = None
+        self.examples = []
