@@ -1,0 +1,1 @@
+"""Sekisho: the CLI and the workflows that cross packages (the demo)."""

@@ -1,0 +1,101 @@
+"""The serve app config (`configs/serve/*.yaml`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cluster.config_base import StrictConfig
+
+NAME = r"^[A-Za-z0-9_.:-]+$"
+
+
+def _check_source(value: str) -> str:
+    if value.startswith("registry:"):
+        ref = value.removeprefix("registry:")
+        if "@" not in ref and "/" not in ref:
+            raise ValueError(f"{value!r}: expected registry:NAME@ALIAS or registry:NAME/VERSION")
+    return value
+
+
+class AdapterSpec(StrictConfig):
+    """A LoRA adapter served on top of its base model under its own model name."""
+
+    name: str = Field(description="Model name clients send to use this adapter.", pattern=NAME)
+    source: str = Field(description="registry:NAME@ALIAS, registry:NAME/VERSION, or a local/shared folder.")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _check_source(value)
+
+
+class EngineSettings(StrictConfig):
+    """vLLM engine settings for one model."""
+
+    max_model_len: int = Field(512, ge=16, description="Longest prompt + completion in tokens.")
+    max_num_seqs: int = Field(32, ge=1, description="Sequences batched at once.")
+    tensor_parallel_size: int = Field(1, ge=1, le=8, description="GPUs per replica (stays inside a node).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
+    kv_cache_gb: int = Field(1, ge=1, description="CPU engine only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
+
+
+class ModelSpec(StrictConfig):
+    """A base model and the adapters served with it."""
+
+    name: str = Field(description="Model name clients send to use the base model.", pattern=NAME)
+    source: str = Field(description="registry:NAME@ALIAS, registry:NAME/VERSION, or a local/shared folder.")
+    adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters on this base.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
+    num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Serve owns them).")
+    cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per replica.")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return _check_source(value)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [self.name] + [a.name for a in self.adapters]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
+        if len(self.adapters) > self.engine.max_loras * 8:
+            raise ValueError("too many adapters for engine.max_loras")
+        return self
+
+
+class ServeAppConfig(StrictConfig):
+    """A Serve app: models behind one OpenAI-compatible endpoint."""
+
+    name: str = Field(description="Serve application name.", pattern=r"^[A-Za-z0-9_-]+$")
+    host: str = Field("127.0.0.1", description="Address the HTTP endpoint binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the endpoint.")
+    models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
+
+    @model_validator(mode="after")
+    def _unique_across_models(self):
+        names = [n for m in self.models for n in [m.name] + [a.name for a in m.adapters]]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"model names must be unique across the app; repeated: {sorted(dupes)}")
+        return self
+
+    @field_validator("models")
+    @classmethod
+    def _resolve_paths(cls, models, info):
+        base = (info.context or {}).get("config_dir")
+        if not base:
+            return models
+        def fix(src: str) -> str:
+            if src.startswith("registry:") or Path(src).is_absolute():
+                return src
+            return str(Path(base, src))
+        return [m.model_copy(update={"source": fix(m.source), "adapters": [
+            a.model_copy(update={"source": fix(a.source)}) for a in m.adapters]}) for m in models]

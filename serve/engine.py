@@ -1,0 +1,114 @@
+"""One vLLM engine per Serve replica, running vLLM's own OpenAI server on a
+loopback port inside the replica. Ray Serve owns the replica (placement,
+health checks, restarts); the gateway forwards requests to its port.
+
+The class is plain: `serve.builder` wraps it with `serve.deployment` at build time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster import offline
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Kill the engine if the replica process dies, even by SIGKILL (Linux prctl)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], engine: dict,
+                 host: str, port: int) -> list[str]:
+    """The command line of vLLM's OpenAI server for one model and its adapters."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", model_dir, "--served-model-name", served_name,
+           "--host", host, "--port", str(port),
+           "--max-model-len", str(engine["max_model_len"]),
+           "--max-num-seqs", str(engine["max_num_seqs"]),
+           "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
+           "--dtype", engine["dtype"], "--generation-config", "vllm",
+           "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
+    if adapters:
+        cmd += ["--enable-lora", "--max-loras", str(engine["max_loras"]),
+                "--max-lora-rank", str(engine["max_lora_rank"]), "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in adapters.items()]
+    return cmd
+
+
+class VLLMEngine:
+    """A Serve replica that runs and health-checks one vLLM OpenAI server."""
+
+    def __init__(self, model_dir: str, served_name: str, adapters: dict[str, str], engine: dict):
+        offline.apply()
+        import ray.util
+
+        # The node's cluster address (loopback on the embedded default), so a
+        # gateway on another node can reach this engine.
+        self.host = ray.util.get_node_ip_address()
+        self.port = _free_port()
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine["kv_cache_gb"]))
+        self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
+        cmd = vllm_command(model_dir, served_name, adapters, engine, self.host, self.port)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
+                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self._wait_healthy(engine["startup_timeout_s"])
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with status {self.proc.returncode} while starting; "
+                                   f"last log lines:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url()}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.shutdown()
+        raise TimeoutError(f"vLLM did not become healthy in {timeout_s}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def url(self) -> str:
+        """Base URL of this replica's engine."""
+        return f"http://{self.host}:{self.port}"
+
+    def check_health(self) -> None:
+        """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
+        import httpx
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited with status {self.proc.returncode}:\n{self.log_tail()}")
+        httpx.get(f"{self.url()}/health", timeout=5).raise_for_status()
+
+    def shutdown(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def __del__(self):
+        if getattr(self, "proc", None) is not None:
+            self.shutdown()
