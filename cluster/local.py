@@ -61,6 +61,9 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
+        # A single-node cluster: without this Ray's driver asks for its own address
+        # by connecting a UDP socket to 8.8.8.8 before it knows the node's IP.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
                        **kwargs)
     return {"address": ctx.address_info.get("gcs_address"), "session_dir": ctx.address_info.get("session_dir")}

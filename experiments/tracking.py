@@ -10,6 +10,7 @@ from pathlib import Path
 from cluster import offline
 
 offline.apply()  # MLflow's telemetry switch must be set before mlflow is imported.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def sekisho_home() -> Path:

@@ -66,10 +66,11 @@ def cmd_data_prepare(args) -> int:
     """Validate and tokenise a dataset with a registered model's tokenizer."""
     import json
 
-    from data import DatasetConfig, prepare
+    from data import DatasetConfig, prepare, read_chat_jsonl
     from experiments import resolve
 
     cfg = DatasetConfig.from_yaml(args.config)
+    read_chat_jsonl(cfg.path, on_error=cfg.on_error)  # bad rows are reported before anything else
     home = _home(args)
     model = resolve(args.model, home / "cache" / args.model.replace("@", "_at_").replace("/", "_v"))
     out = Path(args.out) if args.out else home / "datasets" / cfg.name

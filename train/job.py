@@ -65,7 +65,7 @@ def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None 
     _log_dataset_input(run_id, data_cfg.name, manifest)
 
     inputs = JobInputs(str(base.path), str(work / "data" / "tokens.parquet"), tracking_uri(), run_id)
-    result = build_trainer(cfg, inputs, work / "ray").fit()
+    result = build_trainer(cfg, inputs, work / "ray" / run_id).fit()
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")

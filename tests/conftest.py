@@ -1,0 +1,51 @@
+"""Shared fixtures. Zero-egress switches are applied before any component is
+imported; under CI the suite must run in a network namespace with only loopback
+(`make test` does that), and fails rather than skips if it does not."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from cluster import offline
+
+offline.apply()
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "samples" / "internal_faq_ja.jsonl"
+
+
+def pytest_sessionstart(session):
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    if os.environ.get("CI") == "true" and interfaces != ["lo"]:
+        raise pytest.UsageError(
+            f"CI must run the tests in a network namespace with only loopback "
+            f"(found interfaces {interfaces}); run them through `make test`.")
+
+
+@pytest.fixture(scope="session")
+def sekisho_home(tmp_path_factory) -> Path:
+    """One Sekisho home (MLflow SQLite store, artifacts, Ray token) per test session."""
+    home = tmp_path_factory.mktemp("sekisho-home")
+    os.environ["SEKISHO_HOME"] = str(home)
+    os.environ.pop("SEKISHO_MLFLOW_URI", None)
+    return home
+
+
+@pytest.fixture(scope="session")
+def sample_conversations():
+    from data import read_chat_jsonl
+
+    return read_chat_jsonl(SAMPLE).conversations
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, sample_conversations) -> Path:
+    """A tiny Llama built offline (seconds), shared by the whole session."""
+    from train import build_tiny_model
+
+    corpus = [m["content"] for conv in sample_conversations for m in conv]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), corpus)

@@ -1,0 +1,83 @@
+"""Chat rows: validation with file:line, and loss on assistant tokens only."""
+
+import json
+
+import pytest
+
+from data import DataValidationError, DatasetConfig, prepare, read_chat_jsonl, tokenize_conversation
+from data.chat import IGNORE_INDEX
+
+
+def rows(tmp_path, *lines):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(l if isinstance(l, str) else json.dumps(l, ensure_ascii=False) for l in lines) + "\n",
+                 encoding="utf-8")
+    return p
+
+
+GOOD = {"messages": [{"role": "user", "content": "質問"}, {"role": "assistant", "content": "回答"}]}
+
+
+def test_row_without_assistant_turn_is_named_by_line(tmp_path):
+    p = rows(tmp_path, GOOD, {"messages": [{"role": "user", "content": "質問だけ"}]}, "{not json")
+    with pytest.raises(DataValidationError) as e:
+        read_chat_jsonl(p)
+    msg = str(e.value)
+    assert f"{p}:2: no assistant turn" in msg
+    assert f"{p}:3: invalid JSON" in msg
+    assert "2 invalid row(s)" in msg
+
+
+def test_skip_drops_and_counts_every_bad_row(tmp_path):
+    p = rows(tmp_path, GOOD, {"messages": [{"role": "user", "content": "q"}]},
+             {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}, GOOD)
+    ds = read_chat_jsonl(p, on_error="skip")
+    assert len(ds.conversations) == 2
+    assert [e.line for e in ds.errors] == [2, 3]
+    assert sum(ds.dropped_by_reason.values()) == 2
+
+
+def test_non_utf8_names_the_byte_offset(tmp_path):
+    p = tmp_path / "sjis.jsonl"
+    p.write_bytes('{"messages": "日本"}'.encode("shift_jis"))
+    with pytest.raises(DataValidationError, match=r"sjis.jsonl: byte \d+: not valid UTF-8"):
+        read_chat_jsonl(p)
+
+
+def test_labels_cover_only_the_assistant_answer(tiny_model_dir, sample_conversations):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    conv = sample_conversations[0]
+    ex = tokenize_conversation(tok, conv, 256)
+    trained = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert tok.decode(trained) == conv[1]["content"] + tok.eos_token
+    # The prompt is exactly what a server renders for this question.
+    prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert ex["input_ids"][n_prompt:n_prompt + len(trained)] == trained
+
+
+def test_multi_turn_trains_every_assistant_turn(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    conv = [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "一"},
+            {"role": "assistant", "content": "二"}, {"role": "user", "content": "三"},
+            {"role": "assistant", "content": "四"}]
+    ex = tokenize_conversation(tok, conv, 256)
+    trained = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
+    assert trained == f"二{tok.eos_token}四{tok.eos_token}"
+    assert tok.decode(ex["input_ids"]) == tok.apply_chat_template(conv, tokenize=False)
+
+
+def test_prepare_writes_tokens_and_manifest(tmp_path, tiny_model_dir):
+    import pyarrow.parquet as pq
+
+    cfg = DatasetConfig(name="demo", path="samples:internal_faq_ja.jsonl")
+    m = prepare(cfg, tiny_model_dir, tmp_path / "out")
+    assert m["rows"] == {"in": 30, "out": 30, "dropped": {}}
+    assert len(m["source"]["sha256"]) == 64 and m["tokens"] > m["trained_tokens"] > 0
+    assert pq.read_table(tmp_path / "out" / "tokens.parquet").num_rows == 30
+    assert prepare(cfg, tiny_model_dir, tmp_path / "again")["version"] == m["version"]
