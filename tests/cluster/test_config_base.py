@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.config_base import ConfigError
-from sekisho.cli import CONFIG_KINDS, config_class
+from sekisho.commands.config import CONFIG_KINDS, config_class
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
