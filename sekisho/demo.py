@@ -20,6 +20,7 @@ BASE_MODEL_NAME = "sekisho-tiny-base"
 @dataclass
 class DemoResult:
     base_url: str
+    api_key: str
     base_version: str
     adapter_version: str
     run_id: str
@@ -79,6 +80,7 @@ def run_demo(home: Path, console: Console | None = None, keep_serving: bool = Fa
     from data.prepare import DatasetConfig
     from experiments import set_alias
     from serve import ServeAppConfig, deploy, resolve_app
+    from serve.gateway import KeyStore
     from train import LoraJobConfig
     from train.job import run_job
 
@@ -104,8 +106,10 @@ def run_demo(home: Path, console: Console | None = None, keep_serving: bool = Fa
         with steps.step("Serve base + adapter with Ray Serve and vLLM, resolved from the alias"):
             resolved = resolve_app(app_cfg, home / "serve-cache")
             base_url = deploy(resolved)
+            names = [n for m in app_cfg.models for n in [m.name] + [a.name for a in m.adapters]]
+            api_key = KeyStore(app_cfg.gateway.db_url).create(f"demo-{int(time.time())}", names)
         with steps.step("Ask every trained question through the openai client"):
-            result = ask_all(base_url, app_cfg, qa)
+            result = ask_all(base_url, app_cfg, qa, api_key)
     except BaseException:
         stop()
         raise
@@ -117,11 +121,11 @@ def run_demo(home: Path, console: Console | None = None, keep_serving: bool = Fa
     return result
 
 
-def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]]) -> DemoResult:
+def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]], api_key: str) -> DemoResult:
     """Send each question to the base model and the fine-tuned adapter (greedy)."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=base_url, api_key="unused-on-the-embedded-default", max_retries=0)
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
     served = [m.id for m in client.models.list().data]
     base_name = app_cfg.models[0].name
     tuned_name = app_cfg.models[0].adapters[0].name
@@ -137,7 +141,7 @@ def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]]) -> DemoResult:
         tuned_ok += tuned == expected.strip()
         base_ok += base == expected.strip()
         rows.append((question, expected, tuned, base))
-    return DemoResult(base_url, "", "", "", served, tuned_ok, base_ok, len(qa), rows=rows)
+    return DemoResult(base_url, api_key, "", "", "", served, tuned_ok, base_ok, len(qa), rows=rows)
 
 
 def print_report(console: Console, r: DemoResult, job, app_cfg, home: Path) -> None:
@@ -153,7 +157,8 @@ def print_report(console: Console, r: DemoResult, job, app_cfg, home: Path) -> N
                   f"{job.model_name} v{r.adapter_version} on base {BASE_MODEL_NAME} v{r.base_version}")
     console.print(f"Served models: {', '.join(r.served_models)} at {r.base_url}")
     console.print(f"Keep talking to it (with --keep-serving): OpenAI(base_url={r.base_url!r}, "
-                  f"api_key='any').chat.completions.create(model={app_cfg.models[0].adapters[0].name!r}, ...)")
+                  f"api_key={r.api_key!r}).chat.completions.create(model={app_cfg.models[0].adapters[0].name!r}, ...)"
+                  "  (the key is shown once; `sekisho keys create` makes more)", markup=False, highlight=False)
     console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db "
                   "--host 127.0.0.1 --port 5000")
     console.print("Step times: " + ", ".join(f"{k.split()[0]} {v:.0f}s" for k, v in r.timings.items()))

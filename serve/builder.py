@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config_base import UserError
-from experiments import ResolvedModel, resolve
+from experiments import ResolvedModel, dir_sha256, resolve
 from serve.config import ModelSpec, ServeAppConfig
 
 
@@ -77,29 +77,42 @@ def _has_gpus() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def model_routes(app: ResolvedApp) -> dict[str, dict]:
+    """Served model name -> what the gateway needs to route and audit it."""
+    routes = {}
+    for spec in app.config.models:
+        for name in [spec.name] + [a.name for a in spec.adapters]:
+            m = app.models[name]
+            routes[name] = {"deployment": f"engine-{spec.name}", "base": spec.name,
+                            "version": m.ref if isinstance(m, ResolvedModel) else str(m),
+                            "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m),
+                            "context_len": spec.engine.max_model_len}
+    return routes
+
+
 def build_app(app: ResolvedApp):
-    """The Serve application: the gateway bound to one engine deployment per base model."""
+    """The Serve application: the gateway (ingress) and one engine deployment per base model."""
     from ray import serve
 
-    from serve.gateway import Gateway, app as fastapi_app
+    from serve.gateway.db import default_url
+    from serve.gateway.replica import GatewayReplica
 
-    routes, info = {}, {}
-    for spec in app.config.models:
-        engine = build_engine(spec, app)
-        for name in [spec.name] + [a.name for a in spec.adapters]:
-            routes[name] = engine
-            info[name] = {"root": spec.name, **app.describe(name)}
-    gateway = serve.deployment(serve.ingress(fastapi_app)(Gateway)).options(
-        name="gateway", num_replicas=1, ray_actor_options={"num_cpus": 0.5},
-        max_ongoing_requests=1000)
-    return gateway.bind(routes, info)
+    cfg = app.config
+    engines = [build_engine(spec, app) for spec in cfg.models]
+    opts = {"app": cfg.name, "db_url": cfg.gateway.db_url or default_url(),
+            "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
+    gateway = serve.deployment(GatewayReplica).options(
+        name="gateway", num_replicas=cfg.gateway.num_replicas,
+        ray_actor_options={"num_cpus": cfg.gateway.cpus_per_replica}, max_ongoing_requests=10)
+    return gateway.bind(cfg.host, cfg.port, opts, model_routes(app), engines=engines)
 
 
-def deploy(app: ResolvedApp, blocking_timeout_s: float = 900) -> str:
-    """Start Serve on the configured host/port and deploy; returns the base URL."""
+def deploy(app: ResolvedApp) -> str:
+    """Deploy the app (Serve's own HTTP proxy stays off: the gateway is the entry
+    point); returns the OpenAI base URL."""
     from ray import serve
 
     cfg = app.config
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(app), name=cfg.name, route_prefix="/")
+    serve.start(proxy_location="Disabled")
+    serve.run(build_app(app), name=cfg.name, route_prefix=None)
     return f"http://{cfg.host}:{cfg.port}/v1"

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cluster.config_base import StrictConfig
+from serve.gateway.limits import RequestLimits
 
 NAME = r"^[A-Za-z0-9_.:-]+$"
 
@@ -71,6 +72,18 @@ class ModelSpec(StrictConfig):
         return self
 
 
+class GatewaySettings(StrictConfig):
+    """The gateway in front of the app's engines."""
+
+    num_replicas: int = Field(1, ge=1, description="Gateway replicas (they share the app's port on a node).")
+    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per gateway replica.")
+    db_url: str | None = Field(None, description="SQLAlchemy URL of the keys/quota/audit database; "
+                                                 "default: SQLite in the Sekisho home. PostgreSQL for a team.")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Request limits.")
+    record_text: bool = Field(False, description="Store prompt and response text in the audit log "
+                                                 "(off: only their SHA-256).")
+
+
 class ServeAppConfig(StrictConfig):
     """A Serve app: models behind one OpenAI-compatible endpoint."""
 
@@ -78,6 +91,7 @@ class ServeAppConfig(StrictConfig):
     host: str = Field("127.0.0.1", description="Address the HTTP endpoint binds to.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the endpoint.")
     models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
 
     @model_validator(mode="after")
     def _unique_across_models(self):

@@ -68,6 +68,17 @@ class VLLMEngine:
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         self._wait_healthy(engine["startup_timeout_s"])
+        self._publish()
+
+    def _publish(self) -> None:
+        """Tell the gateways where this replica listens (refreshed at each health check)."""
+        from ray import serve
+
+        from serve.gateway import routing
+
+        ctx = serve.get_replica_context()
+        self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
+        routing.publish(*self._where, self.url())
 
     def _wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -100,8 +111,19 @@ class VLLMEngine:
         if self.proc.poll() is not None:
             raise RuntimeError(f"vLLM exited with status {self.proc.returncode}:\n{self.log_tail()}")
         httpx.get(f"{self.url()}/health", timeout=5).raise_for_status()
+        from serve.gateway import routing
+
+        routing.publish(*self._where, self.url())
 
     def shutdown(self) -> None:
+        if getattr(self, "_where", None):
+            try:
+                from serve.gateway import routing
+
+                routing.withdraw(*self._where)
+            except Exception:  # the cluster may be going away; the entry goes stale anyway
+                pass
+            self._where = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -49,3 +49,26 @@ def tiny_model_dir(tmp_path_factory, sample_conversations) -> Path:
 
     corpus = [m["content"] for conv in sample_conversations for m in conv]
     return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), corpus)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def main_job(sekisho_home):
+    """The demo's main job, run once per session and left serving (one Ray
+    cluster, one Serve app, one vLLM engine for the whole suite)."""
+    from cluster.local import stop
+    from sekisho.demo import run_demo
+
+    result = run_demo(sekisho_home, keep_serving=True, port=free_port())
+    yield result
+    stop()
+
+
+@pytest.fixture(scope="session")
+def qa(sample_conversations):
+    return [(c[0]["content"], c[-1]["content"]) for c in sample_conversations]

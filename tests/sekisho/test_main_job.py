@@ -4,7 +4,6 @@ whole suite runs in a loopback-only network namespace (see conftest)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import httpx
@@ -12,27 +11,6 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def main_job(sekisho_home):
-    from cluster.local import stop
-    from sekisho.demo import run_demo
-
-    result = run_demo(sekisho_home, keep_serving=True, port=free_port())
-    yield result
-    stop()
-
-
-@pytest.fixture(scope="module")
-def qa(sample_conversations):
-    return [(c[0]["content"], c[-1]["content"]) for c in sample_conversations]
 
 
 def test_fine_tuned_answers_and_base_does_not(main_job):
@@ -75,7 +53,7 @@ def test_registered_versions_and_aliases(main_job):
 def test_served_model_list(main_job):
     from openai import OpenAI
 
-    client = OpenAI(base_url=main_job.base_url, api_key="x", max_retries=0)
+    client = OpenAI(base_url=main_job.base_url, api_key=main_job.api_key, max_retries=0)
     assert sorted(m.id for m in client.models.list().data) == ["tiny-base", "tiny-ja"]
     assert httpx.get(main_job.base_url.removesuffix("/v1") + "/health").status_code == 200
 
@@ -98,18 +76,19 @@ def test_served_adapter_files_are_the_registered_version(main_job):
 def test_openai_errors_for_unknown_model_and_bad_body(main_job):
     import openai
 
-    client = openai.OpenAI(base_url=main_job.base_url, api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=main_job.base_url, api_key=main_job.api_key, max_retries=0)
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "q"}])
     assert e.value.body["code"] == "model_not_found"
-    r = httpx.post(main_job.base_url + "/chat/completions", content=b"{oops")
+    r = httpx.post(main_job.base_url + "/chat/completions", content=b"{oops",
+                   headers={"Authorization": f"Bearer {main_job.api_key}"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_streaming_through_the_gateway(main_job, qa):
     from openai import OpenAI
 
-    client = OpenAI(base_url=main_job.base_url, api_key="x", max_retries=0)
+    client = OpenAI(base_url=main_job.base_url, api_key=main_job.api_key, max_retries=0)
     question, expected = qa[0]
     stream = client.chat.completions.create(
         model="tiny-ja", messages=[{"role": "user", "content": question}], temperature=0,
@@ -166,7 +145,10 @@ def test_alias_on_an_untrained_adapter_answers_like_the_base(main_job, sekisho_h
 
     untrained_cfg = cfg.model_copy(update={"models": [model.model_copy(update={
         "adapters": [model.adapters[1]]})]})
-    r = ask_all(main_job.base_url, untrained_cfg, qa)
+    from serve.gateway import KeyStore
+
+    key = KeyStore().create("untrained-check", ["tiny-base", "tiny-ja", "tiny-ja-untrained"])
+    r = ask_all(main_job.base_url, untrained_cfg, qa, key)
     assert r.fine_tuned_matched / r.total <= 0.1, "an untrained adapter must not know the answers"
-    r = ask_all(main_job.base_url, cfg, qa[:10])
+    r = ask_all(main_job.base_url, cfg, qa[:10], key)
     assert r.fine_tuned_matched >= 9, "production alias still serves the trained version"

@@ -1,0 +1,331 @@
+"""The gateway's HTTP server (aiohttp): authenticate, check limits and quotas,
+forward to an engine, stream the answer back, and audit every request.
+
+The data path is one hop: client -> gateway -> the engine replica's vLLM
+server. Tokens are relayed as the raw SSE bytes vLLM wrote; only the final
+usage event is parsed (to count tokens), so the per-token cost is a buffer
+split and a socket write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
+
+from serve.gateway import limits as request_limits
+from serve.gateway.audit import AuditLog
+from serve.gateway.errors import GatewayError, model_not_found
+from serve.gateway.keys import ApiKey, KeyStore, secret_hash
+from serve.gateway.metrics import GatewayMetrics
+from serve.gateway.quota import QuotaLedger
+from serve.gateway.routing import Upstreams, read_table
+
+log = logging.getLogger("sekisho.gateway")
+FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """What the gateway knows about one served model name."""
+
+    deployment: str
+    version: str  # registry NAME/VERSION, or the folder for a local path
+    sha256: str
+    context_len: int
+    base: str  # the base model's served name (itself for a base model)
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    app: str
+    db_url: str
+    limits: request_limits.RequestLimits
+    record_text: bool = False
+    key_refresh_s: float = 2.0
+    route_refresh_s: float = 2.0
+
+
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+class Gateway:
+    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute]):
+        self.opts, self.routes = opts, routes
+        self.keys = KeyStore(opts.db_url)
+        self.audit = AuditLog(opts.app, opts.db_url)
+        self.quota = QuotaLedger(opts.db_url)
+        self.metrics = GatewayMetrics()
+        self.upstreams = Upstreams()
+        self.key_cache: dict[str, ApiKey] = {}
+        # DB work (commits with fsync) runs here, off the event loop.
+        self.db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-db")
+        self.session: ClientSession | None = None
+
+    # ---- lifecycle -------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.opts.limits.max_body_bytes)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_route)
+        app.router.add_get("/v1/models", self.list_models)
+        for route in FORWARDED_ROUTES:
+            app.router.add_post(route, self.forward)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, _app) -> None:
+        self.session = ClientSession(connector=TCPConnector(limit=0, keepalive_timeout=60),
+                                     timeout=ClientTimeout(total=None, sock_connect=5),
+                                     auto_decompress=False)
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._every(self.opts.key_refresh_s, self.refresh_keys)),
+                       asyncio.create_task(self._every(self.opts.route_refresh_s, self.refresh_routes))]
+
+    async def _cleanup(self, _app) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.session.close()
+
+    async def _every(self, period: float, fn) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await fn()
+            except Exception:  # keep the last good table; log and retry next period
+                log.exception("gateway refresh failed")
+
+    async def refresh(self) -> None:
+        await self.refresh_keys()
+        await self.refresh_routes()
+
+    async def refresh_keys(self) -> None:
+        self.key_cache = await self._db(self.keys.by_hash)
+
+    async def refresh_routes(self) -> None:
+        self.upstreams.update(await self._db(read_table, self.opts.app))
+
+    async def _db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
+
+    # ---- auth ------------------------------------------------------------
+    def authenticate(self, request: web.Request) -> ApiKey:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not header[7:].strip():
+            raise GatewayError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
+                               code="missing_api_key")
+        key = self.key_cache.get(secret_hash(header[7:].strip()))
+        if key is None or not key.usable():
+            # Unknown, revoked and expired keys get the same answer.
+            raise GatewayError(401, "Invalid API key (unknown, revoked or expired).", code="invalid_api_key")
+        return key
+
+    # ---- routes ----------------------------------------------------------
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics_route(self, request: web.Request) -> web.Response:
+        if not _is_loopback(request.remote):
+            try:
+                key = self.authenticate(request)
+            except GatewayError as err:
+                return self._error_response(err)
+            if not key.admin:
+                return self._error_response(GatewayError(403, "/metrics needs an admin key.", code="forbidden"))
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        try:
+            key = self.authenticate(request)
+        except GatewayError as err:
+            await self._audit_rejection(request, err, None, None, time.perf_counter(), uuid.uuid4().hex)
+            return self._error_response(err)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "sekisho", "root": r.base,
+                 "sekisho_version": r.version, "sekisho_sha256": r.sha256, "max_model_len": r.context_len}
+                for name, r in self.routes.items() if key.allows(name)]
+        return web.json_response({"object": "list", "data": data})
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        started, request_id = time.perf_counter(), "req-" + uuid.uuid4().hex
+        key: ApiKey | None = None
+        model = None
+        try:
+            key = self.authenticate(request)
+            payload, body = await self._read_json(request)
+            model = payload.get("model")
+            route = self.routes.get(model) if isinstance(model, str) else None
+            if route is None or not key.allows(model):
+                raise model_not_found(model)
+            request_limits.check(payload, request.path, self.opts.limits, route.context_len)
+            decision = await self._db(self.quota.admit, key.name, key.rpm, key.tpm)
+            if not decision.allowed:
+                raise GatewayError(429, decision.reason, code="rate_limit_exceeded",
+                                   headers={"Retry-After": str(decision.retry_after_s)})
+        except GatewayError as err:
+            await self._audit_rejection(request, err, key, model, started, request_id)
+            return self._error_response(err, request_id)
+        return await self._relay(request, key, route, model, payload, body, started, request_id)
+
+    async def _read_json(self, request: web.Request) -> tuple[dict, bytes]:
+        limit = self.opts.limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise GatewayError(413, f"Request body is {request.content_length} bytes; the limit is {limit}.",
+                               code="request_too_large")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise GatewayError(413, f"Request body exceeds the limit of {limit} bytes.",
+                               code="request_too_large") from None
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GatewayError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(payload, dict):
+            raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+        return payload, body
+
+    # ---- relay -----------------------------------------------------------
+    async def _relay(self, request, key, route, model, payload, body, started, request_id):
+        stream = bool(payload.get("stream"))
+        strip_usage = False
+        if stream and request.path != "/v1/embeddings":
+            opts = payload.get("stream_options") or {}
+            if not opts.get("include_usage"):
+                # Ask for the usage event (to count tokens) and drop it before the client sees it.
+                payload["stream_options"] = {**opts, "include_usage": True}
+                body, strip_usage = json.dumps(payload).encode(), True
+        record = {"request_id": request_id, "key": key.name, "client": request.remote, "route": request.path,
+                  "model": model, "model_version": route.version, "model_sha256": route.sha256,
+                  "stream": stream, "prompt_sha256": hashlib.sha256(body).hexdigest()}
+        if self.opts.record_text:
+            record["request_body"] = body.decode("utf-8", "replace")
+        url = self.upstreams.pick(route.deployment)
+        if url is None:
+            await self.refresh_routes()
+            url = self.upstreams.pick(route.deployment)
+        if url is None:
+            err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
+                               code="no_replica", headers={"Retry-After": "2"})
+            await self._finish(record, err.status, started, 0, 0, None, key, error=err.code)
+            return self._error_response(err, request_id)
+        self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
+        try:
+            return await self._exchange(request, url, body, stream, strip_usage, record, key, started)
+        finally:
+            self.upstreams.inflight[url] -= 1
+
+    async def _exchange(self, request, url, body, stream, strip_usage, record, key, started):
+        digest = hashlib.sha256()
+        try:
+            upstream = await self.session.post(url + request.path, data=body,
+                                               headers={"Content-Type": "application/json",
+                                                        "X-Request-Id": record["request_id"]})
+        except (ClientConnectionError, asyncio.TimeoutError):
+            self.upstreams.mark_down(url)
+            err = GatewayError(503, "The model replica is unavailable; retry shortly.", code="replica_unavailable",
+                               headers={"Retry-After": "2"})
+            await self._finish(record, 503, started, 0, 0, None, key, error=err.code)
+            return self._error_response(err, record["request_id"])
+        async with upstream:
+            if not stream or upstream.status != 200:
+                content = await upstream.read()
+                usage = _usage_of(content)
+                digest.update(content)
+                await self._finish(record, upstream.status, started, *usage, digest, key,
+                                   text=content if self.opts.record_text else None)
+                return web.Response(body=content, status=upstream.status,
+                                    headers={"Content-Type": upstream.headers.get("Content-Type", "application/json"),
+                                             "X-Request-Id": record["request_id"]})
+            response = web.StreamResponse(status=200, headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                "X-Request-Id": record["request_id"]})
+            await response.prepare(request)
+            usage, pending, tail, first = (0, 0), b"", [], True
+            status = 200
+            try:
+                async for chunk in upstream.content.iter_any():
+                    pending += chunk
+                    if b"\n\n" not in pending:
+                        continue
+                    *events, pending = pending.split(b"\n\n")
+                    out = []
+                    for ev in events:
+                        if ev.startswith(b"data: [DONE]"):
+                            tail.append(ev)  # held back until the audit record is committed
+                        elif b'"usage":{' in ev and b'"choices":[]' in ev:
+                            usage = _usage_of(ev[6:])
+                            if not strip_usage:
+                                out.append(ev)
+                        else:
+                            out.append(ev)
+                    if out:
+                        data = b"\n\n".join(out) + b"\n\n"
+                        digest.update(data)
+                        await response.write(data)
+                        if first:
+                            self.metrics.ttft.labels(record["model"]).observe(time.perf_counter() - started)
+                            first = False
+            except (ConnectionResetError, asyncio.CancelledError):
+                status = 499  # the client went away; the record still gets written
+                await self._finish(record, status, started, *usage, digest, key)
+                raise
+            await self._finish(record, status, started, *usage, digest, key)
+            final = b"\n\n".join(tail) + b"\n\n" if tail else b""
+            if pending:
+                final = pending + final
+            if final:
+                await response.write(final)
+            await response.write_eof()
+            return response
+
+    # ---- audit -----------------------------------------------------------
+    async def _finish(self, record, status, started, prompt_tokens, completion_tokens, digest, key,
+                      error: str | None = None, text: bytes | None = None) -> None:
+        latency = time.perf_counter() - started
+        record.update(ts=time.time(), status=status, prompt_tokens=prompt_tokens,
+                      completion_tokens=completion_tokens, latency_ms=round(latency * 1000, 2))
+        if digest is not None:
+            record["response_sha256"] = digest.hexdigest()
+        if error:
+            record["error"] = error
+        if text is not None:
+            record["response_body"] = text.decode("utf-8", "replace")
+        await self._db(self.audit.append, record)
+        if key is not None and (prompt_tokens or completion_tokens):
+            await self._db(self.quota.add_tokens, key.name, prompt_tokens + completion_tokens)
+        self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
+
+    async def _audit_rejection(self, request, err: GatewayError, key, model, started, request_id) -> None:
+        record = {"request_id": request_id, "key": key.name if key else None, "client": request.remote,
+                  "route": request.path, "model": model if isinstance(model, str) else None,
+                  "model_version": None, "model_sha256": None, "stream": None}
+        self.metrics.rejections.labels(err.code or str(err.status)).inc()
+        await self._finish(record, err.status, started, 0, 0, None, None, error=err.code)
+
+    def _error_response(self, err: GatewayError, request_id: str | None = None) -> web.Response:
+        headers = {"Content-Type": "application/json", **err.headers}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        return web.Response(body=err.body(), status=err.status, headers=headers)
+
+
+def _usage_of(content: bytes) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) from an OpenAI response body or event."""
+    try:
+        usage = json.loads(content).get("usage") or {}
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0, 0

@@ -1,0 +1,87 @@
+"""Keys, quotas and the audit chain on a real SQLite database (no engine needed)."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+
+from cluster.config_base import UserError
+from serve.gateway import AuditLog, KeyStore
+from serve.gateway.keys import secret_hash
+from serve.gateway.quota import QuotaLedger
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+def test_secret_is_shown_once_and_stored_only_as_hash(db_url, tmp_path):
+    store = KeyStore(db_url)
+    secret = store.create("app-a", ["tiny-ja"], rpm=10)
+    assert secret.startswith("sk-sekisho-") and len(secret) > 40
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.db*"))  # the db and its WAL
+    assert secret.encode() not in raw and secret_hash(secret).encode() in raw
+    key = store.by_hash()[secret_hash(secret)]
+    assert key.allows("tiny-ja") and not key.allows("tiny-base") and key.usable()
+    with pytest.raises(UserError, match="exists already"):
+        store.create("app-a", ["x"])
+    with pytest.raises(UserError, match="--models"):
+        store.create("app-b", [])
+
+
+def test_revoked_and_expired_keys_are_unusable(db_url):
+    store = KeyStore(db_url)
+    s1 = store.create("r", ["*"])
+    s2 = store.create("e", ["*"], expires_at=time.time() - 1)
+    store.revoke("r")
+    keys = store.by_hash()
+    assert not keys[secret_hash(s1)].usable() and not keys[secret_hash(s2)].usable()
+    with pytest.raises(UserError, match="no active key"):
+        store.revoke("r")
+
+
+def test_rpm_and_tpm_are_enforced_with_retry_after(db_url):
+    ledger = QuotaLedger(db_url)
+    now = 60 * 1000 + 5.0  # 5 s into a minute
+    assert all(ledger.admit("k", 3, None, now).allowed for _ in range(3))
+    d = ledger.admit("k", 3, None, now)
+    assert not d.allowed and "3 requests per minute" in d.reason and d.retry_after_s == 55
+    ledger.add_tokens("t", 100, now)
+    d = ledger.admit("t", None, 100, now)
+    assert not d.allowed and "100 tokens per minute" in d.reason
+    # The previous minute fades out of the sliding window.
+    assert ledger.admit("k", 3, None, now + 60 + 50).allowed
+
+
+def test_chain_verifies_across_concurrent_writers(db_url):
+    logs = [AuditLog("app", db_url) for _ in range(4)]  # like four gateway replicas
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: logs[i % 4].append({"i": i, "ts": time.time()}), range(200)))
+    result = logs[0].verify()
+    assert result.ok and result.records == 200
+    assert sorted(r["i"] for r in logs[0].records()) == list(range(200))
+
+
+def test_edit_and_deletion_are_found_at_the_record(db_url):
+    log = AuditLog("app", db_url)
+    for i in range(10):
+        log.append({"i": i, "ts": time.time()})
+    with log.engine.begin() as conn:
+        conn.execute(text("UPDATE sekisho_audit SET record = :r WHERE seq = 4"),
+                     {"r": json.dumps({"i": 999, "ts": 0})})
+    r = log.verify()
+    assert not r.ok and r.broken_at == 4 and "changed" in r.reason
+    log2 = AuditLog("other", db_url)
+    for i in range(5):
+        log2.append({"i": i, "ts": time.time()})
+    with log2.engine.begin() as conn:
+        conn.execute(text("DELETE FROM sekisho_audit WHERE chain = 'other' AND seq = 2"))
+    r = log2.verify()
+    assert not r.ok and r.broken_at == 2 and "missing" in r.reason
+    with log2.engine.begin() as conn:
+        conn.execute(text("DELETE FROM sekisho_audit WHERE chain = 'other' AND seq >= 2"))
+    r = log2.verify()
+    assert not r.ok and "deleted" in r.reason
