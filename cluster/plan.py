@@ -1,0 +1,120 @@
+"""A placement plan: which GPUs of which node each request gets, and the Ray
+objects that make Ray place it there.
+
+Each node declares a custom resource `sekisho_node_<name>` (1 unit) and a label
+`sekisho/node=<name>` at `ray start` (see `cluster.ray_up`, `cluster.kuberay`).
+Placement-group bundles pin through the resource, which Serve's
+`placement_group_bundles` and `ray.util.placement_group` both accept; Ray Train
+pins through `ScalingConfig(label_selector=[...])`, its only per-worker knob
+(resources_per_worker is the same for every worker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.gpu_requests import GpuRequest, MemoryEstimate
+from cluster.inventory import NODE_LABEL_KEY, Inventory
+
+# Each bundle takes this much of its node's 1-unit resource: up to 1000 bundles a node.
+NODE_RESOURCE_PER_BUNDLE = 0.001
+
+
+@dataclass(frozen=True)
+class GpuGroup:
+    """GPUs of one request that sit on one node: a TP group (one pipeline stage of
+    one replica) or, for training, the GPUs of consecutive workers."""
+
+    request: str
+    node: str
+    gpus: tuple[int, ...]
+    replica: int
+    stage: int
+    memory: MemoryEstimate
+
+
+@dataclass(frozen=True)
+class PlacementGroupSpec:
+    """Arguments for `ray.util.placement_group(**spec.as_kwargs())` or for a Serve
+    deployment's `placement_group_bundles` / `placement_group_strategy`."""
+
+    bundles: list[dict[str, float]]
+    strategy: str
+    bundle_label_selector: list[dict[str, str]]
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"bundles": self.bundles, "strategy": self.strategy,
+                "bundle_label_selector": self.bundle_label_selector}
+
+
+@dataclass
+class Plan:
+    """The result of `plan_placement`: every request's GPU groups, node by node."""
+
+    inventory: Inventory
+    requests: list[GpuRequest]
+    groups: list[GpuGroup] = field(default_factory=list)
+
+    def request(self, name: str) -> GpuRequest:
+        """The request called `name`.
+
+        Raises:
+            KeyError: no such request in the plan.
+        """
+        for r in self.requests:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def by_node(self) -> dict[str, list[GpuGroup]]:
+        """Node name -> its groups, every node present, in inventory order."""
+        out: dict[str, list[GpuGroup]] = {n.name: [] for n in self.inventory.nodes}
+        for g in self.groups:
+            out[g.node].append(g)
+        return out
+
+    def used_gpus(self, node: str) -> int:
+        return sum(len(g.gpus) for g in self.groups if g.node == node)
+
+    def placement_group(self, request: str, replica: int = 0) -> PlacementGroupSpec:
+        """The placement group of one serve replica: one bundle per GPU, pinned to
+        the node the plan chose, stages in order.
+
+        Raises:
+            KeyError: no such request or replica.
+        """
+        req = self.request(request)
+        groups = sorted((g for g in self.groups if g.request == request and g.replica == replica),
+                        key=lambda g: g.stage)
+        if not groups:
+            raise KeyError(f"{request} replica {replica}")
+        bundles, selectors = [], []
+        for g in groups:
+            node = self.inventory.node(g.node)
+            for _ in g.gpus:
+                bundles.append({"GPU": 1.0, "CPU": float(req.cpus_per_gpu),
+                                node.ray_resource: NODE_RESOURCE_PER_BUNDLE})
+                selectors.append({NODE_LABEL_KEY: node.name})
+        one_node = len({g.node for g in groups}) == 1
+        return PlacementGroupSpec(bundles, "STRICT_PACK" if one_node else "PACK", selectors)
+
+    def placement_groups(self, request: str) -> list[PlacementGroupSpec]:
+        """One placement group per replica of a serve request."""
+        return [self.placement_group(request, r) for r in range(self.request(request).data_parallel)]
+
+    def scaling_config_kwargs(self, request: str) -> dict[str, Any]:
+        """Keyword arguments for `ray.train.ScalingConfig`: one label selector per
+        worker, so rank i runs on the node the plan gave it.
+
+        Raises:
+            KeyError: no such request.
+        """
+        req = self.request(request)
+        gpw = req.gpus_per_worker
+        selectors = []
+        for g in (g for g in self.groups if g.request == request):
+            selectors += [{NODE_LABEL_KEY: g.node}] * (len(g.gpus) // gpw)
+        return {"num_workers": len(selectors), "use_gpu": True,
+                "resources_per_worker": {"GPU": float(gpw), "CPU": float(req.cpus_per_gpu * gpw)},
+                "placement_strategy": "PACK", "label_selector": selectors}
