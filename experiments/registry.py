@@ -22,6 +22,15 @@ class ModelNotFoundError(UserError):
     """A registry reference names no model, version or alias."""
 
 
+class ModelImportRefused(UserError):
+    """A folder offered for import holds something that could run code or is not
+    what it claims to be; the message names the file and the reason."""
+
+
+class ModelNotInStoreError(ModelIntegrityError):
+    """A model version was not imported into the model store, or its store copy is gone."""
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A registered version, downloaded and verified."""
