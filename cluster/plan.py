@@ -118,3 +118,14 @@ class Plan:
         return {"num_workers": len(selectors), "use_gpu": True,
                 "resources_per_worker": {"GPU": float(gpw), "CPU": float(req.cpus_per_gpu * gpw)},
                 "placement_strategy": "PACK", "label_selector": selectors}
+
+    def ray_objects(self) -> dict[str, Any]:
+        """Request name -> its Ray objects: `placement_groups` (serve, one per
+        replica) or `scaling_config` (train), as plain JSON-able data."""
+        out: dict[str, Any] = {}
+        for r in self.requests:
+            if r.kind == "serve":
+                out[r.name] = {"placement_groups": [pg.as_kwargs() for pg in self.placement_groups(r.name)]}
+            else:
+                out[r.name] = {"scaling_config": self.scaling_config_kwargs(r.name)}
+        return out

@@ -1,0 +1,50 @@
+"""The environment every Ray process on a node starts with.
+
+Zero egress (`cluster.offline.OFFLINE_ENV`), Ray token authentication (the token
+read from a file, never an inline value) and NCCL/Gloo settings for InfiniBand.
+Both renderers (`ray up`, KubeRay) take their variables from here, so the two
+ways of bringing a cluster up cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from cluster.inventory import Inventory, Node
+from cluster.offline import OFFLINE_ENV
+
+
+def nccl_env(inventory: Inventory, node: Node) -> dict[str, str]:
+    """NCCL and Gloo settings for one node.
+
+    A leading "=" in NCCL_IB_HCA makes NCCL match the names exactly (otherwise
+    `mlx5_1` would also pick `mlx5_10`). A node without HCAs gets
+    NCCL_IB_DISABLE=1 whatever `nccl_env` says.
+    """
+    env = dict(inventory.nccl_env)
+    env["NCCL_SOCKET_IFNAME"] = node.nccl_socket_ifname
+    env["GLOO_SOCKET_IFNAME"] = node.nccl_socket_ifname
+    if node.ib_hcas:
+        env["NCCL_IB_HCA"] = "=" + ",".join(node.ib_hcas)
+    else:
+        env["NCCL_IB_DISABLE"] = "1"
+    return env
+
+
+def node_env(inventory: Inventory, node: Node, token_path: str | None) -> dict[str, str]:
+    """Every variable a node's Ray processes need.
+
+    Args:
+        inventory: the cluster.
+        node: the node the variables are for.
+        token_path: where the Ray token file lies on that node; None where the
+            token arrives another way (KubeRay injects RAY_AUTH_TOKEN from a Secret).
+
+    Returns:
+        Name -> value, zero-egress switches first.
+    """
+    env = dict(OFFLINE_ENV)
+    env["VLLM_HOST_IP"] = node.address  # else vLLM asks 8.8.8.8 for its own address
+    env["RAY_AUTH_MODE"] = "token"
+    if token_path is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = token_path
+    env.update(nccl_env(inventory, node))
+    return env
