@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.sekisho-installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 # Root can make a network namespace directly; anyone else maps to root in a user namespace.
-UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && echo -n || echo -rn)
+UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && printf -- '-n' || printf -- '-rn')
 LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$$@"' loopback-only
 
 .PHONY: install demo test clean
