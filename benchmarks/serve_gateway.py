@@ -1,0 +1,233 @@
+"""Gateway overhead, side by side: the same tiny model, engine arguments and CPU
+binding served by (a) vLLM's own OpenAI server, bare (Ray not running), (b) plain
+`ray.serve.llm.build_openai_app`, (c) the Sekisho gateway with auth, limits and
+audit on. Streamed chat, 64 output tokens, concurrency 1, 8 and 32.
+
+    .venv/bin/python benchmarks/serve_gateway.py [--rounds 2]
+
+Run it in a loopback-only namespace like everything else:
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python benchmarks/serve_gateway.py'
+
+Last line: result: gateway_vs_bare_vllm=MIN over concurrencies of (c)/(a) tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cluster import offline  # noqa: E402
+
+offline.apply()
+
+CONCURRENCY = (1, 8, 32)
+REQUESTS = {1: 8, 8: 32, 32: 64}
+OUTPUT_TOKENS = 64
+ENGINE = {"max_model_len": 512, "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "float32",
+          "max_loras": 1, "max_lora_rank": 16, "kv_cache_gb": 1, "startup_timeout_s": 600}
+PROMPT = [{"role": "user", "content": "第七倉庫の合言葉は何ですか。"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one_request(session, url, headers, model) -> tuple[float, int]:
+    body = {"model": model, "messages": PROMPT, "max_tokens": OUTPUT_TOKENS, "stream": True,
+            "temperature": 0, "ignore_eos": True}
+    start = time.perf_counter()
+    ttft, tokens = None, 0
+    async with session.post(url, json=body, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        buf = b""
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            *events, buf = buf.split(b"\n\n")
+            for ev in events:
+                if ev.startswith(b"data: {") and b'"content":"' in ev:
+                    tokens += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+    return ttft or float("nan"), tokens
+
+
+async def load(base_url: str, model: str, key: str | None, concurrency: int) -> dict:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = base_url + "/chat/completions"
+    n = REQUESTS[concurrency]
+    queue = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    results = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await one_request(session, url, headers, model)  # warm-up
+
+        async def worker():
+            while not queue.empty():
+                queue.get_nowait()
+                results.append(await one_request(session, url, headers, model))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ttfts = sorted(r[0] for r in results)
+    return {"tok_s": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
+            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n}
+
+
+def measure(arm: str, base_url: str, model: str, key: str | None, out: dict) -> None:
+    for c in CONCURRENCY:
+        r = asyncio.run(load(base_url, model, key, c))
+        out.setdefault((arm, c), []).append(r)
+        print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
+              f"p99 {r['ttft_p99'] * 1000:6.1f} ms", flush=True)
+
+
+def wait_http(url: str, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(url)
+
+
+def arm_bare(model_dir: Path, out: dict) -> None:
+    from serve.engine import vllm_command
+
+    port = free_port()
+    cmd = vllm_command(str(model_dir), "tiny-base", {}, ENGINE, "127.0.0.1", port)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health")
+            measure("a:bare-vllm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict) -> None:
+    import ray
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    from cluster.local import start_local
+
+    start_local(home, num_cpus=4)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = LLMConfig(model_loading_config={"model_id": "tiny-base", "model_source": str(model_dir)},
+                    engine_kwargs={"max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
+                                   "dtype": ENGINE["dtype"], "tensor_parallel_size": 1},
+                    deployment_config={"num_replicas": 1},
+                    runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}})
+    serve.run(build_openai_app({"llm_configs": [cfg]}), name="bench-b", route_prefix="/")
+    wait_http(f"http://127.0.0.1:{port}/v1/models")
+    try:
+        measure("b:ray-serve-llm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def arm_sekisho(model_dir: Path, home: Path, out: dict) -> None:
+    import ray
+    from ray import serve
+
+    from cluster.local import start_local
+    from serve import ModelSpec, ServeAppConfig, deploy, resolve_app
+    from serve.gateway import AuditLog, KeyStore
+
+    start_local(home, num_cpus=4)
+    port = free_port()
+    cfg = ServeAppConfig(name="bench", port=port, models=[ModelSpec(
+        name="tiny-base", source=str(model_dir), engine=ENGINE)])
+    base_url = deploy(resolve_app(cfg, home / "cache"))
+    key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
+    time.sleep(3)  # the key reaches the gateway's cache
+    audit = AuditLog("bench")
+    before = audit.verify().records
+    try:
+        measure("c:sekisho-gateway", base_url, "tiny-base", key, out)
+    finally:
+        sent = sum(r["requests"] + 1 for k, rs in out.items() if k[0] == "c:sekisho-gateway" for r in rs[-1:])
+        after = audit.verify()
+        print(f"  audit: {after.records - before} new records for {sent} requests sent, chain "
+              f"{'intact' if after.ok else 'BROKEN'}", flush=True)
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=1, help="repeat each arm; medians are compared")
+    p.add_argument("--arms", default="abc")
+    args = p.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
+    os.environ["SEKISHO_HOME"] = str(home)
+    from data import read_chat_jsonl
+    from data.prepare import PACKAGE_SAMPLES
+    from train import build_tiny_model
+
+    conv = read_chat_jsonl(PACKAGE_SAMPLES / "internal_faq_ja.jsonl").conversations
+    model_dir = build_tiny_model(home / "tiny-base", [m["content"] for c in conv for m in c])
+    print(f"engine args {json.dumps(ENGINE)}; VLLM_CPU_OMP_THREADS_BIND="
+          f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (unset)')}; cores {os.cpu_count()}", flush=True)
+    out: dict = {}
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}", flush=True)
+        if "a" in args.arms:
+            arm_bare(model_dir, out)
+        if "b" in args.arms:
+            arm_ray_serve_llm(model_dir, home, out)
+        if "c" in args.arms:
+            arm_sekisho(model_dir, home, out)
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99")}
+           for k, rs in out.items()}
+    print("\nmedians over rounds")
+    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9}")
+    for (arm, c), m in sorted(med.items()):
+        print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms")
+    ratios = []
+    for c in CONCURRENCY:
+        a, b, cc = (med.get((arm, c)) for arm in ("a:bare-vllm", "b:ray-serve-llm", "c:sekisho-gateway"))
+        if a and cc:
+            ratios.append(cc["tok_s"] / a["tok_s"])
+            line = f"c={c}: (c)/(a) tokens/s {ratios[-1]:.2f}, TTFT p50 added {(cc['ttft_p50'] - a['ttft_p50']) * 1000:+.1f} ms"
+            if b:
+                line += f"; (c)/(b) tokens/s {cc['tok_s'] / b['tok_s']:.2f}"
+            print(line)
+    if not ratios:
+        print("result: gateway_vs_bare_vllm=nan target=>=0.8 fail")
+        return 1
+    added = (med[("c:sekisho-gateway", 1)]["ttft_p50"] - med[("a:bare-vllm", 1)]["ttft_p50"]) * 1000
+    ok_ttft = added <= 15
+    print(f"ttft_added_c1_ms={added:.1f} target=<=15 {'pass' if ok_ttft else 'fail'}")
+    worst = min(ratios)
+    print(f"result: gateway_vs_bare_vllm={worst:.2f} target=>=0.8 {'pass' if worst >= 0.8 and ok_ttft else 'fail'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
