@@ -107,11 +107,11 @@ class Inventory(StrictConfig):
         if len(heads) != 1:
             raise ValueError(f"exactly one node must have role: head, found {len(heads)} "
                              f"({', '.join(heads) or 'none'})")
-        for attr in ("name", "address"):
+        for attr, plural in (("name", "names"), ("address", "addresses")):
             values = [getattr(n, attr) for n in self.nodes]
             dupes = sorted({v for v in values if values.count(v) > 1})
             if dupes:
-                raise ValueError(f"node {attr}s must be unique; repeated: {', '.join(dupes)}")
+                raise ValueError(f"node {plural} must be unique; repeated: {', '.join(dupes)}")
         for key in self.nccl_env:
             if not key.startswith("NCCL_"):
                 raise ValueError(f"nccl_env: {key} is not an NCCL variable")

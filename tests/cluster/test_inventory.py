@@ -1,0 +1,68 @@
+"""The reference inventory, and inventory mistakes reported with file and line."""
+
+from pathlib import Path
+
+import pytest
+
+from cluster import ConfigError, Inventory
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO / "configs" / "cluster" / "reference.yaml"
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Inventory:
+    return Inventory.from_yaml(REFERENCE)
+
+
+def test_reference_inventory_is_the_installation_in_design_md(inventory):
+    assert inventory.total_gpus == 36
+    assert (inventory.head.name, inventory.head.gpus) == ("hgx-head", 4)
+    assert [n.gpus for n in inventory.workers] == [8, 8, 8, 8]
+    assert {n.gpu_memory_gib for n in inventory.nodes} == {80}
+    assert all(n.ib_hcas and n.nccl_socket_ifname for n in inventory.nodes)
+    assert str(inventory.shared_storage) == "/shared/sekisho"
+
+
+def test_every_field_has_a_description():
+    from cluster.gpu_requests import GpuRequest, GpuRequests
+    from cluster.inventory import KubernetesSettings, Node, RaySettings
+
+    for cls in (Inventory, Node, RaySettings, KubernetesSettings, GpuRequest, GpuRequests):
+        assert all(cls.field_help().values()), cls.__name__
+
+
+def _broken(tmp_path, old, new):
+    text = REFERENCE.read_text()
+    assert old in text
+    p = tmp_path / "inv.yaml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+def test_unknown_key_names_file_line_and_path(tmp_path):
+    p = _broken(tmp_path, "    gpu_memory_gib: 80\n    cpus: 224\n",
+                "    gpu_memory_gib: 80\n    gpu_mem: 80\n    cpus: 224\n")
+    with pytest.raises(ConfigError) as e:
+        Inventory.from_yaml(p)
+    line = p.read_text().splitlines().index("    gpu_mem: 80") + 1
+    assert f"{p}:{line}: nodes.1.gpu_mem: unknown key" in str(e.value)
+
+
+def test_two_heads_are_refused(tmp_path):
+    p = _broken(tmp_path, "role: worker", "role: head")
+    with pytest.raises(ConfigError, match="exactly one node must have role: head, found 2 "
+                                          r"\(hgx-head, dgx-01\)"):
+        Inventory.from_yaml(p)
+
+
+def test_public_address_and_duplicate_address_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"nodes.2.address: .*8.8.4.4 is not a private"):
+        Inventory.from_yaml(_broken(tmp_path, "10.20.0.12", "8.8.4.4"))
+    with pytest.raises(ConfigError, match="addresses must be unique; repeated: 10.20.0.11"):
+        Inventory.from_yaml(_broken(tmp_path, "10.20.0.12", "10.20.0.11"))
+
+
+def test_node_names_must_work_as_ray_labels_and_k8s_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"nodes.1.name: String should match pattern"):
+        Inventory.from_yaml(_broken(tmp_path, "name: dgx-01", "name: DGX_01"))
