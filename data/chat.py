@@ -15,7 +15,6 @@ from pathlib import Path
 
 from cluster.config_base import UserError
 
-ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 
 
@@ -25,12 +24,21 @@ class DataValidationError(UserError):
 
 @dataclass(frozen=True)
 class RowError:
+    """A dropped or invalid row: where it is, why, and a stable reason `code`.
+
+    `line` is a 1-based line for text formats (JSONL, CSV, text) and a 0-based
+    row index for Parquet and JSON arrays (`unit` says which).
+    """
+
     file: str
     line: int
     reason: str
+    code: str = ""
+    unit: str = "line"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
+        where = f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file}: row {self.line}"
+        return f"{where}: {self.reason}"
 
 
 @dataclass
@@ -54,21 +62,10 @@ def check_row(row: object) -> str | None:
     unknown = set(row) - {"messages"}
     if unknown:
         return f"unknown field(s) {sorted(unknown)}: a chat row has only 'messages'"
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "missing or empty 'messages': expected a list of {role, content} objects"
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            return f"messages[{i}]: expected exactly the keys 'role' and 'content'"
-        if m["role"] not in ROLES:
-            return f"messages[{i}].role: {m['role']!r} is not one of {list(ROLES)}"
-        if not isinstance(m["content"], str) or not m["content"].strip():
-            return f"messages[{i}].content: expected non-empty text"
-    if not any(m["role"] == "assistant" for m in messages):
-        return "no assistant turn: expected at least one message with role 'assistant' to train on"
-    if messages[-1]["role"] != "assistant":
-        return f"messages[{len(messages) - 1}]: the conversation must end with an assistant turn"
-    return None
+    from data.records import check_messages
+
+    problem = check_messages(row.get("messages"))
+    return problem.message if problem else None
 
 
 def read_chat_jsonl(path: str | Path, on_error: str = "fail") -> ChatDataset:

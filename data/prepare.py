@@ -1,86 +1,192 @@
-"""Turn a dataset config into a tokenised Parquet file plus a manifest.
+"""Turn a dataset config into tokenised Parquet files plus a manifest.
 
-The manifest is what training runs record as their input: the source file's
-SHA-256, rows in / out / dropped by reason, tokens, and the tokenizer's hash,
-and a content hash over all of it that names this version of the dataset.
+Stages after `data.pipeline`: tokenise (chat template, loss on assistant turns;
+raw text trains every token) -> token-length filters -> pack (optional) ->
+write `tokens.parquet` (train), `eval.parquet` (when eval_fraction > 0),
+`dropped.jsonl` (every dropped row) and `manifest.json`.
+
+Files are written under temporary names and renamed at the end, so a failed run
+never leaves a half-written dataset that looks complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+from collections import Counter
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, field_validator
+from cluster.config_base import UserError
+from data.chat import IGNORE_INDEX, RowError, tokenize_conversation
+from data.config import DatasetConfig
+from data.manifest import dataset_version, sources_sha256, tokenizer_hash, write_manifest
+from data.packing import Packer
+from data.pipeline import Accounting, clean_examples
+from data.records import Example
 
-from cluster.config_base import StrictConfig, UserError
-from data.chat import IGNORE_INDEX, read_chat_jsonl, tokenize_conversation
-
-PACKAGE_SAMPLES = Path(__file__).parent / "samples"
-
-
-class DatasetConfig(StrictConfig):
-    """A chat dataset to validate and tokenise for training."""
-
-    name: str = Field(description="Dataset name, used in the manifest and in MLflow.", pattern=r"^[A-Za-z0-9_.-]+$")
-    path: str = Field(description="JSONL file of chat rows. Relative paths resolve against the config file's folder; "
-                                  "'samples:FILE' names a sample bundled with Sekisho.")
-    format: Literal["chat"] = Field("chat", description="Record format; 'chat' rows are {messages: [{role, content}]}.")
-    on_error: Literal["fail", "skip"] = Field("fail", description="On an invalid row: stop with every bad row listed, or drop and count it.")
-    max_length: int = Field(256, ge=16, description="Longest tokenised example; longer ones are truncated.")
-
-    @field_validator("path")
-    @classmethod
-    def _resolve(cls, value: str, info) -> str:
-        if value.startswith("samples:"):
-            return str(PACKAGE_SAMPLES / value.removeprefix("samples:"))
-        base = (info.context or {}).get("config_dir")
-        return str(Path(base, value)) if base and not Path(value).is_absolute() else value
+__all__ = ["DatasetConfig", "prepare", "tokenize_example", "tokenizer_hash"]
+SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
+WRITE_BATCH = 1024
 
 
-def tokenizer_hash(model_dir: str | Path) -> str:
-    """SHA-256 over the tokenizer files that decide token ids."""
-    h = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        p = Path(model_dir, name)
-        if p.is_file():
-            h.update(name.encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
+def tokenize_example(tokenizer, ex: Example) -> dict[str, list[int]]:
+    """Token ids and labels of one example, untruncated.
+
+    Chat examples train on assistant turns only; raw text trains on every token
+    and ends with the end-of-sequence token, so documents stay apart.
+    """
+    if ex.messages is not None:
+        return tokenize_conversation(tokenizer, ex.messages, max_length=1 << 30)
+    ids = tokenizer(ex.text + tokenizer.eos_token, add_special_tokens=True)["input_ids"]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+class SplitWriter:
+    """Rows of one split, batched into a Parquet file, with a running content hash."""
+
+    def __init__(self, path: Path, packed: bool):
+        import pyarrow as pa
+
+        cols = ["input_ids", "labels"] + (["position_ids", "example_lengths"] if packed else [])
+        self.schema = pa.schema([(c, pa.list_(pa.int32())) for c in cols])
+        self.path, self.tmp = path, path.with_name(path.name + ".partial")
+        self.rows: list[dict] = []
+        self.writer = None
+        self.stats = Counter()
+        self.hash = hashlib.sha256()
+
+    def add(self, row: dict[str, list[int]]) -> None:
+        self.rows.append(row)
+        self.stats["sequences"] += 1
+        self.stats["tokens"] += len(row["input_ids"])
+        self.stats["trained_tokens"] += sum(1 for t in row["labels"] if t != IGNORE_INDEX)
+        self.stats["examples"] += len(row.get("example_lengths", [0]))
+        self.hash.update(repr((row["input_ids"], row["labels"])).encode())
+        if len(self.rows) >= WRITE_BATCH:
+            self._write()
+
+    def _write(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.rows = []
+
+    def close(self) -> None:
+        """Finish the temporary file (if any row was written)."""
+        if self.rows or self.writer is not None:
+            self._write()
+            self.writer.close()
+
+    def commit(self) -> None:
+        """Move the finished file into place, or remove a stale one if this split is empty."""
+        if self.writer is not None:
+            os.replace(self.tmp, self.path)
+        elif self.path.exists():
+            self.path.unlink()
+
+
+def _load_tokenizer(tokenizer_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    if not Path(tokenizer_dir, "tokenizer.json").is_file():
+        raise UserError(f"{tokenizer_dir}: no tokenizer.json; expected a model folder with its tokenizer.")
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def _length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> tuple[str, str] | None:
+    """Drop reason (code, message) for a tokenised example, or None; truncates in place."""
+    n = len(tokens["input_ids"])
+    if n > cfg.max_length:
+        if cfg.overlength == "drop":
+            return "too_long", f"{n} tokens, more than max_length {cfg.max_length}"
+        tokens["input_ids"], tokens["labels"] = tokens["input_ids"][:cfg.max_length], tokens["labels"][:cfg.max_length]
+    if n < cfg.min_tokens:
+        return "too_short", f"{n} tokens, fewer than min_tokens {cfg.min_tokens}"
+    if all(t == IGNORE_INDEX for t in tokens["labels"]):
+        return "no_trained_tokens", f"no trained token left within max_length {cfg.max_length}"
+    return None
 
 
 def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
-    """Validate, tokenise and write `tokens.parquet` and `manifest.json` to `out_dir`.
+    """Run the whole pipeline and write the dataset to `out_dir`.
 
     Returns:
-        The manifest.
+        The manifest (also written as manifest.json).
 
     Raises:
-        DataValidationError: bad rows with on_error="fail", or nothing left to train on.
+        DataValidationError: unreadable sources, bad rows with on_error="fail",
+            or nothing left to train on.
+        UserError: no tokenizer in `tokenizer_dir`.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
-
-    dataset = read_chat_jsonl(cfg.path, on_error=cfg.on_error)
-    if not Path(tokenizer_dir, "tokenizer.json").is_file():
-        raise UserError(f"{tokenizer_dir}: no tokenizer.json; expected a model folder with its tokenizer.")
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    rows = [tokenize_conversation(tokenizer, conv, cfg.max_length) for conv in dataset.conversations]
+    tokenizer = _load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"input_ids": [r["input_ids"] for r in rows],
-                             "labels": [r["labels"] for r in rows]}), out / "tokens.parquet")
+    writers = {s: SplitWriter(out / f, cfg.packing.enabled) for s, f in SPLIT_FILES.items()}
+    packers = {s: Packer(cfg.pack_length, cfg.packing.open_bins) for s in SPLIT_FILES}
+    examples = Counter()
+    with (out / "dropped.jsonl.partial").open("w", encoding="utf-8") as log:
+        acc = Accounting(log=log)
+        try:
+            for split, ex, _ in clean_examples(cfg, acc):
+                tokens = tokenize_example(tokenizer, ex)
+                problem = _length_problem(cfg, tokens)
+                if problem:
+                    acc.drop(RowError(ex.file, ex.line, problem[1], problem[0], ex.unit))
+                    continue
+                examples[split] += 1
+                rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
+                for row in rows:
+                    writers[split].add(row)
+            for split, packer in packers.items():
+                for row in packer.flush():
+                    writers[split].add(row)
+        finally:
+            for w in writers.values():
+                w.close()
+    if cfg.on_error == "fail":
+        acc.raise_if_invalid(cfg.path)
+    if not examples["train"]:
+        from data.chat import DataValidationError
+
+        raise DataValidationError(f"{cfg.path}: no valid example left to train on "
+                                  f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in}).")
+    for w in writers.values():
+        w.commit()
+    os.replace(out / "dropped.jsonl.partial", out / "dropped.jsonl")
+    manifest = build_manifest(cfg, acc, writers, examples, tokenizer_dir)
+    write_manifest(manifest, out)
+    return manifest
+
+
+def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, SplitWriter],
+                   examples: Counter, tokenizer_dir: str | Path) -> dict:
+    """The manifest of a finished run (see data.manifest for the version)."""
+    splits = {s: {"file": SPLIT_FILES[s], "examples": examples[s], **w.stats}
+              for s, w in writers.items() if examples[s]}
+    content = hashlib.sha256("".join(f"{s}:{w.hash.hexdigest()}" for s, w in writers.items()).encode())
     manifest = {
         "name": cfg.name,
-        "source": {"path": str(dataset.path), "sha256": dataset.sha256},
-        "rows": {"in": len(dataset.conversations) + len(dataset.errors),
-                 "out": len(rows), "dropped": dataset.dropped_by_reason},
-        "tokens": sum(len(r["input_ids"]) for r in rows),
-        "trained_tokens": sum(sum(1 for t in r["labels"] if t != IGNORE_INDEX) for r in rows),
+        "version": "",
+        "format": cfg.format,
+        "source": {"path": cfg.path, "sha256": sources_sha256(acc.sources)},
+        "sources": acc.sources,
+        "ignored_files": acc.ignored_files,
+        "rows": {"in": acc.rows_in, "out": sum(examples.values()), "train": examples["train"],
+                 "eval": examples["eval"], "dropped": dict(sorted(acc.dropped.items()))},
+        "tokens": sum(w.stats["tokens"] for w in writers.values()),
+        "trained_tokens": sum(w.stats["trained_tokens"] for w in writers.values()),
+        "splits": splits,
+        "pii": {k: acc.pii[k] for k in cfg.pii.types} if cfg.pii.enabled else {},
         "tokenizer_sha256": tokenizer_hash(tokenizer_dir),
+        "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
+        "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
+        "settings": cfg.model_dump(mode="json", exclude={"name", "path"}),
+        "content_sha256": content.hexdigest(),
     }
-    manifest["version"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    manifest["version"] = dataset_version(manifest)
     return manifest

@@ -77,7 +77,8 @@ def test_prepare_writes_tokens_and_manifest(tmp_path, tiny_model_dir):
 
     cfg = DatasetConfig(name="demo", path="samples:internal_faq_ja.jsonl")
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
-    assert m["rows"] == {"in": 30, "out": 30, "dropped": {}}
+    assert m["rows"] == {"in": 30, "out": 30, "train": 30, "eval": 0, "dropped": {}}
+    assert sum(m["pii"].values()) == 0  # the demo trains on the sample's answers verbatim
     assert len(m["source"]["sha256"]) == 64 and m["tokens"] > m["trained_tokens"] > 0
     assert pq.read_table(tmp_path / "out" / "tokens.parquet").num_rows == 30
     assert prepare(cfg, tiny_model_dir, tmp_path / "again")["version"] == m["version"]

@@ -1,0 +1,118 @@
+"""Exact and near-duplicate removal; the first occurrence of a row is kept.
+
+Exact: a 64-bit digest of the example's canonical content (roles included).
+
+Near: MinHash over character n-grams (characters, not words: Japanese has no
+spaces) with locality-sensitive hashing in bands; a row is a near duplicate when
+any band of its signature equals the same band of an earlier row. With the
+defaults (64 permutations, threshold 0.8: 9 bands of 7) rows with a Jaccard
+similarity of 0.9 collide in 99.7% of cases, at 0.8 in 88%, at 0.6 in 23%, at
+0.5 in 7% (no second check against stored signatures: that would cost 256 bytes
+a row).
+
+Why not datasketch: it hashes shingles one Python call at a time, which would
+make dedup the slowest step of the pipeline; here the shingle hashes and the
+permutations are numpy array operations (numpy is maintained and already a
+dependency). The index keeps only 64-bit band keys, no signatures or texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+MAX_SHINGLES_PER_CHUNK = 4096  # bounds the (num_perm x shingles) matrix for long documents
+
+
+def content_key(messages: list[dict] | None, text: str | None) -> bytes:
+    """16-byte digest of an example's content: the identity used by dedup and split."""
+    canonical = json.dumps(messages if messages is not None else text, ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+def collision_probability(similarity: float, bands: int, rows: int) -> float:
+    """Chance that two rows with this Jaccard similarity share at least one band."""
+    return 1 - (1 - similarity ** rows) ** bands
+
+
+def band_shape(num_perm: int, threshold: float, recall: float = 0.85) -> tuple[int, int]:
+    """(bands, rows per band): the longest bands (fewest false positives) that
+    still catch rows at `threshold` similarity with probability >= `recall`."""
+    fits = [(num_perm // r, r) for r in range(1, num_perm + 1)
+            if collision_probability(threshold, num_perm // r, r) >= recall]
+    return fits[-1] if fits else (num_perm, 1)
+
+
+class MinHasher:
+    """MinHash signatures of texts over character n-grams (multiply-shift hashing)."""
+
+    def __init__(self, num_perm: int = 64, shingle: int = 5, seed: int = 1):
+        rng = np.random.default_rng(seed)
+        self.shingle = shingle
+        self.a = rng.integers(1, 2**63, size=(num_perm, 1), dtype=np.uint64) | np.uint64(1)
+        self.b = rng.integers(0, 2**63, size=(num_perm, 1), dtype=np.uint64)
+
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """32-bit hashes of every `shingle`-character window (the whole text if shorter)."""
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        k = min(self.shingle, len(cps)) or 1
+        n = max(len(cps) - k + 1, 1)
+        h = np.zeros(n, dtype=np.uint64)
+        for j in range(k):
+            if len(cps):
+                h = h * np.uint64(1_000_003) + cps[j:j + n]
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        return h >> np.uint64(32)
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature (num_perm uint32 values) of `text`."""
+        x = self.shingle_hashes(text)
+        sig = None
+        for start in range(0, len(x), MAX_SHINGLES_PER_CHUNK):
+            part = ((self.a * x[start:start + MAX_SHINGLES_PER_CHUNK] + self.b) >> np.uint64(32)).min(axis=1)
+            sig = part if sig is None else np.minimum(sig, part)
+        return sig
+
+
+class Deduplicator:
+    """Decides, row by row in read order, whether a row repeats an earlier one.
+
+    Args:
+        exact: drop rows whose content equals an earlier row's.
+        near: drop rows whose MinHash bands collide with an earlier row's.
+        threshold: Jaccard similarity at which near-duplicates are caught.
+        num_perm: MinHash permutations.
+        shingle: characters per n-gram.
+    """
+
+    def __init__(self, exact: bool = True, near: bool = True, threshold: float = 0.8,
+                 num_perm: int = 64, shingle: int = 5):
+        self.exact, self.near = exact, near
+        self.hasher = MinHasher(num_perm, shingle)
+        self.bands, self.rows = band_shape(num_perm, threshold)
+        mult = np.random.default_rng(7).integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
+        self._band_mult = mult
+        self._band_salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        self._seen_exact: set[bytes] = set()
+        self._seen_bands: set[int] = set()
+
+    def _band_keys(self, text: str) -> list[int]:
+        sig = self.hasher.signature(text)[: self.bands * self.rows].reshape(self.bands, self.rows)
+        return ((sig * self._band_mult).sum(axis=1, dtype=np.uint64) ^ self._band_salt).tolist()
+
+    def check(self, key: bytes, text: str) -> str | None:
+        """Record the row; the drop reason ("exact_duplicate", "near_duplicate") or None to keep it."""
+        if self.exact:
+            if key[:8] in self._seen_exact:
+                return "exact_duplicate"
+            self._seen_exact.add(key[:8])
+        if self.near:
+            keys = self._band_keys(text)
+            if any(k in self._seen_bands for k in keys):
+                return "near_duplicate"
+            self._seen_bands.update(keys)
+        return None

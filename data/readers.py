@@ -1,0 +1,197 @@
+"""Readers: internal files to a stream of raw rows, each with where it came from.
+
+Supported: JSONL, JSON (a top-level array), Parquet, CSV/TSV, and plain text or
+Markdown (one file is one raw-text row). A folder is read recursively in sorted
+order; files with other suffixes in a folder are listed as ignored, never read.
+
+Text is decoded line by line from the bytes, so memory stays flat on large JSONL
+and CSV files, and a decoding error names the file and the byte offset. With
+`encoding: auto` a file with a UTF-8 BOM is UTF-8; otherwise its first 64 KiB
+decide between UTF-8 and CP932 (Shift_JIS as Windows writes it, a superset).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.chat import DataValidationError
+
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
+            ".csv": "csv", ".tsv": "csv", ".txt": "text", ".md": "text"}
+ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
+SNIFF_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as read: `value` is the parsed object (or an `Unparsed`)."""
+
+    file: str
+    line: int
+    value: object
+    unit: str = "line"  # "line" for text formats, "row" for Parquet and JSON arrays
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A line that did not parse (bad JSON, wrong CSV cell count); validation
+    turns it into a row error with this reason code."""
+
+    code: str
+    message: str
+
+
+def list_sources(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """The files to read under `path`, and the files a folder holds that are ignored.
+
+    Raises:
+        DataValidationError: the path does not exist, a named file has an
+            unsupported suffix, or a folder holds no readable file.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise DataValidationError(f"{path}: unsupported file type {path.suffix!r}; "
+                                      f"expected one of {sorted(SUFFIXES)}.")
+        return [path], []
+    if not path.is_dir():
+        raise DataValidationError(f"{path}: dataset file or folder not found.")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    used = [p for p in files if p.suffix.lower() in SUFFIXES]
+    if not used:
+        raise DataValidationError(f"{path}: the folder holds no file of a supported type "
+                                  f"({', '.join(sorted(SUFFIXES))}).")
+    return used, [p for p in files if p not in used]
+
+
+def detect_encoding(path: Path, encoding: str) -> str:
+    """The codec to decode `path` with: `encoding` itself unless it is "auto".
+
+    Raises:
+        DataValidationError: "auto" and the start of the file is neither UTF-8 nor CP932.
+    """
+    if encoding != "auto":
+        return encoding
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if head.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    try:
+        head.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 3 and exc.reason == "unexpected end of data":
+            return "utf-8"  # a character cut by the sniff window
+        utf8_error = exc
+    try:
+        head.decode("cp932")
+        return "cp932"
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 1 and len(head) == SNIFF_BYTES:
+            return "cp932"
+    raise DataValidationError(f"{path}: byte {utf8_error.start}: neither UTF-8 nor CP932/Shift_JIS "
+                              f"({utf8_error.reason}); set `encoding:` in the dataset config.")
+
+
+def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
+    """The file's lines, decoded one at a time (newline 0x0A is never part of a
+    multi-byte character in UTF-8 or CP932, so splitting bytes first is safe).
+
+    Raises:
+        DataValidationError: a line does not decode; names the file and byte offset.
+    """
+    codec = detect_encoding(path, encoding)
+    offset = 0
+    with path.open("rb") as f:
+        for i, raw in enumerate(f):
+            if i == 0 and codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
+                raw, offset = raw[3:], 3
+            try:
+                yield raw.decode("utf-8" if codec == "utf-8-sig" else codec)
+            except UnicodeDecodeError as exc:
+                raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
+                                          f"({exc.reason}); check the file's encoding or set "
+                                          f"`encoding:` in the dataset config.") from None
+            offset += len(raw)
+
+
+def read_jsonl(path: Path, encoding: str) -> Iterator[RawRow]:
+    for lineno, line in enumerate(decoded_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield RawRow(str(path), lineno, json.loads(line))
+        except json.JSONDecodeError as exc:
+            yield RawRow(str(path), lineno, Unparsed("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+
+
+def read_json(path: Path, encoding: str) -> Iterator[RawRow]:
+    """A JSON file holding an array of records (loaded whole: JSON has no line framing)."""
+    text = "".join(decoded_lines(path, encoding))
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataValidationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+    if not isinstance(doc, list):
+        raise DataValidationError(f"{path}: expected a JSON array of records at the top level, "
+                                  f"got {type(doc).__name__} (use JSONL for one record per line).")
+    for i, value in enumerate(doc):
+        yield RawRow(str(path), i, value, unit="row")
+
+
+def read_parquet(path: Path, encoding: str, batch_rows: int = 4096) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataValidationError(f"{path}: not a readable Parquet file ({exc}).") from None
+    index = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        for value in batch.to_pylist():
+            yield RawRow(str(path), index, value, unit="row")
+            index += 1
+
+
+def read_csv(path: Path, encoding: str) -> Iterator[RawRow]:
+    """CSV/TSV with a header row; every value is text, an empty cell is missing."""
+    reader = csv.reader(decoded_lines(path, encoding), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    start = reader.line_num
+    try:
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                start = reader.line_num
+                continue
+            if len(cells) != len(header):
+                value = Unparsed("csv_cell_count", f"CSV row has {len(cells)} cells, the header has {len(header)}")
+            else:
+                value = {k: v for k, v in zip(header, cells) if v != ""}
+            yield RawRow(str(path), start + 1, value)
+            start = reader.line_num
+    except csv.Error as exc:
+        raise DataValidationError(f"{path}:{reader.line_num}: not valid CSV ({exc}).") from None
+
+
+def read_text(path: Path, encoding: str) -> Iterator[RawRow]:
+    """A whole .txt/.md file as one raw-text row (continued pre-training)."""
+    yield RawRow(str(path), 1, {"text": "".join(decoded_lines(path, encoding))})
+
+
+READERS = {"jsonl": read_jsonl, "json": read_json, "parquet": read_parquet, "csv": read_csv, "text": read_text}
+
+
+def read_rows(path: Path, encoding: str = "auto") -> Iterator[RawRow]:
+    """Raw rows of one file, by its suffix.
+
+    Raises:
+        DataValidationError: decoding or framing errors (bad JSON array, broken CSV).
+    """
+    return READERS[SUFFIXES[path.suffix.lower()]](path, encoding)
