@@ -100,7 +100,8 @@ _DETECTORS: dict[str, tuple[re.Pattern, Callable[[str], bool]]] = {
                    _ip),
     "CREDIT_CARD": (re.compile(rf"{EDGE_L}(?:{D}{{4}}(?:{S}{D}{{4}}){{3}}"
                                rf"|{D}{{4}}{S}{D}{{6}}{S}{D}{{4,5}}|{D}{{13,19}}){EDGE_R}"), _card),
-    "MY_NUMBER": (re.compile(rf"{EDGE_L}{D}{{4}}{S}?{D}{{4}}{S}?{D}{{4}}{EDGE_R}"),
+    # Not a group of a longer spaced number ("4111 1111 1111 1112" is a card look-alike).
+    "MY_NUMBER": (re.compile(rf"{EDGE_L}(?<!{D}{{4}}{S}){D}{{4}}{S}?{D}{{4}}{S}?{D}{{4}}(?!{S}{D}{{4}}){EDGE_R}"),
                   lambda m: my_number_valid(digits_of(m))),
     "PHONE": (re.compile(rf"{EDGE_L}(?:(?:[+＋]81{S}?(?:[(（][0０][)）])?{S}?|[(（]?[0０]){D}{{0,4}}"
                          rf"(?:[)）]{S}?|{S}|[(（])(?:{D}{{1,4}})(?:[)）]{S}?|{S}){D}{{3,4}}|[0０]{D}{{9,10}}){EDGE_R}"),
