@@ -1,0 +1,192 @@
+"""`ray up` and KubeRay output, validated against the schemas those tools ship:
+Ray's ray-schema.json (in the installed ray package) and KubeRay's CRDs (copied
+into tests/cluster/schemas/kuberay from ../shared/schemas/kuberay, Apache-2.0)."""
+
+import functools
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+from cluster import Inventory, render_kuberay, render_ray_up, write_kuberay, write_ray_up
+from cluster.offline import OFFLINE_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = Path(__file__).parent / "schemas" / "kuberay"
+TOKEN = "0123456789abcdef" * 4
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Inventory:
+    return Inventory.from_yaml(REPO / "configs" / "cluster" / "reference.yaml")
+
+
+def ray_schema() -> dict:
+    return json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+
+
+@functools.cache
+def crd_schema(name: str) -> dict:
+    # The CRDs are about 1 MB each: the C loader parses them in a fraction of the time.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((CRDS / f"ray.io_{name}.yaml").read_text(), Loader=loader)
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def undeclared_fields(instance, schema, path="") -> list[str]:
+    """Keys the API server would prune: not in `properties` where the schema lists them."""
+    out = []
+    if isinstance(instance, dict) and "properties" in schema:
+        for k, v in instance.items():
+            if k in schema["properties"]:
+                out += undeclared_fields(v, schema["properties"][k], f"{path}.{k}")
+            elif not schema.get("additionalProperties") and \
+                    not schema.get("x-kubernetes-preserve-unknown-fields"):
+                out.append(f"{path}.{k}")
+    elif isinstance(instance, list) and "items" in schema:
+        for i, v in enumerate(instance):
+            out += undeclared_fields(v, schema["items"], f"{path}[{i}]")
+    return out
+
+
+# ---- ray up -----------------------------------------------------------------
+
+def test_ray_up_config_validates_against_rays_schema(inventory, tmp_path):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    out = write_ray_up(inventory, tmp_path / "ray-up.yaml")
+    text = out.read_text()
+    config = yaml.safe_load(text)
+    jsonschema.validate(config, ray_schema())
+    validate_config(prepare_config(config))  # what `ray up` itself does first
+    assert config["provider"] == {"type": "local", "head_ip": "10.20.0.10",
+                                  "worker_ips": ["10.20.0.11", "10.20.0.12", "10.20.0.13", "10.20.0.14"]}
+    broken = {**config, "worker_ips": config["provider"]["worker_ips"]}  # misplaced key
+    with pytest.raises(jsonschema.ValidationError, match="worker_ips"):
+        jsonschema.validate(broken, ray_schema())
+
+
+def test_token_travels_as_a_file_and_ends_up_private(inventory):
+    config = render_ray_up(inventory)
+    local = str(inventory.ray.auth_token_file.expanduser())
+    assert config["file_mounts"] == {"~/.sekisho/ray/auth_token": local}
+    assert "chmod 600 ~/.sekisho/ray/auth_token" in config["setup_commands"][0]
+    assert "RAY_AUTH_TOKEN=" not in json.dumps(config)
+
+
+def test_head_binds_dashboard_inside_with_auth_and_no_usage_stats(inventory):
+    head = render_ray_up(inventory)["head_start_ray_commands"][1]
+    for flag in ("--head", "--dashboard-host=10.20.0.10", "--disable-usage-stats",
+                 "--node-ip-address=10.20.0.10", "--num-gpus=4", "--labels=sekisho/node=hgx-head",
+                 """--resources='{"sekisho_node_hgx-head": 1}'"""):
+        assert flag in head
+    assert "RAY_AUTH_MODE=token" in head and "0.0.0.0" not in head
+
+
+def fake_node(tmp_path, addresses: str) -> dict:
+    """A PATH where `hostname -I` prints `addresses` and `ray` records its
+    environment and arguments, to run the rendered worker command for real."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "hostname").write_text(f"#!/bin/sh\necho '{addresses}'\n")
+    (bin_dir / "ray").write_text(f'#!/bin/sh\nenv > {tmp_path}/env\necho "$@" > {tmp_path}/args\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "RAY_HEAD_IP": "10.20.0.10"}
+
+
+def test_each_worker_gets_its_own_environment_from_the_one_command(inventory, tmp_path):
+    fake_env = inventory.ray.model_copy(update={"python_env": tmp_path})
+    inv = inventory.model_copy(update={"ray": fake_env})
+    command = render_ray_up(inv)["worker_start_ray_commands"][1]
+    env = fake_node(tmp_path, "172.17.0.1 10.20.0.13 ")
+    subprocess.run(["bash", "-c", command], env=env, check=True, timeout=30)
+    started = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines()
+                   if "=" in line)
+    for key, value in OFFLINE_ENV.items():
+        if key != "VLLM_HOST_IP":
+            assert started[key] == value, key
+    assert started["VLLM_HOST_IP"] == "10.20.0.13"
+    assert started["RAY_AUTH_MODE"] == "token"
+    assert started["RAY_AUTH_TOKEN_PATH"] == f"{tmp_path}/.sekisho/ray/auth_token"
+    assert started["NCCL_IB_HCA"] == "=mlx5_0,mlx5_1,mlx5_2,mlx5_3,mlx5_6,mlx5_7,mlx5_8,mlx5_9"
+    assert started["NCCL_SOCKET_IFNAME"] == started["GLOO_SOCKET_IFNAME"] == "bond0"
+    args = (tmp_path / "args").read_text().split()
+    assert "--address=10.20.0.10:6379" in args and "--node-ip-address=10.20.0.13" in args
+    assert "--labels=sekisho/node=dgx-03" in args and "--disable-usage-stats" in args
+    # 10.20.0.1 is a prefix of the head's address, not a node: the host refuses to start
+    (tmp_path / "args").unlink()
+    done = subprocess.run(["bash", "-c", command], env=fake_node(tmp_path, "10.20.0.1"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "no node of inventory sekisho-ref" in done.stderr
+    assert not (tmp_path / "args").exists()
+
+
+# ---- KubeRay ----------------------------------------------------------------
+
+@pytest.mark.parametrize("file, crd", [("raycluster.yaml", "rayclusters"),
+                                       ("rayservice.yaml", "rayservices")])
+def test_kuberay_manifests_validate_against_the_crds(inventory, tmp_path, file, crd):
+    write_kuberay(inventory, tmp_path)
+    manifest = yaml.safe_load((tmp_path / file).read_text())
+    schema = crd_schema(crd)
+    validator = jsonschema.Draft7Validator(schema)  # validate() would also re-check the 1 MB schema
+    validator.validate(manifest)
+    assert undeclared_fields(manifest, schema) == []
+    spec = manifest["spec"] if crd == "rayclusters" else manifest["spec"]["rayClusterConfig"]
+    spec["workerGroupSpecs"][0]["replicas"] = "four"
+    with pytest.raises(jsonschema.ValidationError, match="'four' is not of type 'integer'"):
+        validator.validate(manifest)
+
+
+def test_every_pod_is_offline_authenticated_and_pinned(inventory):
+    cluster = render_kuberay(inventory)["raycluster.yaml"]
+    spec = cluster["spec"]
+    assert spec["authOptions"] == {"mode": "token", "secretName": "sekisho-ray-auth"}
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    assert [g.get("groupName") for g in groups[1:]] == ["dgx-01", "dgx-02", "dgx-03", "dgx-04"]
+    for group, node in zip(groups, inventory.nodes):
+        pod = group["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert {k: env[k] for k in OFFLINE_ENV if k != "VLLM_HOST_IP"} == \
+            {k: v for k, v in OFFLINE_ENV.items() if k != "VLLM_HOST_IP"}
+        assert env["VLLM_HOST_IP"] == node.address and env["RAY_AUTH_MODE"] == "token"
+        assert env["NCCL_IB_HCA"].startswith("=mlx5_0") and env["NCCL_SOCKET_IFNAME"] == "bond0"
+        assert pod["nodeSelector"] == {"kubernetes.io/hostname": node.name}
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == node.gpus
+        assert group["rayStartParams"]["disable-usage-stats"] == "true"
+        assert group["labels"] == {"sekisho/node": node.name}
+        assert group["resources"] == {f"sekisho_node_{node.name}": "1"}
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "10.20.0.10"
+
+
+def test_the_token_never_lands_in_a_manifest(inventory, tmp_path, monkeypatch):
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ray_settings = inventory.ray.model_copy(update={"auth_token_file": token_file})
+    inv = inventory.model_copy(update={"ray": ray_settings})
+    written = write_kuberay(inv, tmp_path / "k8s") + [write_ray_up(inv, tmp_path / "up.yaml")]
+    for path in written:
+        assert TOKEN not in path.read_text(), path
+    readme = (tmp_path / "k8s" / "README.txt").read_text()
+    assert f"--from-file=auth_token={token_file}" in readme
+
+
+def test_kuberay_needs_a_kubernetes_section(inventory):
+    from cluster import UserError
+
+    with pytest.raises(UserError, match="no `kubernetes:` section"):
+        render_kuberay(inventory.model_copy(update={"kubernetes": None}))
+
+
+def test_crd_copies_match_the_shared_originals():
+    shared = REPO.parent / "shared" / "schemas" / "kuberay"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not beside this checkout")
+    for name in ("ray.io_rayclusters.yaml", "ray.io_rayservices.yaml", "LICENSE"):
+        assert (CRDS / name).read_bytes() == (shared / name).read_bytes(), name
