@@ -1,13 +1,16 @@
-"""`sekisho serve`: Serving apps."""
+"""`sekisho serve`: serving apps (up, status, down)."""
 
 from __future__ import annotations
 
+import json
 
+from cluster.config_base import UserError
 from sekisho.cli_common import home_from_args as _home
 
 
 def cmd_serve_up(args) -> int:
-    """Deploy a serve app on a local Ray cluster and keep serving until Ctrl-C."""
+    """Deploy a serve app. With --address (or RAY_ADDRESS) it deploys to that running
+    cluster and returns; otherwise it starts Ray here and serves until Ctrl-C."""
     import signal
 
     from cluster.local import start_local, stop
@@ -16,18 +19,76 @@ def cmd_serve_up(args) -> int:
     cfg = ServeAppConfig.from_yaml(args.config)
     home = _home(args)
     resolved = resolve_app(cfg, home / "serve-cache")  # refuses a bad config before Ray starts
-    start_local(home)
+    start_local(home, address=args.address)
     try:
-        print(f"Serving at {deploy(resolved)}; Ctrl-C to stop.", flush=True)
+        url = deploy(resolved)
+        print(f"{cfg.name}: serving at {url}", flush=True)
+        if args.address:
+            return 0
+        print("Ctrl-C to stop.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        stop()
+        if not args.address:
+            stop()
+    return 0
+
+
+def _connect(args) -> None:
+    from cluster.local import start_local
+
+    if not args.address:
+        raise UserError("--address (or RAY_ADDRESS): the Ray cluster to ask; the embedded default "
+                        "lives only as long as `sekisho serve up` runs.")
+    start_local(_home(args), address=args.address)
+
+
+def cmd_serve_status(args) -> int:
+    """Show each app's models, the version each serves, replicas and health."""
+    from ray import serve
+    from ray.experimental import internal_kv
+
+    _connect(args)
+    for app_name, app in serve.status().applications.items():
+        print(f"{app_name}: {app.status}")
+        raw = internal_kv._internal_kv_get(f"apps/{app_name}".encode(), namespace="sekisho")
+        routes = json.loads(raw) if raw else {}
+        for dep_name, dep in app.deployments.items():
+            replicas = ", ".join(f"{n} {state}" for state, n in dep.replica_states.items())
+            print(f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}")
+            for model, r in routes.items():
+                if r["deployment"] == dep_name:
+                    print(f"    {model:22} {r['version']}  sha256 {r['sha256'][:16]}…")
+    return 0
+
+
+def cmd_serve_down(args) -> int:
+    """Stop an app (or every app with --all)."""
+    from ray import serve
+
+    _connect(args)
+    if args.all:
+        serve.shutdown()
+    else:
+        if args.name not in serve.status().applications:
+            raise UserError(f"no serve app named {args.name!r} on this cluster.")
+        serve.delete(args.name)
+    print("stopped")
     return 0
 
 
 def register(groups) -> None:
+    import os
+
     serve = groups.add_parser("serve", help="serving apps").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
     c = serve.add_parser("up", help=cmd_serve_up.__doc__)
     c.add_argument("config")
     c.set_defaults(fn=cmd_serve_up)
+    c = serve.add_parser("status", help=cmd_serve_status.__doc__)
+    c.set_defaults(fn=cmd_serve_status)
+    c = serve.add_parser("down", help=cmd_serve_down.__doc__)
+    c.add_argument("name", nargs="?", default="demo")
+    c.add_argument("--all", action="store_true")
+    c.set_defaults(fn=cmd_serve_down)
+    for p in serve.choices.values():
+        p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
