@@ -60,6 +60,8 @@ class Packer:
             yield self._emit(max(range(len(self._fill)), key=self._fill.__getitem__))
         self._bins.append([(input_ids, labels)])
         self._fill.append(n)
+        if n == self.length:
+            yield self._emit(len(self._bins) - 1)
 
     def flush(self) -> Iterator[dict[str, list[int]]]:
         """Yield the sequences still open."""
