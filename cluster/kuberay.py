@@ -42,8 +42,10 @@ def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str,
         "image": k8s.image,
         "imagePullPolicy": "IfNotPresent",
         "env": env,
-        "resources": {"limits": {"nvidia.com/gpu": node.gpus, "cpu": node.cpus},
-                      "requests": {"nvidia.com/gpu": node.gpus, "cpu": node.cpus}},
+        # GPUs only: a CPU request of the whole node would exceed its allocatable
+        # CPUs (kubelet reserves some); Ray's share is set by num-cpus instead.
+        "resources": {"limits": {"nvidia.com/gpu": node.gpus},
+                      "requests": {"nvidia.com/gpu": node.gpus}},
         "volumeMounts": [{"name": "shared", "mountPath": shared}],
         # KubeRay's default probes ask localhost, where nothing listens here.
         "readinessProbe": probe,
