@@ -8,20 +8,80 @@ from sekisho.cli_common import home_from_args as _home
 
 
 def cmd_data_prepare(args) -> int:
-    """Validate and tokenise a dataset with a registered model's tokenizer."""
+    """Validate, mask, deduplicate, split and tokenise a dataset with a registered model's tokenizer."""
     import json
 
-    from data import DatasetConfig, prepare, read_chat_jsonl
+    from data import DatasetConfig, prepare, validate_rows
     from experiments import resolve
 
     cfg = DatasetConfig.from_yaml(args.config)
-    read_chat_jsonl(cfg.path, on_error=cfg.on_error)  # bad rows are reported before anything else
+    validate_rows(cfg)  # bad rows are reported before a model is fetched
     home = _home(args)
     model = resolve(args.model, home / "cache" / args.model.replace("@", "_at_").replace("/", "_v"))
     out = Path(args.out) if args.out else home / "datasets" / cfg.name
     print(json.dumps(prepare(cfg, model.path, out), indent=2, ensure_ascii=False))
     print(f"wrote {out}/tokens.parquet")
     return 0
+
+
+def cmd_data_inspect(args) -> int:
+    """Show a few examples as the model sees them (trained tokens marked) and the manifest."""
+    import pyarrow.parquet as pq
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.config_base import UserError
+    from data import read_manifest, render_example
+    from data.preview import manifest_rows, marked_text
+
+    folder = Path(args.name) if "/" in args.name or Path(args.name).is_dir() else _home(args) / "datasets" / args.name
+    if not (folder / "manifest.json").is_file():
+        raise UserError(f"{folder}: no prepared dataset here (no manifest.json); run "
+                        f"`sekisho data prepare configs/data/NAME.yaml --model MODEL` first.")
+    manifest = read_manifest(folder)
+    console = Console(width=args.width, no_color=args.plain, highlight=False)
+    table = Table(title=f"dataset {manifest['name']} @ {manifest['version']}", show_header=False)
+    for key, value in manifest_rows(manifest):
+        table.add_row(key, value)
+    console.print(table)
+    file = folder / manifest.get("splits", {}).get(args.split, {}).get("file", "tokens.parquet")
+    if not file.is_file():
+        raise UserError(f"{folder}: no {args.split} split in this dataset.")
+    tokenizer = _tokenizer(Path(args.tokenizer or manifest.get("tokenizer_path", "")), manifest)
+    rows = pq.ParquetFile(file).read_row_group(0).slice(0, args.n).to_pylist()
+    for i, row in enumerate(rows):
+        console.rule(f"{args.split} row {i} ({len(row['input_ids'])} tokens; trained text "
+                     f"{'in green' if not args.plain else 'between ⟦ ⟧'})")
+        spans = render_example(tokenizer, row["input_ids"], row["labels"], row.get("position_ids"))
+        console.print(marked_text(spans) if args.plain else _styled(spans), soft_wrap=True, markup=False)
+    return 0
+
+
+def _styled(spans):
+    from rich.text import Text
+
+    text, example = Text(), 0
+    for span in spans:
+        if span.example != example:
+            text.append(f"\n──── example {span.example + 1} ────\n", style="dim")
+            example = span.example
+        text.append(span.text, style="bold green" if span.trained else "")
+    return text
+
+
+def _tokenizer(path: Path, manifest: dict):
+    """The tokenizer the dataset was made with, checked against the manifest's hash."""
+    from transformers import AutoTokenizer
+
+    from cluster.config_base import UserError
+    from data import tokenizer_hash
+
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"{path}: the tokenizer this dataset was made with is not there; pass --tokenizer DIR.")
+    if tokenizer_hash(path) != manifest["tokenizer_sha256"]:
+        raise UserError(f"{path}: this tokenizer is not the one the dataset was made with "
+                        f"(sha256 differs from the manifest's {manifest['tokenizer_sha256'][:12]}).")
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def register(groups) -> None:
@@ -32,3 +92,11 @@ def register(groups) -> None:
     c.add_argument("--model", required=True, help="registry reference of the model whose tokenizer to use")
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
     c.set_defaults(fn=cmd_data_prepare)
+    c = data.add_parser("inspect", help=cmd_data_inspect.__doc__)
+    c.add_argument("name", help="dataset name (under $SEKISHO_HOME/datasets) or a prepared dataset folder")
+    c.add_argument("-n", type=int, default=3, help="rows to show (default 3)")
+    c.add_argument("--split", choices=["train", "eval"], default="train", help="split to show (default train)")
+    c.add_argument("--tokenizer", help="tokenizer folder (default: the one recorded in the manifest)")
+    c.add_argument("--plain", action="store_true", help="no colour: mark trained text with ⟦ ⟧")
+    c.add_argument("--width", type=int, default=120, help="console width (default 120)")
+    c.set_defaults(fn=cmd_data_inspect)
