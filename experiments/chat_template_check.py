@@ -62,8 +62,9 @@ def find_templates(folder: Path) -> dict[str, str]:
         if isinstance(value, str):
             found[cfg.name] = value
         elif isinstance(value, list):
-            for item in value:
-                found[f"{cfg.name}:{item.get('name', '?')}"] = str(item.get("template", ""))
+            for i, item in enumerate(value):
+                item = item if isinstance(item, dict) else {}
+                found[f"{cfg.name}:{item.get('name', i)}"] = str(item.get("template", ""))
     if (folder / "chat_template.json").is_file():
         value = json.loads((folder / "chat_template.json").read_text(encoding="utf-8"))
         found["chat_template.json"] = str(value.get("chat_template", "")) if isinstance(value, dict) else ""

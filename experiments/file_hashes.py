@@ -39,13 +39,14 @@ class TreeHashes:
 
 
 def _progress(enabled: bool | None):
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
 
     enabled = sys.stderr.isatty() if enabled is None else enabled
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    transient=False)
+                    console=Console(stderr=True), transient=False)
 
 
 def hash_tree(root: str | Path, files: list[Path], copy_to: str | Path | None = None,

@@ -42,6 +42,8 @@ def model_files(folder: str | Path) -> list[Path]:
             raise _refuse(p, "symbolic links are not imported (the store keeps real files only)")
         if p.is_dir():
             continue
+        if not p.is_file():
+            raise _refuse(p, "not a regular file (a pipe, socket or device)")
         suffix = p.suffix.lower()
         if suffix in PICKLE_SUFFIXES:
             raise _refuse(p, f"{suffix} is a pickle format, which runs code when loaded; "
@@ -92,8 +94,8 @@ def check_file_content(path: Path) -> None:
         raise _refuse(path, f"JSON file larger than {MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _refuse(path, f"not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _refuse(path, f"not valid JSON ({type(exc).__name__}: {exc})") from None
     if path.name == "vocab.json":
         return  # its keys are tokens (one may be spelt "auto_map"), not settings
     if path.name == "tokenizer.json" and isinstance(data, dict):

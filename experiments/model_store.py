@@ -104,7 +104,12 @@ def commit(staged: Path, record: dict) -> tuple[Path, str]:
         discard(staged)
     else:
         _make_read_only(staged)
-        staged.rename(final)
+        try:
+            staged.rename(final)
+        except OSError:
+            if not final.exists():
+                raise
+            discard(staged)  # a concurrent import of the same content won
     if not record_path.exists() or record_path.read_bytes() != data:
         tmp = record_path.with_suffix(".tmp")
         if tmp.exists():

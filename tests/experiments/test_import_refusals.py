@@ -166,3 +166,14 @@ def test_unknown_file_type_and_symlink_are_refused(model_copy, tmp_path, nothing
     (model_copy / "link.json").symlink_to(tmp_path / "outside.json")
     refused(model_copy, "bad-type", "link.json", "symbolic links")
     nothing_left("bad-type")
+
+
+def test_pipe_and_deeply_nested_json_are_refused(model_copy, nothing_left):
+    import os
+
+    os.mkfifo(model_copy / "stream")
+    refused(model_copy, "bad-special", "stream", "not a regular file")
+    (model_copy / "stream").unlink()
+    (model_copy / "generation_config.json").write_text("[" * 200_000 + "]" * 200_000)
+    refused(model_copy, "bad-special", "generation_config.json", "not valid JSON")
+    nothing_left("bad-special")
