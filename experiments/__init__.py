@@ -6,9 +6,18 @@ from experiments.file_hashes import read_manifest
 from experiments.model_import import ImportedModel, ImportPolicy, import_model
 from experiments.model_store import store_root
 from experiments.model_verify import StoredModel, verify_all_bytes, verify_store_copy
-from experiments.registry import (ModelImportRefused, ModelIntegrityError, ModelNotFoundError,
-                                  ModelNotInStoreError, ResolvedModel, dir_sha256, get_version,
-                                  register_folder, resolve, set_alias)
+from experiments.registry import (
+                                  ModelImportRefused,
+                                  ModelIntegrityError,
+                                  ModelNotFoundError,
+                                  ModelNotInStoreError,
+                                  ResolvedModel,
+                                  dir_sha256,
+                                  get_version,
+                                  register_folder,
+                                  resolve,
+                                  set_alias,
+)
 from experiments.run_logger import RunLogger, flatten
 from experiments.tracking import sekisho_home, tracking_uri, use_store
 

@@ -109,7 +109,7 @@ def render_sandboxed(template: str, tokens: dict[str, str], timeout_s: float = 5
                           "tokens": tokens, "max_output": max_output_chars})
     try:
         done = subprocess.run([sys.executable, "-I", "-c", _RENDERER], input=request, text=True,
-                              capture_output=True, timeout=timeout_s,
+                              capture_output=True, timeout=timeout_s, check=False,
                               preexec_fn=_limit_memory(max_memory_bytes))
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"rendering did not finish within {timeout_s:g} s (a loop?)") from None

@@ -40,8 +40,14 @@ class TreeHashes:
 
 def _progress(enabled: bool | None):
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     enabled = sys.stderr.isatty() if enabled is None else enabled
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),

@@ -20,7 +20,13 @@ from experiments import tracking
 from experiments.chat_template_check import check_chat_templates
 from experiments.file_hashes import TreeHashes, check_manifest, hash_tree, read_manifest
 from experiments.model_file_policy import check_file_content, model_files
-from experiments.model_store import commit, discard, file_record, record_bytes, staging_dir
+from experiments.model_store import (
+    commit,
+    discard,
+    file_record,
+    record_bytes,
+    staging_dir,
+)
 from experiments.registry import ModelImportRefused
 from experiments.safetensors_check import MAX_HEADER_BYTES, read_header
 from experiments.vllm_architectures import check_architecture

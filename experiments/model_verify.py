@@ -11,7 +11,11 @@ from pathlib import Path
 from experiments import registry
 from experiments.file_hashes import hash_tree
 from experiments.model_store import chunk_sha256, store_root
-from experiments.registry import ModelIntegrityError, ModelNotInStoreError, ModelImportRefused
+from experiments.registry import (
+    ModelImportRefused,
+    ModelIntegrityError,
+    ModelNotInStoreError,
+)
 from experiments.safetensors_check import read_header
 
 

@@ -10,9 +10,18 @@ import subprocess
 
 import pytest
 
-from experiments import (ModelIntegrityError, ModelNotInStoreError, dir_sha256, get_version,
-                         import_model, register_folder, resolve, store_root, verify_all_bytes,
-                         verify_store_copy)
+from experiments import (
+    ModelIntegrityError,
+    ModelNotInStoreError,
+    dir_sha256,
+    get_version,
+    import_model,
+    register_folder,
+    resolve,
+    store_root,
+    verify_all_bytes,
+    verify_store_copy,
+)
 from sekisho.cli import main
 
 
