@@ -61,9 +61,13 @@ def free_port() -> int:
 def main_job(sekisho_home):
     """The demo's main job, run once per session and left serving (one Ray
     cluster, one Serve app, one vLLM engine for the whole suite)."""
+    from cluster import egress
     from cluster.local import stop
     from sekisho.demo import run_demo
 
+    # Every Python process from here on (Ray workers, vLLM engines) records
+    # outbound attempts; tests/sekisho/test_zero_egress.py checks the log.
+    egress.install(sekisho_home / "egress.jsonl")
     result = run_demo(sekisho_home, keep_serving=True, port=free_port())
     yield result
     stop()
