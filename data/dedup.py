@@ -100,19 +100,26 @@ class Deduplicator:
         self._seen_exact: set[bytes] = set()
         self._seen_bands: set[int] = set()
 
-    def _band_keys(self, text: str) -> list[int]:
+    def band_keys(self, text: str) -> list[int]:
+        """The LSH band keys of `text` (pure: safe to compute in worker processes)."""
+        if not self.near:
+            return []
         sig = self.hasher.signature(text)[: self.bands * self.rows].reshape(self.bands, self.rows)
         return ((sig * self._band_mult).sum(axis=1, dtype=np.uint64) ^ self._band_salt).tolist()
 
-    def check(self, key: bytes, text: str) -> str | None:
-        """Record the row; the drop reason ("exact_duplicate", "near_duplicate") or None to keep it."""
+    def check_keys(self, key: bytes, band_keys: list[int]) -> str | None:
+        """Record a row by its content key and band keys; the drop reason
+        ("exact_duplicate", "near_duplicate") or None to keep it."""
         if self.exact:
             if key[:8] in self._seen_exact:
                 return "exact_duplicate"
             self._seen_exact.add(key[:8])
         if self.near:
-            keys = self._band_keys(text)
-            if any(k in self._seen_bands for k in keys):
+            if any(k in self._seen_bands for k in band_keys):
                 return "near_duplicate"
-            self._seen_bands.update(keys)
+            self._seen_bands.update(band_keys)
         return None
+
+    def check(self, key: bytes, text: str) -> str | None:
+        """`check_keys` for a text whose band keys are not computed yet."""
+        return self.check_keys(key, self.band_keys(text))

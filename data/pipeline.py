@@ -1,32 +1,38 @@
-"""The row stages of the pipeline, as generators over a stream of rows:
+"""The row stages of the pipeline, streamed in batches:
 
-read -> validate -> normalise -> mask PII -> dedup -> split
+read (this process) -> [validate -> normalise -> mask PII -> hash -> split ->
+tokenise] (a batch at a time, in `workers` processes) -> dedup -> length filters
+(this process, in read order)
 
-Every stage is row-at-a-time, so memory stays flat whatever the input size;
-only the dedup index grows (a few 64-bit keys a row). Every row that does not
-come out is counted by reason in `Accounting`, and listed in `dropped.jsonl`.
+Only a bounded number of batches is in flight, so memory stays flat whatever
+the input size; only the dedup index grows (a few 64-bit keys a row). Every row
+that does not come out is counted by reason in `Accounting` and listed in
+`dropped.jsonl`. Dedup decisions are made in read order in one place, so the
+result does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from data.chat import DataValidationError, RowError
+from data.chat import IGNORE_INDEX, DataValidationError, RowError
 from data.config import DatasetConfig
 from data.dedup import Deduplicator, content_key
 from data.manifest import file_sha256
 from data.normalize import normalize_text
 from data.pii import mask_pii
-from data.readers import list_sources, read_rows
+from data.readers import RawRow, list_sources, read_rows
 from data.records import Example, Problem, check_messages, to_example
 from data.split import split_of
+from data.tokenization import tokenize_batch
 
 SHOWN_ERRORS = 20
+BATCH_ROWS = 256
 
 
 @dataclass
@@ -63,12 +69,8 @@ class Accounting:
                                   f"(set on_error: skip to drop and count them):\n{shown}{more}")
 
 
-def _error(ex_or_row, problem: Problem) -> RowError:
-    return RowError(ex_or_row.file, ex_or_row.line, problem.message, problem.code, ex_or_row.unit)
-
-
-def valid_examples(cfg: DatasetConfig, acc: Accounting) -> Iterator[Example]:
-    """Read every source and yield the valid, normalised examples.
+def raw_rows(cfg: DatasetConfig, acc: Accounting) -> Iterator[RawRow]:
+    """Every row of every source, registering the sources (name, SHA-256, rows) in `acc`.
 
     Raises:
         DataValidationError: unreadable sources (missing, undecodable, unsupported).
@@ -84,37 +86,18 @@ def valid_examples(cfg: DatasetConfig, acc: Accounting) -> Iterator[Example]:
         for row in read_rows(path, cfg.encoding):
             acc.rows_in += 1
             source["rows_in"] += 1
-            result = to_example(row, cfg.format, cfg.columns)
-            if isinstance(result, Example):
-                result.map_text(lambda s: normalize_text(s, cfg.normalize.nfkc, cfg.normalize.whitespace))
-                result = _recheck(result)
-            if isinstance(result, Problem):
-                acc.drop(_error(row, result), invalid=True)
-                continue
-            yield result
+            yield row
 
 
-def _recheck(ex: Example) -> Example | Problem:
-    """Normalisation can empty a text (a content of only spaces or format characters)."""
-    if ex.messages is not None:
+def validate(row: RawRow, cfg: DatasetConfig) -> Example | Problem:
+    """A raw row as a valid, normalised Example, or the problem with it."""
+    ex = to_example(row, cfg.format, cfg.columns)
+    if isinstance(ex, Problem):
+        return ex
+    ex.map_text(lambda s: normalize_text(s, cfg.normalize.nfkc, cfg.normalize.whitespace))
+    if ex.messages is not None:  # normalisation can empty a text
         return check_messages(ex.messages) or ex
     return ex if ex.text else Problem("empty_text", "'text': empty after normalisation")
-
-
-def clean_examples(cfg: DatasetConfig, acc: Accounting) -> Iterator[tuple[str, Example, bytes]]:
-    """Valid examples, masked and deduplicated, each with its split and content key."""
-    dedup = Deduplicator(cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold,
-                         cfg.dedup.num_perm, cfg.dedup.shingle)
-    for ex in valid_examples(cfg, acc):
-        if cfg.pii.enabled:
-            ex.map_text(lambda s: mask_pii(s, cfg.pii.types, acc.pii))
-        key = content_key(ex.messages, ex.text)
-        if cfg.dedup.exact or cfg.dedup.near:
-            reason = dedup.check(key, "\n".join(ex.contents()))
-            if reason:
-                acc.drop(_error(ex, Problem(reason, f"{reason.replace('_', ' ')} of an earlier row")))
-                continue
-        yield split_of(key, cfg.split.eval_fraction, cfg.split.seed), ex, key
 
 
 def validate_rows(cfg: DatasetConfig) -> Accounting:
@@ -124,8 +107,137 @@ def validate_rows(cfg: DatasetConfig) -> Accounting:
         DataValidationError: unreadable sources, or invalid rows with on_error="fail".
     """
     acc = Accounting()
-    for _ in valid_examples(cfg, acc):
-        pass
+    for row in raw_rows(cfg, acc):
+        problem = validate(row, cfg)
+        if isinstance(problem, Problem):
+            acc.drop(RowError(row.file, row.line, problem.message, problem.code, row.unit), invalid=True)
     if cfg.on_error == "fail":
         acc.raise_if_invalid(cfg.path)
     return acc
+
+
+@dataclass
+class Processed:
+    """One row after the per-row stages: where it came from, a problem, or its
+    keys, split and tokens (a row too long or short has both tokens and error)."""
+
+    where: tuple[str, int, str]
+    error: RowError | None = None
+    key: bytes = b""
+    band_keys: list[int] = field(default_factory=list)
+    split: str = "train"
+    tokens: dict[str, list[int]] | None = None
+
+
+class RowProcessor:
+    """The per-row stages for a batch of rows; pure, so batches can run in any process."""
+
+    def __init__(self, cfg: DatasetConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        d = cfg.dedup
+        self.hasher = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle)
+
+    def __call__(self, rows: list[RawRow]) -> tuple[list[Processed], Counter]:
+        cfg, pii = self.cfg, Counter()
+        out: list[Processed] = []
+        examples: list[tuple[Processed, Example]] = []
+        for row in rows:
+            ex = validate(row, cfg)
+            if isinstance(ex, Problem):
+                out.append(Processed((row.file, row.line, row.unit),
+                                     RowError(row.file, row.line, ex.message, ex.code, row.unit)))
+                continue
+            if cfg.pii.enabled:
+                ex.map_text(lambda s: mask_pii(s, cfg.pii.types, pii))
+            key = content_key(ex.messages, ex.text)
+            p = Processed((row.file, row.line, row.unit), None, key, self.hasher.band_keys("\n".join(ex.contents())),
+                          split_of(key, cfg.split.eval_fraction, cfg.split.seed))
+            out.append(p)
+            examples.append((p, ex))
+        for (p, ex), tokens in zip(examples, tokenize_batch(self.tokenizer, [e for _, e in examples])):
+            p.tokens = tokens
+            problem = length_problem(cfg, tokens)
+            if problem:
+                p.error = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
+        return out, pii
+
+
+def length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> Problem | None:
+    """The token-length filters; truncates `tokens` in place when overlength is "truncate"."""
+    n = len(tokens["input_ids"])
+    if n > cfg.max_length:
+        if cfg.overlength == "drop":
+            return Problem("too_long", f"{n} tokens, more than max_length {cfg.max_length}")
+        tokens["input_ids"], tokens["labels"] = tokens["input_ids"][:cfg.max_length], tokens["labels"][:cfg.max_length]
+    if n < cfg.min_tokens:
+        return Problem("too_short", f"{n} tokens, fewer than min_tokens {cfg.min_tokens}")
+    if all(t == IGNORE_INDEX for t in tokens["labels"]):
+        return Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}")
+    return None
+
+
+_PROCESSOR: RowProcessor | None = None  # inherited by forked workers
+
+
+def _run_batch(rows: list[RawRow]) -> tuple[list[Processed], Counter]:
+    return _PROCESSOR(rows)
+
+
+def batched(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
+    batch: list[RawRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
+    """`fn` over `batches` in `workers` forked processes, results in input order,
+    at most 2 x workers batches in flight (a plain map when workers is 1)."""
+    if workers <= 1:
+        yield from map(fn, batches)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(fn, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting) -> Iterator[tuple[str, dict[str, list[int]]]]:
+    """(split, tokens) of every row kept, in read order; every other row is counted in `acc`.
+
+    Raises:
+        DataValidationError: unreadable sources.
+    """
+    global _PROCESSOR
+    _PROCESSOR = RowProcessor(cfg, tokenizer)
+    dedup = Deduplicator(cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.shingle)
+    try:
+        for results, pii in ordered_map(_run_batch, batched(raw_rows(cfg, acc), BATCH_ROWS), cfg.workers):
+            acc.pii.update(pii)
+            for p in results:
+                if p.tokens is None:  # invalid row
+                    acc.drop(p.error, invalid=True)
+                    continue
+                reason = dedup.check_keys(p.key, p.band_keys) if cfg.dedup.exact or cfg.dedup.near else None
+                if reason:
+                    acc.drop(_duplicate(p, reason))
+                elif p.error:
+                    acc.drop(p.error)
+                else:
+                    yield p.split, p.tokens
+    finally:
+        _PROCESSOR = None
+
+
+def _duplicate(p: Processed, reason: str) -> RowError:
+    return RowError(p.where[0], p.where[1], f"{reason.replace('_', ' ')} of an earlier row", reason, p.where[2])

@@ -1,7 +1,7 @@
 """Turn a dataset config into tokenised Parquet files plus a manifest.
 
-Stages after `data.pipeline`: tokenise (chat template, loss on assistant turns;
-raw text trains every token) -> token-length filters -> pack (optional) ->
+After the row stages of `data.pipeline` (which tokenise: chat template, loss on
+assistant turns; raw text trains every token; then token-length filters): pack (optional) ->
 write `tokens.parquet` (train), `eval.parquet` (when eval_fraction > 0),
 `dropped.jsonl` (every dropped row) and `manifest.json`.
 
@@ -13,32 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from collections import Counter
 from pathlib import Path
 
 from cluster.config_base import UserError
-from data.chat import IGNORE_INDEX, RowError, tokenize_conversation
+from data.chat import IGNORE_INDEX
 from data.config import DatasetConfig
 from data.manifest import dataset_version, sources_sha256, tokenizer_hash, write_manifest
 from data.packing import Packer
-from data.pipeline import Accounting, clean_examples
-from data.records import Example
+from data.pipeline import Accounting, processed_rows
 
-__all__ = ["DatasetConfig", "prepare", "tokenize_example", "tokenizer_hash"]
+__all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
 WRITE_BATCH = 1024
-
-
-def tokenize_example(tokenizer, ex: Example) -> dict[str, list[int]]:
-    """Token ids and labels of one example, untruncated.
-
-    Chat examples train on assistant turns only; raw text trains on every token
-    and ends with the end-of-sequence token, so documents stay apart.
-    """
-    if ex.messages is not None:
-        return tokenize_conversation(tokenizer, ex.messages, max_length=1 << 30)
-    ids = tokenizer(ex.text + tokenizer.eos_token, add_special_tokens=True)["input_ids"]
-    return {"input_ids": ids, "labels": list(ids)}
 
 
 class SplitWriter:
@@ -61,7 +49,7 @@ class SplitWriter:
         self.stats["tokens"] += len(row["input_ids"])
         self.stats["trained_tokens"] += sum(1 for t in row["labels"] if t != IGNORE_INDEX)
         self.stats["examples"] += len(row.get("example_lengths", [0]))
-        self.hash.update(repr((row["input_ids"], row["labels"])).encode())
+        self.hash.update(array("i", row["input_ids"]).tobytes() + array("i", row["labels"]).tobytes())
         if len(self.rows) >= WRITE_BATCH:
             self._write()
 
@@ -97,20 +85,6 @@ def _load_tokenizer(tokenizer_dir: str | Path):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
-def _length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> tuple[str, str] | None:
-    """Drop reason (code, message) for a tokenised example, or None; truncates in place."""
-    n = len(tokens["input_ids"])
-    if n > cfg.max_length:
-        if cfg.overlength == "drop":
-            return "too_long", f"{n} tokens, more than max_length {cfg.max_length}"
-        tokens["input_ids"], tokens["labels"] = tokens["input_ids"][:cfg.max_length], tokens["labels"][:cfg.max_length]
-    if n < cfg.min_tokens:
-        return "too_short", f"{n} tokens, fewer than min_tokens {cfg.min_tokens}"
-    if all(t == IGNORE_INDEX for t in tokens["labels"]):
-        return "no_trained_tokens", f"no trained token left within max_length {cfg.max_length}"
-    return None
-
-
 def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
     """Run the whole pipeline and write the dataset to `out_dir`.
 
@@ -131,12 +105,7 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
     with (out / "dropped.jsonl.partial").open("w", encoding="utf-8") as log:
         acc = Accounting(log=log)
         try:
-            for split, ex, _ in clean_examples(cfg, acc):
-                tokens = tokenize_example(tokenizer, ex)
-                problem = _length_problem(cfg, tokens)
-                if problem:
-                    acc.drop(RowError(ex.file, ex.line, problem[1], problem[0], ex.unit))
-                    continue
+            for split, tokens in processed_rows(cfg, tokenizer, acc):
                 examples[split] += 1
                 rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
                 for row in rows:
@@ -185,7 +154,7 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
         "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
-        "settings": cfg.model_dump(mode="json", exclude={"name", "path"}),
+        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers"}),
         "content_sha256": content.hexdigest(),
     }
     manifest["version"] = dataset_version(manifest)

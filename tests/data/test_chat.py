@@ -82,3 +82,20 @@ def test_prepare_writes_tokens_and_manifest(tmp_path, tiny_model_dir):
     assert len(m["source"]["sha256"]) == 64 and m["tokens"] > m["trained_tokens"] > 0
     assert pq.read_table(tmp_path / "out" / "tokens.parquet").num_rows == 30
     assert prepare(cfg, tiny_model_dir, tmp_path / "again")["version"] == m["version"]
+
+
+def test_batched_tokenisation_matches_the_per_turn_one(tiny_model_dir, sample_conversations):
+    from transformers import AutoTokenizer
+
+    from data.records import Example
+    from data.tokenization import tokenize_batch
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    convs = list(sample_conversations) + [[
+        {"role": "system", "content": "丁寧に"}, {"role": "user", "content": "一"},
+        {"role": "assistant", "content": "二"}, {"role": "user", "content": "三"},
+        {"role": "assistant", "content": "四"}]]
+    batch = [Example("f", i, "line", messages=c) for i, c in enumerate(convs)] + [Example("f", 0, "line", text="本文")]
+    out = tokenize_batch(tok, batch)
+    assert out[:-1] == [tokenize_conversation(tok, c, 1 << 30) for c in convs]
+    assert out[-1]["labels"] == out[-1]["input_ids"] and tok.decode(out[-1]["input_ids"]).endswith(tok.eos_token)

@@ -123,3 +123,14 @@ def test_version_is_stable_and_manifest_is_readable(tmp_path, tiny_model_dir):
     assert prepare(cfg, tiny_model_dir, tmp_path / "b")["version"] == m["version"] == read_manifest(tmp_path / "a")["version"]
     masked_off = prepare(DatasetConfig(name="d", path=SAMPLE, pii={"enabled": False}), tiny_model_dir, tmp_path / "c")
     assert masked_off["version"] != m["version"]  # settings are part of the version
+
+
+def test_workers_do_not_change_the_result(tmp_path, tiny_model_dir, monkeypatch):
+    rows = open(DatasetConfig(name="d", path=SAMPLE).path, encoding="utf-8").read().splitlines()
+    (tmp_path / "d.jsonl").write_text("\n".join(rows * 3) + "\n", encoding="utf-8")  # duplicates across batches
+    cfg = DatasetConfig(name="d", path=str(tmp_path / "d.jsonl"), on_error="skip", split={"eval_fraction": 0.2})
+    monkeypatch.setattr("data.pipeline.BATCH_ROWS", 7)  # several batches per worker
+    one = prepare(cfg, tiny_model_dir, tmp_path / "one")
+    two = prepare(cfg.model_copy(update={"workers": 2}), tiny_model_dir, tmp_path / "two")
+    assert one["rows"]["dropped"] == {"exact_duplicate": 60} and one["version"] == two["version"]
+    assert one["content_sha256"] == two["content_sha256"]

@@ -1,0 +1,57 @@
+"""Batched tokenisation: the same ids and labels as `data.chat.tokenize_conversation`,
+with one tokenizer call per kind of piece for a whole batch of examples.
+
+`tokenize_conversation` calls the tokenizer three times per assistant turn;
+here every turn's prompt, answer and trained answer across the batch go to the
+Rust tokenizer in three batched calls, and only the assembling is per row.
+"""
+
+from __future__ import annotations
+
+from data.chat import IGNORE_INDEX
+from data.records import Example
+
+
+def _pieces(tokenizer, messages: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(prompt, answer as rendered, answer as trained) for each assistant turn."""
+    eos = tokenizer.eos_token
+    return [(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True),
+             m["content"] + eos + "\n", m["content"] + eos)
+            for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def _assemble(turns: list[tuple[list[int], list[int], int]]) -> dict[str, list[int]]:
+    """Ids and labels of one conversation from its turns' (prompt ids, answer ids, trained count)."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for prompt_ids, answer_ids, trained in turns:
+        if prompt_ids[:len(input_ids)] == input_ids:
+            new_prompt = prompt_ids[len(input_ids):]
+        else:  # earlier turns re-tokenised differently in context: start from the full prompt
+            input_ids, labels, new_prompt = [], [], prompt_ids
+        input_ids += new_prompt + answer_ids
+        labels += [IGNORE_INDEX] * len(new_prompt) + answer_ids[:trained] + [IGNORE_INDEX] * (len(answer_ids) - trained)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[int]]]:
+    """Untruncated ids and labels for each example.
+
+    Chat examples train on assistant turns only (chat template, as a server
+    renders it); raw text trains on every token and ends with the EOS token.
+    """
+    chats = [(i, _pieces(tokenizer, ex.messages)) for i, ex in enumerate(examples) if ex.messages is not None]
+    flat = [p for _, pieces in chats for p in pieces]
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
+    prompts, answers, trained = (encode([p[k] for p in flat]) for k in range(3))
+    out: list[dict[str, list[int]] | None] = [None] * len(examples)
+    pos = 0
+    for i, pieces in chats:
+        n = len(pieces)
+        out[i] = _assemble([(prompts[j], answers[j], len(trained[j])) for j in range(pos, pos + n)])
+        pos += n
+    texts = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
+    if texts:
+        for (i, _), ids in zip(texts, tokenizer([t for _, t in texts], add_special_tokens=True)["input_ids"]):
+            out[i] = {"input_ids": ids, "labels": list(ids)}
+    return out
