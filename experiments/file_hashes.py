@@ -133,6 +133,22 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     return entries
 
 
+def check_manifest_names(manifest: dict[str, str], root: Path, files: list[Path],
+                         manifest_path: Path) -> None:
+    """Before any byte is hashed: the folder holds exactly the files the manifest lists.
+
+    Raises:
+        ModelImportRefused: naming the first file unlisted or missing.
+    """
+    present = {f.relative_to(root).as_posix() for f in files}
+    for rel in sorted(present - set(manifest)):
+        raise ModelImportRefused(f"{root / rel}: refused: not listed in the manifest {manifest_path}.")
+    missing = sorted(set(manifest) - present)
+    if missing:
+        raise ModelImportRefused(f"{root / missing[0]}: refused: listed in the manifest "
+                                 f"{manifest_path} but not in the folder ({len(missing)} missing).")
+
+
 def check_manifest(manifest: dict[str, str], hashes: TreeHashes, root: Path, manifest_path: Path) -> None:
     """Every file hashed must be listed with the same hash, and every listed file present.
 

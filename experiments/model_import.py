@@ -18,7 +18,13 @@ from pydantic import Field
 from cluster.config_base import StrictConfig, UserError
 from experiments import tracking
 from experiments.chat_template_check import check_chat_templates
-from experiments.file_hashes import TreeHashes, check_manifest, hash_tree, read_manifest
+from experiments.file_hashes import (
+    TreeHashes,
+    check_manifest,
+    check_manifest_names,
+    hash_tree,
+    read_manifest,
+)
 from experiments.model_file_policy import check_file_content, model_files
 from experiments.model_store import (
     commit,
@@ -114,6 +120,8 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
     manifest_path = Path(manifest).resolve() if manifest else None
     files = [f for f in model_files(src) if f != manifest_path]
     expected = read_manifest(manifest_path) if manifest_path else None
+    if expected is not None:
+        check_manifest_names(expected, src, files, manifest_path)
     _refuse_other_kind(name)
     archs = check_model_folder(src, files, policy)
     staged = staging_dir()

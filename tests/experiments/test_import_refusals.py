@@ -177,3 +177,11 @@ def test_pipe_and_deeply_nested_json_are_refused(model_copy, nothing_left):
     (model_copy / "generation_config.json").write_text("[" * 200_000 + "]" * 200_000)
     refused(model_copy, "bad-special", "generation_config.json", "not valid JSON")
     nothing_left("bad-special")
+
+
+def test_file_listed_in_manifest_but_absent_is_refused(model_copy, nothing_left):
+    manifest = sha256sums(model_copy)
+    (model_copy / "generation_config.json").unlink()
+    refused(model_copy, "bad-missing", "generation_config.json", "listed in the manifest",
+            "but not in the folder", manifest=manifest)
+    nothing_left("bad-missing")
