@@ -10,6 +10,7 @@ that are stored. Any refusal removes the copy and registers nothing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,29 @@ def check_tokenizer(folder: Path) -> None:
                                  "serve a model without one.")
 
 
+def check_weight_index(folder: Path, weights: list[Path]) -> None:
+    """A sharded model's index (*.safetensors.index.json) may only name shards in
+    the folder, and every shard it names must hold the tensors it lists.
+
+    Raises:
+        ModelImportRefused: naming the index and the entry that is wrong.
+    """
+    shards = {w.relative_to(folder).as_posix(): w for w in weights}
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelImportRefused(f"{index}: refused: no weight_map object.")
+        names: dict[str, frozenset[str]] = {}
+        for tensor, shard in sorted(weight_map.items()):
+            if shard not in shards:
+                raise ModelImportRefused(f"{index}: refused: tensor {tensor!r} is mapped to "
+                                         f"{shard!r}, which is not a safetensors file in the folder.")
+            if shard not in names:
+                names[shard] = read_header(shards[shard]).names
+            if tensor not in names[shard]:
+                raise ModelImportRefused(f"{index}: refused: tensor {tensor!r} is not in {shard}.")
+
+
 def check_model_folder(folder: Path, files: list[Path], policy: ImportPolicy) -> list[str]:
     """Every content check on a folder whose names passed the policy.
 
@@ -86,6 +110,7 @@ def check_model_folder(folder: Path, files: list[Path], policy: ImportPolicy) ->
         check_file_content(f)
     for f in weights:
         read_header(f, policy.max_safetensors_header_bytes)
+    check_weight_index(folder, weights)
     check_tokenizer(folder)
     check_chat_templates(folder, policy.max_chat_template_bytes, policy.chat_template_timeout_s)
     return check_architecture(folder)

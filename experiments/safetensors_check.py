@@ -33,8 +33,12 @@ class SafetensorsHeader:
 
     header_bytes: int
     header_sha256: str
-    tensors: int
+    names: frozenset[str]
     data_bytes: int
+
+    @property
+    def tensors(self) -> int:
+        return len(self.names)
 
     @property
     def data_start(self) -> int:
@@ -115,4 +119,4 @@ def read_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> S
         cursor = end
     if cursor != data_bytes:
         raise _refuse(path, f"tensors cover {cursor} bytes but the data section holds {data_bytes}")
-    return SafetensorsHeader(n, hashlib.sha256(prefix + raw).hexdigest(), len(spans), data_bytes)
+    return SafetensorsHeader(n, hashlib.sha256(prefix + raw).hexdigest(), frozenset(header), data_bytes)

@@ -185,3 +185,16 @@ def test_file_listed_in_manifest_but_absent_is_refused(model_copy, nothing_left)
     refused(model_copy, "bad-missing", "generation_config.json", "listed in the manifest",
             "but not in the folder", manifest=manifest)
     nothing_left("bad-missing")
+
+
+@pytest.mark.parametrize("shard, reason", [
+    ("../outside/model.safetensors", "not a safetensors file in the folder"),
+    ("model.safetensors", "is not in model.safetensors"),
+])
+def test_index_naming_files_outside_or_absent_tensors_is_refused(model_copy, nothing_left, shard,
+                                                                 reason):
+    index = model_copy / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model.safetensors",
+                                                                "evil.weight": shard}}))
+    refused(model_copy, "bad-index", str(index), reason)
+    nothing_left("bad-index")
