@@ -53,6 +53,13 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
     offline.apply()
     os.environ.update(token_auth_env(home))
     import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    # Ray caches its config and token at first use; if anything in this process
+    # touched Ray before (a config validation, say), make it read the token mode
+    # and token set above, as Ray's own token setup does.
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address}

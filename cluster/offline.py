@@ -32,6 +32,9 @@ OFFLINE_ENV: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    # LangChain/LangSmith tracing (clients of the endpoint, and the tests)
+    "LANGCHAIN_TRACING_V2": "false",
+    "LANGSMITH_TRACING": "false",
     # Experiment trackers some libraries enable when they find them installed.
     "WANDB_MODE": "disabled",
     "GRADIO_ANALYTICS_ENABLED": "False",

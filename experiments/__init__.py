@@ -14,6 +14,7 @@ from experiments.registry import (
                                   ResolvedModel,
                                   dir_sha256,
                                   get_version,
+                                  load,
                                   register_folder,
                                   resolve,
                                   set_alias,
@@ -23,6 +24,6 @@ from experiments.tracking import sekisho_home, tracking_uri, use_store
 
 __all__ = ["ImportPolicy", "ImportedModel", "ModelImportRefused", "ModelIntegrityError",
            "ModelNotFoundError", "ModelNotInStoreError", "ResolvedModel", "RunLogger",
-           "StoredModel", "dir_sha256", "flatten", "get_version", "import_model",
+           "StoredModel", "dir_sha256", "flatten", "get_version", "import_model", "load",
            "read_manifest", "register_folder", "resolve", "sekisho_home", "set_alias",
            "store_root", "tracking_uri", "use_store", "verify_all_bytes", "verify_store_copy"]

@@ -149,3 +149,22 @@ def resolve(ref: str, dst: str | Path | None = None) -> ResolvedModel:
             f"{mv.name}/{mv.version} ({ref}): files at {path} have SHA-256 {sha[:16]}..., but the "
             f"registry recorded {str(expected)[:16]}...; refusing to serve a changed model.")
     return ResolvedModel(mv.name, str(mv.version), path, sha, dict(mv.tags))
+
+
+def load(ref: str, dst: str | Path | None = None) -> ResolvedModel:
+    """The files to load for `ref`, checked: a version imported into the model store
+    is checked in place against its import record (sizes, headers, sampled chunks);
+    any other version (adapters registered by training) is downloaded and its hash
+    verified.
+
+    Raises:
+        ModelNotFoundError, ModelIntegrityError: as `resolve` and `verify_store_copy`.
+    """
+    from experiments.model_verify import verify_store_copy
+
+    mv = get_version(ref)
+    if mv.tags.get("import_record_sha256"):
+        stored = verify_store_copy(mv)
+        return ResolvedModel(stored.name, str(stored.version), stored.path, stored.content_sha256,
+                             dict(stored.tags))
+    return resolve(f"{mv.name}/{mv.version}", dst)

@@ -54,18 +54,16 @@ def build_base_model(home: Path, steps: Steps) -> str:
     """Step 1: build the tiny base offline and register it (alias `production`)."""
     from data import read_chat_jsonl
     from data.prepare import DatasetConfig
-    from experiments import register_folder, set_alias
+    from experiments import import_model, set_alias
     from train import TinyModelConfig, build_tiny_model
 
-    with steps.step("Build a tiny Llama base model offline and register it"):
+    with steps.step("Build a tiny Llama base model offline and import it (checked, hashed, stored)"):
         cfg = TinyModelConfig.from_yaml(CONFIGS / "models" / "tiny_base.yaml")
         data_cfg = DatasetConfig.from_yaml(CONFIGS / "data" / "demo_ja.yaml")
         conversations = read_chat_jsonl(data_cfg.path).conversations
         corpus = [m["content"] for conv in conversations for m in conv]
         model_dir = build_tiny_model(home / "build" / "tiny-base", corpus, cfg)
-        version = register_folder(BASE_MODEL_NAME, model_dir, kind="base",
-                                  tags={"source": "built offline by sekisho demo",
-                                        "seed": str(cfg.seed)})
+        version = import_model(model_dir, BASE_MODEL_NAME).version
         set_alias(BASE_MODEL_NAME, "production", version)
     return version
 

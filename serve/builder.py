@@ -7,11 +7,12 @@ config or a changed model is refused with nothing half-started.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.config_base import UserError
-from experiments import ResolvedModel, dir_sha256, resolve
+from experiments import ResolvedModel, dir_sha256, load
 from serve.config import ModelSpec, ServeAppConfig
 
 
@@ -33,7 +34,7 @@ def _resolve_source(source: str, where: str, cache_dir: Path) -> ResolvedModel |
     if source.startswith("registry:"):
         ref = source.removeprefix("registry:")
         dst = cache_dir / ref.replace("@", "_at_").replace("/", "_v")
-        return resolve(ref, dst)
+        return load(ref, dst)
     path = Path(source)
     if not path.is_dir():
         raise UserError(f"{where}: {source}: no such model folder.")
@@ -112,7 +113,12 @@ def deploy(app: ResolvedApp) -> str:
     point); returns the OpenAI base URL."""
     from ray import serve
 
+    from ray.experimental import internal_kv
+
     cfg = app.config
     serve.start(proxy_location="Disabled")
     serve.run(build_app(app), name=cfg.name, route_prefix=None)
+    # What each model serves, for `sekisho serve status`.
+    internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
+                                 overwrite=True, namespace="sekisho")
     return f"http://{cfg.host}:{cfg.port}/v1"

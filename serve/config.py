@@ -43,6 +43,9 @@ class EngineSettings(StrictConfig):
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
     max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
     kv_cache_gb: int = Field(1, ge=1, description="CPU engine only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    tool_call_parser: str | None = Field(None, description="vLLM tool-call parser for this model's format "
+                                         "(e.g. hermes, llama3_json, pythonic); enables tools with tool_choice "
+                                         "'auto'. Without it, requests that offer tools are refused by vLLM.")
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
 
 

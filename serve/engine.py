@@ -43,6 +43,8 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
            "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
            "--dtype", engine["dtype"], "--generation-config", "vllm",
            "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
+    if engine.get("tool_call_parser"):
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"]]
     if adapters:
         cmd += ["--enable-lora", "--max-loras", str(engine["max_loras"]),
                 "--max-lora-rank", str(engine["max_lora_rank"]), "--lora-modules"]

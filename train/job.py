@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cluster.config_base import UserError
 from data import DatasetConfig, prepare
-from experiments import register_folder, resolve, sekisho_home, tracking_uri, use_store
+from experiments import load, register_folder, sekisho_home, tracking_uri, use_store
 from train.config import LoraJobConfig
 from train.trainer import JobInputs, build_trainer
 
@@ -48,7 +48,7 @@ def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None 
 
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
-    base = resolve(cfg.base_model, work / "base")
+    base = load(cfg.base_model, work / "base")
     data_cfg = DatasetConfig.from_yaml(cfg.dataset)
     manifest = prepare(data_cfg, base.path, work / "data")
 

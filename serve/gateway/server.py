@@ -30,6 +30,7 @@ from serve.gateway.quota import QuotaLedger
 from serve.gateway.routing import Upstreams, read_table
 
 log = logging.getLogger("sekisho.gateway")
+MISS_REFRESH_S = 0.5
 FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -70,6 +71,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.upstreams = Upstreams()
         self.key_cache: dict[str, ApiKey] = {}
+        self._keys_loaded_at = 0.0
         # DB work (commits with fsync) runs here, off the event loop.
         self.db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-db")
         self.session: ClientSession | None = None
@@ -112,6 +114,7 @@ class Gateway:
         await self.refresh_routes()
 
     async def refresh_keys(self) -> None:
+        self._keys_loaded_at = time.monotonic()
         self.key_cache = await self._db(self.keys.by_hash)
 
     async def refresh_routes(self) -> None:
@@ -121,12 +124,18 @@ class Gateway:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
 
     # ---- auth ------------------------------------------------------------
-    def authenticate(self, request: web.Request) -> ApiKey:
+    async def authenticate(self, request: web.Request) -> ApiKey:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise GatewayError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
                                code="missing_api_key")
-        key = self.key_cache.get(secret_hash(header[7:].strip()))
+        digest = secret_hash(header[7:].strip())
+        key = self.key_cache.get(digest)
+        if key is None and time.monotonic() - self._keys_loaded_at > MISS_REFRESH_S:
+            # A key created since the last refresh works at once; unknown keys cost
+            # at most one database read per MISS_REFRESH_S, however many arrive.
+            await self.refresh_keys()
+            key = self.key_cache.get(digest)
         if key is None or not key.usable():
             # Unknown, revoked and expired keys get the same answer.
             raise GatewayError(401, "Invalid API key (unknown, revoked or expired).", code="invalid_api_key")
@@ -139,7 +148,7 @@ class Gateway:
     async def metrics_route(self, request: web.Request) -> web.Response:
         if not _is_loopback(request.remote):
             try:
-                key = self.authenticate(request)
+                key = await self.authenticate(request)
             except GatewayError as err:
                 return self._error_response(err)
             if not key.admin:
@@ -149,7 +158,7 @@ class Gateway:
 
     async def list_models(self, request: web.Request) -> web.Response:
         try:
-            key = self.authenticate(request)
+            key = await self.authenticate(request)
         except GatewayError as err:
             await self._audit_rejection(request, err, None, None, time.perf_counter(), uuid.uuid4().hex)
             return self._error_response(err)
@@ -163,7 +172,7 @@ class Gateway:
         key: ApiKey | None = None
         model = None
         try:
-            key = self.authenticate(request)
+            key = await self.authenticate(request)
             payload, body = await self._read_json(request)
             model = payload.get("model")
             route = self.routes.get(model) if isinstance(model, str) else None
