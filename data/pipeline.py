@@ -83,7 +83,7 @@ def raw_rows(cfg: DatasetConfig, acc: Accounting) -> Iterator[RawRow]:
         source = {"name": name, "path": str(path), "sha256": file_sha256(path),
                   "bytes": path.stat().st_size, "rows_in": 0}
         acc.sources.append(source)
-        for row in read_rows(path, cfg.encoding):
+        for row in read_rows(path, cfg.encoding, parse=False):
             acc.rows_in += 1
             source["rows_in"] += 1
             yield row
@@ -171,7 +171,7 @@ def length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> Problem 
         tokens["input_ids"], tokens["labels"] = tokens["input_ids"][:cfg.max_length], tokens["labels"][:cfg.max_length]
     if n < cfg.min_tokens:
         return Problem("too_short", f"{n} tokens, fewer than min_tokens {cfg.min_tokens}")
-    if all(t == IGNORE_INDEX for t in tokens["labels"]):
+    if tokens["labels"].count(IGNORE_INDEX) == len(tokens["labels"]):
         return Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}")
     return None
 

@@ -47,7 +47,7 @@ class SplitWriter:
         self.rows.append(row)
         self.stats["sequences"] += 1
         self.stats["tokens"] += len(row["input_ids"])
-        self.stats["trained_tokens"] += sum(1 for t in row["labels"] if t != IGNORE_INDEX)
+        self.stats["trained_tokens"] += len(row["labels"]) - row["labels"].count(IGNORE_INDEX)
         self.stats["examples"] += len(row.get("example_lengths", [0]))
         self.hash.update(array("i", row["input_ids"]).tobytes() + array("i", row["labels"]).tobytes())
         if len(self.rows) >= WRITE_BATCH:
@@ -60,7 +60,8 @@ class SplitWriter:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, self.schema)
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            columns = [pa.array([r[f.name] for r in self.rows], type=f.type) for f in self.schema]
+            self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.rows = []
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ SNIFF_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class RawRow:
-    """One row as read: `value` is the parsed object (or an `Unparsed`)."""
+    """One row as read: `value` is the parsed object (or an `Unparsed`, or a `JsonLine`)."""
 
     file: str
     line: int
@@ -119,14 +119,25 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
             offset += len(raw)
 
 
-def read_jsonl(path: Path, encoding: str) -> Iterator[RawRow]:
+@dataclass(frozen=True)
+class JsonLine:
+    """A JSONL line not parsed yet: parsing is left to the (parallel) row stages."""
+
+    text: str
+
+
+def parse_json_line(line: str) -> object:
+    """The parsed line, or an Unparsed("invalid_json", ...)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Unparsed("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def read_jsonl(path: Path, encoding: str, parse: bool = True) -> Iterator[RawRow]:
     for lineno, line in enumerate(decoded_lines(path, encoding), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield RawRow(str(path), lineno, json.loads(line))
-        except json.JSONDecodeError as exc:
-            yield RawRow(str(path), lineno, Unparsed("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+        if line.strip():
+            yield RawRow(str(path), lineno, parse_json_line(line) if parse else JsonLine(line))
 
 
 def read_json(path: Path, encoding: str) -> Iterator[RawRow]:
@@ -188,10 +199,16 @@ def read_text(path: Path, encoding: str) -> Iterator[RawRow]:
 READERS = {"jsonl": read_jsonl, "json": read_json, "parquet": read_parquet, "csv": read_csv, "text": read_text}
 
 
-def read_rows(path: Path, encoding: str = "auto") -> Iterator[RawRow]:
+def read_rows(path: Path, encoding: str = "auto", parse: bool = True) -> Iterator[RawRow]:
     """Raw rows of one file, by its suffix.
+
+    Args:
+        parse: False leaves JSONL lines as `JsonLine` for the row stages to parse.
 
     Raises:
         DataValidationError: decoding or framing errors (bad JSON array, broken CSV).
     """
-    return READERS[SUFFIXES[path.suffix.lower()]](path, encoding)
+    kind = SUFFIXES[path.suffix.lower()]
+    if kind == "jsonl":
+        return read_jsonl(path, encoding, parse)
+    return READERS[kind](path, encoding)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from data.readers import RawRow, Unparsed
+from data.readers import JsonLine, RawRow, Unparsed, parse_json_line
 
 ROLES = ("system", "user", "assistant")
 FIELDS = {  # format -> (required, optional)
@@ -80,6 +80,8 @@ def check_messages(messages: object) -> Problem | None:
 
 def _fields(value: object, fmt: str, columns: dict[str, str]) -> dict | Problem:
     """Canonical field -> value for one row, or the problem with its shape."""
+    if isinstance(value, JsonLine):
+        value = parse_json_line(value.text)
     if isinstance(value, Unparsed):
         return Problem(value.code, value.message)
     if not isinstance(value, dict):

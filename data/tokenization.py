@@ -2,8 +2,9 @@
 with one tokenizer call per kind of piece for a whole batch of examples.
 
 `tokenize_conversation` calls the tokenizer three times per assistant turn;
-here every turn's prompt, answer and trained answer across the batch go to the
-Rust tokenizer in three batched calls, and only the assembling is per row.
+here every turn's prompt and answer across the batch go to the Rust tokenizer
+in two batched calls (the trained part of an answer ends at its EOS token), and
+only the assembling is per row.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def _assemble(turns: list[tuple[list[int], list[int], int]]) -> dict[str, list[i
     return {"input_ids": input_ids, "labels": labels}
 
 
+def _trained_count(tokenizer, answer_ids: list[int]) -> int | None:
+    """Tokens up to and including the answer's end marker, when the marker is a
+    special token (the tokenizer splits around those, so the count is exact);
+    None means: tokenise the trained answer to find out."""
+    eos = tokenizer.eos_token_id
+    if eos is None or tokenizer.eos_token not in tokenizer.all_special_tokens:
+        return None
+    for k in range(len(answer_ids) - 1, -1, -1):
+        if answer_ids[k] == eos:
+            return k + 1
+    return None
+
+
 def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[int]]]:
     """Untruncated ids and labels for each example.
 
@@ -43,12 +57,16 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[in
     chats = [(i, _pieces(tokenizer, ex.messages)) for i, ex in enumerate(examples) if ex.messages is not None]
     flat = [p for _, pieces in chats for p in pieces]
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
-    prompts, answers, trained = (encode([p[k] for p in flat]) for k in range(3))
+    prompts, answers = encode([p[0] for p in flat]), encode([p[1] for p in flat])
+    trained = [_trained_count(tokenizer, a) for a in answers]
+    missing = [j for j, t in enumerate(trained) if t is None]
+    for j, ids in zip(missing, encode([flat[j][2] for j in missing])):
+        trained[j] = len(ids)
     out: list[dict[str, list[int]] | None] = [None] * len(examples)
     pos = 0
     for i, pieces in chats:
         n = len(pieces)
-        out[i] = _assemble([(prompts[j], answers[j], len(trained[j])) for j in range(pos, pos + n)])
+        out[i] = _assemble([(prompts[j], answers[j], trained[j]) for j in range(pos, pos + n)])
         pos += n
     texts = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
     if texts:
