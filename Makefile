@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(LOOPBACK_ONLY) $(VENV)/bin/sekisho demo $(DEMO_ARGS)
 
+# PostgreSQL (team mode's database) is started by .ci/postgres on a Unix socket,
+# which the loopback-only namespace can still reach.
 test: $(STAMP)
-	$(LOOPBACK_ONLY) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	SEKISHO_TEST_PG_URL="$${SEKISHO_TEST_PG_URL:-$$(.ci/postgres | tail -1)}" \
+	  $(LOOPBACK_ONLY) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf .sekisho

@@ -76,3 +76,15 @@ def main_job(sekisho_home):
 @pytest.fixture(scope="session")
 def qa(sample_conversations):
     return [(c[0]["content"], c[-1]["content"]) for c in sample_conversations]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL (started by `make test` through .ci/postgres). Under CI
+    a missing database fails the test; elsewhere it skips."""
+    url = os.environ.get("SEKISHO_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("SEKISHO_TEST_PG_URL is not set: run the tests through `make test`")
+        pytest.skip("no test PostgreSQL (run through `make test`)")
+    return url
