@@ -26,7 +26,7 @@ from data.pipeline import Accounting, processed_rows
 
 __all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
-WRITE_BATCH = 1024
+WRITE_TOKENS = 1 << 17  # buffered tokens per row group: bounds memory for any row length
 
 
 class SplitWriter:
@@ -39,6 +39,7 @@ class SplitWriter:
         self.schema = pa.schema([(c, pa.list_(pa.int32())) for c in cols])
         self.path, self.tmp = path, path.with_name(path.name + ".partial")
         self.rows: list[dict] = []
+        self.buffered = 0
         self.writer = None
         self.stats = Counter()
         self.hash = hashlib.sha256()
@@ -50,7 +51,8 @@ class SplitWriter:
         self.stats["trained_tokens"] += len(row["labels"]) - row["labels"].count(IGNORE_INDEX)
         self.stats["examples"] += len(row.get("example_lengths", [0]))
         self.hash.update(array("i", row["input_ids"]).tobytes() + array("i", row["labels"]).tobytes())
-        if len(self.rows) >= WRITE_BATCH:
+        self.buffered += len(row["input_ids"])
+        if self.buffered >= WRITE_TOKENS:
             self._write()
 
     def _write(self) -> None:
@@ -62,7 +64,7 @@ class SplitWriter:
         if self.rows:
             columns = [pa.array([r[f.name] for r in self.rows], type=f.type) for f in self.schema]
             self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
-        self.rows = []
+        self.rows, self.buffered = [], 0
 
     def close(self) -> None:
         """Finish the temporary file (if any row was written)."""
