@@ -37,6 +37,16 @@ def token_auth_env(home: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+def _load_process_hooks() -> None:
+    """Every process of the node loads cluster/egress_hook/sitecustomize.py (the
+    cure for the Ray dashboard's cloud-metadata probe; the egress recorder)."""
+    from cluster.egress import HOOK_DIR
+
+    path = os.environ.get("PYTHONPATH", "")
+    if str(HOOK_DIR) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = f"{HOOK_DIR}{os.pathsep}{path}" if path else str(HOOK_DIR)
+
+
 def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
                 address: str | None = None) -> dict:
     """Start (or join, with `address`) a Ray cluster with token auth and no egress.
@@ -52,7 +62,15 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
     """
     offline.apply()
     os.environ.update(token_auth_env(home))
+    _load_process_hooks()
+    if not address:
+        # A single-node cluster: without this Ray's driver asks for its own address
+        # by connecting a UDP socket to 8.8.8.8 before it knows the node's IP (in
+        # C++, where no Python hook sees it). Read at import, so set it first, and
+        # patch the constant in case Ray was imported before.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
+    import ray._private.ray_constants as ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
     # Ray caches its config and token at first use; if anything in this process
@@ -68,9 +86,7 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
-        # A single-node cluster: without this Ray's driver asks for its own address
-        # by connecting a UDP socket to 8.8.8.8 before it knows the node's IP.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
                        **kwargs)
     return {"address": ctx.address_info.get("gcs_address"), "session_dir": ctx.address_info.get("session_dir")}

@@ -55,21 +55,33 @@ def _path(x: ResolvedModel | Path) -> str:
     return str(x.path if isinstance(x, ResolvedModel) else x)
 
 
-def build_engine(spec: ModelSpec, app: ResolvedApp):
+def _adapter_args(spec: ModelSpec, app: ResolvedApp) -> list[dict]:
+    out = []
+    for a in spec.adapters:
+        m = app.models[a.name]
+        ref = a.source.removeprefix("registry:") if a.source.startswith("registry:") else None
+        out.append({"served": a.name, "ref": ref, "path": _path(m),
+                    "version": m.version if isinstance(m, ResolvedModel) else None,
+                    "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m)})
+    return out
+
+
+def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str):
     """One engine deployment (bound) for a base model and its adapters."""
     from ray import serve
 
+    from experiments import tracking_uri
     from serve.engine import VLLMEngine
 
-    adapters = {a.name: _path(app.models[a.name]) for a in spec.adapters}
     deployment = serve.deployment(VLLMEngine).options(
         name=f"engine-{spec.name}", num_replicas=spec.num_replicas,
         ray_actor_options={"num_cpus": spec.cpus_per_replica,
                            "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=30, max_ongoing_requests=1000)
-    return deployment.bind(_path(app.models[spec.name]), spec.name, adapters,
-                           spec.engine.model_dump())
+    return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),
+                           spec.engine.model_dump(), app.config.name, engine_key,
+                           app.config.follow_aliases_every_s, tracking_uri())
 
 
 def _has_gpus() -> bool:
@@ -98,14 +110,19 @@ def build_app(app: ResolvedApp):
     from serve.gateway.db import default_url
     from serve.gateway.replica import GatewayReplica
 
+    import secrets
+
     cfg = app.config
-    engines = [build_engine(spec, app) for spec in cfg.models]
+    # vLLM's own API key on every engine: only the gateway can reach /v1 there
+    # (including runtime adapter loading).
+    engine_key = secrets.token_urlsafe(32)
+    engines = [build_engine(spec, app, engine_key) for spec in cfg.models]
     opts = {"app": cfg.name, "db_url": cfg.gateway.db_url or default_url(),
             "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
     gateway = serve.deployment(GatewayReplica).options(
         name="gateway", num_replicas=cfg.gateway.num_replicas,
         ray_actor_options={"num_cpus": cfg.gateway.cpus_per_replica}, max_ongoing_requests=10)
-    return gateway.bind(cfg.host, cfg.port, opts, model_routes(app), engines=engines)
+    return gateway.bind(cfg.host, cfg.port, opts, model_routes(app), engine_key, engines=engines)
 
 
 def deploy(app: ResolvedApp) -> str:

@@ -95,6 +95,9 @@ class ServeAppConfig(StrictConfig):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the endpoint.")
     models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
+    follow_aliases_every_s: float = Field(10.0, ge=0.5, le=300, description="How often engines re-read the "
+                                          "aliases their adapters follow (registry:NAME@ALIAS); a moved alias "
+                                          "is served within this time (`sekisho serve reload`: at once).")
 
     @model_validator(mode="after")
     def _unique_across_models(self):

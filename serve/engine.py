@@ -55,32 +55,89 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
 class VLLMEngine:
     """A Serve replica that runs and health-checks one vLLM OpenAI server."""
 
-    def __init__(self, model_dir: str, served_name: str, adapters: dict[str, str], engine: dict):
+    def __init__(self, model_dir: str, served_name: str, adapters: list[dict], engine: dict,
+                 app: str, engine_key: str, follow_interval_s: float = 10.0, mlflow_uri: str | None = None):
+        """Args:
+            adapters: [{"served", "ref", "version", "sha256", "path"}] (see serve.follow).
+            engine_key: the secret vLLM requires on /v1 (only the gateway has it).
+        """
         offline.apply()
         import ray.util
 
+        from serve.follow import AliasFollower, ServedAdapter
+
+        if mlflow_uri:
+            os.environ["SEKISHO_MLFLOW_URI"] = mlflow_uri
+        self.app, self.served_name, self.engine_key = app, served_name, engine_key
+        self.adapters = [ServedAdapter(**a) for a in adapters]
+        for a in self.adapters:
+            a.loaded.append(a.internal)
         # The node's cluster address (loopback on the embedded default), so a
         # gateway on another node can reach this engine.
         self.host = ray.util.get_node_ip_address()
         self.port = _free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine["kv_cache_gb"]))
+        env["VLLM_API_KEY"] = engine_key
+        if any(a.ref for a in self.adapters):
+            # Lets this replica load a new adapter version in place. Reachable only
+            # with the engine key, which only the gateway holds; the gateway never
+            # forwards these routes.
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
-        cmd = vllm_command(model_dir, served_name, adapters, engine, self.host, self.port)
+        lora_modules = {a.internal: a.path for a in self.adapters}
+        cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         self._wait_healthy(engine["startup_timeout_s"])
         self._publish()
+        self.follower = AliasFollower(self, self.adapters, follow_interval_s,
+                                      Path(tempfile.mkdtemp(prefix="sekisho-adapters-")))
+        self.follower.start()
+
+    def routes(self) -> dict:
+        """Served name -> what answers to it on this replica (internal name, version, hash)."""
+        names = {self.served_name: {"internal": self.served_name}}
+        names.update({a.served: a.route() for a in self.adapters})
+        return names
+
+    def publish(self) -> None:
+        from serve.gateway import routing
+
+        routing.publish(*self._where, self.url(), self.routes())
+
+    def _auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.engine_key}"}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        import httpx
+
+        r = httpx.post(f"{self.url()}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                       headers=self._auth(), timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"vLLM refused to load adapter {name} from {path}: {r.status_code} {r.text}")
+
+    def unload_adapter(self, name: str) -> None:
+        import httpx
+
+        httpx.post(f"{self.url()}/v1/unload_lora_adapter", json={"lora_name": name},
+                   headers=self._auth(), timeout=60)
+
+    def sync_aliases(self) -> bool:
+        """Re-read the followed aliases now (what `sekisho serve reload` triggers)."""
+        return self.follower.sync()
+
+    def api_key(self) -> str:
+        """For tests and operators with cluster access: the engine's own key."""
+        return self.engine_key
 
     def _publish(self) -> None:
         """Tell the gateways where this replica listens (refreshed at each health check)."""
         from ray import serve
 
-        from serve.gateway import routing
-
         ctx = serve.get_replica_context()
         self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
-        routing.publish(*self._where, self.url())
+        self.publish()
 
     def _wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -113,11 +170,11 @@ class VLLMEngine:
         if self.proc.poll() is not None:
             raise RuntimeError(f"vLLM exited with status {self.proc.returncode}:\n{self.log_tail()}")
         httpx.get(f"{self.url()}/health", timeout=5).raise_for_status()
-        from serve.gateway import routing
-
-        routing.publish(*self._where, self.url())
+        self.publish()
 
     def shutdown(self) -> None:
+        if getattr(self, "follower", None) is not None:
+            self.follower.stop()
         if getattr(self, "_where", None):
             try:
                 from serve.gateway import routing

@@ -1,5 +1,12 @@
-"""Loaded by every Python process whose PYTHONPATH starts with this folder (see
-cluster/egress.py): records non-loopback connection and DNS attempts."""
+"""Loaded by every Python process whose PYTHONPATH starts with this folder
+(every process of a Ray node that `cluster.local` starts; see cluster/egress.py).
+
+1. Ray's dashboard process: its usage-stats module asks the cloud metadata
+   servers (169.254.169.254, metadata.google.internal) which cloud it runs on
+   before it checks whether usage stats are enabled, and Ray offers no switch for
+   it. Here that lookup answers "unknown" without a request.
+2. With SEKISHO_EGRESS_LOG set: records non-loopback connection and DNS attempts.
+"""
 
 import ipaddress
 import json
@@ -66,5 +73,17 @@ def install(log):
     sys.addaudithook(hook)
 
 
+def _cure_ray_dashboard():
+    argv0 = (sys.argv or [""])[0].replace(os.sep, "/")
+    if not argv0.endswith("ray/dashboard/dashboard.py"):
+        return
+    try:
+        import ray._common.usage.usage_lib as usage_lib
+    except Exception:
+        return
+    usage_lib.get_cloud_from_metadata_requests = lambda: "unknown"
+
+
 if os.environ.get("SEKISHO_EGRESS_LOG"):
     install(os.environ["SEKISHO_EGRESS_LOG"])
+_cure_ray_dashboard()

@@ -61,6 +61,16 @@ def cmd_serve_status(args) -> int:
     return 0
 
 
+def cmd_serve_reload(args) -> int:
+    """Make every engine of an app re-read the aliases it follows, now."""
+    from serve.follow import request_reload
+
+    _connect(args)
+    request_reload(args.name)
+    print(f"{args.name}: engines re-read their aliases within a second")
+    return 0
+
+
 def cmd_serve_down(args) -> int:
     """Stop an app (or every app with --all)."""
     from ray import serve
@@ -86,6 +96,9 @@ def register(groups) -> None:
     c.set_defaults(fn=cmd_serve_up)
     c = serve.add_parser("status", help=cmd_serve_status.__doc__)
     c.set_defaults(fn=cmd_serve_status)
+    c = serve.add_parser("reload", help=cmd_serve_reload.__doc__)
+    c.add_argument("name", nargs="?", default="demo")
+    c.set_defaults(fn=cmd_serve_reload)
     c = serve.add_parser("down", help=cmd_serve_down.__doc__)
     c.add_argument("name", nargs="?", default="demo")
     c.add_argument("--all", action="store_true")

@@ -12,7 +12,8 @@ from cluster import offline
 
 
 class GatewayReplica:
-    def __init__(self, host: str, port: int, opts: dict, routes: dict, engines: list | None = None):
+    def __init__(self, host: str, port: int, opts: dict, routes: dict, engine_key: str,
+                 engines: list | None = None):
         # `engines` are bound so that Serve deploys them with this app; requests
         # reach them over HTTP (see routing), not through their handles.
         offline.apply()
@@ -20,7 +21,7 @@ class GatewayReplica:
         from serve.gateway.server import Gateway, GatewayOptions, ModelRoute
 
         options = GatewayOptions(**{**opts, "limits": RequestLimits(**opts["limits"])})
-        self.gateway = Gateway(options, {k: ModelRoute(**v) for k, v in routes.items()})
+        self.gateway = Gateway(options, {k: ModelRoute(**v) for k, v in routes.items()}, engine_key)
         self.host, self.port = host, port
         self.started = threading.Event()
         self.error: BaseException | None = None

@@ -17,12 +17,13 @@ def engine_key(app: str, deployment: str, replica: str) -> bytes:
     return f"engines/{app}/{deployment}/{replica}".encode()
 
 
-def publish(app: str, deployment: str, replica: str, url: str) -> None:
-    """Called by an engine replica (at start and at each health check)."""
+def publish(app: str, deployment: str, replica: str, url: str, names: dict | None = None) -> None:
+    """Called by an engine replica (at start, at each health check, after an alias
+    moved). `names`: served model name -> {"internal", "version", "sha256"}."""
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(engine_key(app, deployment, replica),
-                                 json.dumps({"url": url, "ts": time.time()}).encode(),
+                                 json.dumps({"url": url, "ts": time.time(), "names": names or {}}).encode(),
                                  overwrite=True, namespace=NAMESPACE)
 
 
@@ -32,8 +33,9 @@ def withdraw(app: str, deployment: str, replica: str) -> None:
     internal_kv._internal_kv_del(engine_key(app, deployment, replica), namespace=NAMESPACE)
 
 
-def read_table(app: str) -> dict[str, list[str]]:
-    """deployment -> URLs of its replicas that reported in the last STALE_AFTER_S."""
+def read_table(app: str) -> dict[str, list[dict]]:
+    """deployment -> entries ({"url", "names"}) of its replicas that reported in
+    the last STALE_AFTER_S."""
     from ray.experimental import internal_kv
 
     prefix = f"engines/{app}/".encode()
@@ -46,7 +48,7 @@ def read_table(app: str) -> dict[str, list[str]]:
         entry = json.loads(raw)
         if now - entry["ts"] <= STALE_AFTER_S:
             deployment = key.decode()[len(prefix):].split("/", 1)[0]
-            table.setdefault(deployment, []).append(entry["url"])
+            table.setdefault(deployment, []).append(entry)
     return table
 
 
@@ -54,19 +56,20 @@ def read_table(app: str) -> dict[str, list[str]]:
 class Upstreams:
     """Live engine URLs per deployment, with requests in flight per URL."""
 
-    table: dict[str, list[str]] = field(default_factory=dict)
+    table: dict[str, list[dict]] = field(default_factory=dict)
     inflight: dict[str, int] = field(default_factory=dict)
     down_until: dict[str, float] = field(default_factory=dict)
 
-    def update(self, table: dict[str, list[str]]) -> None:
+    def update(self, table: dict[str, list[dict]]) -> None:
         self.table = table
 
-    def pick(self, deployment: str) -> str | None:
+    def pick(self, deployment: str) -> dict | None:
+        """The live replica of `deployment` with the fewest requests in flight."""
         now = time.monotonic()
-        urls = [u for u in self.table.get(deployment, []) if self.down_until.get(u, 0) <= now]
-        if not urls:
+        live = [e for e in self.table.get(deployment, []) if self.down_until.get(e["url"], 0) <= now]
+        if not live:
             return None
-        return min(urls, key=lambda u: self.inflight.get(u, 0))
+        return min(live, key=lambda e: self.inflight.get(e["url"], 0))
 
     def mark_down(self, url: str, seconds: float = 5.0) -> None:
         self.down_until[url] = time.monotonic() + seconds

@@ -43,6 +43,7 @@ class ModelRoute:
     sha256: str
     context_len: int
     base: str  # the base model's served name (itself for a base model)
+    task: str = "generate"  # or "embed": which routes the model answers
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ def _is_loopback(addr: str | None) -> bool:
 
 
 class Gateway:
-    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute]):
+    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute], engine_key: str = ""):
         self.opts, self.routes = opts, routes
+        self.engine_auth = f"Bearer {engine_key}"
         self.keys = KeyStore(opts.db_url)
         self.audit = AuditLog(opts.app, opts.db_url)
         self.quota = QuotaLedger(opts.db_url)
@@ -72,6 +74,7 @@ class Gateway:
         self.upstreams = Upstreams()
         self.key_cache: dict[str, ApiKey] = {}
         self._keys_loaded_at = 0.0
+        self._miss_lock = asyncio.Lock()
         # DB work (commits with fsync) runs here, off the event loop.
         self.db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-db")
         self.session: ClientSession | None = None
@@ -131,10 +134,14 @@ class Gateway:
                                code="missing_api_key")
         digest = secret_hash(header[7:].strip())
         key = self.key_cache.get(digest)
-        if key is None and time.monotonic() - self._keys_loaded_at > MISS_REFRESH_S:
+        if key is None:
             # A key created since the last refresh works at once; unknown keys cost
             # at most one database read per MISS_REFRESH_S, however many arrive.
-            await self.refresh_keys()
+            arrived = time.monotonic()
+            async with self._miss_lock:
+                if self._keys_loaded_at < arrived:
+                    await asyncio.sleep(max(0.0, self._keys_loaded_at + MISS_REFRESH_S - time.monotonic()))
+                    await self.refresh_keys()
             key = self.key_cache.get(digest)
         if key is None or not key.usable():
             # Unknown, revoked and expired keys get the same answer.
@@ -162,9 +169,15 @@ class Gateway:
         except GatewayError as err:
             await self._audit_rejection(request, err, None, None, time.perf_counter(), uuid.uuid4().hex)
             return self._error_response(err)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "sekisho", "root": r.base,
-                 "sekisho_version": r.version, "sekisho_sha256": r.sha256, "max_model_len": r.context_len}
-                for name, r in self.routes.items() if key.allows(name)]
+        data = []
+        for name, r in self.routes.items():
+            if not key.allows(name):
+                continue
+            replica = self.upstreams.pick(r.deployment) or {}
+            live = replica.get("names", {}).get(name, {})
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "sekisho", "root": r.base,
+                         "sekisho_version": live.get("version") or r.version,
+                         "sekisho_sha256": live.get("sha256") or r.sha256, "max_model_len": r.context_len})
         return web.json_response({"object": "list", "data": data})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
@@ -178,6 +191,10 @@ class Gateway:
             route = self.routes.get(model) if isinstance(model, str) else None
             if route is None or not key.allows(model):
                 raise model_not_found(model)
+            wanted = "embed" if request.path == "/v1/embeddings" else "generate"
+            if route.task != wanted:
+                raise GatewayError(400, f"The model `{model}` does not support {request.path}.",
+                                   param="model", code="unsupported_model_for_route")
             request_limits.check(payload, request.path, self.opts.limits, route.context_len)
             decision = await self._db(self.quota.admit, key.name, key.rpm, key.tpm)
             if not decision.allowed:
@@ -221,27 +238,37 @@ class Gateway:
                   "stream": stream, "prompt_sha256": hashlib.sha256(body).hexdigest()}
         if self.opts.record_text:
             record["request_body"] = body.decode("utf-8", "replace")
-        url = self.upstreams.pick(route.deployment)
-        if url is None:
+        replica = self.upstreams.pick(route.deployment)
+        if replica is None:
             await self.refresh_routes()
-            url = self.upstreams.pick(route.deployment)
-        if url is None:
+            replica = self.upstreams.pick(route.deployment)
+        if replica is None:
             err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
                                code="no_replica", headers={"Retry-After": "2"})
             await self._finish(record, err.status, started, 0, 0, None, key, error=err.code)
             return self._error_response(err, request_id)
+        url, served = replica["url"], replica.get("names", {}).get(model, {})
+        internal = served.get("internal", model)
+        rename = None
+        if internal != model:
+            # The alias's current version is loaded under a versioned name.
+            payload["model"] = internal
+            body = json.dumps(payload).encode()
+            rename = (f'"model":"{internal}"'.encode(), f'"model":"{model}"'.encode())
+        if served.get("version"):
+            record.update(model_version=served["version"], model_sha256=served["sha256"])
         self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
         try:
-            return await self._exchange(request, url, body, stream, strip_usage, record, key, started)
+            return await self._exchange(request, url, body, stream, strip_usage, record, key, started, rename)
         finally:
             self.upstreams.inflight[url] -= 1
 
-    async def _exchange(self, request, url, body, stream, strip_usage, record, key, started):
+    async def _exchange(self, request, url, body, stream, strip_usage, record, key, started, rename=None):
         digest = hashlib.sha256()
         try:
-            upstream = await self.session.post(url + request.path, data=body,
-                                               headers={"Content-Type": "application/json",
-                                                        "X-Request-Id": record["request_id"]})
+            upstream = await self.session.post(url + request.path, data=body, headers={
+                "Content-Type": "application/json", "X-Request-Id": record["request_id"],
+                "Authorization": self.engine_auth})
         except (ClientConnectionError, asyncio.TimeoutError):
             self.upstreams.mark_down(url)
             err = GatewayError(503, "The model replica is unavailable; retry shortly.", code="replica_unavailable",
@@ -251,6 +278,10 @@ class Gateway:
         async with upstream:
             if not stream or upstream.status != 200:
                 content = await upstream.read()
+                if rename:
+                    content = content.replace(*rename)
+                if upstream.status >= 400:
+                    content = _openai_error_body(content, upstream.status)
                 usage = _usage_of(content)
                 digest.update(content)
                 await self._finish(record, upstream.status, started, *usage, digest, key,
@@ -282,6 +313,8 @@ class Gateway:
                             out.append(ev)
                     if out:
                         data = b"\n\n".join(out) + b"\n\n"
+                        if rename:
+                            data = data.replace(*rename)
                         digest.update(data)
                         await response.write(data)
                         if first:
@@ -329,6 +362,18 @@ class Gateway:
         if request_id:
             headers["X-Request-Id"] = request_id
         return web.Response(body=err.body(), status=err.status, headers=headers)
+
+
+def _openai_error_body(content: bytes, status: int) -> bytes:
+    """Keep an engine's error if it has OpenAI's shape; wrap it if not."""
+    try:
+        parsed = json.loads(content)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return content
+        detail = parsed.get("detail") if isinstance(parsed, dict) else parsed
+    except ValueError:
+        detail = content[:500].decode("utf-8", "replace")
+    return GatewayError(status, f"The model server refused the request: {detail}").body()
 
 
 def _usage_of(content: bytes) -> tuple[int, int]:

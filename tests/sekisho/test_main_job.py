@@ -67,8 +67,12 @@ def test_served_adapter_files_are_the_registered_version(main_job):
 
     engine = serve.get_deployment_handle("engine-tiny-base", app_name="demo")
     engine_url = engine.url.remote().result()
-    listed = {m["id"]: m for m in httpx.get(engine_url + "/v1/models").json()["data"]}
-    served_path = Path(listed["tiny-ja"]["root"])
+    key = engine.api_key.remote().result()
+    assert httpx.get(engine_url + "/v1/models").status_code == 401, "engines answer only the gateway"
+    listed = {m["id"]: m for m in httpx.get(engine_url + "/v1/models",
+                                            headers={"Authorization": f"Bearer {key}"}).json()["data"]}
+    version = get_version("demo-ja-adapter@production").version
+    served_path = Path(listed[f"tiny-ja--v{version}"]["root"])
     registered = get_version("demo-ja-adapter@production").tags["content_sha256"]
     assert dir_sha256(served_path) == registered
 

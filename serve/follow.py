@@ -1,0 +1,125 @@
+"""Serve follows the registry: each engine replica watches the aliases its
+adapters are served from, and when one moves it loads the new version next to
+the old one (vLLM's runtime LoRA loading), then switches the name the gateway
+routes to. Requests in flight finish on the version they started with; none
+fails. The previous version stays loaded, so a rollback is just as quick.
+
+Adapters are loaded under versioned names (`tiny-ja--v2`); the gateway maps the
+name clients use to the current one and maps it back in answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RELOAD_KEY = "reload/{app}"
+
+
+def internal_name(served: str, version: str | None) -> str:
+    return f"{served}--v{version}" if version else served
+
+
+@dataclass
+class ServedAdapter:
+    """One adapter name clients use, and what currently answers to it."""
+
+    served: str
+    ref: str | None  # registry NAME@ALIAS to follow, or None for a fixed path/version
+    version: str | None
+    sha256: str
+    path: str
+    loaded: list[str] = field(default_factory=list)  # internal names, oldest first
+
+    @property
+    def internal(self) -> str:
+        return internal_name(self.served, self.version)
+
+    def route(self) -> dict:
+        return {"internal": self.internal, "version": self.version_ref, "sha256": self.sha256}
+
+    @property
+    def version_ref(self) -> str:
+        if self.ref and self.version:
+            return f"{self.ref.split('@')[0]}/{self.version}"
+        return self.path
+
+
+def reload_requested(app: str) -> float:
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(RELOAD_KEY.format(app=app).encode(), namespace="sekisho")
+    return float(raw) if raw else 0.0
+
+
+def request_reload(app: str) -> None:
+    """`sekisho serve reload`: every engine of `app` re-reads its aliases at once."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(RELOAD_KEY.format(app=app).encode(), str(time.time()).encode(),
+                                 overwrite=True, namespace="sekisho")
+
+
+class AliasFollower:
+    """Polls the registry for each followed adapter; loads and switches on change."""
+
+    def __init__(self, engine, adapters: list[ServedAdapter], interval_s: float, cache_dir: Path):
+        self.engine, self.adapters, self.interval_s = engine, adapters, interval_s
+        self.cache_dir = cache_dir
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sekisho-alias-follower", daemon=True)
+
+    def start(self) -> None:
+        if any(a.ref and "@" in a.ref for a in self.adapters):
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        seen_reload, next_poll = reload_requested(self.engine.app), 0.0
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            try:
+                flag = reload_requested(self.engine.app)
+            except Exception:
+                flag = seen_reload
+            if now < next_poll and flag == seen_reload:
+                continue
+            seen_reload, next_poll = flag, now + self.interval_s
+            try:
+                self.sync()
+                self.last_error = None
+            except Exception as exc:  # keep serving the current version; report via health
+                self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def sync(self) -> bool:
+        """Bring every followed adapter to its alias's version. Returns True if one changed."""
+        from experiments import get_version, resolve
+
+        changed = False
+        for a in self.adapters:
+            if not a.ref or "@" not in a.ref:
+                continue
+            mv = get_version(a.ref)
+            version = str(mv.version)
+            if version == a.version:
+                continue
+            resolved = resolve(f"{mv.name}/{version}", self.cache_dir / f"{a.served}--v{version}")
+            new_internal = internal_name(a.served, version)
+            if new_internal not in a.loaded:
+                self.engine.load_adapter(new_internal, str(resolved.path))
+                a.loaded.append(new_internal)
+            a.version, a.sha256, a.path = version, resolved.sha256, str(resolved.path)
+            changed = True
+            # Keep the current and the previous version loaded (instant rollback).
+            while len(a.loaded) > 2:
+                old = a.loaded.pop(0)
+                if old != a.internal:
+                    self.engine.unload_adapter(old)
+        if changed:
+            self.engine.publish()
+        return changed
