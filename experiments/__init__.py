@@ -6,6 +6,15 @@ from experiments.file_hashes import read_manifest
 from experiments.model_import import ImportedModel, ImportPolicy, import_model
 from experiments.model_store import store_root
 from experiments.model_verify import StoredModel, verify_all_bytes, verify_store_copy
+from experiments.promotion import (
+                                  Promotion,
+                                  PromotionRefused,
+                                  alias_history,
+                                  check_gate,
+                                  promote,
+                                  promotion_log,
+                                  rollback,
+)
 from experiments.registry import (
                                   ModelImportRefused,
                                   ModelIntegrityError,
@@ -27,3 +36,5 @@ __all__ = ["ImportPolicy", "ImportedModel", "ModelImportRefused", "ModelIntegrit
            "StoredModel", "dir_sha256", "flatten", "get_version", "import_model", "load",
            "read_manifest", "register_folder", "resolve", "sekisho_home", "set_alias",
            "store_root", "tracking_uri", "use_store", "verify_all_bytes", "verify_store_copy"]
+__all__ += ["Promotion", "PromotionRefused", "alias_history", "check_gate", "promote",
+            "promotion_log", "rollback"]
