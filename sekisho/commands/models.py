@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -21,25 +23,62 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_show(args) -> int:
-    """Show one version (NAME@ALIAS or NAME/VERSION) with its lineage tags."""
-    from experiments import get_version
+    """Show one version (NAME, NAME@ALIAS or NAME/VERSION) with its lineage, its
+    evaluations, and the history of the model's aliases."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from experiments import alias_history, get_version, promotion_log
 
     _home(args)
-    mv = get_version(args.ref)
+    ref = args.ref
+    if "@" not in ref and "/" not in ref:
+        ref = f"{ref}/{_latest_version(ref)}"
+    mv = get_version(ref)
     print(f"{mv.name} version {mv.version} (run {mv.run_id})\nsource: {mv.source}")
+    print(f"aliases: {', '.join(sorted(getattr(mv, 'aliases', None) or [])) or '-'}")
+    print("lineage:")
     for k, v in sorted(mv.tags.items()):
-        print(f"  {k}: {v}")
+        if not k.startswith("sekisho."):
+            print(f"  {k}: {v}")
+    for k, v in sorted(mv.tags.items()):
+        if k.startswith("sekisho.eval."):
+            print(f"evaluation {k.removeprefix('sekisho.eval.')}: run {v}")
+        elif k.startswith("sekisho.forced."):
+            print(f"forced to {k.removeprefix('sekisho.forced.')}: {v}")
+    rm = MlflowClient().get_registered_model(mv.name)
+    for alias in sorted(rm.aliases):
+        history = alias_history(mv.name, alias)
+        print(f"alias {alias} -> v{rm.aliases[alias]}; history: "
+              f"{' -> '.join('v' + v for v in history) or '(set outside promote)'}")
+    for event in promotion_log(mv.name)[-10:]:
+        print("  " + json.dumps(event, ensure_ascii=False))
     return 0
 
 
 def cmd_models_promote(args) -> int:
-    """Point an alias at a version."""
-    from experiments import get_version, set_alias
+    """Point an alias at a version through the promotion gate (an evaluation run of
+    that version meeting the thresholds in configs/eval/), or with --force --reason."""
+    from experiments import promote
+    from experiments.evaluation import load_gates
 
     _home(args)
-    get_version(f"{args.name}/{args.version}")
-    set_alias(args.name, args.alias, args.version)
-    print(f"{args.name}@{args.alias} -> version {args.version}")
+    gates = load_gates(args.gates) if Path(args.gates).is_dir() else []
+    p = promote(args.name, args.version, args.alias, force=args.force, reason=args.reason, gates=gates)
+    how = f"forced: {p.reason}" if p.forced else (
+        f"gate passed by eval run {', '.join(p.eval_runs)}" if p.eval_runs else "alias not gated")
+    print(f"{p.name}@{p.alias} -> version {p.version} (was {p.previous or 'unset'}; {how})")
+    return 0
+
+
+def cmd_models_rollback(args) -> int:
+    """Move an alias back to the version it pointed at before the last promotion."""
+    from experiments import rollback
+
+    _home(args)
+    p = rollback(args.name, args.alias)
+    print(f"{p.name}@{p.alias} -> version {p.version} (rolled back from {p.previous})")
     return 0
 
 
@@ -92,13 +131,20 @@ def register(groups) -> None:
     c = models.add_parser("list", help=cmd_models_list.__doc__)
     c.set_defaults(fn=cmd_models_list)
     c = models.add_parser("show", help=cmd_models_show.__doc__)
-    c.add_argument("ref")
+    c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")
     c.set_defaults(fn=cmd_models_show)
     c = models.add_parser("promote", help=cmd_models_promote.__doc__)
     c.add_argument("name")
     c.add_argument("version")
     c.add_argument("--alias", default="production")
+    c.add_argument("--force", action="store_true", help="skip the gate (needs --reason, which is recorded)")
+    c.add_argument("--reason", help="why the gate is skipped")
+    c.add_argument("--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply")
     c.set_defaults(fn=cmd_models_promote)
+    c = models.add_parser("rollback", help=cmd_models_rollback.__doc__)
+    c.add_argument("name")
+    c.add_argument("--alias", default="production")
+    c.set_defaults(fn=cmd_models_rollback)
     c = models.add_parser("import", help=cmd_models_import.__doc__)
     c.add_argument("dir", help="the model folder as carried in")
     c.add_argument("--name", required=True, help="registered model name")

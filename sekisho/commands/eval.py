@@ -1,0 +1,41 @@
+"""`sekisho eval`: Evaluate a served model version and log the result to MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sekisho.cli_common import home_from_args as _home
+
+
+def cmd_eval_run(args) -> int:
+    """Ask an eval set (and its safety probes) through an OpenAI-compatible endpoint
+    and log an MLflow evaluation run linked to the model version."""
+    from cluster.config_base import UserError
+    from experiments.evaluation import EvalConfig, run_eval
+
+    cfg = EvalConfig.from_yaml(args.config)
+    _home(args)
+    api_key = args.api_key or os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        raise UserError("eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
+                        "(`sekisho keys create` makes one).")
+    r = run_eval(cfg, args.model, args.base_url, api_key, served_as=args.served_as,
+                 config_text=Path(args.config).read_text(encoding="utf-8"))
+    print(f"evaluated {r.model_version} (served as {r.served_as}) on {r.eval_set}: run {r.run_id}")
+    for k, v in sorted(r.metrics.items()):
+        if not k.startswith("category."):
+            print(f"  {k:24} {v:.4f}")
+    return 0
+
+
+def register(groups) -> None:
+    ev = groups.add_parser("eval", help="evaluate model versions").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    c = ev.add_parser("run", help=cmd_eval_run.__doc__)
+    c.add_argument("config", help="an eval config, e.g. configs/eval/demo_ja.yaml")
+    c.add_argument("--model", required=True, help="registry reference NAME@ALIAS or NAME/VERSION")
+    c.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    c.add_argument("--api-key", help="key for the endpoint (default $SEKISHO_API_KEY)")
+    c.add_argument("--served-as", help="model name the endpoint serves it under (default: the registry name)")
+    c.set_defaults(fn=cmd_eval_run)
