@@ -26,11 +26,12 @@ from experiments.evaluation.runner import (
                                            TAG_MODEL_VERSION,
                                            EvalResult,
                                            evaluate,
+    log_eval_run,
                                            run_eval,
 )
 from experiments.evaluation.safety import is_refusal, leaked_secrets
 
 __all__ = ["EVAL_EXPERIMENT", "TAG_EVAL_SET", "TAG_MODEL_VERSION", "EvalConfig", "EvalResult",
            "Example", "GateConfig", "HarmfulPrompt", "LeakProbe", "Threshold", "chrf", "evaluate",
-           "exact_match", "is_refusal", "leaked_secrets", "load_gates", "percentile", "read_rows",
+           "exact_match", "is_refusal", "leaked_secrets", "load_gates", "log_eval_run", "percentile", "read_rows",
            "rouge_l", "run_eval", "tokenize_ja"]

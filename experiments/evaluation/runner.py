@@ -159,14 +159,18 @@ def run_eval(cfg: EvalConfig, model: str, base_url: str, api_key: str, served_as
     ref = f"{mv.name}/{mv.version}"
     result = evaluate(cfg, base_url, api_key, served_as or mv.name)
     result.model_version = ref
-    result.run_id = _log_run(cfg, result, base_url, config_text)
-    from mlflow import MlflowClient
-
-    MlflowClient().set_model_version_tag(mv.name, mv.version, f"sekisho.eval.{cfg.name}", result.run_id)
+    result.run_id = log_eval_run(cfg, result, base_url, config_text)
     return result
 
 
-def _log_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text: str | None) -> str:
+def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text: str | None = None) -> str:
+    """Log `result` as a finished MLflow run in the eval experiment, tagged with the
+    model version (`result.model_version`, NAME/VERSION) and the eval set, and tag
+    the version with the run id (`sekisho.eval.<SET>`).
+
+    Returns:
+        The run id.
+    """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -186,4 +190,6 @@ def _log_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text: st
         client.log_text(run_id, config_text, "eval/config.yaml")
     client.log_dict(run_id, {"rows": result.rows}, "eval/answers.json")
     client.set_terminated(run_id, "FINISHED")
+    name, _, version = result.model_version.partition("/")
+    client.set_model_version_tag(name, version, f"sekisho.eval.{cfg.name}", run_id)
     return run_id
