@@ -61,6 +61,22 @@ class LoraJobConfig(StrictConfig):
     optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimiser settings.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train scaling.")
     log_every: int = Field(10, ge=1, description="Log metrics to MLflow every N steps.")
+    checkpoint_every: int = Field(0, ge=0, description=(
+        "Save a resumable checkpoint every N steps (0: only at the end). Each one is also "
+        "the point a restarted worker group or a rerun of this job name continues from."))
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in the job's storage (newest first).")
+    max_failures: int = Field(0, ge=-1, description=(
+        "Worker-group restarts Ray Train may make after a worker dies (-1: unlimited)."))
+    resume: Literal["auto", "never"] = Field("auto", description=(
+        "auto: a rerun of this job name continues the unfinished run from its latest "
+        "checkpoint (and is a no-op when that run finished); never: always start a new run."))
+
+    @model_validator(mode="after")
+    def _checkpoint_fits(self):
+        if self.checkpoint_every > self.optim.steps:
+            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) exceeds optim.steps "
+                             f"({self.optim.steps}); use 0 to checkpoint only at the end")
+        return self
 
     @field_validator("dataset")
     @classmethod

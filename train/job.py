@@ -1,5 +1,12 @@
 """A fine-tuning job end to end: resolve the base model, prepare the data, train
-under Ray Train, and register the adapter with its lineage."""
+under Ray Train, and register the adapter with its lineage.
+
+A job's storage is stable per job name (`<home>/jobs/<name>`): `job_state.json`
+there names the MLflow run, the training fingerprint and, once registered, the
+version. With `resume: auto` a rerun of the same name continues that run from its
+latest checkpoint (same MLflow run, same Ray Train run folder), or returns the
+registered version without training when it had finished.
+"""
 
 from __future__ import annotations
 
@@ -38,34 +45,67 @@ def git_commit() -> str:
         return "unknown"
 
 
+# Fields that change how a run is operated, not what it computes: a rerun may change them.
+OPERATIONAL_FIELDS = {"resume", "max_failures", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+def training_fingerprint(cfg: LoraJobConfig, base_sha256: str, dataset_version: str) -> str:
+    """What a checkpoint must match to be resumed: config (less operational fields),
+    base model bytes and dataset version."""
+    body = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
+    body.update(base_model_sha256=base_sha256, dataset_version=dataset_version)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_job_state(work: Path) -> dict | None:
+    path = work / "job_state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_job_state(work: Path, **state) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "job_state.json").write_text(json.dumps(state, indent=1))
+
+
 def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None = None) -> JobResult:
-    """Run a LoRA job on the Ray cluster this process is connected to.
+    """Run a LoRA job on the Ray cluster this process is connected to; with
+    `cfg.resume == "auto"` a rerun of the same job name resumes it (module doc).
 
     Raises:
-        UserError: the base model or dataset is missing or invalid, or training failed.
+        UserError: the base model or dataset is missing or invalid, an unfinished
+            run of this name was started with a different config, base or data, or
+            training failed.
     """
-    from experiments import RunLogger
-
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
     base = load(cfg.base_model, work / "base")
     data_cfg = DatasetConfig.from_yaml(cfg.dataset)
     manifest = prepare(data_cfg, base.path, work / "data")
+    fingerprint = training_fingerprint(cfg, base.sha256, manifest["version"])
 
     from mlflow import MlflowClient
 
-    experiment_id = use_store()
-    run_id = MlflowClient().create_run(experiment_id, run_name=cfg.name).info.run_id
-    logger = RunLogger(run_id, tracking_uri())
-    logger.log_config(cfg.model_dump(mode="json"), yaml_text)
-    logger.client.log_dict(run_id, manifest, "dataset/manifest.json")
-    logger.set_tags({"sekisho.base_model_version": base.ref, "sekisho.dataset": data_cfg.name,
-                     "sekisho.dataset_version": manifest["version"],
-                     "sekisho.config_sha256": config_hash(cfg), "sekisho.git_commit": git_commit()})
-    _log_dataset_input(run_id, data_cfg.name, manifest)
+    use_store()
+    previous = read_job_state(work) if cfg.resume == "auto" else None
+    if previous and previous["fingerprint"] != fingerprint:
+        raise UserError(
+            f"job {cfg.name!r} has an unfinished or finished run ({previous['run_id']}) started with a "
+            f"different config, base model or dataset; resuming it would mix two trainings. "
+            f"Set `resume: never` to start a new run under this name, or rename the job.")
+    if previous and previous.get("version"):
+        run = MlflowClient().get_run(previous["run_id"])
+        return JobResult(previous["run_id"], cfg.register_as, previous["version"],
+                         Path(previous["adapter_dir"]), dict(run.data.metrics), manifest)
+    if previous:
+        run_id = previous["run_id"]
+        MlflowClient().update_run(run_id, status="RUNNING")
+    else:
+        run_id = _start_run(cfg, yaml_text, base, data_cfg, manifest)
+        write_job_state(work, run_id=run_id, fingerprint=fingerprint, version=None)
 
-    inputs = JobInputs(str(base.path), str(work / "data" / "tokens.parquet"), tracking_uri(), run_id)
-    result = build_trainer(cfg, inputs, work / "ray" / run_id).fit()
+    inputs = JobInputs(str(base.path), str(work / "data" / "tokens.parquet"), tracking_uri(), run_id,
+                       state_dir=str(work / "ray" / run_id / "attempts"), fingerprint=fingerprint)
+    result = build_trainer(cfg, inputs, work / "ray", run_name=run_id).fit()
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
@@ -80,7 +120,26 @@ def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None 
                                   "config_sha256": config_hash(cfg),
                                   "git_commit": git_commit()})
     MlflowClient().set_terminated(run_id, "FINISHED")
+    write_job_state(work, run_id=run_id, fingerprint=fingerprint, version=version,
+                    adapter_dir=str(adapter_dir))
     return JobResult(run_id, cfg.register_as, version, adapter_dir, dict(result.metrics), manifest)
+
+
+def _start_run(cfg: LoraJobConfig, yaml_text: str | None, base, data_cfg, manifest: dict) -> str:
+    """A new MLflow run with the config, dataset manifest and lineage tags."""
+    from mlflow import MlflowClient
+
+    from experiments import RunLogger
+
+    run_id = MlflowClient().create_run(use_store(), run_name=cfg.name).info.run_id
+    logger = RunLogger(run_id, tracking_uri())
+    logger.log_config(cfg.model_dump(mode="json"), yaml_text)
+    logger.client.log_dict(run_id, manifest, "dataset/manifest.json")
+    logger.set_tags({"sekisho.base_model_version": base.ref, "sekisho.dataset": data_cfg.name,
+                     "sekisho.dataset_version": manifest["version"],
+                     "sekisho.config_sha256": config_hash(cfg), "sekisho.git_commit": git_commit()})
+    _log_dataset_input(run_id, data_cfg.name, manifest)
+    return run_id
 
 
 def _log_dataset_input(run_id: str, name: str, manifest: dict) -> None:

@@ -2,7 +2,9 @@
 that runs in one process without Ray; `train.trainer` wraps it for Ray Train.
 
 Loss is on assistant tokens only (labels prepared by `data`). Data order is a
-seeded permutation per epoch, so a rerun sees the same batches.
+seeded permutation per epoch and one batch is drawn per step, so the data position
+is a function of the step: a run resumed from a checkpoint at step N continues
+with batch N + 1, exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from train.config import LoraJobConfig
 
 MetricsSink = Callable[[dict[str, float], int], None]
+CheckpointSink = Callable[[int, dict[str, float]], None]
 
 
 def lr_at(step: int, cfg) -> float:
@@ -36,6 +39,8 @@ class LoraRecipe:
     def __init__(self, cfg: LoraJobConfig, rank: int = 0, world_size: int = 1):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.step = 0
+        self.attempt = 1
+        self.batch_ids: list[int] = []
 
     def setup(self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model=None) -> None:
         """Load the base model, add LoRA, load the examples.
@@ -64,17 +69,33 @@ class LoraRecipe:
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.optim.lr,
                                            weight_decay=self.cfg.optim.weight_decay)
 
-    def batches(self):
-        """Yield this rank's batches forever: seeded permutation per epoch, sharded by rank."""
+    def batches(self, start_step: int = 0):
+        """Yield this rank's batches forever, from the one step `start_step` draws:
+        seeded permutation per epoch, sharded by rank. `self.batch_ids` holds the
+        example indices of the batch last yielded."""
+        epoch, offset = self.data_position(start_step)
+        while True:
+            starts = self._batch_starts(epoch)
+            order = self._epoch_order(epoch)
+            for i in starts[offset:]:
+                self.batch_ids = order[i:i + self.cfg.optim.batch_size]
+                yield [self.examples[j] for j in self.batch_ids]
+            epoch, offset = epoch + 1, 0
+
+    def data_position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) that `step` (0-based) draws on this rank."""
+        per_epoch = len(self._batch_starts(0))
+        return divmod(step, per_epoch)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
         import torch
 
-        epoch, bs = 0, self.cfg.optim.batch_size
-        while True:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(self.examples), generator=g).tolist()[self.rank::self.world_size]
-            for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
-                yield [self.examples[j] for j in order[i:i + bs]]
-            epoch += 1
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()[self.rank::self.world_size]
+
+    def _batch_starts(self, epoch: int) -> list[int]:
+        n, bs = len(self.examples[self.rank::self.world_size]), self.cfg.optim.batch_size
+        return list(range(0, n - bs + 1 if n >= bs else 1, bs))
 
     def collate(self, batch):
         import torch
@@ -89,13 +110,26 @@ class LoraRecipe:
             mask[row, :len(x)] = 1
         return ids, labels, mask
 
-    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None) -> dict[str, float]:
-        """Run the configured number of steps; returns the last metrics."""
+    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
+              on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
+              ) -> dict[str, float]:
+        """Run from the current step to the configured number of steps.
+
+        Args:
+            on_metrics: called with (metrics, step) every `log_every` steps and at the end.
+            on_checkpoint: called with (step, last metrics) every `cfg.checkpoint_every`
+                steps and at the end; the caller saves with `save_checkpoint`.
+            on_step: called with the step just finished (tests record `batch_ids` here).
+
+        Returns:
+            The last metrics logged.
+        """
         import torch
 
         log_every = log_every or self.cfg.log_every
+        every = self.cfg.checkpoint_every
         self.model.train()
-        batches = self.batches()
+        batches = self.batches(self.step)
         last: dict[str, float] = {}
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < self.cfg.optim.steps:
@@ -118,7 +152,40 @@ class LoraRecipe:
                 if on_metrics:
                     on_metrics(last, self.step)
                 window_tokens, window_start = 0, time.perf_counter()
+            if on_step:
+                on_step(self.step)
+            if on_checkpoint and ((every and self.step % every == 0) or self.step == self.cfg.optim.steps):
+                on_checkpoint(self.step, last)
         return last
+
+    def save_checkpoint(self, out_dir: str | Path, extra: dict | None = None) -> Path:
+        """Write the resumable state (weights, optimizer, RNG, step, data position);
+        rank 0 also writes the adapter. Every rank calls it (each saves its RNG)."""
+        from train.checkpoint import save_state
+
+        epoch, batch = self.data_position(self.step)
+        out = save_state(out_dir, self.peft_model, self.optimizer, {
+            "step": self.step, "attempt": self.attempt, "world_size": self.world_size,
+            "data_position": {"epoch": epoch, "batch": batch}, **(extra or {})}, rank=self.rank)
+        if self.rank == 0:
+            self.save(out / "adapter")
+        return out
+
+    def load_checkpoint(self, ckpt_dir: str | Path) -> dict:
+        """Continue from a checkpoint written by `save_checkpoint` (after `setup`).
+
+        Raises:
+            ValueError: it was written with another world size or another model.
+        """
+        from train.checkpoint import load_state, read_state
+
+        state = read_state(ckpt_dir)
+        if state["world_size"] != self.world_size:
+            raise ValueError(f"checkpoint {ckpt_dir} was written by {state['world_size']} workers, "
+                             f"this run has {self.world_size}; the data order would differ")
+        load_state(ckpt_dir, self.peft_model, self.optimizer, rank=self.rank)
+        self.step = state["step"]
+        return state
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the adapter (safetensors + adapter_config.json) to `out_dir`."""

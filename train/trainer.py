@@ -1,5 +1,7 @@
 """Ray Train wrapper: `build_trainer(cfg, ...)` -> TorchTrainer running the recipe
-on N workers; rank 0 logs to MLflow and returns the adapter as the checkpoint."""
+on N workers; rank 0 logs to MLflow. Every `checkpoint_every` steps and at the end
+the workers report a resumable checkpoint (the last one also holds the adapter);
+a restarted worker group continues from the latest one (`ray.train.get_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,21 @@ class JobInputs:
     tokens_path: str
     mlflow_uri: str
     run_id: str
+    state_dir: str = ""
+    fingerprint: str = ""
+
+
+def next_attempt(state_dir: str, rank: int) -> int:
+    """Count this worker start (1 for the first) in `state_dir`, one file per rank
+    so that no rank waits for another; all ranks restart together."""
+    if not state_dir:
+        return 1
+    path = Path(state_dir, f"attempts-rank{rank}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        f.write("x\n")
+        f.seek(0)
+        return len(f.read().splitlines())
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -28,6 +45,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from cluster import offline
     offline.apply()
     from experiments import RunLogger
+    from train.fault_injection import StepHook
     from train.recipe import LoraRecipe
 
     cfg = LoraJobConfig.model_validate(loop_config["cfg"])
@@ -41,24 +59,42 @@ def train_loop_per_worker(loop_config: dict) -> None:
         from ray.train.torch import prepare_model
         wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
     recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
+    recipe.attempt = next_attempt(inputs.state_dir, rank)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            recipe.load_checkpoint(folder)
+    hook = StepHook(cfg.name, rank)
 
     def on_metrics(metrics: dict[str, float], step: int) -> None:
-        logger.log_metrics(metrics, step, flush=step % (cfg.log_every * 10) == 0)
+        # The attempt goes with every logged step, so steps re-run after a
+        # restore show which attempt ran them.
+        logger.log_metrics({**metrics, "attempt": recipe.attempt}, step,
+                           flush=step % (cfg.log_every * 10) == 0)
 
-    last = recipe.train(on_metrics=on_metrics)
+    def on_checkpoint(step: int, last: dict[str, float]) -> None:
+        # Flush first: whatever a restore might repeat is already in MLflow.
+        logger.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe.save_checkpoint(tmp, {"fingerprint": inputs.fingerprint, "run_id": inputs.run_id})
+            ray.train.report({**last, "step": step, "attempt": recipe.attempt},
+                             checkpoint=Checkpoint.from_directory(tmp))
+
+    recipe.train(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
+                 on_step=(lambda _: hook(recipe)) if hook.active else None)
     logger.flush()
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            recipe.save(Path(tmp, "adapter"))
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report({**last, "step": recipe.step}, checkpoint=checkpoint)
     recipe.cleanup()
 
 
-def build_trainer(cfg: LoraJobConfig, inputs: JobInputs, storage_path: str | Path):
-    """Turn a job config into a Ray Train TorchTrainer (not yet started)."""
-    from ray.train import RunConfig, ScalingConfig
+def build_trainer(cfg: LoraJobConfig, inputs: JobInputs, storage_path: str | Path,
+                  run_name: str | None = None):
+    """Turn a job config into a Ray Train TorchTrainer (not yet started).
+
+    Args:
+        storage_path, run_name: where checkpoints go (`storage_path/run_name`); a
+            trainer built with the same two continues from that run's latest checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     s = cfg.scaling
@@ -68,5 +104,7 @@ def build_trainer(cfg: LoraJobConfig, inputs: JobInputs, storage_path: str | Pat
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
-        run_config=RunConfig(name=cfg.name, storage_path=str(storage_path)),
+        run_config=RunConfig(name=run_name or cfg.name, storage_path=str(storage_path),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
