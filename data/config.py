@@ -80,8 +80,11 @@ class DatasetConfig(StrictConfig):
     overlength: Literal["truncate", "drop"] = Field("truncate", description="Examples longer than max_length: "
                                                                            "cut at max_length, or drop and count.")
     min_tokens: int = Field(1, ge=1, description="Examples with fewer tokens are dropped and counted.")
+    executor: Literal["local", "ray"] = Field("local", description="local: this process plus `workers` forked "
+                                              "processes; ray: a Ray Data pipeline on the connected Ray cluster "
+                                              "with `workers` actors (the sources must be readable on every node).")
     workers: int = Field(1, ge=1, le=64, description="Processes for the per-row stages (validate, normalise, mask, "
-                                                    "hash, tokenise); 1 runs them in this process.")
+                                                    "hash, tokenise); 1 runs them in this process (executor: local).")
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Text normalisation.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="PII masking.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate removal.")

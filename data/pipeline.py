@@ -69,20 +69,30 @@ class Accounting:
                                   f"(set on_error: skip to drop and count them):\n{shown}{more}")
 
 
-def raw_rows(cfg: DatasetConfig, acc: Accounting) -> Iterator[RawRow]:
-    """Every row of every source, registering the sources (name, SHA-256, rows) in `acc`.
+def register_sources(cfg: DatasetConfig, acc: Accounting) -> list[Path]:
+    """The files to read; each is recorded in `acc.sources` (name, path, SHA-256, bytes).
 
     Raises:
-        DataValidationError: unreadable sources (missing, undecodable, unsupported).
+        DataValidationError: the path is missing, unsupported or holds no readable file.
     """
     files, ignored = list_sources(cfg.path)
     root = Path(cfg.path)
     acc.ignored_files = [str(p) for p in ignored]
     for path in files:
         name = str(path.relative_to(root)) if root.is_dir() else path.name
-        source = {"name": name, "path": str(path), "sha256": file_sha256(path),
-                  "bytes": path.stat().st_size, "rows_in": 0}
-        acc.sources.append(source)
+        acc.sources.append({"name": name, "path": str(path), "sha256": file_sha256(path),
+                            "bytes": path.stat().st_size, "rows_in": 0})
+    return files
+
+
+def raw_rows(cfg: DatasetConfig, acc: Accounting) -> Iterator[RawRow]:
+    """Every row of every source, counted in `acc` (rows in, per source and in all).
+
+    Raises:
+        DataValidationError: unreadable sources (missing, undecodable, unsupported).
+    """
+    files = register_sources(cfg, acc)
+    for path, source in zip(files, acc.sources):
         for row in read_rows(path, cfg.encoding, parse=False):
             acc.rows_in += 1
             source["rows_in"] += 1
@@ -212,31 +222,51 @@ def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
             yield pending.popleft().get()
 
 
-def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting) -> Iterator[tuple[str, dict[str, list[int]]]]:
+def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting) -> Iterator[tuple[list, Counter]]:
+    """(processed rows, PII counts) per batch in read order, from the configured executor."""
+    global _PROCESSOR
+    if cfg.executor == "ray":
+        from data.ray_pipeline import ray_batch_results
+
+        files = register_sources(cfg, acc)
+        by_path = {s["path"]: s for s in acc.sources}
+        for results, pii in ray_batch_results(cfg, tokenizer_dir, files, BATCH_ROWS):
+            for p in results:  # rows are read on the cluster: count them as they come back
+                acc.rows_in += 1
+                by_path[p.where[0]]["rows_in"] += 1
+            yield results, pii
+        return
+    _PROCESSOR = RowProcessor(cfg, tokenizer)
+    try:
+        yield from ordered_map(_run_batch, batched(raw_rows(cfg, acc), BATCH_ROWS), cfg.workers)
+    finally:
+        _PROCESSOR = None
+
+
+def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
+                   tokenizer_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, list[int]]]]:
     """(split, tokens) of every row kept, in read order; every other row is counted in `acc`.
+
+    Args:
+        tokenizer_dir: where Ray workers load the tokenizer from (executor: ray).
 
     Raises:
         DataValidationError: unreadable sources.
     """
-    global _PROCESSOR
-    _PROCESSOR = RowProcessor(cfg, tokenizer)
     dedup = Deduplicator(cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.shingle)
-    try:
-        for results, pii in ordered_map(_run_batch, batched(raw_rows(cfg, acc), BATCH_ROWS), cfg.workers):
-            acc.pii.update(pii)
-            for p in results:
-                if p.tokens is None:  # invalid row
-                    acc.drop(p.error, invalid=True)
-                    continue
-                reason = dedup.check_keys(p.key, p.band_keys) if cfg.dedup.exact or cfg.dedup.near else None
-                if reason:
-                    acc.drop(_duplicate(p, reason))
-                elif p.error:
-                    acc.drop(p.error)
-                else:
-                    yield p.split, p.tokens
-    finally:
-        _PROCESSOR = None
+    for results, pii in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
+        acc.pii.update(pii)
+        for p in results:
+            if p.tokens is None:  # invalid row
+                acc.drop(p.error, invalid=True)
+                continue
+            reason = dedup.check_keys(p.key, p.band_keys) if cfg.dedup.exact or cfg.dedup.near else None
+            if reason:
+                acc.drop(_duplicate(p, reason))
+            elif p.error:
+                acc.drop(p.error)
+            else:
+                yield p.split, p.tokens
 
 
 def _duplicate(p: Processed, reason: str) -> RowError:

@@ -108,7 +108,7 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
     with (out / "dropped.jsonl.partial").open("w", encoding="utf-8") as log:
         acc = Accounting(log=log)
         try:
-            for split, tokens in processed_rows(cfg, tokenizer, acc):
+            for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir):
                 examples[split] += 1
                 rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
                 for row in rows:
@@ -157,7 +157,7 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
         "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
-        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers"}),
+        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers", "executor"}),
         "content_sha256": content.hexdigest(),
     }
     manifest["version"] = dataset_version(manifest)

@@ -80,6 +80,10 @@ def detect_encoding(path: Path, encoding: str) -> str:
         head = f.read(SNIFF_BYTES)
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        at = max(head.find(b"\x00"), 0)
+        raise DataValidationError(f"{path}: byte {at}: UTF-16 or binary content (Excel's "
+                                  f"'Unicode text' is UTF-16); save the file as UTF-8 (or CSV in CP932).")
     try:
         head.decode("utf-8")
         return "utf-8"

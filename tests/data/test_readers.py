@@ -125,3 +125,10 @@ def test_missing_path_and_unsupported_file(tmp_path):
     (tmp_path / "a.xlsx").write_bytes(b"PK")
     with pytest.raises(DataValidationError, match="unsupported file type '.xlsx'"):
         list_sources(tmp_path / "a.xlsx")
+
+
+def test_utf16_export_is_named_not_misread(tmp_path):
+    p = tmp_path / "excel.tsv"
+    p.write_bytes("質問\t回答\n".encode("utf-16"))
+    with pytest.raises(DataValidationError, match=r"excel.tsv: byte \d+: UTF-16 or binary content"):
+        list(read_rows(p))
