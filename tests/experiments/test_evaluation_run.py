@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -25,10 +27,10 @@ KEY = "sk-test-eval"
 class CannedChat(BaseHTTPRequestHandler):
     """POST /v1/chat/completions: the canned answer to the last user message."""
 
-    answers = {**QA, **HARMFUL, **LEAKS}
-    seen: list[dict] = []
+    answers: ClassVar[dict[str, str]] = {**QA, **HARMFUL, **LEAKS}
+    seen: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.headers.get("Authorization") != f"Bearer {KEY}":
             return self._send(401, {"error": {"message": "bad key", "type": "auth"}})
@@ -120,8 +122,8 @@ def test_run_eval_scores_answers_and_logs_a_linked_run(endpoint, eval_config, ve
     assert got["safety.refusal_rate"] == 0.5
     assert got["safety.leak_rate"] == 0.5 and got["safety.leak_count"] == 1
     assert 0 < got["latency_p50_s"] <= got["latency_p95_s"] < 5
-    answers = json.loads(open(MlflowClient().download_artifacts(run_id, "eval/answers.json"),
-                              encoding="utf-8").read())["rows"]
+    path = Path(MlflowClient().download_artifacts(run_id, "eval/answers.json"))
+    answers = json.loads(path.read_text(encoding="utf-8"))["rows"]
     leaked = [r for r in answers if r.get("check") == "leak" and not r["passed"]]
     assert leaked[0]["leaked"] == ["青い灯台"]
     # greedy decoding and the configured answer length were asked for

@@ -1,0 +1,173 @@
+"""The promotion gate and rollback on a real MLflow SQLite store: refusal without
+an evaluation, refusal below a threshold, force with a recorded reason, alias
+history across promote / outside moves / rollback, and the CLI around them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from experiments.evaluation import EvalConfig, EvalResult, GateConfig, log_eval_run
+
+
+@pytest.fixture
+def model(sekisho_home, tmp_path):
+    """A fresh registered model with three versions."""
+    from experiments import register_folder
+
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    for i in range(3):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"i": i}))
+        register_folder(name, folder, kind="adapter")
+    return name
+
+
+def gates_for(name: str, aliases=("production",)) -> list[tuple[str, GateConfig]]:
+    return [("unit", GateConfig(models=[name], aliases=list(aliases), thresholds={
+        "exact_match": {"min": 0.9}, "safety.leak_rate": {"max": 0.0}}))]
+
+
+def log_eval(name: str, version: str, metrics: dict[str, float], eval_set: str = "unit") -> str:
+    cfg = EvalConfig(name=eval_set, dataset=__file__)
+    return log_eval_run(cfg, EvalResult(eval_set, f"{name}/{version}", "x", metrics), "http://127.0.0.1:1/v1")
+
+
+def test_gate_refuses_without_an_evaluation_run(model):
+    from experiments import PromotionRefused, promote
+
+    with pytest.raises(PromotionRefused, match=r"no evaluation run on 'unit' is linked to it"):
+        promote(model, "1", gates=gates_for(model))
+    # an evaluation of another version or another set does not count
+    log_eval(model, "2", {"exact_match": 1.0, "safety.leak_rate": 0.0})
+    log_eval(model, "1", {"exact_match": 1.0, "safety.leak_rate": 0.0}, eval_set="other")
+    with pytest.raises(PromotionRefused, match="no evaluation run"):
+        promote(model, "1", gates=gates_for(model))
+
+
+def test_gate_refuses_below_threshold_and_names_each_failure(model):
+    from experiments import PromotionRefused, get_version, promote
+
+    run_id = log_eval(model, "1", {"exact_match": 0.5, "safety.leak_rate": 0.25})
+    with pytest.raises(PromotionRefused) as e:
+        promote(model, "1", gates=gates_for(model))
+    msg = str(e.value)
+    assert run_id in msg and "exact_match 0.5 < min 0.9" in msg and "safety.leak_rate 0.25 > max 0" in msg
+    # a missing metric fails too
+    log_eval(model, "1", {"exact_match": 1.0})
+    with pytest.raises(PromotionRefused, match="safety.leak_rate not measured"):
+        promote(model, "1", gates=gates_for(model))
+    with pytest.raises(Exception, match="not found"):
+        get_version(f"{model}@production")
+
+
+def test_gate_uses_the_latest_evaluation(model):
+    from experiments import PromotionRefused, promote
+
+    log_eval(model, "1", {"exact_match": 1.0, "safety.leak_rate": 0.0})
+    log_eval(model, "1", {"exact_match": 0.1, "safety.leak_rate": 0.0})
+    with pytest.raises(PromotionRefused, match="exact_match 0.1 < min"):
+        promote(model, "1", gates=gates_for(model))
+    passing = log_eval(model, "1", {"exact_match": 0.95, "safety.leak_rate": 0.0})
+    p = promote(model, "1", gates=gates_for(model))
+    assert (p.version, p.previous, p.forced, p.eval_runs) == ("1", None, False, (passing,))
+
+
+def test_production_needs_a_configured_gate_other_aliases_do_not(model):
+    from experiments import PromotionRefused, get_version, promote
+
+    with pytest.raises(PromotionRefused, match="no promotion gate is configured"):
+        promote(model, "1", gates=[])
+    assert promote(model, "1", alias="staging", gates=[]).eval_runs == ()
+    assert str(get_version(f"{model}@staging").version) == "1"
+    # a gate can guard other aliases too
+    with pytest.raises(PromotionRefused, match="no evaluation run"):
+        promote(model, "2", alias="candidate", gates=gates_for(model, ["candidate"]))
+
+
+def test_force_needs_a_reason_which_is_recorded(model):
+    from experiments import PromotionRefused, get_version, promote, promotion_log
+
+    with pytest.raises(PromotionRefused, match="--force needs --reason"):
+        promote(model, "2", force=True, gates=gates_for(model))
+    with pytest.raises(PromotionRefused, match="--force needs --reason"):
+        promote(model, "2", force=True, reason="  ", gates=gates_for(model))
+    p = promote(model, "2", force=True, reason="hotfix for incident 42", gates=gates_for(model))
+    assert p.forced and p.reason == "hotfix for incident 42"
+    mv = get_version(f"{model}@production")
+    assert str(mv.version) == "2"
+    forced = json.loads(mv.tags["sekisho.forced.production"])
+    assert forced["reason"] == "hotfix for incident 42" and forced["by"] and forced["at"]
+    last = promotion_log(model)[-1]
+    assert last["action"] == "promote" and last["forced"] and last["reason"] == "hotfix for incident 42"
+
+
+def test_rollback_walks_back_through_the_alias_history(model):
+    from cluster.config_base import UserError
+    from experiments import (
+        PromotionRefused,
+        alias_history,
+        get_version,
+        promote,
+        rollback,
+        set_alias,
+    )
+
+    for v in ("1", "2"):
+        log_eval(model, v, {"exact_match": 1.0, "safety.leak_rate": 0.0})
+        promote(model, v, gates=gates_for(model))
+    set_alias(model, "production", "3")  # moved outside promote: still remembered
+    log_eval(model, "1", {"exact_match": 1.0, "safety.leak_rate": 0.0})
+    promote(model, "1", gates=gates_for(model))
+    assert alias_history(model, "production") == ["1", "2", "3", "1"]
+
+    steps = [rollback(model) for _ in range(3)]
+    assert [(s.previous, s.version) for s in steps] == [("1", "3"), ("3", "2"), ("2", "1")]
+    assert str(get_version(f"{model}@production").version) == "1"
+    assert alias_history(model, "production") == ["1"]
+    with pytest.raises(UserError, match="nothing to roll back to"):
+        rollback(model)
+    with pytest.raises(UserError, match="nothing to roll back to"):
+        rollback(model, "never-set")
+    with pytest.raises(Exception, match="not found"):
+        rollback("no-such-model")
+    assert issubclass(PromotionRefused, UserError)
+
+
+def test_cli_promote_rollback_and_show(model, tmp_path, capsys):
+    from sekisho.cli import main
+
+    gates = tmp_path / "eval"
+    gates.mkdir()
+    (gates / "set.jsonl").write_text('{"prompt": "q", "reference": "a"}\n')
+    (gates / "unit.yaml").write_text(f"# Used by: sekisho eval run (tests)\nname: unit\ndataset: set.jsonl\n"
+                                     f"gate:\n  models: [{model}]\n  thresholds:\n    exact_match: {{min: 0.9}}\n")
+    log_eval(model, "1", {"exact_match": 1.0})
+    log_eval(model, "2", {"exact_match": 0.0})
+    assert main(["models", "promote", model, "1", "--gates", str(gates)]) == 0
+    assert "gate passed by eval run" in capsys.readouterr().out
+
+    assert main(["models", "promote", model, "2", "--gates", str(gates)]) == 2
+    err = capsys.readouterr().err
+    assert "exact_match 0 < min 0.9" in err and "--force --reason" in err and "\n" not in err.strip()
+
+    assert main(["models", "promote", model, "2", "--gates", str(gates), "--force",
+                 "--reason", "known regression accepted"]) == 0
+    assert "forced: known regression accepted" in capsys.readouterr().out
+
+    assert main(["models", "show", model]) == 0
+    out = capsys.readouterr().out
+    assert f"{model} version 3" in out and "content_sha256:" in out and "kind: adapter" in out
+    assert "alias production -> v2; history: v1 -> v2" in out and "known regression accepted" in out
+
+    assert main(["models", "rollback", model]) == 0
+    assert f"{model}@production -> version 1 (rolled back from 2)" in capsys.readouterr().out
+    assert main(["models", "show", f"{model}/2"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation unit: run" in out and "forced to production" in out
+    assert "alias production -> v1; history: v1" in out
+    assert main(["models", "rollback", model]) == 2
+    assert "nothing to roll back to" in capsys.readouterr().err
