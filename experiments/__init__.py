@@ -2,6 +2,7 @@
 logger that training uses, and the airlock that imports open models into the
 content-addressed model store."""
 
+from experiments.comparison import Comparison, compare_runs
 from experiments.file_hashes import read_manifest
 from experiments.model_import import ImportedModel, ImportPolicy, import_model
 from experiments.model_store import store_root
@@ -38,3 +39,4 @@ __all__ = ["ImportPolicy", "ImportedModel", "ModelImportRefused", "ModelIntegrit
            "store_root", "tracking_uri", "use_store", "verify_all_bytes", "verify_store_copy"]
 __all__ += ["Promotion", "PromotionRefused", "alias_history", "check_gate", "promote",
             "promotion_log", "rollback"]
+__all__ += ["Comparison", "compare_runs"]

@@ -1,0 +1,54 @@
+"""`sekisho runs`: Compare tracked runs (training and evaluation)."""
+
+from __future__ import annotations
+
+from sekisho.cli_common import home_from_args as _home
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def cmd_runs_compare(args) -> int:
+    """Print the params that differ and the final metrics of two or more runs
+    (RUN_ID ... or --experiment NAME), and write a PNG of one metric's curves."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.config_base import UserError
+    from experiments.comparison import compare_runs, plot_metric, runs_of
+
+    _home(args)
+    run_ids = list(args.runs)
+    if args.experiment:
+        run_ids += runs_of(args.experiment, args.last)
+    if len(run_ids) < 2:
+        raise UserError("runs compare: give two or more run ids, or --experiment NAME with two or more runs.")
+    c = compare_runs(run_ids)
+    console = Console(width=max(100, 30 + 14 * len(run_ids)))
+    for title, rows in (("params that differ", c.params), ("final metrics", c.metrics)):
+        table = Table(title=title)
+        table.add_column("key")
+        for rid, name in zip(c.run_ids, c.run_names, strict=True):
+            table.add_column(f"{name}\n{rid[:8]}", overflow="fold")
+        for key, values in rows.items():
+            table.add_row(key, *(_cell(v) for v in values))
+        console.print(table)
+    if args.plot:
+        written = plot_metric(c.run_ids, args.metric, args.plot)
+        print(f"wrote {written}" if written else f"no run logged {args.metric!r}; no plot written")
+    return 0
+
+
+def register(groups) -> None:
+    runs = groups.add_parser("runs", help="compare tracked runs").add_subparsers(
+        dest="command", required=True, metavar="COMMAND")
+    c = runs.add_parser("compare", help=cmd_runs_compare.__doc__)
+    c.add_argument("runs", nargs="*", help="run ids")
+    c.add_argument("--experiment", help="also compare the latest runs of this experiment")
+    c.add_argument("--last", type=int, default=5, help="how many runs of --experiment")
+    c.add_argument("--plot", help="write a PNG of --metric per run here")
+    c.add_argument("--metric", default="loss", help="metric to plot (default loss)")
+    c.set_defaults(fn=cmd_runs_compare)
