@@ -103,7 +103,7 @@ def arm_sekisho(corpus: str, tokenizer_dir: str, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         m = prepare(cfg, tokenizer_dir, out)
     return {"seconds": time.perf_counter() - start, "tokens": m["tokens"], "dropped": m["rows"]["dropped"],
-            "pii": sum(m["pii"].values())}
+            "pii": sum(m["pii"].values()), "index_mb": m["dedup_index_bytes"] / 2**20}
 
 
 def tree_rss(pid: int) -> int:
@@ -170,7 +170,7 @@ def main() -> int:
                     res = run_arm(arm, corpora[n], tokenizer_dir, args.workers)
                     runs.setdefault((arm, n), []).append(res)
                     print(f"round {r} rows={n} {arm}: {res['tok_s']:,.0f} tokens/s, {res['seconds']:.1f} s, "
-                          f"peak {res['peak_mb']:.0f} MiB" + (f", dropped {res['dropped']}, pii {res['pii']}"
+                          f"peak {res['peak_mb']:.0f} MiB" + (f", dedup index {res['index_mb']:.1f} MiB, dropped {res['dropped']}, pii {res['pii']}"
                                                              if arm == "sekisho" else ""), flush=True)
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("tok_s", "peak_mb")} for k, v in runs.items()}
     for n in sizes:

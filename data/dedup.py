@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 
 import numpy as np
 
@@ -87,6 +88,53 @@ class MinHasher:
         return sig
 
 
+class KeySet:
+    """A set of 64-bit keys in one flat array (open addressing, linear probing).
+
+    8 bytes a slot, at most 2/3 full, growing by 1.5x: 12-18 bytes a key, where
+    a Python set of ints costs about 60-90. The dedup index is the one part of
+    the pipeline that grows with the input, so its size per row matters.
+    """
+
+    MAX_LOAD = 2 / 3
+
+    def __init__(self, capacity: int = 1 << 12):
+        self._slots = array("Q", bytes(8 * capacity))
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._slots.itemsize * len(self._slots)
+
+    def _find(self, key: int) -> tuple[int, bool]:
+        slots, n = self._slots, len(self._slots)
+        i = (key * 0x9E3779B97F4A7C15 >> 20) % n
+        while True:
+            v = slots[i]
+            if v == 0 or v == key:
+                return i, v == key
+            i = i + 1 if i + 1 < n else 0
+
+    def __contains__(self, key: int) -> bool:
+        return self._find(key or 1)[1]  # 0 marks an empty slot: key 0 is stored as 1
+
+    def add(self, key: int) -> None:
+        key = key or 1
+        i, found = self._find(key)
+        if found:
+            return
+        self._slots[i] = key
+        self._count += 1
+        if self._count > self.MAX_LOAD * len(self._slots):
+            old, self._slots = self._slots, array("Q", bytes(8 * (len(self._slots) * 3 // 2)))
+            for k in old:
+                if k:
+                    self._slots[self._find(k)[0]] = k
+
+
 class Deduplicator:
     """Decides, row by row in read order, whether a row repeats an earlier one.
 
@@ -106,8 +154,7 @@ class Deduplicator:
         mult = np.random.default_rng(7).integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_mult = mult
         self._band_salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        self._seen_exact: set[bytes] = set()
-        self._seen_bands: set[int] = set()
+        self._seen = KeySet()  # exact keys and band keys (salted per band) share one table
 
     def band_keys(self, text: str) -> list[int]:
         """The LSH band keys of `text` (pure: safe to compute in worker processes)."""
@@ -120,14 +167,21 @@ class Deduplicator:
         """Record a row by its content key and band keys; the drop reason
         ("exact_duplicate", "near_duplicate") or None to keep it."""
         if self.exact:
-            if key[:8] in self._seen_exact:
+            exact = int.from_bytes(key[:8], "little")
+            if exact in self._seen:
                 return "exact_duplicate"
-            self._seen_exact.add(key[:8])
+            self._seen.add(exact)
         if self.near:
-            if any(k in self._seen_bands for k in band_keys):
+            if any(k in self._seen for k in band_keys):
                 return "near_duplicate"
-            self._seen_bands.update(band_keys)
+            for k in band_keys:
+                self._seen.add(k)
         return None
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory held by the index (the one structure that grows with the input)."""
+        return self._seen.nbytes
 
     def check(self, key: bytes, text: str) -> str | None:
         """`check_keys` for a text whose band keys are not computed yet."""

@@ -46,6 +46,7 @@ class Accounting:
     pii: Counter = field(default_factory=Counter)
     sources: list[dict] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
+    dedup_index_bytes: int = 0
     log: IO[str] | None = None  # dropped.jsonl, one line per dropped row
 
     def drop(self, error: RowError, invalid: bool = False) -> None:
@@ -267,6 +268,7 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
                 acc.drop(p.error)
             else:
                 yield p.split, p.tokens
+        acc.dedup_index_bytes = dedup.index_bytes
 
 
 def _duplicate(p: Processed, reason: str) -> RowError:

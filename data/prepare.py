@@ -153,6 +153,7 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "trained_tokens": sum(w.stats["trained_tokens"] for w in writers.values()),
         "splits": splits,
         "pii": {k: acc.pii[k] for k in cfg.pii.types} if cfg.pii.enabled else {},
+        "dedup_index_bytes": acc.dedup_index_bytes,
         "tokenizer_sha256": tokenizer_hash(tokenizer_dir),
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,

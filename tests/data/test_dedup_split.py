@@ -55,3 +55,17 @@ def test_another_seed_gives_another_split_and_zero_means_all_train():
     ks = keys(500)
     assert [split_of(k, 0.2, 0) for k in ks] != [split_of(k, 0.2, 1) for k in ks]
     assert {split_of(k, 0.0, 0) for k in ks} == {"train"}
+
+
+def test_key_set_holds_keys_compactly():
+    from data.dedup import KeySet
+
+    rng = random.Random(1)
+    keys = [rng.getrandbits(64) for _ in range(50_000)] + [0]
+    s = KeySet(capacity=16)
+    for k in keys:
+        s.add(k)
+    s.add(keys[0])
+    assert len(s) == len(keys) and all(k in s for k in keys)
+    assert sum(rng.getrandbits(64) in s for _ in range(10_000)) == 0
+    assert s.nbytes <= 8 * 1.5 * len(keys) / KeySet.MAX_LOAD + 8  # 12-18 bytes a key
