@@ -11,7 +11,7 @@ import openai
 import pytest
 
 pytestmark = pytest.mark.e2e
-V2_PREFIX = "改訂版："
+V2_PREFIX = "改訂版-"  # NFKC-stable: data preparation normalises text
 
 
 @pytest.fixture(scope="module")
