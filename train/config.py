@@ -48,16 +48,24 @@ class ScalingSettings(StrictConfig):
     cpus_per_worker: int = Field(2, ge=1, description="CPUs (and torch threads) per worker.")
 
 
-class LoraJobConfig(StrictConfig):
-    """A LoRA fine-tuning job: base model + dataset -> a registered adapter version."""
+class MemoryPlan(StrictConfig):
+    """What `train.estimate_memory` needs before the base model is resolved."""
+
+    model_shape: str = Field(description="Architecture preset (train.memory.MODEL_SHAPES), e.g. llama-3.1-70b.")
+    seq_len: int = Field(2048, ge=1, description="Tokens per example (packed length).")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="Memory of one GPU, GB (H100: 80).")
+    cpu_memory_gb: float = Field(2000.0, gt=0, description="Host memory of one node, GB (DGX H100: 2000).")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node (offloaded state shares one host).")
+
+
+class JobFields(StrictConfig):
+    """Fields every fine-tuning job has, whatever its recipe."""
 
     name: str = Field(description="Job name (Ray Train run name and MLflow run name).", pattern=r"^[A-Za-z0-9_.-]+$")
-    recipe: Literal["sft_lora"] = Field("sft_lora", description="Training recipe.")
     base_model: str = Field(description="Registry reference NAME@ALIAS or NAME/VERSION of the base model.")
     dataset: str = Field(description="Path of the dataset config (configs/data/*.yaml), relative to this file.")
-    register_as: str = Field(description="Registered model name the trained adapter becomes a version of.")
-    seed: int = Field(0, description="Seed for LoRA init and data order.")
-    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
+    register_as: str = Field(description="Registered model name the trained output becomes a version of.")
+    seed: int = Field(0, description="Seed for initialisation and data order.")
     optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimiser settings.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train scaling.")
     log_every: int = Field(10, ge=1, description="Log metrics to MLflow every N steps.")
@@ -70,6 +78,8 @@ class LoraJobConfig(StrictConfig):
     resume: Literal["auto", "never"] = Field("auto", description=(
         "auto: a rerun of this job name continues the unfinished run from its latest "
         "checkpoint (and is a no-op when that run finished); never: always start a new run."))
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% slower).")
+    plan: MemoryPlan | None = Field(None, description="Sizes for train.estimate_memory (shipped cluster configs).")
 
     @model_validator(mode="after")
     def _checkpoint_fits(self):
@@ -90,3 +100,71 @@ class LoraJobConfig(StrictConfig):
         if "@" not in value and "/" not in value:
             raise ValueError(f"{value!r} is not a registry reference; expected NAME@ALIAS or NAME/VERSION")
         return value
+
+
+class LoraJobConfig(JobFields):
+    """A LoRA fine-tuning job: base model + dataset -> a registered adapter version."""
+
+    recipe: Literal["sft_lora"] = Field("sft_lora", description="Training recipe.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
+    deepspeed: DeepSpeedSettings | None = Field(None, description=(
+        "ZeRO sharding of the frozen base and the adapter (large bases across nodes); none: DDP."))
+
+
+class DeepSpeedSettings(StrictConfig):
+    """DeepSpeed ZeRO: how optimizer state, gradients and parameters are sharded."""
+
+    zero_stage: Literal[2, 3] = Field(3, description="2: shard optimizer state and gradients; 3: also parameters.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in host memory (CPU Adam).")
+    offload_params: bool = Field(False, description="Keep parameters in host memory between uses (stage 3 only).")
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage3(self):
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3 (stage 2 does not partition parameters)")
+        return self
+
+
+class FullJobConfig(JobFields):
+    """Full fine-tuning (`sft_full`) or continued pre-training on raw text (`cpt`)
+    with DeepSpeed ZeRO: base model + dataset -> merged full weights as a version."""
+
+    recipe: Literal["sft_full", "cpt"] = Field(description="sft_full: chat data, loss on assistant tokens; "
+                                                         "cpt: raw text, loss on every token.")
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, description="ZeRO settings.")
+    max_shard_size: str = Field("5GB", pattern=r"^[0-9]+(KB|MB|GB)$",
+                                description="Largest safetensors shard of the exported weights.")
+
+
+LoraJobConfig.model_rebuild()
+RECIPE_CONFIGS: dict[str, type[JobFields]] = {"sft_lora": LoraJobConfig, "sft_full": FullJobConfig,
+                                              "cpt": FullJobConfig}
+
+
+class TrainJobConfig:
+    """Any job config under configs/train/, its class chosen by the `recipe` key
+    (sft_lora when absent): what `sekisho config check` loads."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> JobFields:
+        """Load with the config class of the file's recipe.
+
+        Raises:
+            ConfigError: unknown recipe, or the file does not validate.
+        """
+        import yaml
+
+        from cluster.config_base import ConfigError
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            raw = None      # the class's own loader reports it with file and line
+        recipe = raw.get("recipe", "sft_lora") if isinstance(raw, dict) else "sft_lora"
+        if recipe not in RECIPE_CONFIGS:
+            raise ConfigError(f"{path}: recipe: {recipe!r} is not one of {sorted(RECIPE_CONFIGS)}.")
+        return RECIPE_CONFIGS[recipe].from_yaml(path)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        return {**FullJobConfig.field_help(), **LoraJobConfig.field_help()}

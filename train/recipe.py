@@ -57,6 +57,8 @@ class LoraRecipe:
         torch.set_num_threads(self.cfg.scaling.cpus_per_worker)
         torch.manual_seed(self.cfg.seed)
         base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        if self.cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = self.cfg.lora
         self.peft_model = get_peft_model(base, LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cluster.config_base import UserError
 
-CONFIG_KINDS = {"data": "data.prepare:DatasetConfig", "train": "train.config:LoraJobConfig",
+CONFIG_KINDS = {"data": "data.prepare:DatasetConfig", "train": "train.config:TrainJobConfig",
                 "serve": "serve.config:ServeAppConfig", "models": "train.tiny_model:TinyModelConfig", "cluster": "cluster.inventory:Inventory", "gpu_requests": "cluster.gpu_requests:GpuRequests", "eval": "experiments.evaluation:EvalConfig"}
 
 
