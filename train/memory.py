@@ -150,9 +150,12 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
                                                   gpus, 0.0)
         weights += base
         offloaded = trainable if offload_opt else 0.0
+    # Host memory as DeepSpeed counts it (with its 1.5 buffer factor).
+    host = offloaded * host_per_param / nodes * 1.5
+    if stage == 2 and offload_opt:
+        host = offloaded * max(4 * gpus, 16) * 1.5
     return MemoryEstimate(weights, grads, optim, activation_bytes(cfg, shape), RUNTIME_OVERHEAD_GB * GB,
-                          offloaded * host_per_param / nodes * 1.5, cfg.plan.gpu_memory_gb * GB,
-                          cfg.plan.cpu_memory_gb * GB)
+                          host, cfg.plan.gpu_memory_gb * GB, cfg.plan.cpu_memory_gb * GB)
 
 
 def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimate:
