@@ -134,3 +134,12 @@ def test_workers_do_not_change_the_result(tmp_path, tiny_model_dir, monkeypatch)
     two = prepare(cfg.model_copy(update={"workers": 2}), tiny_model_dir, tmp_path / "two")
     assert one["rows"]["dropped"] == {"exact_duplicate": 60} and one["version"] == two["version"]
     assert one["content_sha256"] == two["content_sha256"]
+
+
+def test_shipped_example_config_prepares(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    cfg = DatasetConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "data" / "demo_ja_packed.yaml")
+    m = prepare(cfg, tiny_model_dir, tmp_path / "out")
+    assert m["rows"]["out"] == 30 and m["rows"]["eval"] > 0 and m["packing"] == {"enabled": True, "length": 1024}
+    assert m["splits"]["train"]["sequences"] < m["rows"]["train"]
