@@ -19,7 +19,16 @@ def cmd_data_prepare(args) -> int:
     home = _home(args)
     model = resolve(args.model, home / "cache" / args.model.replace("@", "_at_").replace("/", "_v"))
     out = Path(args.out) if args.out else home / "datasets" / cfg.name
-    print(json.dumps(prepare(cfg, model.path, out), indent=2, ensure_ascii=False))
+    if cfg.executor == "ray":  # Ray Data: join the cluster (or start a local one) for this command
+        from cluster.local import start_local, stop
+
+        start_local(home, address=args.ray_address)
+    try:
+        manifest = prepare(cfg, model.path, out)
+    finally:
+        if cfg.executor == "ray":
+            stop()
+    print(json.dumps(manifest, indent=2, ensure_ascii=False))
     print(f"wrote {out}/tokens.parquet")
     return 0
 
@@ -91,6 +100,7 @@ def register(groups) -> None:
     c.add_argument("config")
     c.add_argument("--model", required=True, help="registry reference of the model whose tokenizer to use")
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
+    c.add_argument("--ray-address", help="with executor: ray, the cluster to join (default: start a local one)")
     c.set_defaults(fn=cmd_data_prepare)
     c = data.add_parser("inspect", help=cmd_data_inspect.__doc__)
     c.add_argument("name", help="dataset name (under $SEKISHO_HOME/datasets) or a prepared dataset folder")
