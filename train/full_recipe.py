@@ -180,11 +180,14 @@ class FullRecipe:
         return out
 
     def save_checkpoint(self, out_dir: str | Path, extra: dict | None = None) -> Path:
-        """Write the resumable state. DeepSpeed's own sharded format (torch files: a
+        """Write the resumable state (and, at the last step, the merged weights in
+        `model/`). DeepSpeed's own sharded format (torch files: a
         job reads back only what it wrote itself) plus trainer_state.json; every rank
         calls it and writes its own shard."""
         out = Path(out_dir)
         self.engine.save_checkpoint(str(out / "deepspeed"), tag="state")
+        if self.step == self.cfg.optim.steps:      # the last checkpoint also holds the export
+            self.save(out / "model")
         if self.rank == 0:
             epoch, batch = self.data_position(self.step)
             (out / "trainer_state.json").write_text(json.dumps({

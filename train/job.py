@@ -19,7 +19,7 @@ from pathlib import Path
 from cluster.config_base import UserError
 from data import DatasetConfig, prepare
 from experiments import load, register_folder, sekisho_home, tracking_uri, use_store
-from train.config import LoraJobConfig
+from train.config import JobFields, LoraJobConfig
 from train.trainer import JobInputs, build_trainer
 
 
@@ -33,7 +33,7 @@ class JobResult:
     dataset_manifest: dict
 
 
-def config_hash(cfg: LoraJobConfig) -> str:
+def config_hash(cfg: JobFields) -> str:
     return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
@@ -49,7 +49,7 @@ def git_commit() -> str:
 OPERATIONAL_FIELDS = {"resume", "max_failures", "checkpoint_every", "keep_checkpoints", "log_every"}
 
 
-def training_fingerprint(cfg: LoraJobConfig, base_sha256: str, dataset_version: str) -> str:
+def training_fingerprint(cfg: JobFields, base_sha256: str, dataset_version: str) -> str:
     """What a checkpoint must match to be resumed: config (less operational fields),
     base model bytes and dataset version."""
     body = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
@@ -67,19 +67,36 @@ def write_job_state(work: Path, **state) -> None:
     (work / "job_state.json").write_text(json.dumps(state, indent=1))
 
 
-def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None = None) -> JobResult:
-    """Run a LoRA job on the Ray cluster this process is connected to; with
+def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
+    """Refuse, before any worker starts, what the recipe cannot train.
+
+    Raises:
+        UserError: the dataset's format does not suit the recipe, or the config asks
+            for something the recipe does not do yet.
+    """
+    if (cfg.recipe == "cpt") != (data_cfg.format == "text"):
+        want = "format: text (raw text)" if cfg.recipe == "cpt" else "a chat, instruction or prompt_completion format"
+        raise UserError(f"job {cfg.name!r}: recipe {cfg.recipe!r} needs a dataset with {want}; "
+                        f"{cfg.dataset} has format: {data_cfg.format}.")
+    if isinstance(cfg, LoraJobConfig) and cfg.deepspeed is not None:
+        raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO is planned (train.estimate_memory "
+                        f"sizes it) but not implemented yet; remove `deepspeed:` to train with DDP.")
+
+
+def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = None) -> JobResult:
+    """Run a fine-tuning job on the Ray cluster this process is connected to; with
     `cfg.resume == "auto"` a rerun of the same job name resumes it (module doc).
 
     Raises:
-        UserError: the base model or dataset is missing or invalid, an unfinished
-            run of this name was started with a different config, base or data, or
-            training failed.
+        UserError: the base model or dataset is missing or invalid, the dataset does
+            not suit the recipe, an unfinished run of this name was started with a
+            different config, base or data, or training failed.
     """
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
-    base = load(cfg.base_model, work / "base")
     data_cfg = DatasetConfig.from_yaml(cfg.dataset)
+    check_job(cfg, data_cfg)
+    base = load(cfg.base_model, work / "base")
     manifest = prepare(data_cfg, base.path, work / "data")
     fingerprint = training_fingerprint(cfg, base.sha256, manifest["version"])
 
@@ -109,9 +126,10 @@ def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None 
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
-    adapter_dir = Path(result.checkpoint.path) / "adapter"
-    version = register_folder(cfg.register_as, adapter_dir, kind="adapter", run_id=run_id,
-                              artifact_path="adapter", tags={
+    export = "adapter" if isinstance(cfg, LoraJobConfig) else "model"
+    adapter_dir = Path(result.checkpoint.path) / export
+    version = register_folder(cfg.register_as, adapter_dir, kind="adapter" if export == "adapter" else "merged",
+                              run_id=run_id, artifact_path=export, tags={
                                   "base_model_version": base.ref,
                                   "base_model_sha256": base.sha256,
                                   "dataset": data_cfg.name,
@@ -125,7 +143,7 @@ def run_job(cfg: LoraJobConfig, yaml_text: str | None = None, home: Path | None 
     return JobResult(run_id, cfg.register_as, version, adapter_dir, dict(result.metrics), manifest)
 
 
-def _start_run(cfg: LoraJobConfig, yaml_text: str | None, base, data_cfg, manifest: dict) -> str:
+def _start_run(cfg: JobFields, yaml_text: str | None, base, data_cfg, manifest: dict) -> str:
     """A new MLflow run with the config, dataset manifest and lineage tags."""
     from mlflow import MlflowClient
 

@@ -1,5 +1,5 @@
 """Ray Train wrapper: `build_trainer(cfg, ...)` -> TorchTrainer running the recipe
-on N workers; rank 0 logs to MLflow. Every `checkpoint_every` steps and at the end
+(LoRA, or full fine-tuning under DeepSpeed) on N workers; rank 0 logs to MLflow. Every `checkpoint_every` steps and at the end
 the workers report a resumable checkpoint (the last one also holds the adapter);
 a restarted worker group continues from the latest one (`ray.train.get_checkpoint`)."""
 
@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.config import LoraJobConfig
+from train.config import RECIPE_CONFIGS, JobFields, LoraJobConfig
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
     offline.apply()
     from experiments import RunLogger
     from train.fault_injection import StepHook
-    from train.recipe import LoraRecipe
 
-    cfg = LoraJobConfig.model_validate(loop_config["cfg"])
+    cfg = RECIPE_CONFIGS[loop_config["cfg"]["recipe"]].model_validate(loop_config["cfg"])
     inputs = JobInputs(**loop_config["inputs"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     logger = RunLogger(inputs.run_id, inputs.mlflow_uri, rank=rank)
-    recipe = LoraRecipe(cfg, rank=rank, world_size=world)
-    wrap = None
-    if world > 1:
-        from ray.train.torch import prepare_model
-        wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
-    recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
+    if isinstance(cfg, LoraJobConfig):
+        from train.recipe import LoraRecipe
+
+        recipe = LoraRecipe(cfg, rank=rank, world_size=world)
+        wrap = None
+        if world > 1:
+            from ray.train.torch import prepare_model
+            wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
+        recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
+    else:   # DeepSpeed shards the model itself on the process group Ray Train set up
+        from train.full_recipe import FullRecipe
+
+        recipe = FullRecipe(cfg, rank=rank, world_size=world)
+        recipe.setup(inputs.base_model_dir, inputs.tokens_path)
     recipe.attempt = next_attempt(inputs.state_dir, rank)
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -86,7 +93,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     recipe.cleanup()
 
 
-def build_trainer(cfg: LoraJobConfig, inputs: JobInputs, storage_path: str | Path,
+def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
                   run_name: str | None = None):
     """Turn a job config into a Ray Train TorchTrainer (not yet started).
 
