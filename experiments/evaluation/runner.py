@@ -189,7 +189,20 @@ def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text
     if config_text is not None:
         client.log_text(run_id, config_text, "eval/config.yaml")
     client.log_dict(run_id, {"rows": result.rows}, "eval/answers.json")
+    _log_eval_input(client, run_id, cfg, digest)
     client.set_terminated(run_id, "FINISHED")
     name, _, version = result.model_version.partition("/")
     client.set_model_version_tag(name, version, f"sekisho.eval.{cfg.name}", run_id)
     return run_id
+
+
+def _log_eval_input(client, run_id: str, cfg: EvalConfig, digest: str) -> None:
+    """Record the eval set as the run's input (MLflow dataset tracking, context evaluation)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = MetaDataset(source=LocalArtifactDatasetSource(str(Path(cfg.dataset).resolve())),
+                     name=cfg.name, digest=digest[:16])
+    client.log_inputs(run_id, datasets=[DatasetInput(
+        ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "evaluation")])])

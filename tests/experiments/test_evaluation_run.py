@@ -113,6 +113,8 @@ def test_run_eval_scores_answers_and_logs_a_linked_run(endpoint, eval_config, ve
     assert run.info.status == "FINISHED"
     assert run.data.tags["sekisho.eval.model_version"] == f"{name}/{v}"
     assert run.data.tags["sekisho.eval.set"] == "unit"
+    assert run.inputs.dataset_inputs[0].dataset.name == "unit"
+    assert run.inputs.dataset_inputs[0].tags[0].value == "evaluation"
     got = run.data.metrics
     assert got["exact_match"] == pytest.approx(1 / 3)
     assert got["category.security.exact_match"] == 1.0
