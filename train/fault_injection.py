@@ -2,7 +2,7 @@
 names a folder (the e2e tests set it before starting Ray, so workers inherit it).
 
 In that folder, per job name:
-    trace-<name>-rank<r>.jsonl   one line per step: attempt, step, example ids
+    trace-<name>-rank<r>.jsonl   one line per step: attempt, step, example ids, time
     pause-<name>                 holds a step N: rank 0 writes pid-<name> after step N
                                  and waits there to be killed (the file is removed
                                  first, so the restarted worker does not pause again)
@@ -34,7 +34,8 @@ class StepHook:
         if self.dir is None:
             return
         with open(self.dir / f"trace-{self.name}-rank{self.rank}.jsonl", "a") as f:
-            f.write(json.dumps({"attempt": recipe.attempt, "step": recipe.step, "ids": recipe.batch_ids}) + "\n")
+            f.write(json.dumps({"attempt": recipe.attempt, "step": recipe.step, "ids": recipe.batch_ids,
+                                "time": time.time()}) + "\n")
         pause = self.dir / f"pause-{self.name}"
         if self.rank == 0 and pause.is_file() and int(pause.read_text()) == recipe.step:
             pause.unlink()

@@ -47,7 +47,6 @@ class FullRecipe:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.step, self.attempt = 0, 1
         self.batch_ids: list[int] = []
-        self._own_group = False
 
     def setup(self, base_model_dir: str | Path, tokens_path: str | Path) -> None:
         """Load the base model and examples; wrap the model in a DeepSpeed engine."""
@@ -65,7 +64,6 @@ class FullRecipe:
                 os.environ.setdefault(var, "0")
             os.environ.setdefault("WORLD_SIZE", "1")
             dist.init_process_group("gloo", rank=0, world_size=1)
-            self._own_group = True
         import deepspeed
 
         self.base_model_dir = Path(base_model_dir)
@@ -210,13 +208,10 @@ class FullRecipe:
         return state
 
     def cleanup(self) -> None:
-        import torch.distributed as dist
-
+        # A group of one started by `setup` stays for the process: DeepSpeed keeps
+        # handles to it, and a later recipe in the same process reuses it.
         self.engine = self.optimizer = None
         self.examples = []
-        if self._own_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self._own_group = False
 
 
 def _free_port() -> int:

@@ -25,6 +25,9 @@ from train.trainer import JobInputs, build_trainer
 
 @dataclass(frozen=True)
 class JobResult:
+    """A finished job; `adapter_dir` is the exported folder (the adapter, or the
+    merged full weights for sft_full / cpt)."""
+
     run_id: str
     model_name: str
     version: str

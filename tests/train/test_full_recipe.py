@@ -50,3 +50,35 @@ def test_zero3_full_finetune_learns_and_exports_safetensors(tmp_path, tiny_model
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not trained.state_dict()[name].equal(base.state_dict()[name])
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_cpt_on_raw_text_with_zero2_learns_and_resumes(tmp_path, tiny_model_dir, sample_conversations):
+    from data import DatasetConfig, prepare
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("\n".join(json.dumps({"text": " ".join(m["content"] for m in conv)}, ensure_ascii=False)
+                             for conv in sample_conversations) + "\n", encoding="utf-8")
+    prepare(DatasetConfig(name="raw", path=str(raw), format="text"), tiny_model_dir, tmp_path)
+    cfg = job(deepspeed={"zero_stage": 2}, checkpoint_every=10).model_copy(update={"recipe": "cpt"})
+    recipe = FullRecipe(cfg)
+    recipe.setup(tiny_model_dir, tmp_path / "tokens.parquet")
+    losses, ids = {}, {}
+
+    def stop_at_10(step, _):
+        recipe.save_checkpoint(tmp_path / f"ckpt{step}")
+
+    recipe.train(on_metrics=lambda m, s: losses.__setitem__(s, m["loss"]), on_checkpoint=stop_at_10,
+                 on_step=lambda s: ids.__setitem__(s, list(recipe.batch_ids)))
+    recipe.cleanup()
+    assert losses[20] < losses[5]
+    assert (tmp_path / "ckpt20" / "model" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "ckpt10" / "model").exists()      # merged weights only at the end
+    again = FullRecipe(cfg)
+    again.setup(tiny_model_dir, tmp_path / "tokens.parquet")
+    again.load_checkpoint(tmp_path / "ckpt10")
+    resumed_losses, resumed_ids = {}, {}
+    again.train(on_metrics=lambda m, s: resumed_losses.__setitem__(s, m["loss"]),
+                on_step=lambda s: resumed_ids.__setitem__(s, list(again.batch_ids)))
+    again.cleanup()
+    assert resumed_ids == {s: v for s, v in ids.items() if s > 10}
+    assert resumed_losses == pytest.approx({s: losses[s] for s in (15, 20)}, rel=1e-4)

@@ -103,7 +103,11 @@ def test_sigkilled_worker_resumes_with_the_same_data_order(ray_cluster, job_cfg,
     attempts = {m.step: m.value for m in client.get_metric_history(result.run_id, "attempt")}
     assert attempts[5] == attempts[10] == 1 and attempts[15] == attempts[30] == 2
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
-    print(f"\nkill-and-resume job: {elapsed:.1f} s wall for 30 steps + one restore")
+    first = [t for t in trace if t["attempt"] == 1]
+    second = [t for t in trace if t["attempt"] == 2]
+    print(f"\nkill-and-resume job: {elapsed:.1f} s wall for 30 steps + one restore; "
+          f"{(first[-1]['step'] - 1) / (first[-1]['time'] - first[0]['time']):.1f} steps/s; "
+          f"kill to first step after restore {second[0]['time'] - first[-1]['time']:.1f} s")
 
     started = time.perf_counter()
     again = run_job(job_cfg, home=sekisho_home)
