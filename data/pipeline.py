@@ -268,7 +268,7 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
                 acc.drop(p.error)
             else:
                 yield p.split, p.tokens
-        acc.dedup_index_bytes = dedup.index_bytes
+    acc.dedup_index_bytes = dedup.index_bytes
 
 
 def _duplicate(p: Processed, reason: str) -> RowError:

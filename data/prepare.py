@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from cluster.config_base import UserError
-from data.chat import IGNORE_INDEX
+from data.chat import IGNORE_INDEX, DataValidationError
 from data.config import DatasetConfig
-from data.manifest import dataset_version, sources_sha256, tokenizer_hash, write_manifest
+from data.manifest import MANIFEST_FILE, dataset_version, sources_sha256, tokenizer_hash, write_manifest
 from data.packing import Packer
 from data.pipeline import Accounting, processed_rows
 
@@ -105,30 +105,35 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
     writers = {s: SplitWriter(out / f, cfg.packing.enabled) for s, f in SPLIT_FILES.items()}
     packers = {s: Packer(cfg.pack_length, cfg.packing.open_bins) for s in SPLIT_FILES}
     examples = Counter()
-    with (out / "dropped.jsonl.partial").open("w", encoding="utf-8") as log:
-        acc = Accounting(log=log)
-        try:
-            for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir):
-                examples[split] += 1
-                rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
-                for row in rows:
-                    writers[split].add(row)
-            for split, packer in packers.items():
-                for row in packer.flush():
-                    writers[split].add(row)
-        finally:
-            for w in writers.values():
-                w.close()
-    if cfg.on_error == "fail":
-        acc.raise_if_invalid(cfg.path)
-    if not examples["train"]:
-        from data.chat import DataValidationError
-
-        raise DataValidationError(f"{cfg.path}: no valid example left to train on "
-                                  f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in}).")
+    log_path = out / "dropped.jsonl.partial"
+    try:
+        with log_path.open("w", encoding="utf-8") as log:
+            acc = Accounting(log=log)
+            try:
+                for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir):
+                    examples[split] += 1
+                    rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
+                    for row in rows:
+                        writers[split].add(row)
+                for split, packer in packers.items():
+                    for row in packer.flush():
+                        writers[split].add(row)
+            finally:
+                for w in writers.values():
+                    w.close()
+        if cfg.on_error == "fail":
+            acc.raise_if_invalid(cfg.path)
+        if not examples["train"]:
+            raise DataValidationError(f"{cfg.path}: no valid example left to train on "
+                                      f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in}).")
+    except BaseException:
+        for partial in (log_path, *(w.tmp for w in writers.values())):
+            partial.unlink(missing_ok=True)
+        raise
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # never an old manifest beside new files
     for w in writers.values():
         w.commit()
-    os.replace(out / "dropped.jsonl.partial", out / "dropped.jsonl")
+    os.replace(log_path, out / "dropped.jsonl")
     manifest = build_manifest(cfg, acc, writers, examples, tokenizer_dir)
     write_manifest(manifest, out)
     return manifest

@@ -75,7 +75,7 @@ def test_fail_writes_nothing(tmp_path, tiny_model_dir):
     (tmp_path / "d.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n', encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"d.jsonl:1: no assistant turn"):
         prepare(DatasetConfig(name="t", path=str(tmp_path / "d.jsonl")), tiny_model_dir, tmp_path / "out")
-    assert not any(p.suffix in (".parquet", ".json") for p in (tmp_path / "out").iterdir())
+    assert list((tmp_path / "out").iterdir()) == []  # not even the partial files
 
 
 def test_eval_split_and_packing(tmp_path, tiny_model_dir, tok):
