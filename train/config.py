@@ -78,6 +78,9 @@ class JobFields(StrictConfig):
     resume: Literal["auto", "never"] = Field("auto", description=(
         "auto: a rerun of this job name continues the unfinished run from its latest "
         "checkpoint (and is a no-op when that run finished); never: always start a new run."))
+    eval_every: int = Field(0, ge=0, description=(
+        "Log eval_loss on the dataset's held-out split (split.eval_fraction) every N steps "
+        "and at the end (0: never)."))
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% slower).")
     plan: MemoryPlan | None = Field(None, description="Sizes for train.estimate_memory (shipped cluster configs).")
 

@@ -41,6 +41,7 @@ class LoraRecipe:
         self.step = 0
         self.attempt = 1
         self.batch_ids: list[int] = []
+        self.eval_examples: list = []
 
     def setup(self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model=None) -> None:
         """Load the base model, add LoRA, load the examples.
@@ -67,6 +68,7 @@ class LoraRecipe:
         self.pad_id = base.config.pad_token_id or 0
         table = pq.read_table(str(tokens_path)).to_pydict()
         self.examples = list(zip(table["input_ids"], table["labels"]))
+        self.load_eval(tokens_path)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.optim.lr,
                                            weight_decay=self.cfg.optim.weight_decay)
@@ -98,6 +100,33 @@ class LoraRecipe:
     def _batch_starts(self, epoch: int) -> list[int]:
         n, bs = len(self.examples[self.rank::self.world_size]), self.cfg.optim.batch_size
         return list(range(0, n - bs + 1 if n >= bs else 1, bs))
+
+    def load_eval(self, tokens_path: str | Path) -> None:
+        """The held-out split `data` wrote beside the training tokens, if any."""
+        import pyarrow.parquet as pq
+
+        path = Path(tokens_path).with_name("eval.parquet")
+        table = pq.read_table(str(path)).to_pydict() if path.is_file() else {"input_ids": [], "labels": []}
+        self.eval_examples = list(zip(table["input_ids"], table["labels"]))
+
+    def evaluate(self) -> float | None:
+        """Mean loss per label token over the whole held-out split. Every rank
+        computes the same number (and takes part in every forward, as ZeRO-3 needs)."""
+        import torch
+
+        if not self.eval_examples:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.eval_examples), self.cfg.optim.batch_size):
+                ids, labels, mask = self.collate(self.eval_examples[i:i + self.cfg.optim.batch_size])
+                n = int((labels[:, 1:] != -100).sum())
+                total += float(self.model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+                tokens += n
+        self.model.train(was_training)
+        return total / max(tokens, 1)
 
     def collate(self, batch):
         import torch
@@ -154,6 +183,11 @@ class LoraRecipe:
                 if on_metrics:
                     on_metrics(last, self.step)
                 window_tokens, window_start = 0, time.perf_counter()
+            if on_metrics and self.cfg.eval_every and (
+                    self.step % self.cfg.eval_every == 0 or self.step == self.cfg.optim.steps):
+                eval_loss = self.evaluate()
+                if eval_loss is not None:
+                    on_metrics({"eval_loss": eval_loss}, self.step)
             if on_step:
                 on_step(self.step)
             if on_checkpoint and ((every and self.step % every == 0) or self.step == self.cfg.optim.steps):

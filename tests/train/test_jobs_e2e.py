@@ -5,8 +5,8 @@ last checkpoint and finishes, MLflow's step history has no gap and marks the
 re-run steps with their attempt, and the data order equals the uninterrupted
 order. A rerun of the finished job is a no-op.
 
-Full fine-tuning with DeepSpeed ZeRO-3 on 2 workers (gloo): the loss falls and the
-registered version is merged sharded safetensors with the tokenizer."""
+Full fine-tuning with DeepSpeed ZeRO-3 on 2 workers (gloo): loss and held-out eval
+loss fall, and the registered version is merged sharded safetensors with the tokenizer."""
 
 import json
 import os
@@ -41,7 +41,7 @@ def job_cfg(sekisho_home, tiny_model_dir, tmp_path_factory):
 
     set_alias("resume-base", "production", import_model(tiny_model_dir, "resume-base").version)
     data = tmp_path_factory.mktemp("cfg") / "d.yaml"
-    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\n")
+    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\nsplit:\n  eval_fraction: 0.2\n")
     return LoraJobConfig(name="kill-resume", base_model="resume-base@production", dataset=str(data),
                          register_as="resume-adapter", seed=3, log_every=5, checkpoint_every=10,
                          max_failures=1, optim={"steps": 30, "batch_size": 4, "warmup_steps": 2},
@@ -125,7 +125,7 @@ def test_zero3_full_finetune_on_two_workers_registers_merged_weights(ray_cluster
 
     cfg = FullJobConfig(name="zero3-full", recipe="sft_full", base_model=job_cfg.base_model,
                         dataset=job_cfg.dataset, register_as="zero3-full-model", log_every=2,
-                        checkpoint_every=6, max_shard_size="300KB", deepspeed={"zero_stage": 3},
+                        checkpoint_every=6, eval_every=6, max_shard_size="300KB", deepspeed={"zero_stage": 3},
                         optim={"steps": 12, "batch_size": 4, "warmup_steps": 2, "lr": 1e-3},
                         scaling={"num_workers": 2, "cpus_per_worker": 1})
     started = time.perf_counter()
@@ -134,6 +134,8 @@ def test_zero3_full_finetune_on_two_workers_registers_merged_weights(ray_cluster
     losses = [m.value for m in sorted(MlflowClient().get_metric_history(result.run_id, "loss"),
                                       key=lambda m: m.step)]
     assert len(losses) == 6 and losses[-1] < losses[0]
+    evals = sorted(MlflowClient().get_metric_history(result.run_id, "eval_loss"), key=lambda m: m.step)
+    assert [m.step for m in evals] == [6, 12] and evals[-1].value < evals[0].value
     files = {p.name for p in result.adapter_dir.iterdir()}
     assert "model.safetensors.index.json" in files and "tokenizer.json" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]

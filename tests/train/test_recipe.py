@@ -73,3 +73,19 @@ def test_data_order_is_seeded_and_sharded(tmp_path, tiny_model_dir):
     assert first_batches(0, 1) != first_batches(0, 1, seed=1)
     r0, r1 = first_batches(0, 2), first_batches(1, 2)
     assert not set(r0[0]) & set(r1[0])
+
+
+def test_eval_loss_on_the_held_out_split_falls(tmp_path, tiny_model_dir):
+    from data import DatasetConfig, prepare
+
+    prepare(DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl", split={"eval_fraction": 0.25}),
+            tiny_model_dir, tmp_path)
+    assert (tmp_path / "eval.parquet").is_file()
+    recipe = LoraRecipe(job(steps=30, lr=2e-3).model_copy(update={"eval_every": 15}))
+    recipe.setup(tiny_model_dir, tmp_path / "tokens.parquet")
+    assert recipe.eval_examples and recipe.examples
+    before = recipe.evaluate()
+    evals = []
+    recipe.train(on_metrics=lambda m, step: "eval_loss" in m and evals.append((step, m["eval_loss"])))
+    assert [s for s, _ in evals] == [15, 30]
+    assert evals[-1][1] < before
