@@ -74,13 +74,18 @@ def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
     """Refuse, before any worker starts, what the recipe cannot train.
 
     Raises:
-        UserError: the dataset's format does not suit the recipe, or the config asks
-            for something the recipe does not do yet.
+        UserError: the dataset's format does not suit the recipe, the job's `plan`
+            does not fit the GPUs (train.check_fits), or the config asks for something
+            the recipe does not do yet.
     """
     if (cfg.recipe == "cpt") != (data_cfg.format == "text"):
         want = "format: text (raw text)" if cfg.recipe == "cpt" else "a chat, instruction or prompt_completion format"
         raise UserError(f"job {cfg.name!r}: recipe {cfg.recipe!r} needs a dataset with {want}; "
                         f"{cfg.dataset} has format: {data_cfg.format}.")
+    if cfg.plan is not None:
+        from train.memory import check_fits
+
+        check_fits(cfg)
     if isinstance(cfg, LoraJobConfig) and cfg.deepspeed is not None:
         raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO is planned (train.estimate_memory "
                         f"sizes it) but not implemented yet; remove `deepspeed:` to train with DDP.")

@@ -45,3 +45,16 @@ def test_dataset_must_suit_the_recipe(tmp_path):
                               deepspeed={"zero_stage": 3})
     with pytest.raises(UserError, match="LoRA under DeepSpeed ZeRO"):
         check_job(lora_zero, chat)
+
+
+def test_a_planned_job_that_cannot_fit_is_refused_before_workers_start(tmp_path):
+    from data import DatasetConfig
+
+    from train.job import check_job
+
+    chat = DatasetConfig.from_yaml(data_yaml(tmp_path))
+    cfg = FullJobConfig(name="big", recipe="sft_full", base_model="b@p", dataset="d.yaml", register_as="m",
+                        deepspeed={"zero_stage": 2}, scaling={"num_workers": 8, "use_gpu": True},
+                        plan={"model_shape": "llama-3.1-70b", "seq_len": 4096})
+    with pytest.raises(UserError, match="does not fit"):
+        check_job(cfg, chat)
