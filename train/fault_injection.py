@@ -1,5 +1,6 @@
 """Test-only hooks inside the training loop, off unless `SEKISHO_TRAIN_TEST_DIR`
-names a folder (the e2e tests set it before starting Ray, so workers inherit it).
+names a folder (the e2e tests set it in the driver; build_trainer forwards it to the
+Ray Train workers, also on a cluster that was started before).
 
 In that folder, per job name:
     trace-<name>-rank<r>.jsonl   one line per step: attempt, step, example ids, time
@@ -15,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-ENV = "SEKISHO_TRAIN_TEST_DIR"
+ENV = "SEKISHO_TRAIN_TEST_DIR"   # forwarded to Ray Train workers by build_trainer
 
 
 class StepHook:

@@ -104,7 +104,13 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    import os
+
+    from train.fault_injection import ENV
+
     s = cfg.scaling
+    # Test hooks follow the driver's environment even onto a cluster started before it.
+    worker_env = {"env_vars": {ENV: os.environ[ENV]}} if os.environ.get(ENV) else None
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "inputs": inputs.__dict__},
@@ -113,5 +119,6 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=RunConfig(name=run_name or cfg.name, storage_path=str(storage_path),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             worker_runtime_env=worker_env),
     )

@@ -24,14 +24,20 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def ray_cluster(sekisho_home, tmp_path_factory):
+    """A Ray cluster (the session's, if one runs already) and the test-hook folder,
+    which build_trainer forwards to the workers."""
+    import ray
+
     from cluster.local import start_local, stop
     from train.fault_injection import ENV
 
-    hooks = tmp_path_factory.mktemp("train-hooks")
-    os.environ[ENV] = str(hooks)            # Ray's workers inherit it
+    ours = not ray.is_initialized()
     start_local(sekisho_home, num_cpus=4)
+    hooks = tmp_path_factory.mktemp("train-hooks")
+    os.environ[ENV] = str(hooks)        # after the cluster started: workers get it from build_trainer
     yield hooks
-    stop()
+    if ours:
+        stop()
     os.environ.pop(ENV, None)
 
 
