@@ -5,6 +5,7 @@ a restarted worker group continues from the latest one (`ray.train.get_checkpoin
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cfg = RECIPE_CONFIGS[loop_config["cfg"]["recipe"]].model_validate(loop_config["cfg"])
     inputs = JobInputs(**loop_config["inputs"])
+    if loop_config.get("test_hooks_dir"):
+        # Test-only fault injection: the folder travels with the loop config, so it
+        # reaches workers of a cluster started before the test set it.
+        from train.fault_injection import ENV
+        os.environ[ENV] = loop_config["test_hooks_dir"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     logger = RunLogger(inputs.run_id, inputs.mlflow_uri, rank=rank)
@@ -113,7 +119,8 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
     worker_env = {"env_vars": {ENV: os.environ[ENV]}} if os.environ.get(ENV) else None
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "inputs": inputs.__dict__},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "inputs": inputs.__dict__,
+                           "test_hooks_dir": os.environ.get(ENV)},
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),

@@ -10,10 +10,10 @@ from sekisho.cli_common import home_from_args as _home
 def cmd_train_run(args) -> int:
     """Run a fine-tuning job on a local Ray cluster; registers the adapter."""
     from cluster.local import start_local, stop
-    from train import LoraJobConfig
+    from train import TrainJobConfig
     from train.job import run_job
 
-    cfg = LoraJobConfig.from_yaml(args.config)
+    cfg = TrainJobConfig.from_yaml(args.config)
     home = _home(args)
     start_local(home)
     try:
