@@ -187,10 +187,10 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
     os.environ["SEKISHO_HOME"] = str(home)
     from data import read_chat_jsonl
-    from data.prepare import PACKAGE_SAMPLES
     from train import build_tiny_model
 
-    conv = read_chat_jsonl(PACKAGE_SAMPLES / "internal_faq_ja.jsonl").conversations
+    sample = Path(__file__).resolve().parent.parent / "data" / "samples" / "internal_faq_ja.jsonl"
+    conv = read_chat_jsonl(sample).conversations
     model_dir = build_tiny_model(home / "tiny-base", [m["content"] for c in conv for m in c])
     print(f"engine args {json.dumps(ENGINE)}; VLLM_CPU_OMP_THREADS_BIND="
           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (unset)')}; cores {os.cpu_count()}", flush=True)
