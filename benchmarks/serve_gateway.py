@@ -141,6 +141,7 @@ def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict) -> None:
                     engine_kwargs={"max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
                                    "dtype": ENGINE["dtype"], "tensor_parallel_size": 1},
                     deployment_config={"num_replicas": 1},
+                    placement_group_config={"bundles": [{"CPU": 1}]},  # CPU engine, as in the other arms
                     runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}})
     serve.run(build_openai_app({"llm_configs": [cfg]}), name="bench-b", route_prefix="/")
     wait_http(f"http://127.0.0.1:{port}/v1/models")
