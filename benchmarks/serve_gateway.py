@@ -166,7 +166,6 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict) -> None:
         name="tiny-base", source=str(model_dir), engine=ENGINE)])
     base_url = deploy(resolve_app(cfg, home / "cache"))
     key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
-    time.sleep(3)  # the key reaches the gateway's cache
     audit = AuditLog("bench")
     before = audit.verify().records
     try:
