@@ -152,7 +152,7 @@ def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict) -> None:
         ray.shutdown()
 
 
-def arm_sekisho(model_dir: Path, home: Path, out: dict) -> None:
+def arm_sekisho(model_dir: Path, home: Path, out: dict, placement: str = "embedded") -> None:
     import ray
     from ray import serve
 
@@ -162,16 +162,17 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict) -> None:
 
     start_local(home, num_cpus=4)
     port = free_port()
-    cfg = ServeAppConfig(name="bench", port=port, models=[ModelSpec(
+    cfg = ServeAppConfig(name="bench", port=port, gateway={"placement": placement}, models=[ModelSpec(
         name="tiny-base", source=str(model_dir), engine=ENGINE)])
+    arm = "c:sekisho-gateway" if placement == "embedded" else "d:gateway-separate"
     base_url = deploy(resolve_app(cfg, home / "cache"))
     key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
     audit = AuditLog("bench")
     before = audit.verify().records
     try:
-        measure("c:sekisho-gateway", base_url, "tiny-base", key, out)
+        measure(arm, base_url, "tiny-base", key, out)
     finally:
-        sent = sum(r["requests"] + 1 for k, rs in out.items() if k[0] == "c:sekisho-gateway" for r in rs[-1:])
+        sent = sum(r["requests"] + 1 for k, rs in out.items() if k[0] == arm for r in rs[-1:])
         after = audit.verify()
         print(f"  audit: {after.records - before} new records for {sent} requests sent, chain "
               f"{'intact' if after.ok else 'BROKEN'}", flush=True)
@@ -182,7 +183,8 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=1, help="repeat each arm; medians are compared")
-    p.add_argument("--arms", default="abc")
+    p.add_argument("--arms", default="abc", help="a bare vLLM, b ray.serve.llm, c Sekisho (embedded "
+                   "gateway), d Sekisho with the gateway as a separate deployment")
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
     os.environ["SEKISHO_HOME"] = str(home)
@@ -203,6 +205,8 @@ def main() -> int:
             arm_ray_serve_llm(model_dir, home, out)
         if "c" in args.arms:
             arm_sekisho(model_dir, home, out)
+        if "d" in args.arms:  # for comparison: the gateway as its own deployment (one more hop)
+            arm_sekisho(model_dir, home, out, placement="separate")
     med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99")}
            for k, rs in out.items()}
     print("\nmedians over rounds")

@@ -66,7 +66,7 @@ def _adapter_args(spec: ModelSpec, app: ResolvedApp) -> list[dict]:
     return out
 
 
-def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str):
+def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: dict | None = None):
     """One engine deployment (bound) for a base model and its adapters."""
     from ray import serve
 
@@ -81,7 +81,7 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str):
         graceful_shutdown_timeout_s=30, max_ongoing_requests=1000)
     return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),
                            spec.engine.model_dump(), app.config.name, engine_key,
-                           app.config.follow_aliases_every_s, tracking_uri())
+                           app.config.follow_aliases_every_s, tracking_uri(), gateway)
 
 
 def _has_gpus() -> bool:
@@ -103,22 +103,37 @@ def model_routes(app: ResolvedApp) -> dict[str, dict]:
     return routes
 
 
+class AppIngress:
+    """The app's root deployment when the gateway is embedded in the engines: it
+    holds them so that Serve deploys, updates and deletes them as one app."""
+
+    def __init__(self, engines: list):
+        self.engines = engines
+
+
 def build_app(app: ResolvedApp):
-    """The Serve application: the gateway (ingress) and one engine deployment per base model."""
+    """The Serve application: one engine deployment per base model and the gateway,
+    embedded in each engine replica (default) or as its own deployment."""
+    import secrets
+
     from ray import serve
 
     from serve.gateway.db import default_url
     from serve.gateway.replica import GatewayReplica
 
-    import secrets
-
     cfg = app.config
     # vLLM's own API key on every engine: only the gateway can reach /v1 there
     # (including runtime adapter loading).
     engine_key = secrets.token_urlsafe(32)
-    engines = [build_engine(spec, app, engine_key) for spec in cfg.models]
     opts = {"app": cfg.name, "db_url": cfg.gateway.db_url or default_url(),
             "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
+    if cfg.gateway.placement == "embedded":
+        embedded = {"host": cfg.host, "port": cfg.port, "opts": opts, "routes": model_routes(app)}
+        engines = [build_engine(spec, app, engine_key, embedded) for spec in cfg.models]
+        ingress = serve.deployment(AppIngress).options(name="app", num_replicas=1,
+                                                      ray_actor_options={"num_cpus": 0})
+        return ingress.bind(engines)
+    engines = [build_engine(spec, app, engine_key) for spec in cfg.models]
     gateway = serve.deployment(GatewayReplica).options(
         name="gateway", num_replicas=cfg.gateway.num_replicas,
         ray_actor_options={"num_cpus": cfg.gateway.cpus_per_replica}, max_ongoing_requests=10)

@@ -78,8 +78,14 @@ class ModelSpec(StrictConfig):
 class GatewaySettings(StrictConfig):
     """The gateway in front of the app's engines."""
 
-    num_replicas: int = Field(1, ge=1, description="Gateway replicas (they share the app's port on a node).")
-    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per gateway replica.")
+    placement: Literal["embedded", "separate"] = Field(
+        "embedded", description="embedded: the gateway runs inside every engine replica's vLLM server and "
+        "answers its models in-process (no extra hop per token; the fastest). separate: its own Serve "
+        "deployment relaying to the engines over HTTP (engines never face clients).")
+    num_replicas: int = Field(1, ge=1, description="Gateway replicas when placement is separate "
+                                                   "(they share the app's port on a node).")
+    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per gateway replica "
+                                                          "(placement: separate).")
     db_url: str | None = Field(None, description="SQLAlchemy URL of the keys/quota/audit database; "
                                                  "default: SQLite in the Sekisho home. PostgreSQL for a team.")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request limits.")

@@ -8,6 +8,7 @@ The class is plain: `serve.builder` wraps it with `serve.deployment` at build ti
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], engine: dict,
-                 host: str, port: int) -> list[str]:
+                 host: str, port: int, embedded_gateway: bool = False) -> list[str]:
     """The command line of vLLM's OpenAI server for one model and its adapters."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", model_dir, "--served-model-name", served_name,
@@ -43,6 +44,8 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
            "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
            "--dtype", engine["dtype"], "--generation-config", "vllm",
            "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
+    if embedded_gateway:
+        cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
     if engine.get("tool_call_parser"):
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"]]
     if adapters:
@@ -56,13 +59,17 @@ class VLLMEngine:
     """A Serve replica that runs and health-checks one vLLM OpenAI server."""
 
     def __init__(self, model_dir: str, served_name: str, adapters: list[dict], engine: dict,
-                 app: str, engine_key: str, follow_interval_s: float = 10.0, mlflow_uri: str | None = None):
+                 app: str, engine_key: str, follow_interval_s: float = 10.0, mlflow_uri: str | None = None,
+                 gateway: dict | None = None):
         """Args:
             adapters: [{"served", "ref", "version", "sha256", "path"}] (see serve.follow).
             engine_key: the secret vLLM requires on /v1 (only the gateway has it).
+            gateway: {"host", "port", "opts", "routes"}: run the gateway inside this
+                replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
         offline.apply()
         import ray.util
+        from ray import serve
 
         from serve.follow import AliasFollower, ServedAdapter
 
@@ -84,13 +91,23 @@ class VLLMEngine:
             # with the engine key, which only the gateway holds; the gateway never
             # forwards these routes.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        ctx = serve.get_replica_context()
+        self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
+        self.routes_file = None
+        if gateway is not None:
+            from serve.gateway.embedded import ENV
+
+            self.routes_file = tempfile.mkstemp(prefix="sekisho-routes-", suffix=".json")[1]
+            self._write_routes_file(include_self=True)
+            env[ENV] = json.dumps({**gateway, "routes_file": self.routes_file, "local_url": self.url()})
         self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
         lora_modules = {a.internal: a.path for a in self.adapters}
-        cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port)
+        cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port,
+                           embedded_gateway=gateway is not None)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         self._wait_healthy(engine["startup_timeout_s"])
-        self._publish()
+        self.publish()
         self.follower = AliasFollower(self, self.adapters, follow_interval_s,
                                       Path(tempfile.mkdtemp(prefix="sekisho-adapters-")))
         self.follower.start()
@@ -102,9 +119,23 @@ class VLLMEngine:
         return names
 
     def publish(self) -> None:
+        """Tell the gateways where this replica listens and what it serves (at start,
+        at each health check, after an alias moved)."""
         from serve.gateway import routing
 
         routing.publish(*self._where, self.url(), self.routes())
+        if self.routes_file:
+            self._write_routes_file()
+
+    def _write_routes_file(self, include_self: bool = False) -> None:
+        """The route table for the gateway embedded in this replica's vLLM server."""
+        from serve.gateway import routing
+
+        table = routing.read_table(self.app)
+        if include_self:  # before this replica is published: its own models at least
+            table.setdefault(self._where[1], []).append(
+                {"url": self.url(), "ts": time.time(), "names": self.routes()})
+        routing.write_table_file(self.routes_file, table)
 
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.engine_key}"}
@@ -130,14 +161,6 @@ class VLLMEngine:
     def api_key(self) -> str:
         """For tests and operators with cluster access: the engine's own key."""
         return self.engine_key
-
-    def _publish(self) -> None:
-        """Tell the gateways where this replica listens (refreshed at each health check)."""
-        from ray import serve
-
-        ctx = serve.get_replica_context()
-        self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
-        self.publish()
 
     def _wait_healthy(self, timeout_s: float) -> None:
         import httpx
@@ -183,6 +206,8 @@ class VLLMEngine:
             except Exception:  # the cluster may be going away; the entry goes stale anyway
                 pass
             self._where = None
+        if getattr(self, "routes_file", None):
+            Path(self.routes_file).unlink(missing_ok=True)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

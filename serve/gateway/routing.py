@@ -52,6 +52,27 @@ def read_table(app: str) -> dict[str, list[dict]]:
     return table
 
 
+def write_table_file(path: str, table: dict[str, list[dict]]) -> None:
+    """Atomically replace the route table an embedded gateway reads."""
+    import os
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(table, f)
+    os.replace(tmp, path)
+
+
+def read_table_file(path: str) -> dict[str, list[dict]]:
+    """The table written by write_table_file, without entries gone stale."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except FileNotFoundError:
+        return {}
+    now = time.time()
+    return {d: [e for e in entries if now - e["ts"] <= STALE_AFTER_S] for d, entries in table.items()}
+
+
 @dataclass
 class Upstreams:
     """Live engine URLs per deployment, with requests in flight per URL."""
@@ -63,12 +84,16 @@ class Upstreams:
     def update(self, table: dict[str, list[dict]]) -> None:
         self.table = table
 
-    def pick(self, deployment: str) -> dict | None:
-        """The live replica of `deployment` with the fewest requests in flight."""
+    def pick(self, deployment: str, prefer: str | None = None) -> dict | None:
+        """The live replica of `deployment` at `prefer` (the engine in the caller's own
+        process), else the one with the fewest requests in flight."""
         now = time.monotonic()
         live = [e for e in self.table.get(deployment, []) if self.down_until.get(e["url"], 0) <= now]
         if not live:
             return None
+        for e in live:
+            if e["url"] == prefer:
+                return e
         return min(live, key=lambda e: self.inflight.get(e["url"], 0))
 
     def mark_down(self, url: str, seconds: float = 5.0) -> None:

@@ -27,7 +27,7 @@ from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.quota import QuotaLedger
-from serve.gateway.routing import Upstreams, read_table
+from serve.gateway.routing import Upstreams, read_table, read_table_file
 
 log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
@@ -54,6 +54,9 @@ class GatewayOptions:
     record_text: bool = False
     key_refresh_s: float = 2.0
     route_refresh_s: float = 2.0
+    # Embedded gateways read the route table from a file their engine replica
+    # keeps current (they have no Ray connection); else from Ray's internal KV.
+    routes_file: str | None = None
 
 
 def _is_loopback(addr: str | None) -> bool:
@@ -64,8 +67,11 @@ def _is_loopback(addr: str | None) -> bool:
 
 
 class Gateway:
-    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute], engine_key: str = ""):
-        self.opts, self.routes = opts, routes
+    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute], engine_key: str = "",
+                 local=None):
+        """`local`: the vLLM server in this very process (serve.gateway.embedded.LocalEngine),
+        called in-process for the models it holds; other models go over HTTP."""
+        self.opts, self.routes, self.local = opts, routes, local
         self.engine_auth = f"Bearer {engine_key}"
         self.keys = KeyStore(opts.db_url)
         self.audit = AuditLog(opts.app, opts.db_url)
@@ -121,7 +127,10 @@ class Gateway:
         self.key_cache = await self._db(self.keys.by_hash)
 
     async def refresh_routes(self) -> None:
-        self.upstreams.update(await self._db(read_table, self.opts.app))
+        if self.opts.routes_file:
+            self.upstreams.update(read_table_file(self.opts.routes_file))
+        else:
+            self.upstreams.update(await self._db(read_table, self.opts.app))
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -173,7 +182,7 @@ class Gateway:
         for name, r in self.routes.items():
             if not key.allows(name):
                 continue
-            replica = self.upstreams.pick(r.deployment) or {}
+            replica = self.upstreams.pick(r.deployment, self.local.url if self.local else None) or {}
             live = replica.get("names", {}).get(name, {})
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "sekisho", "root": r.base,
                          "sekisho_version": live.get("version") or r.version,
@@ -238,10 +247,11 @@ class Gateway:
                   "stream": stream, "prompt_sha256": hashlib.sha256(body).hexdigest()}
         if self.opts.record_text:
             record["request_body"] = body.decode("utf-8", "replace")
-        replica = self.upstreams.pick(route.deployment)
+        prefer = self.local.url if self.local is not None else None
+        replica = self.upstreams.pick(route.deployment, prefer)
         if replica is None:
             await self.refresh_routes()
-            replica = self.upstreams.pick(route.deployment)
+            replica = self.upstreams.pick(route.deployment, prefer)
         if replica is None:
             err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
                                code="no_replica", headers={"Retry-After": "2"})
@@ -264,7 +274,8 @@ class Gateway:
             self.upstreams.inflight[url] -= 1
 
     async def _exchange(self, request, url, body, stream, strip_usage, record, key, started, rename=None):
-        digest = hashlib.sha256()
+        if self.local is not None and url == self.local.url:
+            return await self._exchange_local(request, body, stream, strip_usage, record, key, started, rename)
         try:
             upstream = await self.session.post(url + request.path, data=body, headers={
                 "Content-Type": "application/json", "X-Request-Id": record["request_id"],
@@ -276,62 +287,90 @@ class Gateway:
             await self._finish(record, 503, started, 0, 0, None, key, error=err.code)
             return self._error_response(err, record["request_id"])
         async with upstream:
+            content_type = upstream.headers.get("Content-Type", "application/json")
             if not stream or upstream.status != 200:
-                content = await upstream.read()
-                if rename:
-                    content = content.replace(*rename)
-                if upstream.status >= 400:
-                    content = _openai_error_body(content, upstream.status)
-                usage = _usage_of(content)
-                digest.update(content)
-                await self._finish(record, upstream.status, started, *usage, digest, key,
-                                   text=content if self.opts.record_text else None)
-                return web.Response(body=content, status=upstream.status,
-                                    headers={"Content-Type": upstream.headers.get("Content-Type", "application/json"),
-                                             "X-Request-Id": record["request_id"]})
-            response = web.StreamResponse(status=200, headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                "X-Request-Id": record["request_id"]})
-            await response.prepare(request)
-            usage, pending, tail, first = (0, 0), b"", [], True
-            status = 200
+                return await self._buffered(upstream.status, await upstream.read(), content_type,
+                                            record, key, started, rename)
+            relay = _SseRelay(self, request, record, key, started, strip_usage, rename)
+            await relay.prepare()
             try:
                 async for chunk in upstream.content.iter_any():
-                    pending += chunk
-                    if b"\n\n" not in pending:
-                        continue
-                    *events, pending = pending.split(b"\n\n")
-                    out = []
-                    for ev in events:
-                        if ev.startswith(b"data: [DONE]"):
-                            tail.append(ev)  # held back until the audit record is committed
-                        elif b'"usage":{' in ev and b'"choices":[]' in ev:
-                            usage = _usage_of(ev[6:])
-                            if not strip_usage:
-                                out.append(ev)
-                        else:
-                            out.append(ev)
-                    if out:
-                        data = b"\n\n".join(out) + b"\n\n"
-                        if rename:
-                            data = data.replace(*rename)
-                        digest.update(data)
-                        await response.write(data)
-                        if first:
-                            self.metrics.ttft.labels(record["model"]).observe(time.perf_counter() - started)
-                            first = False
+                    await relay.feed(chunk)
             except (ConnectionResetError, asyncio.CancelledError):
-                status = 499  # the client went away; the record still gets written
-                await self._finish(record, status, started, *usage, digest, key)
+                await relay.finish(499)  # the client went away; the record still gets written
                 raise
-            await self._finish(record, status, started, *usage, digest, key)
-            final = b"\n\n".join(tail) + b"\n\n" if tail else b""
-            if pending:
-                final = pending + final
-            if final:
-                await response.write(final)
-            await response.write_eof()
-            return response
+            return await relay.finish(200)
+
+    async def _exchange_local(self, request, body, stream, strip_usage, record, key, started, rename):
+        """Call this process's vLLM server as a function (its ASGI app): no socket,
+        no second HTTP parse, no extra process between the engine and the client."""
+        local, relay, parts = self.local, None, []
+        start: dict = {}
+        done, body_sent = asyncio.Event(), False
+
+        async def receive():
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()  # vLLM listens for a disconnect while it streams
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            nonlocal relay
+            if message["type"] == "http.response.start":
+                start.update(message)
+                if stream and message["status"] == 200:
+                    relay = _SseRelay(self, request, record, key, started, strip_usage, rename)
+                    await relay.prepare()
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                if relay is not None:
+                    if chunk:
+                        await relay.feed(chunk)
+                else:
+                    parts.append(chunk)
+
+        scope = local.scope(request.path, record["request_id"], len(body), request.remote)
+        try:
+            await local.app(scope, receive, send)
+        except (ConnectionResetError, asyncio.CancelledError) as exc:
+            if relay is not None:
+                await relay.finish(499)
+            raise exc
+        except Exception as exc:  # the engine failed; answered below as a 5xx, never a hang
+            if relay is not None:
+                if isinstance(exc, OSError) or type(exc).__name__ == "ClientDisconnect":
+                    await relay.finish(499)
+                    return relay.response
+                log.exception("engine failed mid-stream")
+                return await relay.finish(500)
+            if not start:
+                log.exception("engine failed before answering")
+                start = {"status": 500}
+                parts = [GatewayError(500, "The model server failed; see its log.", code="engine_error").body()]
+        finally:
+            done.set()
+        if relay is not None:
+            return await relay.finish(200)
+        content_type = "application/json"
+        for name, value in start.get("headers", []):
+            if name.lower() == b"content-type":
+                content_type = value.decode("latin-1")
+        return await self._buffered(start.get("status", 500), b"".join(parts), content_type,
+                                    record, key, started, rename)
+
+    async def _buffered(self, status, content, content_type, record, key, started, rename):
+        if rename:
+            content = content.replace(*rename)
+        if status >= 400:
+            content = _openai_error_body(content, status)
+        usage = _usage_of(content)
+        digest = hashlib.sha256(content)
+        await self._finish(record, status, started, *usage, digest, key,
+                           text=content if self.opts.record_text else None)
+        return web.Response(body=content, status=status,
+                            headers={"Content-Type": content_type, "X-Request-Id": record["request_id"]})
 
     # ---- audit -----------------------------------------------------------
     async def _finish(self, record, status, started, prompt_tokens, completion_tokens, digest, key,
@@ -362,6 +401,68 @@ class Gateway:
         if request_id:
             headers["X-Request-Id"] = request_id
         return web.Response(body=err.body(), status=err.status, headers=headers)
+
+
+
+class _SseRelay:
+    """Relays a 200 event stream to the client as vLLM wrote it. Only the usage
+    event is parsed (token counts); `[DONE]` is held back until the audit record
+    is committed, so a client never sees the end of an unaudited answer."""
+
+    def __init__(self, gw: "Gateway", request, record, key, started, strip_usage, rename):
+        self.gw, self.request, self.record, self.key, self.started = gw, request, record, key, started
+        self.strip_usage, self.rename = strip_usage, rename
+        self.digest = hashlib.sha256()
+        self.usage, self.pending, self.tail, self.first = (0, 0), b"", [], True
+        self.response = web.StreamResponse(status=200, headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Request-Id": record["request_id"]})
+        self.finished = False
+
+    async def prepare(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def feed(self, chunk: bytes) -> None:
+        pending = self.pending + chunk if self.pending else chunk
+        if b"\n\n" not in pending:
+            self.pending = pending
+            return
+        *events, self.pending = pending.split(b"\n\n")
+        out = []
+        for ev in events:
+            if ev.startswith(b"data: [DONE]"):
+                self.tail.append(ev)
+            elif b'"usage":{' in ev and b'"choices":[]' in ev:
+                self.usage = _usage_of(ev[6:])
+                if not self.strip_usage:
+                    out.append(ev)
+            else:
+                out.append(ev)
+        if out:
+            data = b"\n\n".join(out) + b"\n\n"
+            if self.rename:
+                data = data.replace(*self.rename)
+            self.digest.update(data)
+            await self.response.write(data)
+            if self.first:
+                self.gw.metrics.ttft.labels(self.record["model"]).observe(time.perf_counter() - self.started)
+                self.first = False
+
+    async def finish(self, status: int) -> web.StreamResponse:
+        """Commit the audit record, then send what was held back."""
+        if self.finished:
+            return self.response
+        self.finished = True
+        await self.gw._finish(self.record, status, self.started, *self.usage, self.digest, self.key)
+        if status != 200:
+            return self.response
+        final = b"\n\n".join(self.tail) + b"\n\n" if self.tail else b""
+        if self.pending:
+            final = self.pending + final
+        if final:
+            await self.response.write(final)
+        await self.response.write_eof()
+        return self.response
 
 
 def _openai_error_body(content: bytes, status: int) -> bytes:
