@@ -80,7 +80,7 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=30, max_ongoing_requests=1000)
     return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),
-                           spec.engine.model_dump(), app.config.name, engine_key,
+                           {**spec.engine.model_dump(), "task": spec.task}, app.config.name, engine_key,
                            app.config.follow_aliases_every_s, tracking_uri(), gateway)
 
 
@@ -99,7 +99,7 @@ def model_routes(app: ResolvedApp) -> dict[str, dict]:
             routes[name] = {"deployment": f"engine-{spec.name}", "base": spec.name,
                             "version": m.ref if isinstance(m, ResolvedModel) else str(m),
                             "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m),
-                            "context_len": spec.engine.max_model_len}
+                            "context_len": spec.engine.max_model_len, "task": spec.task}
     return routes
 
 

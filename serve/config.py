@@ -54,6 +54,9 @@ class ModelSpec(StrictConfig):
 
     name: str = Field(description="Model name clients send to use the base model.", pattern=NAME)
     source: str = Field(description="registry:NAME@ALIAS, registry:NAME/VERSION, or a local/shared folder.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="generate: chat and completions; embed: /v1/embeddings (vLLM's pooling "
+        "runner, converting a decoder model to an embedding model where needed).")
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters on this base.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Serve owns them).")
@@ -72,6 +75,10 @@ class ModelSpec(StrictConfig):
             raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
         if len(self.adapters) > self.engine.max_loras * 8:
             raise ValueError("too many adapters for engine.max_loras")
+        if self.task == "embed" and self.adapters:
+            raise ValueError("an embedding model (task: embed) takes no adapters")
+        if self.task == "embed" and self.engine.tool_call_parser:
+            raise ValueError("engine.tool_call_parser: an embedding model (task: embed) has no tool calls")
         return self
 
 

@@ -46,6 +46,8 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
            "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
     if embedded_gateway:
         cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
+    if engine.get("task") == "embed":
+        cmd += ["--runner", "pooling", "--convert", "embed"]
     if engine.get("tool_call_parser"):
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"]]
     if adapters:

@@ -16,11 +16,20 @@ def cmd_serve_up(args) -> int:
     from cluster.local import start_local, stop
     from serve import ServeAppConfig, deploy, resolve_app
 
+    from sekisho.gpu_plan import check_against_running_cluster, plan_serve_app
+
     cfg = ServeAppConfig.from_yaml(args.config)
     home = _home(args)
     resolved = resolve_app(cfg, home / "serve-cache")  # refuses a bad config before Ray starts
+    if args.inventory:
+        plan = plan_serve_app(resolved, args.inventory)  # refuses what cannot fit, saying what would
+        for g in plan.groups:
+            print(f"  {g.request}: {g.node} GPUs {','.join(map(str, g.gpus))}")
     start_local(home, address=args.address)
     try:
+        import ray
+
+        check_against_running_cluster(cfg, [n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]])
         url = deploy(resolved)
         print(f"{cfg.name}: serving at {url}", flush=True)
         if args.address:
@@ -93,6 +102,8 @@ def register(groups) -> None:
         dest="command", required=True, metavar="COMMAND")
     c = serve.add_parser("up", help=cmd_serve_up.__doc__)
     c.add_argument("config")
+    c.add_argument("--inventory", help="plan the app's GPUs on this cluster inventory first "
+                   "(e.g. configs/cluster/reference.yaml); refused if it cannot fit")
     c.set_defaults(fn=cmd_serve_up)
     c = serve.add_parser("status", help=cmd_serve_status.__doc__)
     c.set_defaults(fn=cmd_serve_status)

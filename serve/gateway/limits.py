@@ -17,6 +17,8 @@ class RequestLimits(StrictConfig):
     max_n: int = Field(1, ge=1, le=16, description="Cap on n (choices per request).")
     max_logprobs: int = Field(5, ge=0, le=20, description="Cap on top_logprobs / logprobs.")
     max_messages: int = Field(256, ge=1, description="Cap on the number of chat messages.")
+    max_embedding_inputs: int = Field(256, ge=1, description="Cap on the number of inputs in one "
+                                      "/v1/embeddings request.")
 
 
 FORBIDDEN = {
@@ -68,3 +70,12 @@ def check(payload: dict, route: str, limits: RequestLimits, context_len: int) ->
         if len(messages) > limits.max_messages:
             raise GatewayError(400, f"{len(messages)} messages; at most {limits.max_messages} are allowed",
                                param="messages", code="invalid_value")
+    if route == "/v1/embeddings":
+        inputs = payload.get("input")
+        if inputs is None or inputs == [] or inputs == "":
+            raise GatewayError(400, "'input' is required: a string or a list of strings or token lists",
+                               param="input", code="missing_required_parameter")
+        if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) \
+                and len(inputs) > limits.max_embedding_inputs:
+            raise GatewayError(400, f"{len(inputs)} inputs; at most {limits.max_embedding_inputs} are allowed",
+                               param="input", code="invalid_value")
