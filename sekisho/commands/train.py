@@ -1,21 +1,25 @@
-"""`sekisho train`: Fine-tuning jobs."""
+"""`sekisho train`: Fine-tuning jobs, here (`run`) or on a running cluster
+through the Ray Jobs API (`submit`, `status`, `stop`)."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 from sekisho.cli_common import home_from_args as _home
 
 
 def cmd_train_run(args) -> int:
-    """Run a fine-tuning job on a local Ray cluster; registers the adapter."""
+    """Run a fine-tuning job on a local Ray cluster (or join the one at --address,
+    as a submitted job does); registers the adapter."""
     from cluster.local import start_local, stop
     from train import TrainJobConfig
     from train.job import run_job
 
     cfg = TrainJobConfig.from_yaml(args.config)
     home = _home(args)
-    start_local(home)
+    start_local(home, address=args.address)
     try:
         r = run_job(cfg, Path(args.config).read_text(encoding="utf-8"), home)
     finally:
@@ -24,9 +28,76 @@ def cmd_train_run(args) -> int:
     return 0
 
 
+def cmd_train_submit(args) -> int:
+    """Submit a fine-tuning job to a running cluster (Ray Jobs API, token auth);
+    ships the working directory and streams the job's logs until it ends."""
+    from train import submission
+
+    client = submission.connect(args.address, _home(args))
+    job_id = submission.submit(client, Path(args.config), Path(args.working_dir), args.cluster_home)
+    print(f"submitted {job_id}", flush=True)
+    if not args.follow:
+        return 0
+    try:
+        status = submission.follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\n{job_id} keeps running; `sekisho train stop {job_id}` stops it.")
+        return 130
+    print(f"{job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_train_status(args) -> int:
+    """List the cluster's jobs (id, status, start, end, config), or show one job."""
+    from train import submission
+
+    client = submission.connect(args.address, _home(args))
+    if args.job:
+        info = submission.job_info(client, args.job)
+        print(f"{args.job}: {info.status.value}\n  entrypoint: {info.entrypoint}")
+        if info.message:
+            print(f"  message: {info.message}")
+        return 0
+    rows = submission.job_rows(client)
+    print(f"{'JOB':32} {'STATUS':10} {'START':19}  {'END':19}  CONFIG")
+    for r in rows:
+        print(f"{r['id']:32} {r['status']:10} {r['start']:19}  {r['end']:19}  {r['config']}")
+    return 0
+
+
+def cmd_train_stop(args) -> int:
+    """Stop a submitted job and wait until it has stopped."""
+    from train import submission
+
+    client = submission.connect(args.address, _home(args))
+    print(f"{args.job}: {submission.stop(client, args.job)}")
+    return 0
+
+
 def register(groups) -> None:
     train = groups.add_parser("train", help="fine-tuning jobs").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
     c = train.add_parser("run", help=cmd_train_run.__doc__)
     c.add_argument("config")
+    c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join this Ray cluster (GCS address; a submitted job gets it as RAY_ADDRESS) "
+                        "instead of starting one here")
     c.set_defaults(fn=cmd_train_run)
+    c = train.add_parser("submit", help=cmd_train_submit.__doc__)
+    c.add_argument("config")
+    c.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                   help="stream the job's logs until it ends (default on)")
+    c.add_argument("--working-dir", default=".",
+                   help="folder shipped to the cluster as the job's working directory; holds the config")
+    c.add_argument("--cluster-home", help="$SEKISHO_HOME for the job on the cluster (default: the nodes')")
+    c.set_defaults(fn=cmd_train_submit)
+    c = train.add_parser("status", help=cmd_train_status.__doc__)
+    c.add_argument("job", nargs="?")
+    c.set_defaults(fn=cmd_train_status)
+    c = train.add_parser("stop", help=cmd_train_stop.__doc__)
+    c.add_argument("job")
+    c.set_defaults(fn=cmd_train_stop)
+    for name in ("submit", "status", "stop"):
+        train.choices[name].add_argument(
+            "--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+            help="the cluster's Jobs API, http://HOST:PORT (the head's dashboard)")
