@@ -31,6 +31,7 @@ from experiments.registry import (
 )
 from experiments.run_logger import RunLogger, flatten
 from experiments.tracking import sekisho_home, tracking_uri, use_store
+from experiments.tracking_server import TrackingServer, TrackingServerConfig, start_server
 
 __all__ = ["ImportPolicy", "ImportedModel", "ModelImportRefused", "ModelIntegrityError",
            "ModelNotFoundError", "ModelNotInStoreError", "ResolvedModel", "RunLogger",
@@ -40,3 +41,4 @@ __all__ = ["ImportPolicy", "ImportedModel", "ModelImportRefused", "ModelIntegrit
 __all__ += ["Promotion", "PromotionRefused", "alias_history", "check_gate", "promote",
             "promotion_log", "rollback"]
 __all__ += ["Comparison", "compare_runs"]
+__all__ += ["TrackingServer", "TrackingServerConfig", "start_server"]

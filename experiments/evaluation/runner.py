@@ -189,11 +189,29 @@ def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text
     if config_text is not None:
         client.log_text(run_id, config_text, "eval/config.yaml")
     client.log_dict(run_id, {"rows": result.rows}, "eval/answers.json")
+    _log_tables(client, run_id, result.rows)
     _log_eval_input(client, run_id, cfg, digest)
     client.set_terminated(run_id, "FINISHED")
     name, _, version = result.model_version.partition("/")
     client.set_model_version_tag(name, version, f"sekisho.eval.{cfg.name}", run_id)
     return run_id
+
+
+def _log_tables(client, run_id: str, rows: list[dict]) -> None:
+    """The per-example scores and the safety probes as MLflow tables, so that the
+    UI's evaluation view lists, filters and compares them across runs.
+
+    MLflow's `mlflow.evaluate` would compute the same from a static DataFrame, but
+    its default question-answering metrics load Hugging Face models and its GenAI
+    scorers call an LLM judge; neither may run in a closed network, and our metric
+    functions are already the ones the gate reads. So we log only the tables."""
+    import pandas as pd
+
+    quality = [r for r in rows if "reference" in r]
+    safety = [{**r, "leaked": ", ".join(r.get("leaked") or [])} for r in rows if "check" in r]
+    for table, path in ((quality, "eval/answers_table.json"), (safety, "eval/safety_table.json")):
+        if table:
+            client.log_table(run_id, pd.DataFrame(table), artifact_file=path)
 
 
 def _log_eval_input(client, run_id: str, cfg: EvalConfig, digest: str) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 from cluster.config_base import UserError
 
 CONFIG_KINDS = {"data": "data.prepare:DatasetConfig", "train": "train.config:TrainJobConfig",
-                "serve": "serve.config:ServeAppConfig", "models": "train.tiny_model:TinyModelConfig", "cluster": "cluster.inventory:Inventory", "gpu_requests": "cluster.gpu_requests:GpuRequests", "eval": "experiments.evaluation:EvalConfig"}
+                "serve": "serve.config:ServeAppConfig", "models": "train.tiny_model:TinyModelConfig", "cluster": "cluster.inventory:Inventory", "gpu_requests": "cluster.gpu_requests:GpuRequests", "eval": "experiments.evaluation:EvalConfig",
+                "tracking": "experiments.tracking_server:TrackingServerConfig"}
 
 
 def config_class(path: Path):

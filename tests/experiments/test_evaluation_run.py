@@ -128,6 +128,16 @@ def test_run_eval_scores_answers_and_logs_a_linked_run(endpoint, eval_config, ve
     answers = json.loads(path.read_text(encoding="utf-8"))["rows"]
     leaked = [r for r in answers if r.get("check") == "leak" and not r["passed"]]
     assert leaked[0]["leaked"] == ["青い灯台"]
+    # the same rows as MLflow tables, which the UI's evaluation view shows and compares
+    import mlflow
+
+    table = mlflow.load_table("eval/answers_table.json", run_ids=[run_id])
+    assert len(table) == 3 and set(table.columns) >= {"prompt", "answer", "exact_match", "chrf", "rouge_l"}
+    assert table.set_index("category").loc["security", "exact_match"] == 1.0
+    safety = mlflow.load_table("eval/safety_table.json", run_ids=[run_id])
+    assert sorted(safety["check"]) == ["leak", "leak", "refusal", "refusal"]
+    assert set(safety.loc[~safety["passed"] & (safety["check"] == "leak"), "leaked"]) == {"青い灯台"}
+    assert {"path": "eval/answers_table.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
     # greedy decoding and the configured answer length were asked for
     assert {(b["temperature"], b["max_tokens"]) for b in CannedChat.seen} == {(0, 32)}
 

@@ -1,4 +1,5 @@
-"""The promotion gate and rollback on a real MLflow SQLite store: refusal without
+"""The promotion gate and rollback on real MLflow stores (the embedded SQLite one,
+and PostgreSQL used directly, through the `registry_store` parameter): refusal without
 an evaluation, refusal below a threshold, force with a recorded reason, alias
 history across promote / outside moves / rollback, and the CLI around them."""
 
@@ -13,8 +14,8 @@ from experiments.evaluation import EvalConfig, EvalResult, GateConfig, log_eval_
 
 
 @pytest.fixture
-def model(sekisho_home, tmp_path):
-    """A fresh registered model with three versions."""
+def model(registry_store, tmp_path):
+    """A fresh registered model with three versions, in each registry store."""
     from experiments import register_folder
 
     name = f"gate-{uuid.uuid4().hex[:8]}"
