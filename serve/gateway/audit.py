@@ -49,19 +49,29 @@ class AuditLog:
 
     def append(self, record: dict) -> int:
         """Commit one record; returns its sequence number. Blocking: call from a thread."""
-        body = canonical(record)
+        return self.append_many([record])[0]
+
+    def append_many(self, records: list[dict]) -> list[int]:
+        """Commit several records in one transaction (one fsync), in order; returns
+        their sequence numbers. Blocking: call from a thread."""
+        bodies = [canonical(r) for r in records]
+        rows, seqs = [], []
         with self.engine.begin() as conn:
             # Lock the head first (row lock on PostgreSQL; SQLite holds the write lock).
             conn.execute(update(audit_head).where(audit_head.c.chain == self.chain)
                          .values(seq=audit_head.c.seq))
             seq, prev = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
                                      .where(audit_head.c.chain == self.chain)).one()
-            seq += 1
-            h = link_hash(seq, prev, body)
-            conn.execute(insert(audit_records).values(chain=self.chain, seq=seq, ts=record.get("ts", time.time()),
-                                                      record=body, prev_hash=prev, hash=h))
-            conn.execute(update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=h))
-        return seq
+            for record, body in zip(records, bodies):
+                seq += 1
+                h = link_hash(seq, prev, body)
+                rows.append({"chain": self.chain, "seq": seq, "ts": record.get("ts", time.time()),
+                             "record": body, "prev_hash": prev, "hash": h})
+                seqs.append(seq)
+                prev = h
+            conn.execute(insert(audit_records), rows)
+            conn.execute(update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=prev))
+        return seqs
 
     def records(self, since: float | None = None, limit: int | None = None) -> list[dict]:
         q = select(audit_records.c.seq, audit_records.c.record).where(audit_records.c.chain == self.chain)
@@ -94,3 +104,52 @@ class AuditLog:
             return VerifyResult(False, n, n + 1 if head_seq > n else n,
                                 f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted")
         return VerifyResult(True, n)
+
+
+class AuditWriter:
+    """Group commit for one gateway process: records that arrive while a commit is
+    on disk are committed together in the next transaction, so concurrent requests
+    share fsyncs. `submit` resolves only once its record is committed."""
+
+    def __init__(self, log: AuditLog, max_batch: int = 256):
+        import queue
+        import threading
+
+        self.log, self.max_batch = log, max_batch
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="sekisho-audit", daemon=True)
+        self.thread.start()
+
+    async def submit(self, record: dict) -> int:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.queue.put((record, loop, fut))
+        return await fut
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except Exception:  # queue.Empty
+                    break
+            try:
+                seqs = self.log.append_many([r for r, _, _ in batch])
+            except Exception as exc:  # every waiter learns its record was not written
+                for _, loop, fut in batch:
+                    loop.call_soon_threadsafe(_settle, fut, None, exc)
+                continue
+            for (_, loop, fut), seq in zip(batch, seqs):
+                loop.call_soon_threadsafe(_settle, fut, seq, None)
+
+
+def _settle(fut, result, exc) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)

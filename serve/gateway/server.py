@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 from serve.gateway import limits as request_limits
-from serve.gateway.audit import AuditLog
+from serve.gateway.audit import AuditLog, AuditWriter
 from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
 from serve.gateway.metrics import GatewayMetrics
@@ -75,6 +75,7 @@ class Gateway:
         self.engine_auth = f"Bearer {engine_key}"
         self.keys = KeyStore(opts.db_url)
         self.audit = AuditLog(opts.app, opts.db_url)
+        self.audit_writer = AuditWriter(self.audit)
         self.quota = QuotaLedger(opts.db_url)
         self.metrics = GatewayMetrics()
         self.upstreams = Upstreams()
@@ -384,8 +385,8 @@ class Gateway:
             record["error"] = error
         if text is not None:
             record["response_body"] = text.decode("utf-8", "replace")
-        await self._db(self.audit.append, record)
-        if key is not None and (prompt_tokens or completion_tokens):
+        await self.audit_writer.submit(record)
+        if key is not None and key.tpm is not None and (prompt_tokens or completion_tokens):
             await self._db(self.quota.add_tokens, key.name, prompt_tokens + completion_tokens)
         self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
 

@@ -70,6 +70,33 @@ def test_rpm_and_tpm_are_enforced_with_retry_after(db_url):
     assert ledger.admit("k", 3, None, now + 60 + 50).allowed
 
 
+def test_group_commit_writes_each_record_once_in_order(db_url):
+    import asyncio
+
+    from serve.gateway.audit import AuditWriter
+
+    log = AuditLog("grouped", db_url)
+    other = AuditLog("grouped", db_url)  # a second gateway process appending meanwhile
+    writer = AuditWriter(log)
+    commits = []
+    real = log.append_many
+    log.append_many = lambda records: commits.append(len(records)) or real(records)
+
+    async def many():
+        return await asyncio.gather(*(writer.submit({"i": i, "ts": time.time()}) for i in range(300)))
+
+    with ThreadPoolExecutor(1) as pool:
+        side = pool.submit(lambda: [other.append({"side": j, "ts": time.time()}) for j in range(20)])
+        seqs = asyncio.run(many())
+        side.result()
+    assert len(set(seqs)) == 300 and sum(commits) == 300
+    assert len(commits) < 300  # concurrent records shared transactions
+    result = log.verify()
+    assert result.ok and result.records == 320
+    by_seq = {r["seq"]: r for r in log.records()}
+    assert all(by_seq[s]["i"] == i for i, s in enumerate(seqs))
+
+
 def test_chain_verifies_across_concurrent_writers(db_url):
     logs = [AuditLog("app", db_url) for _ in range(4)]  # like four gateway replicas
     with ThreadPoolExecutor(16) as pool:
