@@ -169,7 +169,7 @@ def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path) ->
     constraints = project / "constraints.txt"
     if constraints.is_file():
         args += ["-c", str(constraints)]
-        torch = re.search(r"^torch==(\S+)$", constraints.read_text(encoding="utf-8"), re.M)
+        torch = re.search(r"^torch==(\S+)$", constraints.read_text(encoding="utf-8"), re.MULTILINE)
         if variant == "cpu" and torch and "+" not in torch.group(1):
             pin = tmp / "torch-cpu.txt"
             pin.write_text(f"torch=={torch.group(1)}+cpu\n", encoding="utf-8")
@@ -187,7 +187,7 @@ def _pip(args: list[str], *, offline: bool, what: str = "collecting the wheels")
         env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
         env["PIP_CONFIG_FILE"] = os.devnull
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    rc = subprocess.run(cmd, env=env).returncode
+    rc = subprocess.run(cmd, env=env, check=False).returncode
     if rc != 0:
         raise BundleError(f"bundle build: pip failed (exit status {rc}) while {what}; its "
                           f"output is above. Command: {' '.join(cmd)}")

@@ -9,11 +9,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.bundle import LOCK, MANIFEST, SUMS, WHEELS, BundleError, sha256_file, target_tags
-from cluster.bundle import wheel_metadata
+from cluster.bundle import (
+    LOCK,
+    MANIFEST,
+    SUMS,
+    WHEELS,
+    BundleError,
+    sha256_file,
+    target_tags,
+    wheel_metadata,
+)
 
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)$")
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)"
+                        r"((?:\s+--hash=sha256:[0-9a-f]{64})+)$")
 
 
 @dataclass
@@ -33,7 +42,8 @@ class BundleReport:
         t = self.target
         same = all(t.get(k) == here[k] for k in ("python", "abi", "platform"))
         where = ("this Python: the same" if same else
-                 f"this Python is {here['python']}-{here['abi']}-{here['platform']}, not the target")
+                 f"this Python is {here['python']}-{here['abi']}-{here['platform']}, "
+                 f"not the target")
         own = f"; {self.project}" if self.project else "; without Sekisho's own wheel"
         return (f"bundle {self.root}: ok: {self.files} files match {SUMS}; {self.wheels} wheels "
                 f"({self.size / 1e6:.1f} MB), {self.lock_entries} lock entries with matching "
@@ -115,7 +125,11 @@ def _check_wheels(root: Path, present: list[str], problems: list[str]) -> list[s
 
 def _check_lock(root: Path, wheels: dict[str, str], report: BundleReport,
                 problems: list[str]) -> None:
-    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+    from packaging.utils import (
+        InvalidWheelFilename,
+        canonicalize_name,
+        parse_wheel_filename,
+    )
     from packaging.version import InvalidVersion, Version
 
     if not (root / LOCK).is_file():
