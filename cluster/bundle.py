@@ -91,7 +91,8 @@ def target_tags() -> dict[str, str]:
 
 def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = None,
                  requirements: Path | None = None, project: Path | None = None,
-                 include_project: bool = True) -> list[Package]:
+                 include_project: bool = True, torch_index: str = TORCH_CPU_INDEX
+                 ) -> list[Package]:
     """Write a bundle to `out` (which must be new or empty).
 
     Args:
@@ -105,6 +106,8 @@ def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = N
         include_project: add Sekisho's own wheel (always, when `requirements` is None;
             with `requirements` it comes without its dependencies, for a later
             `pip install --no-deps`).
+        torch_index: for "cpu", the index holding torch's `+cpu` builds (a mirror
+            of the PyTorch CPU index where the staging machine cannot reach it).
 
     Raises:
         BundleError: a bad argument, or pip failed (its output is shown above).
@@ -136,7 +139,7 @@ def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = N
                 if own:
                     shutil.copy2(own, wheels / own.name)
             _pip(["wheel", "--wheel-dir", str(wheels), "--prefer-binary",
-                  *_sources(variant, find_links, project, tmp), *wanted],
+                  *_sources(variant, find_links, project, tmp, torch_index), *wanted],
                  offline=find_links is not None)
     except BaseException:
         shutil.rmtree(wheels, ignore_errors=True)  # out was new or empty: leave it so
@@ -163,7 +166,8 @@ def _build_project_wheel(project: Path, tmp: Path) -> Path:
     return own
 
 
-def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path) -> list[str]:
+def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path,
+             torch_index: str) -> list[str]:
     """pip options: where wheels come from, and the project's exact pins."""
     args = []
     constraints = project / "constraints.txt"
@@ -177,7 +181,7 @@ def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path) ->
     if find_links is not None:
         return args + ["--no-index", "--find-links", str(Path(find_links).resolve())]
     if variant == "cpu":
-        args += ["--extra-index-url", TORCH_CPU_INDEX]
+        args += ["--extra-index-url", torch_index]
     return args
 
 

