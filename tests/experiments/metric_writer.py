@@ -20,7 +20,7 @@ def log_metrics(url: str, username: str, password: str, run_id: str, shared_run_
     from mlflow.entities import Metric
 
     client = MlflowClient(url)
-    go.wait()
+    go.wait(300)
     for step in range(steps):
         client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)
     ts = int(time.time() * 1000)

@@ -131,6 +131,7 @@ def test_run_eval_scores_answers_and_logs_a_linked_run(endpoint, eval_config, ve
     # the same rows as MLflow tables, which the UI's evaluation view shows and compares
     import mlflow
 
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)  # load_table searches the active one
     table = mlflow.load_table("eval/answers_table.json", run_ids=[run_id])
     assert len(table) == 3 and set(table.columns) >= {"prompt", "answer", "exact_match", "chrf", "rouge_l"}
     assert table.set_index("category").loc["security", "exact_match"] == 1.0
