@@ -9,6 +9,7 @@ ways of bringing a cluster up cannot drift apart.
 from __future__ import annotations
 
 from cluster.inventory import Inventory, Node
+from cluster.local import QUIET_SERVE_ENV
 from cluster.offline import OFFLINE_ENV
 
 
@@ -42,6 +43,7 @@ def node_env(inventory: Inventory, node: Node, token_path: str | None) -> dict[s
         Name -> value, zero-egress switches first.
     """
     env = dict(OFFLINE_ENV)
+    env.update(QUIET_SERVE_ENV)
     env["VLLM_HOST_IP"] = node.address  # else vLLM asks 8.8.8.8 for its own address
     env["RAY_AUTH_MODE"] = "token"
     if token_path is not None:
