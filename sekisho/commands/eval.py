@@ -10,18 +10,32 @@ from sekisho.cli_common import home_from_args as _home
 
 def cmd_eval_run(args) -> int:
     """Ask an eval set (and its safety probes) through an OpenAI-compatible endpoint
-    and log an MLflow evaluation run linked to the model version."""
+    and log an MLflow evaluation run linked to the model version. Without --base-url
+    the version is served just for the evaluation (an adapter on its base) and
+    taken down after."""
     from cluster.config_base import UserError
     from experiments.evaluation import EvalConfig, run_eval
 
     cfg = EvalConfig.from_yaml(args.config)
-    _home(args)
-    api_key = args.api_key or os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
-    if not api_key:
-        raise UserError("eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
-                        "(`sekisho keys create` makes one).")
-    r = run_eval(cfg, args.model, args.base_url, api_key, served_as=args.served_as,
-                 config_text=Path(args.config).read_text(encoding="utf-8"))
+    home = _home(args)
+    config_text = Path(args.config).read_text(encoding="utf-8")
+    if not args.base_url:
+        from sekisho.eval_serve import serve_for_eval
+
+        with serve_for_eval(args.model, home, args.served_as, args.address) as tmp:
+            base = f" on {tmp.base_version}" if tmp.base_version else ""
+            print(f"serving {tmp.version}{base} as {tmp.served_as!r} at {tmp.base_url} "
+                  f"(temporary app {tmp.app_name}, key {tmp.key_name})", flush=True)
+            r = run_eval(cfg, tmp.version, tmp.base_url, tmp.api_key, served_as=tmp.served_as,
+                         config_text=config_text)
+        print(f"stopped {tmp.app_name} and revoked key {tmp.key_name}")
+    else:
+        api_key = args.api_key or os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            raise UserError("eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
+                            "(`sekisho keys create` makes one).")
+        r = run_eval(cfg, args.model, args.base_url, api_key, served_as=args.served_as,
+                     config_text=config_text)
     print(f"evaluated {r.model_version} (served as {r.served_as}) on {r.eval_set}: run {r.run_id}")
     for k, v in sorted(r.metrics.items()):
         if not k.startswith("category."):
@@ -35,7 +49,12 @@ def register(groups) -> None:
     c = ev.add_parser("run", help=cmd_eval_run.__doc__)
     c.add_argument("config", help="an eval config, e.g. configs/eval/demo_ja.yaml")
     c.add_argument("--model", required=True, help="registry reference NAME@ALIAS or NAME/VERSION")
-    c.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    c.add_argument("--api-key", help="key for the endpoint (default $SEKISHO_API_KEY)")
+    c.add_argument("--base-url", help="OpenAI-compatible endpoint that serves it, e.g. http://127.0.0.1:8000/v1; "
+                   "without it the version is served for the evaluation and taken down after")
+    c.add_argument("--api-key", help="key for the endpoint (default $SEKISHO_API_KEY; "
+                   "without --base-url a temporary key is made)")
     c.add_argument("--served-as", help="model name the endpoint serves it under (default: the registry name)")
+    c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="without --base-url: the Ray cluster to serve it on (default: a local one "
+                   "started for the evaluation)")
     c.set_defaults(fn=cmd_eval_run)
