@@ -1,4 +1,5 @@
-"""`sekisho cluster`: Plan GPU placement and render cluster configs."""
+"""`sekisho cluster`: plan GPU placement, render cluster configs, bring the cluster
+up and down, show its state and check it (doctor)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,126 @@ def cmd_cluster_render(args) -> int:
     return 0
 
 
+def _inventory(path):
+    from cluster import Inventory
+
+    return Inventory.from_yaml(path) if path else None
+
+
+def _bringup(args, action) -> int:
+    import subprocess
+
+    from cluster.bringup import prepare, ray_command
+    from sekisho.cli_common import home_from_args
+
+    inventory = _inventory(args.inventory)
+    config = prepare(inventory, home_from_args(args))
+    command = ray_command(action, config)
+    print(f"config: {config}")
+    print(f"command: {' '.join(command)}")
+    if args.dry_run:
+        return 0
+    return subprocess.run(command).returncode
+
+
+def cmd_cluster_up(args) -> int:
+    """Start the cluster on the inventory's machines (`ray up`, local node
+    provider); creates the Ray token (0600) that every node receives."""
+    return _bringup(args, "up")
+
+
+def cmd_cluster_down(args) -> int:
+    """Stop Ray on every machine of the inventory (`ray down`)."""
+    return _bringup(args, "down")
+
+
+def _connect(args):
+    from cluster.connect import connect, target
+    from sekisho.cli_common import home_from_args
+
+    t = target(_inventory(args.inventory), args.address,
+               Path(args.token_file) if args.token_file else None, home_from_args(args))
+    return t, connect(t)
+
+
+def _count(x: float) -> str:
+    return f"{x:g}"
+
+
+def cmd_cluster_status(args) -> int:
+    """Show a running cluster: nodes (GPUs and CPUs total/used), Serve apps and
+    their replicas, running jobs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.status import collect
+
+    t, info = _connect(args)
+    st = collect(info["dashboard_url"])
+    console = Console(width=110)
+    alive = sum(n.alive for n in st.nodes)
+    table = Table(title=f"Ray cluster at {t.address}: {alive}/{len(st.nodes)} nodes alive, "
+                        f"dashboard {info['dashboard_url'] or '(none)'}", title_justify="left")
+    for col in ("node", "address", "alive", "GPUs used/total", "CPUs used/total"):
+        table.add_column(col)
+    for n in st.nodes:
+        table.add_row(n.name + (" (head)" if n.head else ""), n.address, "yes" if n.alive else "NO",
+                      f"{_count(n.gpus_used)}/{_count(n.gpus_total)}",
+                      f"{_count(n.cpus_used)}/{_count(n.cpus_total)}")
+    console.print(table)
+    table = Table(title=f"Serve: {len(st.apps)} apps", title_justify="left")
+    for col in ("app", "app status", "deployment", "status", "replicas"):
+        table.add_column(col)
+    for d in st.deployments:
+        replicas = ", ".join(f"{v} {k}" for k, v in sorted(d.replicas.items())) or "0"
+        table.add_row(d.app, st.apps[d.app], d.name, d.status, replicas)
+    console.print(table)
+    table = Table(title=f"Running jobs: {len(st.jobs)}", title_justify="left")
+    for col in ("job", "type", "status", "entrypoint"):
+        table.add_column(col)
+    for j in st.jobs:
+        table.add_row(j.job, j.kind.lower(), j.status, j.entrypoint)
+    console.print(table)
+    return 0
+
+
+def cmd_cluster_doctor(args) -> int:
+    """Check a running cluster against its inventory: drivers, GPUs, InfiniBand,
+    all-reduce bandwidth, shared storage, clock skew, disk, token auth (and with
+    --egress: zero egress). Exit 1 when a check fails."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.preflight import run_doctor
+
+    if not args.inventory:
+        raise UserError("cluster doctor: give the inventory YAML: the checks compare the "
+                        "cluster with it.")
+    t, info = _connect(args)
+    results = run_doctor(t.inventory, t.address, info["dashboard_url"], egress=args.egress,
+                         min_free_gib=args.min_free_gib)
+    console = Console(width=120)
+    table = Table(title=f"sekisho cluster doctor: {t.inventory.name} at {t.address}",
+                  title_justify="left")
+    for col in ("check", "result", "details"):
+        table.add_column(col)
+    for r in results:
+        detail = r.detail + (f"\nremedy: {r.remedy}" if r.remedy else "")
+        table.add_row(r.check, r.outcome.upper() if r.outcome == "fail" else r.outcome, detail)
+    console.print(table)
+    counts = {o: sum(r.outcome == o for r in results) for o in ("pass", "fail", "skip")}
+    console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped.")
+    return 1 if counts["fail"] else 0
+
+
+def _connection_args(c) -> None:
+    c.add_argument("inventory", nargs="?", help="inventory YAML (the head's address and "
+                   "the token file come from it)")
+    c.add_argument("--address", help="GCS address HOST:PORT instead of the inventory's head")
+    c.add_argument("--token-file", help="Ray token file (default: the inventory's "
+                   "ray.auth_token_file, else $RAY_AUTH_TOKEN_PATH, else the Sekisho home's)")
+
+
 def register(groups) -> None:
     cluster = groups.add_parser("cluster", help="GPU placement and cluster bring-up configs"
                                 ).add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,3 +211,19 @@ def register(groups) -> None:
     c.add_argument("--ray-up", metavar="FILE", help="write a `ray up` config (local provider)")
     c.add_argument("--kuberay", metavar="DIR", help="write RayCluster/RayService manifests")
     c.set_defaults(fn=cmd_cluster_render)
+    for name, fn in (("up", cmd_cluster_up), ("down", cmd_cluster_down)):
+        c = cluster.add_parser(name, help=fn.__doc__)
+        c.add_argument("inventory", help="inventory YAML, e.g. configs/cluster/reference.yaml")
+        c.add_argument("--dry-run", action="store_true", help="write the `ray up` config "
+                       "and print it and the command, without running it")
+        c.set_defaults(fn=fn)
+    c = cluster.add_parser("status", help=cmd_cluster_status.__doc__)
+    _connection_args(c)
+    c.set_defaults(fn=cmd_cluster_status)
+    c = cluster.add_parser("doctor", help=cmd_cluster_doctor.__doc__)
+    _connection_args(c)
+    c.add_argument("--egress", action="store_true", help="also prove zero egress: a small "
+                   "workload on every node with the egress recorder on")
+    c.add_argument("--min-free-gib", type=float, default=50.0, help="free disk each node "
+                   "needs on the shared storage and its temp dir (default 50)")
+    c.set_defaults(fn=cmd_cluster_doctor)
