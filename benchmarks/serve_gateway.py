@@ -29,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cluster import offline  # noqa: E402
 
 offline.apply()
+# The same CPU binding in every arm: a Serve replica reserving one CPU gets
+# OMP_NUM_THREADS=1 from Ray; set here, every arm's processes inherit it (Ray
+# keeps a value that is already set). vLLM binds its CPU worker's own threads.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 CONCURRENCY = (1, 8, 32)
 REQUESTS = {1: 8, 8: 32, 32: 64}
@@ -194,7 +198,8 @@ def main() -> int:
     sample = Path(__file__).resolve().parent.parent / "data" / "samples" / "internal_faq_ja.jsonl"
     conv = read_chat_jsonl(sample).conversations
     model_dir = build_tiny_model(home / "tiny-base", [m["content"] for c in conv for m in c])
-    print(f"engine args {json.dumps(ENGINE)}; VLLM_CPU_OMP_THREADS_BIND="
+    print(f"engine args {json.dumps(ENGINE)}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; "
+          f"VLLM_CPU_OMP_THREADS_BIND="
           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (unset)')}; cores {os.cpu_count()}", flush=True)
     out: dict = {}
     for rnd in range(args.rounds):
