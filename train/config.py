@@ -117,7 +117,9 @@ class LoraJobConfig(JobFields):
 class DeepSpeedSettings(StrictConfig):
     """DeepSpeed ZeRO: how optimizer state, gradients and parameters are sharded."""
 
-    zero_stage: Literal[2, 3] = Field(3, description="2: shard optimizer state and gradients; 3: also parameters.")
+    zero_stage: Literal[0, 2, 3] = Field(3, description=(
+        "0: no sharding (plain data parallelism, as DDP: every rank holds all state, gradients "
+        "all-reduced); 2: shard optimizer state and gradients; 3: also parameters."))
     offload_optimizer: bool = Field(False, description="Keep optimizer state in host memory (CPU Adam).")
     offload_params: bool = Field(False, description="Keep parameters in host memory between uses (stage 3 only).")
 
@@ -125,6 +127,8 @@ class DeepSpeedSettings(StrictConfig):
     def _offload_params_needs_stage3(self):
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3 (stage 2 does not partition parameters)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 2 or 3 (stage 0 keeps all state on the GPU)")
         return self
 
 

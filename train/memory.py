@@ -104,7 +104,7 @@ def model_state_bytes(params: float, stage: int | None, offload_opt: bool, offlo
                       gpus: int, largest_layer: float) -> tuple[float, float, float]:
     """(weights, gradients, optimizer) per GPU for `params` trained with mixed-precision
     Adam: DDP keeps fp32 weights, grads and moments (16 B); ZeRO as DeepSpeed counts it."""
-    if stage is None:
+    if not stage:          # DDP, or ZeRO stage 0 (replicated state)
         return 4 * params, 4 * params, 8 * params
     if stage == 2:
         if offload_opt:
@@ -173,7 +173,7 @@ def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimat
     if cfg.optim.batch_size > 1:
         hints.append("a smaller optim.batch_size")
     ds = cfg.deepspeed
-    if ds is None or ds.zero_stage == 2:
+    if ds is None or ds.zero_stage in (0, 2):
         hints.append("deepspeed.zero_stage: 3")
     elif not ds.offload_optimizer:
         hints.append("deepspeed.offload_optimizer: true")
