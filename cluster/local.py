@@ -68,7 +68,12 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
         Ray's context info (address, dashboard url, ...).
     """
     offline.apply()
-    os.environ.update(token_auth_env(home))
+    if not (address and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))):
+        # Joining a cluster whose token this process already has (a submitted job,
+        # a node started with the token): keep it; else the home's token file.
+        os.environ.update(token_auth_env(home))
+    else:
+        os.environ["RAY_AUTH_MODE"] = "token"
     for k, v in QUIET_SERVE_ENV.items():
         os.environ.setdefault(k, v)
     _load_process_hooks()
