@@ -15,10 +15,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from cluster import offline
+
+
+ROUTES_REFRESH_S = 1.0
 
 
 def _free_port() -> int:
@@ -113,6 +117,11 @@ class VLLMEngine:
         self.follower = AliasFollower(self, self.adapters, follow_interval_s,
                                       Path(tempfile.mkdtemp(prefix="sekisho-adapters-")))
         self.follower.start()
+        self._stop_tables = threading.Event()
+        if self.routes_file:
+            # Other engines of the app (and their moves) reach this replica's gateway
+            # within ROUTES_REFRESH_S, not only at the next health check.
+            threading.Thread(target=self._refresh_routes_file, name="sekisho-routes", daemon=True).start()
 
     def routes(self) -> dict:
         """Served name -> what answers to it on this replica (internal name, version, hash)."""
@@ -128,6 +137,13 @@ class VLLMEngine:
         routing.publish(*self._where, self.url(), self.routes())
         if self.routes_file:
             self._write_routes_file()
+
+    def _refresh_routes_file(self) -> None:
+        while not self._stop_tables.wait(ROUTES_REFRESH_S):
+            try:
+                self._write_routes_file()
+            except Exception:  # the cluster may be going away; the next round retries
+                pass
 
     def _write_routes_file(self, include_self: bool = False) -> None:
         """The route table for the gateway embedded in this replica's vLLM server."""
@@ -198,6 +214,8 @@ class VLLMEngine:
         self.publish()
 
     def shutdown(self) -> None:
+        if getattr(self, "_stop_tables", None) is not None:
+            self._stop_tables.set()
         if getattr(self, "follower", None) is not None:
             self.follower.stop()
         if getattr(self, "_where", None):

@@ -31,6 +31,7 @@ from serve.gateway.routing import Upstreams, read_table, read_table_file
 
 log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
+NO_REPLICA_WAIT_S = 5.0
 FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -250,9 +251,14 @@ class Gateway:
             record["request_body"] = body.decode("utf-8", "replace")
         prefer = self.local.url if self.local is not None else None
         replica = self.upstreams.pick(route.deployment, prefer)
-        if replica is None:
+        deadline = time.monotonic() + NO_REPLICA_WAIT_S
+        while replica is None:
+            # Just deployed, or a replica is being replaced: wait a little for the table.
             await self.refresh_routes()
             replica = self.upstreams.pick(route.deployment, prefer)
+            if replica is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.25)
         if replica is None:
             err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
                                code="no_replica", headers={"Retry-After": "2"})
