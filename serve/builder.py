@@ -75,8 +75,12 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
 
     deployment = serve.deployment(VLLMEngine).options(
         name=f"engine-{spec.name}", num_replicas=spec.num_replicas,
+        # Ray starts workers at niceness 15, below its own control plane and every
+        # other process of the node; an engine (and the vLLM processes it starts)
+        # owns its CPUs like a job driver does (Ray's job manager sets the same to 0).
         ray_actor_options={"num_cpus": spec.cpus_per_replica,
-                           "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0},
+                           "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
+                           "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}},
         health_check_period_s=10, health_check_timeout_s=30,
         graceful_shutdown_timeout_s=30, max_ongoing_requests=1000)
     return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),

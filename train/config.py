@@ -28,7 +28,10 @@ class OptimSettings(StrictConfig):
     lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     steps: int = Field(1000, ge=1, description="Optimizer steps to run.")
-    batch_size: int = Field(8, ge=1, description="Examples per step per worker.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per worker.")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description=(
+        "Micro-batches whose gradients are summed before each optimizer step: an effective "
+        "batch of batch_size x grad_accum_steps x workers examples at one micro-batch's memory."))
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

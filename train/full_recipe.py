@@ -31,7 +31,7 @@ def deepspeed_config(cfg: FullJobConfig) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    out = {"train_micro_batch_size_per_gpu": o.batch_size, "gradient_accumulation_steps": 1,
+    out = {"train_micro_batch_size_per_gpu": o.batch_size, "gradient_accumulation_steps": o.grad_accum_steps,
            "gradient_clipping": o.max_grad_norm, "zero_optimization": zero,
            "bf16": {"enabled": cfg.scaling.use_gpu}, "steps_per_print": 10 ** 9,
            "zero_allow_untested_optimizer": True, "wall_clock_breakdown": False}
@@ -157,23 +157,30 @@ class FullRecipe:
         log_every = log_every or self.cfg.log_every
         every = self.cfg.checkpoint_every
         self.engine.train()
-        batches = self.batches(self.step)
+        accum = self.cfg.optim.grad_accum_steps
+        batches = self.batches(self.step * accum)
         last: dict[str, float] = {}
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < self.cfg.optim.steps:
-            ids, labels, mask = self.collate(next(batches))
             lr = lr_at(self.step, self.cfg)
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = lr
-            loss = self.engine(input_ids=ids, attention_mask=mask, labels=labels).loss
-            self.engine.backward(loss)
-            self.engine.step()
+            step_ids, step_loss, step_tokens = [], 0.0, 0
+            for _ in range(accum):
+                ids, labels, mask = self.collate(next(batches))
+                step_ids += list(self.batch_ids)
+                loss = self.engine(input_ids=ids, attention_mask=mask, labels=labels).loss
+                self.engine.backward(loss)  # scaled by 1/accum; reduced at the boundary
+                self.engine.step()  # steps the optimizer only at the accumulation boundary
+                step_loss += float(loss.detach()) / accum
+                step_tokens += int(mask.sum())
+            self.batch_ids = step_ids
             self.step += 1
-            window_tokens += int(mask.sum()) * self.world_size
+            window_tokens += step_tokens * self.world_size
             if self.step % log_every == 0 or self.step == self.cfg.optim.steps:
                 elapsed = time.perf_counter() - window_start
                 grad_norm = self.engine.get_global_grad_norm()
-                last = {"loss": float(loss.detach()), "lr": lr,
+                last = {"loss": step_loss, "lr": lr,
                         "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
                         "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0}
                 if on_metrics:
@@ -221,7 +228,7 @@ class FullRecipe:
         if self.step == self.cfg.optim.steps:      # the last checkpoint also holds the export
             self.save(out / "model")
         if self.rank == 0:
-            epoch, batch = self.data_position(self.step)
+            epoch, batch = self.data_position(self.step * self.cfg.optim.grad_accum_steps)
             (out / "trainer_state.json").write_text(json.dumps({
                 "step": self.step, "attempt": self.attempt, "world_size": self.world_size,
                 "data_position": {"epoch": epoch, "batch": batch}, **(extra or {})}, indent=1))

@@ -9,6 +9,8 @@ with batch N + 1, exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from collections.abc import Callable
@@ -160,25 +162,35 @@ class LoraRecipe:
         log_every = log_every or self.cfg.log_every
         every = self.cfg.checkpoint_every
         self.model.train()
-        batches = self.batches(self.step)
+        accum = self.cfg.optim.grad_accum_steps
+        batches = self.batches(self.step * accum)
         last: dict[str, float] = {}
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < self.cfg.optim.steps:
-            ids, labels, mask = self.collate(next(batches))
             lr = lr_at(self.step, self.cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
+            step_ids, step_loss, step_tokens = [], 0.0, 0
+            for micro in range(accum):
+                ids, labels, mask = self.collate(next(batches))
+                step_ids += list(self.batch_ids)
+                # Under DDP, gradients are all-reduced once per step, on the last micro-batch.
+                quiet = micro < accum - 1 and hasattr(self.model, "no_sync")
+                with self.model.no_sync() if quiet else contextlib.nullcontext():
+                    loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss / accum
+                    loss.backward()
+                step_loss += float(loss.detach())
+                step_tokens += int(mask.sum())
+            self.batch_ids = step_ids
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            window_tokens += int(mask.sum()) * self.world_size
+            window_tokens += step_tokens * self.world_size
             if self.step % log_every == 0 or self.step == self.cfg.optim.steps:
                 elapsed = time.perf_counter() - window_start
-                last = {"loss": float(loss.detach()), "lr": lr, "grad_norm": float(grad_norm),
+                last = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
                         "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0}
                 if on_metrics:
                     on_metrics(last, self.step)
@@ -199,7 +211,7 @@ class LoraRecipe:
         rank 0 also writes the adapter. Every rank calls it (each saves its RNG)."""
         from train.checkpoint import save_state
 
-        epoch, batch = self.data_position(self.step)
+        epoch, batch = self.data_position(self.step * self.cfg.optim.grad_accum_steps)
         out = save_state(out_dir, self.peft_model, self.optimizer, {
             "step": self.step, "attempt": self.attempt, "world_size": self.world_size,
             "data_position": {"epoch": epoch, "batch": batch}, **(extra or {})}, rank=self.rank)

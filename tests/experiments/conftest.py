@@ -9,6 +9,18 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """Tests here point this process's MLflow client at other stores (a team server,
+    a PostgreSQL database); later tests must find it where it was."""
+    import mlflow
+
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+
+
 @pytest.fixture
 def model_copy(tmp_path, tiny_model_dir) -> Path:
     """A fresh, writable copy of the tiny model (safetensors, tokenizer, template)."""
