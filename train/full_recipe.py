@@ -1,7 +1,8 @@
 """Full fine-tuning (`sft_full`) and continued pre-training (`cpt`) with DeepSpeed
 ZeRO-2/3: a plain object (setup / train / save / cleanup) that runs in one process
 without Ray (it starts a one-rank gloo group itself) and, under Ray Train, on the
-process group Ray set up. Copied from `train.recipe.LoraRecipe` and modified.
+process group Ray set up. Data order, padding and eval loss are shared with the LoRA
+recipe (`train.examples`).
 
 The two recipes differ only in their data: `sft_full` trains on chat examples with
 labels on assistant tokens, `cpt` on raw text with labels on every token (both as
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from train.config import FullJobConfig
+from train.examples import ExampleFeed
 from train.recipe import CheckpointSink, MetricsSink, lr_at
 
 
@@ -40,7 +42,7 @@ def deepspeed_config(cfg: FullJobConfig) -> dict:
     return out
 
 
-class FullRecipe:
+class FullRecipe(ExampleFeed):
     """Full-parameter training of a causal LM under DeepSpeed ZeRO."""
 
     def __init__(self, cfg: FullJobConfig, rank: int = 0, world_size: int = 1):
@@ -84,70 +86,11 @@ class FullRecipe:
         self.examples = list(zip(table["input_ids"], table["labels"]))
         self.load_eval(tokens_path)
 
-    def batches(self, start_step: int = 0):
-        """This rank's batches forever from `start_step`: seeded permutation per epoch,
-        sharded by rank (as in the LoRA recipe, so data order survives a resume)."""
-        epoch, offset = self.data_position(start_step)
-        while True:
-            order = self._epoch_order(epoch)
-            for i in self._batch_starts()[offset:]:
-                self.batch_ids = order[i:i + self.cfg.optim.batch_size]
-                yield [self.examples[j] for j in self.batch_ids]
-            epoch, offset = epoch + 1, 0
+    def module(self):
+        return self.engine
 
-    def data_position(self, step: int) -> tuple[int, int]:
-        return divmod(step, len(self._batch_starts()))
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        import torch
-
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()[self.rank::self.world_size]
-
-    def _batch_starts(self) -> list[int]:
-        n, bs = len(self.examples[self.rank::self.world_size]), self.cfg.optim.batch_size
-        return list(range(0, n - bs + 1 if n >= bs else 1, bs))
-
-    def load_eval(self, tokens_path: str | Path) -> None:
-        """The held-out split `data` wrote beside the training tokens, if any."""
-        import pyarrow.parquet as pq
-
-        path = Path(tokens_path).with_name("eval.parquet")
-        table = pq.read_table(str(path)).to_pydict() if path.is_file() else {"input_ids": [], "labels": []}
-        self.eval_examples = list(zip(table["input_ids"], table["labels"]))
-
-    def evaluate(self) -> float | None:
-        """Mean loss per label token over the whole held-out split. Every rank
-        computes the same number (and takes part in every forward, as ZeRO-3 needs)."""
-        import torch
-
-        if not self.eval_examples:
-            return None
-        was_training = self.engine.training
-        self.engine.eval()
-        total, tokens = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(self.eval_examples), self.cfg.optim.batch_size):
-                ids, labels, mask = self.collate(self.eval_examples[i:i + self.cfg.optim.batch_size])
-                n = int((labels[:, 1:] != -100).sum())
-                total += float(self.engine(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
-                tokens += n
-        self.engine.train(was_training)
-        return total / max(tokens, 1)
-
-    def collate(self, batch):
-        import torch
-
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (x, y) in enumerate(batch):
-            ids[row, :len(x)] = torch.tensor(x)
-            labels[row, :len(y)] = torch.tensor(y)
-            mask[row, :len(x)] = 1
-        device = self.engine.device
-        return ids.to(device), labels.to(device), mask.to(device)
+    def device(self):
+        return self.engine.device
 
     def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
               on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from train.config import LoraJobConfig
+from train.examples import ExampleFeed
 
 MetricsSink = Callable[[dict[str, float], int], None]
 CheckpointSink = Callable[[int, dict[str, float]], None]
@@ -35,7 +36,7 @@ def lr_at(step: int, cfg) -> float:
     return o.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class LoraRecipe:
+class LoraRecipe(ExampleFeed):
     """PEFT LoRA supervised fine-tuning on tokenised chat examples."""
 
     def __init__(self, cfg: LoraJobConfig, rank: int = 0, world_size: int = 1):
@@ -75,73 +76,8 @@ class LoraRecipe:
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.optim.lr,
                                            weight_decay=self.cfg.optim.weight_decay)
 
-    def batches(self, start_step: int = 0):
-        """Yield this rank's batches forever, from the one step `start_step` draws:
-        seeded permutation per epoch, sharded by rank. `self.batch_ids` holds the
-        example indices of the batch last yielded."""
-        epoch, offset = self.data_position(start_step)
-        while True:
-            starts = self._batch_starts(epoch)
-            order = self._epoch_order(epoch)
-            for i in starts[offset:]:
-                self.batch_ids = order[i:i + self.cfg.optim.batch_size]
-                yield [self.examples[j] for j in self.batch_ids]
-            epoch, offset = epoch + 1, 0
-
-    def data_position(self, step: int) -> tuple[int, int]:
-        """(epoch, batch within the epoch) that `step` (0-based) draws on this rank."""
-        per_epoch = len(self._batch_starts(0))
-        return divmod(step, per_epoch)
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        import torch
-
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()[self.rank::self.world_size]
-
-    def _batch_starts(self, epoch: int) -> list[int]:
-        n, bs = len(self.examples[self.rank::self.world_size]), self.cfg.optim.batch_size
-        return list(range(0, n - bs + 1 if n >= bs else 1, bs))
-
-    def load_eval(self, tokens_path: str | Path) -> None:
-        """The held-out split `data` wrote beside the training tokens, if any."""
-        import pyarrow.parquet as pq
-
-        path = Path(tokens_path).with_name("eval.parquet")
-        table = pq.read_table(str(path)).to_pydict() if path.is_file() else {"input_ids": [], "labels": []}
-        self.eval_examples = list(zip(table["input_ids"], table["labels"]))
-
-    def evaluate(self) -> float | None:
-        """Mean loss per label token over the whole held-out split. Every rank
-        computes the same number (and takes part in every forward, as ZeRO-3 needs)."""
-        import torch
-
-        if not self.eval_examples:
-            return None
-        was_training = self.model.training
-        self.model.eval()
-        total, tokens = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(self.eval_examples), self.cfg.optim.batch_size):
-                ids, labels, mask = self.collate(self.eval_examples[i:i + self.cfg.optim.batch_size])
-                n = int((labels[:, 1:] != -100).sum())
-                total += float(self.model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
-                tokens += n
-        self.model.train(was_training)
-        return total / max(tokens, 1)
-
-    def collate(self, batch):
-        import torch
-
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (x, y) in enumerate(batch):
-            ids[row, :len(x)] = torch.tensor(x)
-            labels[row, :len(y)] = torch.tensor(y)
-            mask[row, :len(x)] = 1
-        return ids, labels, mask
+    def module(self):
+        return self.model
 
     def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
               on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
