@@ -18,7 +18,7 @@ class ExampleFeed:
 
     def device(self):
         """Where batches go (None: stay on the CPU)."""
-        return None
+        return
 
     def batches(self, start_step: int = 0):
         """Yield this rank's micro-batches forever, from micro-batch `start_step`: seeded

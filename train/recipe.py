@@ -10,7 +10,6 @@ with batch N + 1, exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import time
 from collections.abc import Callable
