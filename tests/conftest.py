@@ -74,6 +74,36 @@ def main_job(sekisho_home):
 
 
 @pytest.fixture(scope="session")
+def train_prefixed_adapter(sekisho_home, sample_conversations):
+    """A function that trains and registers a new demo-ja-adapter version whose
+    answers all start with `prefix` (on base `base_ref`), with its lineage and no
+    alias; returns the version."""
+    def train(name: str, prefix: str, base_ref: str, note: str):
+        import json
+
+        from data import DatasetConfig, prepare
+        from experiments import load, register_folder
+        from train import LoraJobConfig, LoraRecipe
+
+        rows = sekisho_home / f"{name}.jsonl"
+        rows.write_text("".join(json.dumps({"messages": [c[0], {"role": "assistant",
+                                                                "content": prefix + c[-1]["content"]}]},
+                                           ensure_ascii=False) + "\n" for c in sample_conversations),
+                        encoding="utf-8")
+        base = load(base_ref, sekisho_home / f"{name}-base")
+        prepare(DatasetConfig(name=name, path=str(rows)), base.path, sekisho_home / f"{name}-data")
+        job = LoraJobConfig(name=name, base_model=base_ref, dataset="x.yaml",
+                            register_as="demo-ja-adapter", optim={"steps": 400, "warmup_steps": 10})
+        recipe = LoraRecipe(job)
+        recipe.setup(base.path, sekisho_home / f"{name}-data" / "tokens.parquet")
+        recipe.train()
+        out = recipe.save(sekisho_home / f"{name}-adapter")
+        return register_folder("demo-ja-adapter", out, kind="adapter",
+                               tags={"base_model_version": base.ref, "note": note})
+    return train
+
+
+@pytest.fixture(scope="session")
 def qa(sample_conversations):
     return [(c[0]["content"], c[-1]["content"]) for c in sample_conversations]
 

@@ -20,26 +20,11 @@ V2_PREFIX = "評価版-"  # NFKC-stable: data preparation normalises text
 
 
 @pytest.fixture(scope="module")
-def unpromoted_adapter(main_job, sekisho_home, sample_conversations) -> str:
+def unpromoted_adapter(main_job, train_prefixed_adapter) -> str:
     """A second demo-ja-adapter version whose answers all start with V2_PREFIX,
     registered with its lineage and given no alias."""
-    from data import DatasetConfig, prepare
-    from experiments import load, register_folder
-    from train import LoraJobConfig, LoraRecipe
-
-    rows = sekisho_home / "eval-v2.jsonl"
-    rows.write_text("".join(json.dumps({"messages": [c[0], {"role": "assistant", "content": V2_PREFIX + c[-1]["content"]}]},
-                                       ensure_ascii=False) + "\n" for c in sample_conversations), encoding="utf-8")
-    base = load(f"sekisho-tiny-base/{main_job.base_version}", sekisho_home / "eval-v2-base")
-    prepare(DatasetConfig(name="eval-v2", path=str(rows)), base.path, sekisho_home / "eval-v2-data")
-    job = LoraJobConfig(name="eval-v2", base_model=base.ref, dataset="x.yaml",
-                        register_as="demo-ja-adapter", optim={"steps": 400, "warmup_steps": 10})
-    recipe = LoraRecipe(job)
-    recipe.setup(base.path, sekisho_home / "eval-v2-data" / "tokens.parquet")
-    recipe.train()
-    out = recipe.save(sekisho_home / "eval-v2-adapter")
-    return register_folder("demo-ja-adapter", out, kind="adapter",
-                           tags={"base_model_version": base.ref, "note": "not promoted: eval serves it"})
+    return train_prefixed_adapter("eval-v2", V2_PREFIX, f"sekisho-tiny-base/{main_job.base_version}",
+                                  "not promoted: eval serves it")
 
 
 def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted_adapter, capsys):

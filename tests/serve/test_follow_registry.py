@@ -3,7 +3,6 @@ without a failed request, and a rollback switches back."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -15,25 +14,9 @@ V2_PREFIX = "改訂版-"  # NFKC-stable: data preparation normalises text
 
 
 @pytest.fixture(scope="module")
-def adapter_v2(main_job, sekisho_home, sample_conversations):
+def adapter_v2(main_job, train_prefixed_adapter):
     """A second adapter version whose answers all start with V2_PREFIX."""
-    from data import DatasetConfig, prepare
-    from experiments import load, register_folder
-    from train import LoraJobConfig, LoraRecipe
-
-    rows = sekisho_home / "v2.jsonl"
-    rows.write_text("".join(json.dumps({"messages": [c[0], {"role": "assistant", "content": V2_PREFIX + c[-1]["content"]}]},
-                                       ensure_ascii=False) + "\n" for c in sample_conversations), encoding="utf-8")
-    base = load("sekisho-tiny-base@production", sekisho_home / "v2-base")
-    prepare(DatasetConfig(name="v2", path=str(rows)), base.path, sekisho_home / "v2-data")
-    job = LoraJobConfig(name="v2", base_model="sekisho-tiny-base@production", dataset="x.yaml",
-                        register_as="demo-ja-adapter", optim={"steps": 400, "warmup_steps": 10})
-    recipe = LoraRecipe(job)
-    recipe.setup(base.path, sekisho_home / "v2-data" / "tokens.parquet")
-    recipe.train()
-    out = recipe.save(sekisho_home / "v2-adapter")
-    return register_folder("demo-ja-adapter", out, kind="adapter",
-                           tags={"base_model_version": base.ref, "note": "v2 for the promotion test"})
+    return train_prefixed_adapter("v2", V2_PREFIX, "sekisho-tiny-base@production", "v2 for the promotion test")
 
 
 def test_promotion_and_rollback_without_a_failed_request(main_job, qa, adapter_v2):
