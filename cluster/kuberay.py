@@ -5,6 +5,12 @@ pod carries its node's NCCL settings, Ray label and resource exactly as on bare
 metal. Pods use the host network: NCCL_SOCKET_IFNAME names host interfaces and
 the dashboard binds to the head's internal address. The Ray token comes from a
 Secret through KubeRay's `authOptions`; no manifest holds it.
+
+The egress hook (see `cluster.node_env`) is not rendered: its folder inside the
+image depends on how the image was built, which the renderer cannot know. The
+README written beside the manifests tells the image builder to put it on
+PYTHONPATH; it matters most here, since on Kubernetes the Ray dashboard asks the
+cloud metadata servers which cloud it runs on, whatever the usage-stats switch.
 """
 
 from __future__ import annotations
@@ -133,6 +139,10 @@ def write_kuberay(inventory: Inventory, out_dir: Path) -> list[Path]:
         f"  kubectl -n {k8s.namespace} create secret generic {k8s.auth_secret} "
         f"--from-file=auth_token={inventory.ray.auth_token_file}\n"
         f"Then: kubectl apply -f {out_dir / 'raycluster.yaml'}  (or rayservice.yaml).\n"
+        f"The image must put Sekisho's cluster/egress_hook folder first on PYTHONPATH\n"
+        f"  (e.g. ENV PYTHONPATH=<site-packages>/cluster/egress_hook): it stops the Ray\n"
+        f"  dashboard asking cloud metadata servers (169.254.169.254,\n"
+        f"  metadata.google.internal) where it runs; the renderer cannot know the path.\n"
         f"Node resources and labels: {json.dumps({n.name: n.ray_resource for n in inventory.nodes})}\n",
         encoding="utf-8")
     return written + [readme]

@@ -4,6 +4,14 @@ Zero egress (`cluster.offline.OFFLINE_ENV`), Ray token authentication (the token
 read from a file, never an inline value) and NCCL/Gloo settings for InfiniBand.
 Both renderers (`ray up`, KubeRay) take their variables from here, so the two
 ways of bringing a cluster up cannot drift apart.
+
+The egress hook (cluster/egress_hook) goes on PYTHONPATH where the renderer can
+name its folder on the node (`ray up`: looked up there by the node's own Python).
+It cures the Ray dashboard's cloud-metadata probe and makes the recorder
+available; recording itself stays off (no SEKISHO_EGRESS_LOG here): the recorder
+counts every non-loopback address, so on a cluster it would log the nodes' own
+traffic. `sekisho cluster doctor --egress` records on demand instead, in tasks
+whose runtime_env sets the log and the hook, and needs nothing from this module.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ def nccl_env(inventory: Inventory, node: Node) -> dict[str, str]:
     return env
 
 
-def node_env(inventory: Inventory, node: Node, token_path: str | None) -> dict[str, str]:
+def node_env(inventory: Inventory, node: Node, token_path: str | None,
+             hook_dir: str | None = None) -> dict[str, str]:
     """Every variable a node's Ray processes need.
 
     Args:
@@ -38,6 +47,8 @@ def node_env(inventory: Inventory, node: Node, token_path: str | None) -> dict[s
         node: the node the variables are for.
         token_path: where the Ray token file lies on that node; None where the
             token arrives another way (KubeRay injects RAY_AUTH_TOKEN from a Secret).
+        hook_dir: the egress hook's folder on that node, put first on PYTHONPATH;
+            None where the renderer cannot know it (a KubeRay image's layout).
 
     Returns:
         Name -> value, zero-egress switches first.
@@ -49,4 +60,6 @@ def node_env(inventory: Inventory, node: Node, token_path: str | None) -> dict[s
     if token_path is not None:
         env["RAY_AUTH_TOKEN_PATH"] = token_path
     env.update(nccl_env(inventory, node))
+    if hook_dir is not None:
+        env["PYTHONPATH"] = hook_dir
     return env

@@ -4,6 +4,9 @@ The local provider runs the same start command on every worker, so each node's
 own settings (address, HCAs, GPUs, its Ray label and resource) are chosen inside
 that command by the host's own address. The token file is copied by
 `file_mounts` and made 0600 before Ray starts; it never appears in the YAML.
+Before `ray start`, the node's Python finds the egress hook (cluster/egress_hook,
+see `cluster.node_env`) in the node's own Sekisho install; a node without one
+refuses to start.
 """
 
 from __future__ import annotations
@@ -19,8 +22,17 @@ from cluster.inventory import NODE_LABEL_KEY, Inventory, Node
 from cluster.node_env import node_env
 
 REMOTE_TOKEN = "~/.sekisho/ray/auth_token"
-# Exported with double quotes so the node's shell expands $HOME.
-REMOTE_TOKEN_ENV = '"$HOME/.sekisho/ray/auth_token"'
+# Exported with double quotes so the node's shell expands them.
+REMOTE_ENV = {"RAY_AUTH_TOKEN_PATH": '"$HOME/.sekisho/ray/auth_token"',
+              "PYTHONPATH": '"$SEKISHO_HOOK${PYTHONPATH:+:$PYTHONPATH}"'}
+REMOTE_HOOK = "$SEKISHO_HOOK"
+# Prints the hook folder of the `cluster` package this Python imports (without
+# importing it); fails where there is none (or another package named `cluster`).
+_FIND_HOOK = ('import importlib.util as u, os, sys; s = u.find_spec("cluster"); '
+              'd = s and s.submodule_search_locations and '
+              'os.path.join(s.submodule_search_locations[0], "egress_hook"); '
+              'ok = d and os.path.isfile(os.path.join(d, "sitecustomize.py")); '
+              'print(d) if ok else sys.exit(1)')
 
 
 def _ray(inventory: Inventory) -> str:
@@ -28,8 +40,20 @@ def _ray(inventory: Inventory) -> str:
     return shlex.quote(str(env / "bin" / "ray")) if env else "ray"
 
 
+def _python(inventory: Inventory) -> str:
+    env = inventory.ray.python_env
+    return shlex.quote(str(env / "bin" / "python")) if env else "python3"
+
+
+def _find_hook(inventory: Inventory) -> str:
+    where = inventory.ray.python_env or "the Python on PATH"
+    return (f"SEKISHO_HOOK=$({_python(inventory)} -c {shlex.quote(_FIND_HOOK)}) || "
+            f"{{ echo \"sekisho: no Sekisho install (cluster/egress_hook) in {where} on "
+            f"$(hostname)\" >&2; exit 1; }}")
+
+
 def _exports(env: dict[str, str]) -> str:
-    parts = [f"{k}={REMOTE_TOKEN_ENV if k == 'RAY_AUTH_TOKEN_PATH' else shlex.quote(v)}"
+    parts = [f"{k}={REMOTE_ENV[k] if k in REMOTE_ENV else shlex.quote(v)}"
              for k, v in env.items()]
     return "export " + " ".join(parts)
 
@@ -47,21 +71,21 @@ def head_start_command(inventory: Inventory) -> str:
     flags = ["--head", f"--port={r.gcs_port}", "--include-dashboard=true",
              f"--dashboard-host={head.address}", f"--dashboard-port={r.dashboard_port}",
              *_start_flags(inventory, head), "--autoscaling-config=~/ray_bootstrap_config.yaml"]
-    return (f"{_exports(node_env(inventory, head, REMOTE_TOKEN))}\n"
+    return (f"{_find_hook(inventory)}\n{_exports(node_env(inventory, head, REMOTE_TOKEN, REMOTE_HOOK))}\n"
             f"ulimit -n 65536; {_ray(inventory)} start {' '.join(flags)}")
 
 
 def worker_start_command(inventory: Inventory) -> str:
     """One shell command for every worker: a `case` on the host's addresses picks
     the node's environment and `ray start` flags; an unknown host refuses to start."""
-    lines = ['case " $(hostname -I) " in']
+    lines = [_find_hook(inventory), 'case " $(hostname -I) " in']
     for node in inventory.workers:
         flags = [f"--address=$RAY_HEAD_IP:{inventory.ray.gcs_port}", *_start_flags(inventory, node)]
         lines += [f'  *" {node.address} "*)',
-                  f"    {_exports(node_env(inventory, node, REMOTE_TOKEN))}",
+                  f"    {_exports(node_env(inventory, node, REMOTE_TOKEN, REMOTE_HOOK))}",
                   f"    ulimit -n 65536; {_ray(inventory)} start {' '.join(flags)} ;;"]
-    lines += ['  *) echo "sekisho: no node of inventory %s has an address of this host'
-              ' ($(hostname -I))" >&2; exit 1 ;;' % inventory.name, "esac"]
+    unknown = f"no node of inventory {inventory.name} has an address of this host"
+    lines += [f'  *) echo "sekisho: {unknown} ($(hostname -I))" >&2; exit 1 ;;', "esac"]
     return "\n".join(lines)
 
 

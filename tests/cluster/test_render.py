@@ -4,7 +4,9 @@ into tests/cluster/schemas/kuberay from ../shared/schemas/kuberay, Apache-2.0)."
 
 import functools
 import json
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +14,13 @@ import pytest
 import ray
 import yaml
 
-from cluster import Inventory, render_kuberay, render_ray_up, write_kuberay, write_ray_up
+from cluster import (
+    Inventory,
+    render_kuberay,
+    render_ray_up,
+    write_kuberay,
+    write_ray_up,
+)
 from cluster.offline import OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,13 +95,15 @@ def test_head_binds_dashboard_inside_with_auth_and_no_usage_stats(inventory):
     assert "RAY_AUTH_MODE=token" in head and "0.0.0.0" not in head
 
 
-def fake_node(tmp_path, addresses: str) -> dict:
+def fake_node(tmp_path, addresses: str, python_flags: str = "") -> dict:
     """A PATH where `hostname -I` prints `addresses` and `ray` records its
-    environment and arguments, to run the rendered worker command for real."""
+    environment and arguments, to run the rendered worker command for real. The
+    node's `python` is this one (with `python_flags`: `-S` hides Sekisho)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "hostname").write_text(f"#!/bin/sh\necho '{addresses}'\n")
     (bin_dir / "ray").write_text(f'#!/bin/sh\nenv > {tmp_path}/env\necho "$@" > {tmp_path}/args\n')
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} {python_flags} "$@"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "RAY_HEAD_IP": "10.20.0.10"}
@@ -104,7 +114,7 @@ def test_each_worker_gets_its_own_environment_from_the_one_command(inventory, tm
     inv = inventory.model_copy(update={"ray": fake_env})
     command = render_ray_up(inv)["worker_start_ray_commands"][1]
     env = fake_node(tmp_path, "172.17.0.1 10.20.0.13 ")
-    subprocess.run(["bash", "-c", command], env=env, check=True, timeout=30)
+    subprocess.run(["bash", "-c", command], env=env, check=True, timeout=30, cwd=tmp_path)
     started = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines()
                    if "=" in line)
     for key, value in OFFLINE_ENV.items():
@@ -121,9 +131,63 @@ def test_each_worker_gets_its_own_environment_from_the_one_command(inventory, tm
     # 10.20.0.1 is a prefix of the head's address, not a node: the host refuses to start
     (tmp_path / "args").unlink()
     done = subprocess.run(["bash", "-c", command], env=fake_node(tmp_path, "10.20.0.1"),
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
     assert done.returncode == 1 and "no node of inventory sekisho-ref" in done.stderr
     assert not (tmp_path / "args").exists()
+
+
+def on_fake_node(inventory, tmp_path, command_key, addresses="10.20.0.11", python_flags=""):
+    """Run the rendered head or worker start command on a fake node; returns the
+    finished process and the environment `ray start` got (empty if it never ran)."""
+    inv = inventory.model_copy(update={"ray": inventory.ray.model_copy(update={"python_env": tmp_path})})
+    command = render_ray_up(inv)[command_key][1]
+    env = {**fake_node(tmp_path, addresses, python_flags), "PYTHONPATH": "/opt/site"}
+    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path, check=False)
+    lines = (tmp_path / "env").read_text().splitlines() if (tmp_path / "env").exists() else []
+    return done, dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+@pytest.mark.parametrize("command_key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_every_node_loads_the_egress_hook_of_its_own_install(inventory, tmp_path, command_key):
+    from cluster.egress import HOOK_DIR
+
+    done, started = on_fake_node(inventory, tmp_path, command_key)
+    assert done.returncode == 0, done.stderr
+    # first on the path, before what the node had: Ray's processes load its sitecustomize
+    assert started["PYTHONPATH"] == f"{HOOK_DIR}:/opt/site"
+    assert started["RAY_AUTH_TOKEN_PATH"] == f"{tmp_path}/.sekisho/ray/auth_token"
+    assert "SEKISHO_EGRESS_LOG" not in started  # recording is doctor --egress's, on demand
+
+
+def test_a_node_without_sekisho_refuses_to_start(inventory, tmp_path):
+    done, started = on_fake_node(inventory, tmp_path, "worker_start_ray_commands", python_flags="-S")
+    assert done.returncode == 1 and not started
+    assert f"no Sekisho install (cluster/egress_hook) in {tmp_path}" in done.stderr
+
+
+def test_the_token_file_ends_up_private_on_the_node(inventory, tmp_path):
+    """The setup command `ray up` runs after copying the token (file_mounts, which
+    leaves modes as rsync found them), run for real on a fake home."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    config = render_ray_up(inventory.model_copy(update={"shared_storage": shared}))
+    token = tmp_path / ".sekisho" / "ray" / "auth_token"
+    token.parent.mkdir(parents=True)
+    token.write_text(TOKEN)
+    token.chmod(0o644)
+    token.parent.chmod(0o755)
+    subprocess.run(["bash", "-c", config["setup_commands"][0]], env={"HOME": str(tmp_path),
+                   "PATH": "/usr/bin:/bin"}, check=True, timeout=30)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert all(TOKEN not in c and "RAY_AUTH_TOKEN=" not in c for c in config[key])
+    # an empty token (a failed copy) stops the node before Ray starts
+    token.write_text("")
+    done = subprocess.run(["bash", "-c", config["setup_commands"][0]], env={"HOME": str(tmp_path),
+                          "PATH": "/usr/bin:/bin"}, timeout=30, check=False)
+    assert done.returncode != 0
 
 
 # ---- KubeRay ----------------------------------------------------------------
@@ -175,6 +239,7 @@ def test_the_token_never_lands_in_a_manifest(inventory, tmp_path, monkeypatch):
         assert TOKEN not in path.read_text(), path
     readme = (tmp_path / "k8s" / "README.txt").read_text()
     assert f"--from-file=auth_token={token_file}" in readme
+    assert "cluster/egress_hook folder first on PYTHONPATH" in readme  # not renderable here
 
 
 def test_kuberay_needs_a_kubernetes_section(inventory):
