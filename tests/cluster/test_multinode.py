@@ -2,13 +2,22 @@
 its own network namespace (veth pairs on a bridge, addresses 10.77.0.x), started
 with the very commands `ray up` runs (cluster/ray_up.py: the worker command picks
 its node by the host's own addresses), token auth on, GPUs declared where none
-exist. A 2-worker Ray Train job placed by the planner spans both worker hosts,
-each rank on the node the plan gave it. Needs root (CI runs as root)."""
+exist. Needs root (CI runs as root); run it like the rest of the suite, in a
+loopback-only namespace (`make test`, or `unshare -n`), from which it makes its own.
+
+1. A 2-worker Ray Train job placed by the planner spans both worker hosts, each
+   rank on the node the plan gave it.
+2. A fine-tuning job (train.job.run_job, FailureConfig max_failures=1, checkpoints
+   on the shared storage) loses a whole worker host mid-run: every process in that
+   host's namespace is SIGKILLed, the host is started again with the same command,
+   and the job resumes from its last checkpoint and finishes, its ranks again on
+   both hosts."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,18 +38,22 @@ from cluster.ray_up import head_start_command, worker_start_command
 pytestmark = pytest.mark.e2e
 
 SUBNET = "10.77.0"
-DRIVER = textwrap.dedent("""
+WORKER_IPS = {f"{SUBNET}.11", f"{SUBNET}.12"}
+CONNECT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from cluster import GpuRequests, Inventory, plan_placement
+    from cluster import Inventory
     from cluster.connect import connect, target
 
     inventory = Inventory.from_yaml(sys.argv[1])
     out = Path(sys.argv[2])
     connect(target(inventory, None, None, out))
+""")
+DRIVER = CONNECT + textwrap.dedent("""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from cluster import GpuRequests, plan_placement
 
     requests = GpuRequests.model_validate({"requests": [{
         "name": "tiny-train", "kind": "train", "params_billions": 0.001, "data_parallel": 2}]})
@@ -48,7 +62,7 @@ DRIVER = textwrap.dedent("""
     (out / "plan.json").write_text(json.dumps(kwargs))
 
     def loop(config):
-        import json, os
+        import json, os, sys
         from pathlib import Path
         import ray, torch
         import torch.distributed as dist
@@ -60,7 +74,8 @@ DRIVER = textwrap.dedent("""
         Path(config["out"], f"rank{rank}.json").write_text(json.dumps({
             "ip": ray.util.get_node_ip_address(), "sum": total.item(),
             "gloo_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
-            "auth": os.environ.get("RAY_AUTH_MODE")}))
+            "auth": os.environ.get("RAY_AUTH_MODE"),
+            "hook": getattr(sys.modules.get("sitecustomize"), "SEKISHO_EGRESS_HOOK", False)}))
 
     trainer = TorchTrainer(loop, train_loop_config={"out": str(out)},
                            torch_config=TorchConfig(backend="gloo"),  # no real GPU here
@@ -69,15 +84,38 @@ DRIVER = textwrap.dedent("""
     trainer.fit()
     print("TRAINED")
 """)
+# run_job as `sekisho train run` calls it; then Ray's own record of where each of
+# the job's Ray Train workers ran (the node, and whether that node is still alive).
+JOB_DRIVER = CONNECT + textwrap.dedent("""
+    import ray
+    from ray.util.state import list_actors
+    from train import LoraJobConfig
+    from train.job import run_job
+
+    result = run_job(LoraJobConfig.model_validate_json(sys.argv[3]))
+    nodes = {n["NodeID"]: {"ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()}
+    job_id = ray.get_runtime_context().get_job_id()
+    workers = [{"node_id": a.node_id, **nodes[a.node_id]}
+               for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
+                                    raise_on_missing_output=False) if a.job_id == job_id]
+    (out / "job.json").write_text(json.dumps({"run_id": result.run_id, "version": result.version,
+                                              "workers": workers}))
+    print("JOB DONE")
+""")
 
 
 def ip(*args: str, ns: str | None = None) -> None:
     subprocess.run(["ip", *(["-n", ns] if ns else []), *args], check=True, capture_output=True)
 
 
-@pytest.fixture
-def three_hosts(tmp_path):
-    """Namespaces head, w1, w2 on a bridge; yields (inventory file, namespaces)."""
+def netns_pids(ns: str) -> list[int]:
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def three_hosts():
+    """Namespaces head, w1, w2 on a bridge; yields their names."""
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.fail("the multi-node test needs root and iproute2 (ip netns)")
     tag = f"{os.getpid() % 100000}"
@@ -98,93 +136,228 @@ def three_hosts(tmp_path):
         yield names
     finally:
         for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
 def inventory_file(root: Path) -> Path:
-    def node(name, i, role, gpus):
+    # The head offers 1 CPU and each worker host 2: a training rank that asks for 2
+    # CPUs fits on a worker host only, one rank per host.
+    def node(name, i, role, gpus, cpus):
         return {"name": name, "address": f"{SUBNET}.{10 + i}", "role": role, "gpus": gpus,
-                "gpu_memory_gib": 80, "cpus": 2, "nccl_socket_ifname": "eth0"}
+                "gpu_memory_gib": 80, "cpus": cpus, "nccl_socket_ifname": "eth0"}
     doc = {"name": "sekisho-netns", "shared_storage": str(root / "shared"),
            "ray": {"auth_token_file": str(root / "launcher" / "auth_token"),
                    "python_env": sys.prefix},
-           "nodes": [node("head", 0, "head", 0), node("w1", 1, "worker", 1),
-                     node("w2", 2, "worker", 1)]}
+           "nodes": [node("head", 0, "head", 0, 1), node("w1", 1, "worker", 1, 2),
+                     node("w2", 2, "worker", 1, 2)]}
     (root / "shared").mkdir()
     path = root / "inventory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def test_train_job_spans_both_worker_hosts_as_planned(three_hosts, tmp_path):
-    inv_file = inventory_file(tmp_path)
-    inventory = Inventory.from_yaml(inv_file)
-    ensure_token(inventory.ray.auth_token_file)
-    home = tmp_path / "node-home"  # what `ray up` leaves on each host: the token, 0600
-    (home / ".sekisho" / "ray").mkdir(parents=True)
-    shutil.copy(inventory.ray.auth_token_file, home / ".sekisho" / "ray" / "auth_token")
-    os.chmod(home / ".sekisho" / "ray" / "auth_token", 0o600)
-    env = {**os.environ, "HOME": str(home), "RAY_HEAD_IP": inventory.head.address,
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    temp_dir = Path(tempfile.mkdtemp(prefix="skn", dir="/tmp"))
-    head_cmd = head_start_command(inventory).replace(
-        "--autoscaling-config=~/ray_bootstrap_config.yaml", "")
-    commands = [head_cmd, worker_start_command(inventory), worker_start_command(inventory)]
-    procs = []
+class Hosts:
+    """The three hosts' Ray nodes, started with the rendered `ray up` commands."""
 
-    def start(ns, command):
-        log_path = tmp_path / f"{ns}.log"
-        with log_path.open("a") as log:
+    def __init__(self, namespaces: list[str], root: Path, sekisho_home: Path):
+        self.root, self.head = root, namespaces[0]
+        self.inv_file = inventory_file(root)
+        self.inventory = Inventory.from_yaml(self.inv_file)
+        ensure_token(self.inventory.ray.auth_token_file)
+        home = root / "node-home"  # what `ray up` leaves on each host: the token, 0600
+        (home / ".sekisho" / "ray").mkdir(parents=True)
+        shutil.copy(self.inventory.ray.auth_token_file, home / ".sekisho" / "ray" / "auth_token")
+        os.chmod(home / ".sekisho" / "ray" / "auth_token", 0o600)
+        self.env = {**os.environ, "HOME": str(home), "RAY_HEAD_IP": self.inventory.head.address,
+                    "SEKISHO_HOME": str(sekisho_home),
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                    # The GCS declares a node dead after 3 failed checks 1 s apart
+                    # (Ray's defaults: 5, 3 s apart), so a lost host shows in seconds.
+                    "RAY_health_check_period_ms": "1000",
+                    "RAY_health_check_failure_threshold": "3"}
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="skn", dir="/tmp"))
+        head_cmd = head_start_command(self.inventory).replace(
+            "--autoscaling-config=~/ray_bootstrap_config.yaml", "")
+        self.commands = dict(zip(namespaces, [head_cmd, worker_start_command(self.inventory),
+                                              worker_start_command(self.inventory)]))
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, ns: str) -> subprocess.Popen:
+        command = self.commands[ns]
+        with (self.root / f"{ns}.log").open("a") as log:
             return subprocess.Popen(
                 ["ip", "netns", "exec", ns, "bash", "-c",
-                 command.replace(" ;;", f" --temp-dir={temp_dir} --block ;;")
-                 if "case" in command else f"{command} --temp-dir={temp_dir} --block"],
-                env=env, stdout=log, stderr=log, start_new_session=True)
+                 command.replace(" ;;", f" --temp-dir={self.temp_dir} --block ;;")
+                 if "case" in command else f"{command} --temp-dir={self.temp_dir} --block"],
+                env=self.env, stdout=log, stderr=log, start_new_session=True)
 
-    try:
-        for ns, command in zip(three_hosts, commands):
-            # `ray start` gives a node 30 s (fixed in Ray) to register; on a loaded
-            # 2-core machine that can pass. A host that gave up is started again, as
-            # an operator would; a host that never comes up fails the test.
-            for attempt in range(3):
-                proc = start(ns, command)
-                log_path = tmp_path / f"{ns}.log"
-                deadline = time.monotonic() + 150
-                while proc.poll() is None and time.monotonic() < deadline:
-                    if "This command will now block forever" in log_path.read_text():
-                        break
-                    time.sleep(0.2)
-                if proc.poll() is None and time.monotonic() < deadline:
-                    break
+    def start(self, ns: str) -> None:
+        """Start the host's node and wait until `ray start` says it is up.
+
+        `ray start` gives a node 30 s (fixed in Ray) to register; on a loaded 2-core
+        machine that can pass. A host that gave up is started again, as an operator
+        would; a host that never comes up fails the test."""
+        log_path = self.root / f"{ns}.log"
+        for attempt in range(3):
+            seen = log_path.read_text().count("block forever") if log_path.exists() else 0
+            proc = self._spawn(ns)
+            deadline = time.monotonic() + 150
+            while proc.poll() is None and time.monotonic() < deadline:
+                if log_path.read_text().count("block forever") > seen:
+                    self.procs[ns] = proc
+                    return
+                time.sleep(0.2)
+            self.kill(ns, proc)
+            assert attempt < 2, log_path.read_text()[-3000:]
+
+    def kill(self, ns: str, proc: subprocess.Popen | None = None) -> None:
+        """SIGKILL every process of the host (its raylet, object store, workers), as
+        a power cut would, and wait until none is left."""
+        proc = proc or self.procs.pop(ns, None)
+        deadline = time.monotonic() + 60
+        while pids := netns_pids(ns):
+            assert time.monotonic() < deadline, f"processes of {ns} survive SIGKILL: {pids}"
+            for pid in pids:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # its raylet and GCS too
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                proc.wait()
-                assert attempt < 2, log_path.read_text()[-3000:]
-            procs.append(proc)
-        out = tmp_path / "shared"
-        run = subprocess.run(["ip", "netns", "exec", three_hosts[0], sys.executable, "-c",
-                              DRIVER, str(inv_file), str(out)], env=env, capture_output=True,
-                             text=True, timeout=400)
-        assert "TRAINED" in run.stdout, run.stderr[-4000:]
-        plan = json.loads((out / "plan.json").read_text())
-        assert plan["label_selector"] == [{"sekisho/node": "w1"}, {"sekisho/node": "w2"}]
-        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-        assert [r["ip"] for r in ranks] == [f"{SUBNET}.11", f"{SUBNET}.12"]  # as planned
-        assert all(r["sum"] == 3.0 and r["gloo_ifname"] == "eth0" and r["auth"] == "token"
-                   for r in ranks)
-    finally:
-        for p in procs:
+            time.sleep(0.2)
+        if proc is not None:
+            proc.wait()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
             try:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for p in procs:
+        for ns, p in self.procs.items():
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=10)  # a test cluster: nothing to save past that
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+                self.kill(ns, p)
+        for ns in self.commands:  # whatever outlived its host's `ray start`
+            if netns_pids(ns):
+                self.kill(ns)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(three_hosts, tmp_path_factory, sekisho_home):
+    hosts = Hosts(three_hosts, tmp_path_factory.mktemp("netns-cluster"), sekisho_home)
+    try:
+        for ns in three_hosts:
+            hosts.start(ns)
+        yield hosts
+    finally:
+        hosts.stop()
+
+
+def test_train_job_spans_both_worker_hosts_as_planned(cluster):
+    out = cluster.root / "shared"
+    run = subprocess.run(["ip", "netns", "exec", cluster.head, sys.executable, "-c",
+                          DRIVER, str(cluster.inv_file), str(out)], env=cluster.env,
+                         capture_output=True, text=True, timeout=400, check=False)
+    assert "TRAINED" in run.stdout, run.stderr[-4000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["label_selector"] == [{"sekisho/node": "w1"}, {"sekisho/node": "w2"}]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["ip"] for r in ranks] == [f"{SUBNET}.11", f"{SUBNET}.12"]  # as planned
+    assert all(r["sum"] == 3.0 and r["gloo_ifname"] == "eth0" and r["auth"] == "token"
+               for r in ranks)
+    assert all(r["hook"] for r in ranks)  # the rendered PYTHONPATH reached the workers
+
+
+def latest_checkpoint_step(job_dir: Path) -> int:
+    """The step of the latest checkpoint Ray Train's controller has registered."""
+    for snapshot in job_dir.glob("ray/*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        except json.JSONDecodeError:  # being rewritten
+            return 0
+        return latest.get("metrics", {}).get("step", 0)
+    return 0
+
+
+def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_home, tiny_model_dir):
+    from mlflow import MlflowClient
+
+    from experiments import import_model, set_alias, use_store
+    from train import LoraJobConfig
+    from train.fault_injection import ENV
+
+    name = "netns-resume"
+    set_alias("netns-base", "production", import_model(tiny_model_dir, "netns-base").version)
+    data = cluster.root / "data.yaml"
+    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\n"
+                    "split:\n  eval_fraction: 0.2\n")
+    cfg = LoraJobConfig(name=name, base_model="netns-base@production", dataset=str(data),
+                        register_as="netns-adapter", seed=3, log_every=5, checkpoint_every=5,
+                        max_failures=1, optim={"steps": 20, "batch_size": 4, "warmup_steps": 2},
+                        scaling={"num_workers": 2, "cpus_per_worker": 2})
+    hooks = cluster.root / "hooks"
+    hooks.mkdir()
+    (hooks / f"pause-{name}").write_text("7")  # rank 0 holds at step 7, after the step-5 checkpoint
+    out, head = cluster.root / "shared", cluster.head
+    log_path = cluster.root / "job-driver.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(["ip", "netns", "exec", head, sys.executable, "-c", JOB_DRIVER,
+                                   str(cluster.inv_file), str(out), cfg.model_dump_json()],
+                                  env={**cluster.env, ENV: str(hooks)}, stdout=log, stderr=log)
+    try:
+        pid_file, job_dir = hooks / f"pid-{name}", sekisho_home / "jobs" / name
+        deadline = time.monotonic() + 400
+        while not (pid_file.is_file() and latest_checkpoint_step(job_dir) >= 5):
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "no rank reached step 7 after a checkpoint"
+            time.sleep(0.2)
+        victim = subprocess.run(["ip", "netns", "identify", pid_file.read_text()],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        assert victim in cluster.commands and victim != head, victim
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        cluster.start(victim)                     # the same rendered command, again
+        restarted_at = time.monotonic()
+        driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0 and (out / "job.json").is_file(), log_path.read_text()[-4000:]
+    job = json.loads((out / "job.json").read_text())
+
+    # Resumed from the step-5 checkpoint: steps 6-7 ran again, in attempt 2.
+    trace = [json.loads(line) for line in (hooks / f"trace-{name}-rank0.jsonl").read_text().splitlines()]
+    assert [(t["attempt"], t["step"]) for t in trace] == \
+        [(1, s) for s in range(1, 8)] + [(2, s) for s in range(6, 21)]
+    use_store()
+    client = MlflowClient()
+    assert client.get_run(job["run_id"]).info.status == "FINISHED" and job["version"]
+    assert sorted({m.step for m in client.get_metric_history(job["run_id"], "loss")}) == [5, 10, 15, 20]
+    attempts = {m.step: m.value for m in client.get_metric_history(job["run_id"], "attempt")}
+    assert attempts == {5: 1, 10: 2, 15: 2, 20: 2}
+
+    # Ray's record of the job's workers: attempt 1 had a rank on each host, the one
+    # on the lost host died with its node; attempt 2 (a rank needs a whole worker
+    # host) ran on the survivor again and on the restarted host's new node.
+    lost = f"{SUBNET}.{10 + list(cluster.commands).index(victim)}"
+    (survivor,) = WORKER_IPS - {lost}
+    on_dead = [w["ip"] for w in job["workers"] if not w["alive"]]
+    on_alive = Counter(w["ip"] for w in job["workers"] if w["alive"])
+    assert on_dead == [lost] and on_alive == {survivor: 2, lost: 1}, job["workers"]
+
+    # `sekisho cluster status` from the head: the lost node is listed dead, the
+    # restarted host alive as a new node under the same name.
+    status = subprocess.run(["ip", "netns", "exec", head, str(Path(sys.executable).parent / "sekisho"),
+                             "cluster", "status", str(cluster.inv_file)], env=cluster.env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "3/4 nodes alive" in status.stdout, status.stdout
+    rows = [re.split("[│|]", line) for line in status.stdout.splitlines() if f"{lost} " in line]
+    assert sorted(r[3].strip() for r in rows) == ["NO", "yes"], status.stdout
+    print(status.stdout)
+    print(f"\nlost host {victim}: job {time.monotonic() - started:.0f} s wall; host killed and "
+          f"started again in {restarted_at - killed_at:.1f} s; 20 steps, 2 resumed")
