@@ -3,11 +3,9 @@ evaluation run linked to that version whose metrics meet the thresholds
 configured for the model), or by force with a recorded reason; remember each
 alias's history so that `rollback` moves it back to the previous version.
 
-State lives in the registry itself: a registered-model tag
-`sekisho.alias_history.<ALIAS>` (JSON list of versions, oldest first) and
-`sekisho.promotion_log` (JSON list of events); a forced promotion also tags the
-version. Two people promoting the same model at the same second may lose one
-history entry (the registry has no compare-and-set); the alias itself is exact."""
+State lives in the registry itself: one registered-model tag per alias move (see
+experiments/alias_log.py, which keeps it exact when several people promote or roll
+back the same model at once); a forced promotion also tags the version."""
 
 from __future__ import annotations
 
@@ -17,19 +15,16 @@ import time
 from dataclasses import dataclass
 
 from cluster.config_base import UserError
-from experiments import tracking
+from experiments import alias_log, tracking
 from experiments.evaluation.config import GateConfig
 from experiments.evaluation.runner import (
     EVAL_EXPERIMENT,
     TAG_EVAL_SET,
     TAG_MODEL_VERSION,
 )
-from experiments.registry import ModelNotFoundError, get_version
+from experiments.registry import get_version
 
 GATED_BY_DEFAULT = ("production",)
-HISTORY_TAG = "sekisho.alias_history."
-LOG_TAG = "sekisho.promotion_log"
-LOG_KEEP = 200
 
 
 class PromotionRefused(UserError):
@@ -50,20 +45,17 @@ class Promotion:
 
 
 def alias_history(name: str, alias: str) -> list[str]:
-    """The versions `name@alias` has pointed at through `promote`, oldest first."""
-    from mlflow import MlflowClient
-
-    tracking.use_store()
-    tags = MlflowClient().get_registered_model(name).tags
-    return json.loads(tags.get(HISTORY_TAG + alias, "[]"))
+    """The versions `name@alias` has pointed at (through `promote`, `rollback`,
+    `set_alias`), oldest first; rolled-back versions are gone from it."""
+    return alias_log.history(name, alias)
 
 
 def promotion_log(name: str) -> list[dict]:
-    """Every recorded promotion and rollback of `name`, oldest first."""
-    from mlflow import MlflowClient
-
-    tracking.use_store()
-    return json.loads(MlflowClient().get_registered_model(name).tags.get(LOG_TAG, "[]"))
+    """Every recorded promotion, rollback and alias move of `name`, oldest first, each
+    with the version it left the alias at and the one before."""
+    return [s.event | {"version": s.version, "previous": s.previous}
+            | ({} if s.applied else {"applied": False})
+            for s in alias_log.steps(name) if s.event["action"] != "observed"]
 
 
 def check_gate(name: str, version: str, alias: str,
@@ -146,19 +138,12 @@ def promote(name: str, version: str, alias: str = "production", force: bool = Fa
         raise PromotionRefused(f"{name}/{version} -> {alias!r}: --force needs --reason TEXT, which is "
                                "recorded with the promotion.")
     runs = () if force else check_gate(name, version, alias, gates or [])
-    client = MlflowClient()
-    previous = _current(name, alias)
-    history = _history_with(name, alias, previous)
-    if not history or history[-1] != version:
-        history.append(version)
-    client.set_registered_model_alias(name, alias, version)
-    client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
-    event = {"action": "promote", "alias": alias, "version": version, "previous": previous,
-             "forced": force, "reason": reason if force else None, "eval_runs": list(runs)}
-    _log(name, event)
+    event = {"action": "promote", "version": version, "forced": force,
+             "reason": reason if force else None, "eval_runs": list(runs)} | _who()
+    previous = alias_log.move(name, alias, event).previous
     if force:
-        client.set_model_version_tag(name, version, f"sekisho.forced.{alias}",
-                                     json.dumps({k: event[k] for k in ("reason",)} | _who()))
+        MlflowClient().set_model_version_tag(name, version, f"sekisho.forced.{alias}",
+                                             json.dumps({"reason": reason} | _who()))
     return Promotion(name, alias, version, previous, force, reason if force else None, runs)
 
 
@@ -172,43 +157,15 @@ def rollback(name: str, alias: str = "production") -> Promotion:
         ModelNotFoundError: no such model.
         UserError: the alias has no earlier version to go back to.
     """
-    from mlflow import MlflowClient
-
-    current = _current(name, alias)
-    history = _history_with(name, alias, current)
+    history = alias_log.history(name, alias)
     if len(history) < 2:
         raise UserError(f"{name}@{alias}: nothing to roll back to (history: {history or 'empty'}); "
                         f"promote a version with `sekisho models promote {name} VERSION --alias {alias}`.")
-    history.pop()
-    target = history[-1]
-    client = MlflowClient()
-    client.set_registered_model_alias(name, alias, target)
-    client.set_registered_model_tag(name, HISTORY_TAG + alias, json.dumps(history))
-    _log(name, {"action": "rollback", "alias": alias, "version": target, "previous": current})
-    return Promotion(name, alias, target, current, False, None, ())
-
-
-def _current(name: str, alias: str) -> str | None:
-    import mlflow
-    from mlflow import MlflowClient
-
-    tracking.use_store()
-    client = MlflowClient()
-    try:
-        rm = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        raise ModelNotFoundError(f"model {name!r} not found in the registry at "
-                                 f"{tracking.tracking_uri()}.") from None
-    return str(rm.aliases[alias]) if alias in rm.aliases else None
-
-
-def _history_with(name: str, alias: str, current: str | None) -> list[str]:
-    """The alias history, ending at the alias's current version even when the alias
-    was moved outside `promote` (e.g. by training's first registration)."""
-    history = alias_history(name, alias)
-    if current is not None and (not history or history[-1] != current):
-        history.append(current)
-    return history
+    step = alias_log.move(name, alias, {"action": "rollback"} | _who())
+    if not step.applied:
+        raise UserError(f"{name}@{alias}: nothing left to roll back to: rollbacks made at the same "
+                        f"time took the alias back to version {step.version}, the first in its history.")
+    return Promotion(name, alias, step.version, step.previous, False, None, ())
 
 
 def _who() -> dict[str, str]:
@@ -217,10 +174,3 @@ def _who() -> dict[str, str]:
     except (KeyError, OSError):
         user = "unknown"
     return {"by": user, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _log(name: str, event: dict) -> None:
-    from mlflow import MlflowClient
-
-    log = promotion_log(name)[-(LOG_KEEP - 1):] + [event | _who()]
-    MlflowClient().set_registered_model_tag(name, LOG_TAG, json.dumps(log, ensure_ascii=False))

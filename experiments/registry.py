@@ -99,11 +99,16 @@ def register_folder(name: str, folder: str | Path, kind: str, tags: dict[str, st
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    """Point `name@alias` at `version`."""
-    from mlflow import MlflowClient
+    """Point `name@alias` at `version` (ungated: for first registrations and tests),
+    recorded in the alias's history like a promotion.
 
-    tracking.use_store()
-    MlflowClient().set_registered_model_alias(name, alias, str(version))
+    Raises:
+        ModelNotFoundError: no such model or version.
+    """
+    from experiments import alias_log
+
+    get_version(f"{name}/{version}")
+    alias_log.move(name, alias, {"action": "set", "version": str(version)})
 
 
 def get_version(ref: str):

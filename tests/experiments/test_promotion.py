@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,70 @@ def test_cli_promote_rollback_and_show(model, tmp_path, capsys):
     assert "alias production -> v1; history: v1" in out
     assert main(["models", "rollback", model]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
+
+
+WORKERS = 8
+
+
+def run_together(pool, ctx, calls: list[tuple]) -> list[tuple]:
+    """Run `promote_or_rollback(*call)` for each call in its own process, all released at once."""
+    from promoter import promote_or_rollback
+
+    go = ctx.Manager().Barrier(len(calls))
+    futures = [pool.submit(promote_or_rollback, *call, go) for call in calls]
+    return [f.result(timeout=600) for f in futures]
+
+
+def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp_path, monkeypatch):
+    """8 processes promote 8 versions of one model at the same moment (half through the
+    gate, half forced): the alias history holds all 8 in one order that agrees with
+    the alias and with what each promotion reports as its previous version; then 3
+    concurrent rollbacks take exactly 3 steps back, and single rollbacks walk the rest."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cluster.config_base import UserError
+    from experiments import (
+        alias_history,
+        get_version,
+        promotion_log,
+        register_folder,
+        rollback,
+    )
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # `spawn` children start with this sys.path
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    for i in range(WORKERS):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"i": i}))
+        register_folder(name, folder, kind="adapter")
+    versions = [str(i + 1) for i in range(WORKERS)]
+    for v in versions[::2]:
+        log_eval(name, v, {"exact_match": 1.0, "safety.leak_rate": 0.0})
+    gates = gates_for(name)
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(WORKERS, mp_context=ctx) as pool:
+        done = run_together(pool, ctx, [(name, v, None if i % 2 == 0 else f"worker {i}", gates)
+                                        for i, v in enumerate(versions)])
+        history = alias_history(name, "production")
+        assert sorted(history, key=int) == versions
+        assert str(get_version(f"{name}@production").version) == history[-1]
+        # each promotion's `previous` is the entry before it in the history
+        assert sorted(done) == sorted(zip(history, [None, *history[:-1]]))
+        log = promotion_log(name)
+        assert [e["version"] for e in log] == history
+        assert sorted(e["reason"] for e in log if e["forced"]) == [f"worker {i}" for i in range(1, WORKERS, 2)]
+
+        undone = run_together(pool, ctx, [(name, None, None, None)] * 3)
+    assert alias_history(name, "production") == history[:-3]
+    assert str(get_version(f"{name}@production").version) == history[-4]
+    assert sorted(undone) == sorted(zip(history[-4:-1], history[-3:]))
+    for k in range(WORKERS - 4):
+        p = rollback(name)
+        assert (p.previous, p.version) == (history[-4 - k], history[-5 - k])
+    assert str(get_version(f"{name}@production").version) == history[0]
+    with pytest.raises(UserError, match="nothing to roll back to"):
+        rollback(name)
+    assert len(promotion_log(name)) == WORKERS + 3 + WORKERS - 4

@@ -1,0 +1,192 @@
+"""The record of every alias move Sekisho makes (promote, rollback, set_alias), kept
+in the registry so that it is shared by everyone using the same tracking store,
+and safe when several people move the same alias at the same moment.
+
+Each move is one registered-model tag of its own, `sekisho.event.<KEY>`, whose
+value is the event as JSON. KEY is the event's time in nanoseconds (never less
+than one more than the newest event already recorded) and a random suffix, so
+two writers never write the same tag and nothing is read, changed and written
+back: an entry cannot be lost, on the embedded SQLite store, on PostgreSQL used
+directly or through a team tracking server. Tags sort by KEY into one order that
+every reader agrees on; replaying them gives each alias's history, a stack:
+`promote` and `set` push a version (unless it is already on top), `rollback` pops
+one.
+
+The alias itself then follows the record: after writing its event a writer sets
+the alias to the top of the replayed history, reads the record again, and repeats
+until the record has not moved on. Whoever writes last therefore sets the alias
+last, after every event that was written, so when the writers are done the alias
+is the top of the history. Moves made outside Sekisho (MLflow's UI) are not
+recorded; an alias that has no recorded move starts its history at the version it
+points at."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from experiments import tracking
+
+EVENT_TAG = "sekisho.event."
+SETTLE_ROUNDS = 100
+# A registry store answers concurrent first writes of the same row with a
+# uniqueness error (MLflow upserts with select-then-insert) and SQLite with
+# "database is locked"; both are safe to repeat.
+_RETRYABLE = re.compile(r"(?i)unique|integrity|duplicate key|database is locked|deadlock|"
+                        r"could not serialize")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recorded event and its effect on its alias's history."""
+
+    key: str
+    event: dict
+    previous: str | None  # the alias's version before this event
+    version: str | None  # the alias's version after it
+    history: tuple[str, ...]  # the alias's history after it
+    applied: bool  # False for a rollback that found nothing to go back to
+
+
+def record(name: str, event: dict) -> str:
+    """Append `event` (with at least "action" and "alias") to `name`'s record.
+
+    Returns:
+        The event's key.
+    """
+    from mlflow import MlflowClient
+
+    tracking.use_store()
+    newest = max((_stamp(k) for k in _tags(name) if k.startswith(EVENT_TAG)), default=0)
+    key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
+    _retry(lambda: MlflowClient().set_registered_model_tag(
+        name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)))
+    return key
+
+
+def steps(name: str, alias: str | None = None, tags: dict[str, str] | None = None) -> list[Step]:
+    """The recorded events of `name` (of `alias` only, when given) in order, each with
+    its effect.
+
+    Args:
+        tags: the model's tags when already fetched.
+    """
+    if tags is None:
+        tags = _tags(name)
+    events = sorted((k, json.loads(v)) for k, v in tags.items() if k.startswith(EVENT_TAG))
+    stacks: dict[str, list[str]] = {}
+    out = []
+    for key, event in events:
+        a = event["alias"]
+        if alias is not None and a != alias:
+            continue
+        stack = stacks.setdefault(a, [])
+        before = stack[-1] if stack else None
+        applied = True
+        if event["action"] == "rollback":
+            if len(stack) >= 2:
+                stack.pop()
+            else:
+                applied = False
+        elif event["action"] == "observed":  # where the alias was before any recorded move
+            if stack:
+                applied = False
+            else:
+                stack.append(str(event["version"]))
+        elif not stack or stack[-1] != str(event["version"]):
+            stack.append(str(event["version"]))
+        out.append(Step(key, event, before, stack[-1] if stack else None, tuple(stack), applied))
+    return out
+
+
+def history(name: str, alias: str) -> list[str]:
+    """The versions `name@alias` has pointed at, oldest first, as the record says
+    (the alias's current version alone when nothing was recorded for it)."""
+    rm = _model(name)
+    mine = steps(name, alias, rm.tags)
+    if mine:
+        return list(mine[-1].history)
+    return [str(rm.aliases[alias])] if alias in rm.aliases else []
+
+
+def current_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at now, or None."""
+    rm = _model(name)
+    return str(rm.aliases[alias]) if alias in rm.aliases else None
+
+
+def move(name: str, alias: str, event: dict) -> Step:
+    """Record `event` for `name@alias` and make the alias follow the record.
+
+    An alias that points at a version but has no recorded move first gets an
+    "observed" event for that version, so that the move can be rolled back (it
+    counts only while the history is empty, so a late one changes nothing).
+
+    Returns:
+        This event's step in the record as it stood once the alias had settled.
+    """
+    rm = _model(name)
+    if alias in rm.aliases and not steps(name, alias, rm.tags):
+        record(name, {"action": "observed", "alias": alias, "version": str(rm.aliases[alias])})
+    key = record(name, event | {"alias": alias})
+    return next(s for s in settle(name, alias) if s.key == key)
+
+
+def settle(name: str, alias: str) -> list[Step]:
+    """Set `name@alias` to the top of its recorded history until the record stops moving.
+
+    Returns:
+        The alias's steps as last read.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    mine = steps(name, alias)
+    for _ in range(SETTLE_ROUNDS):
+        top = mine[-1].version
+        _retry(lambda: client.set_registered_model_alias(name, alias, top))  # noqa: B023
+        mine = steps(name, alias)
+        if mine[-1].version == top:
+            return mine
+    raise RuntimeError(f"{name}@{alias}: the alias record kept moving for {SETTLE_ROUNDS} rounds")
+
+
+def _model(name: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from experiments.registry import ModelNotFoundError
+
+    tracking.use_store()
+    try:
+        return MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise ModelNotFoundError(f"model {name!r} not found in the registry at "
+                                 f"{tracking.tracking_uri()}.") from None
+
+
+def _tags(name: str) -> dict[str, str]:
+    return _model(name).tags
+
+
+def _stamp(key: str) -> int:
+    try:
+        return int(key.removeprefix(EVENT_TAG).split(".", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _retry(call, attempts: int = 20) -> None:
+    import mlflow
+
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not _RETRYABLE.search(str(exc)):
+                raise
+            time.sleep(0.01 * (attempt + 1) + secrets.randbelow(20) / 1000)
