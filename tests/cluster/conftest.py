@@ -21,7 +21,6 @@ import yaml
 from ray.autoscaler._private.util import prepare_config
 
 from cluster import Inventory
-from cluster.egress import HOOK_DIR
 from cluster.local import ensure_token
 from cluster.ray_up import head_start_command, render_ray_up
 
@@ -80,13 +79,14 @@ def ray_head(tmp_path_factory):
     # `ray up` leaves the filled-out config here for the head's autoscaler.
     (node_home / "ray_bootstrap_config.yaml").write_text(
         yaml.safe_dump(prepare_config(config)))
-    env = {**os.environ, "HOME": str(node_home), "PYTHONPATH": str(HOOK_DIR),
+    # No PYTHONPATH: the rendered command puts the egress hook there itself.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HOME": str(node_home),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run(["bash", "-c", config["setup_commands"][0]], env=env, check=True)
     # A short private temp dir: Unix socket paths must stay under 108 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="skr", dir="/tmp"))
     command = f"{head_start_command(inventory)} --temp-dir={temp_dir} --block"
-    log = open(root / "ray-start.log", "w")
+    log = open(root / "ray-start.log", "w")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log,
                             start_new_session=True)
     try:
@@ -109,5 +109,6 @@ def sekisho():
     """Run the real CLI in its own process (a Ray driver of the test head)."""
     def run(head: Head, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sekisho.cli", "--home", str(head.home),
-                               *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                               *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              check=False)
     return run

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from cluster import Inventory
+from cluster.egress import LOG_ENV
 from cluster.local import ensure_token
 from cluster.ray_up import head_start_command, worker_start_command
 
@@ -169,7 +170,10 @@ class Hosts:
         (home / ".sekisho" / "ray").mkdir(parents=True)
         shutil.copy(self.inventory.ray.auth_token_file, home / ".sekisho" / "ray" / "auth_token")
         os.chmod(home / ".sekisho" / "ray" / "auth_token", 0o600)
-        self.env = {**os.environ, "HOME": str(home), "RAY_HEAD_IP": self.inventory.head.address,
+        # Not the session's egress log (main_job records to it; these hosts talk over
+        # 10.77.0.x, which the recorder would count) nor the session's own cluster.
+        inherited = {k: v for k, v in os.environ.items() if k not in (LOG_ENV, "RAY_ADDRESS")}
+        self.env = {**inherited, "HOME": str(home), "RAY_HEAD_IP": self.inventory.head.address,
                     "SEKISHO_HOME": str(sekisho_home),
                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                     # The GCS declares a node dead after 3 failed checks 1 s apart
