@@ -23,11 +23,13 @@ points at."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
+from cluster.config_base import UserError
 from experiments import tracking
 
 EVENT_TAG = "sekisho.event."
@@ -37,6 +39,10 @@ SETTLE_ROUNDS = 100
 # "database is locked"; both are safe to repeat.
 _RETRYABLE = re.compile(r"(?i)unique|integrity|duplicate key|database is locked|deadlock|"
                         r"could not serialize")
+
+
+class NotPermitted(UserError):
+    """The tracking server refused the change (the user lacks EDIT on the model)."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ def record(name: str, event: dict) -> str:
     newest = max((_stamp(k) for k in _tags(name) if k.startswith(EVENT_TAG)), default=0)
     key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
     _retry(lambda: MlflowClient().set_registered_model_tag(
-        name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)))
+        name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)), name)
     return key
 
 
@@ -147,7 +153,7 @@ def settle(name: str, alias: str) -> list[Step]:
     mine = steps(name, alias)
     for _ in range(SETTLE_ROUNDS):
         top = mine[-1].version
-        _retry(lambda: client.set_registered_model_alias(name, alias, top))  # noqa: B023
+        _retry(lambda: client.set_registered_model_alias(name, alias, top), name)  # noqa: B023
         mine = steps(name, alias)
         if mine[-1].version == top:
             return mine
@@ -179,7 +185,7 @@ def _stamp(key: str) -> int:
         return 0
 
 
-def _retry(call, attempts: int = 20) -> None:
+def _retry(call, name: str, attempts: int = 20) -> None:
     import mlflow
 
     for attempt in range(attempts):
@@ -187,6 +193,12 @@ def _retry(call, attempts: int = 20) -> None:
             call()
             return
         except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code == "PERMISSION_DENIED":
+                raise NotPermitted(
+                    f"{os.environ.get('MLFLOW_TRACKING_USERNAME', 'this user')!r} may not change "
+                    f"model {name!r} on the tracking server at {tracking.tracking_uri()} (moving its "
+                    "aliases needs EDIT on it): ask the tracking server's admin to grant it with "
+                    f"`sekisho tracking grant USER --model {name} --permission EDIT`.") from None
             if attempt == attempts - 1 or not _RETRYABLE.search(str(exc)):
                 raise
             time.sleep(0.01 * (attempt + 1) + secrets.randbelow(20) / 1000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -169,8 +170,10 @@ def rollback(name: str, alias: str = "production") -> Promotion:
 
 
 def _who() -> dict[str, str]:
+    """Who is moving the alias: the tracking server login, else the local user."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     try:
-        user = getpass.getuser()
+        user = user or getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
     return {"by": user, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -241,3 +241,72 @@ def _log_tail(log_path) -> str:
         return "."
     lines = Path(log_path).read_text(encoding="utf-8", errors="replace").strip().splitlines()
     return f"; last lines of {log_path}: " + " | ".join(lines[-5:])
+
+
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+
+
+def _auth_client():
+    """MLflow's basic-auth client for the team server in SEKISHO_MLFLOW_URI, logged in
+    with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the admin)."""
+    from mlflow.server import get_app_client
+
+    from experiments.tracking import tracking_uri
+
+    url = tracking_uri()
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"users and grants live on the team tracking server, but SEKISHO_MLFLOW_URI is "
+                        f"{url!r}: export SEKISHO_MLFLOW_URI=http://HOST:PORT and the admin's "
+                        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.")
+    return get_app_client("basic-auth", tracking_uri=url), url
+
+
+def _refused(exc, what: str, url: str) -> UserError:
+    status = exc.get_http_status_code()
+    who = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
+    if status in (401, 403):
+        return UserError(f"the tracking server at {url} refused to {what} for {who!r} (HTTP {status}): "
+                         "only its admin can; set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                         "to the admin login (see `sekisho tracking server`).")
+    return UserError(f"the tracking server at {url} could not {what}: {exc.message}")
+
+
+def add_user(username: str, password: str | None = None) -> str:
+    """Create a (non-admin) user on the team server; returns its password (generated
+    when not given)."""
+    import mlflow
+
+    client, url = _auth_client()
+    password = password or secrets.token_urlsafe(18)
+    try:
+        client.create_user(username, password)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            raise UserError(f"user {username!r} already exists on the tracking server at {url}.") from None
+        raise _refused(exc, f"create user {username!r}", url) from None
+    return password
+
+
+def grant(username: str, permission: str, experiment: str | None = None,
+          model: str | None = None) -> None:
+    """Give `username` `permission` on an experiment (by name) or a registered model."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if permission not in PERMISSIONS:
+        raise UserError(f"permission {permission!r}: expected one of {', '.join(PERMISSIONS)}.")
+    if (experiment is None) == (model is None):
+        raise UserError("name exactly one of --experiment NAME or --model NAME to grant on.")
+    client, url = _auth_client()
+    if experiment is not None:
+        found = MlflowClient(url).get_experiment_by_name(experiment)
+        if found is None:
+            raise UserError(f"no experiment named {experiment!r} on the tracking server at {url}.")
+        resource = ("experiment", found.experiment_id)
+    else:
+        resource = ("registered_model", model)
+    try:
+        client.grant_user_permission(username, *resource, permission)
+    except mlflow.exceptions.MlflowException as exc:
+        raise _refused(exc, f"grant {permission} on {resource[0]} {experiment or model!r} to "
+                            f"{username!r}", url) from None

@@ -37,6 +37,33 @@ def cmd_tracking_server(args) -> int:
         server.stop()
 
 
+def cmd_tracking_user_add(args) -> int:
+    """Create a user on the team tracking server (as its admin). The password is
+    taken from $SEKISHO_NEW_USER_PASSWORD or generated and shown once."""
+    import os
+
+    from experiments.tracking_server import add_user
+
+    given = os.environ.get("SEKISHO_NEW_USER_PASSWORD")
+    password = add_user(args.username, given)
+    print(f"user {args.username!r} created" + ("" if given else f"; password (shown once): {password}"))
+    print(f"grant access with `sekisho tracking grant {args.username} --experiment NAME|--model NAME "
+          "--permission EDIT`")
+    return 0
+
+
+def cmd_tracking_grant(args) -> int:
+    """Give a user READ, EDIT, MANAGE or NO_PERMISSIONS on an experiment or a
+    registered model (as the tracking server's admin); EDIT on a model lets the
+    user promote and roll it back."""
+    from experiments.tracking_server import grant
+
+    grant(args.username, args.permission, experiment=args.experiment, model=args.model)
+    target = f"experiment {args.experiment!r}" if args.experiment else f"model {args.model!r}"
+    print(f"{args.username}: {args.permission} on {target}")
+    return 0
+
+
 def register(groups) -> None:
     tracking = groups.add_parser("tracking", help="the team's MLflow tracking server").add_subparsers(
         dest="command", required=True, metavar="COMMAND")
@@ -44,3 +71,15 @@ def register(groups) -> None:
     c.add_argument("config", help="tracking server config, e.g. configs/tracking/team.yaml")
     c.add_argument("--log", help="write the server's output to this file instead of the terminal")
     c.set_defaults(fn=cmd_tracking_server)
+    user = tracking.add_parser("user", help="users of the team tracking server").add_subparsers(
+        dest="user_command", required=True, metavar="COMMAND")
+    c = user.add_parser("add", help=cmd_tracking_user_add.__doc__)
+    c.add_argument("username")
+    c.set_defaults(fn=cmd_tracking_user_add)
+    c = tracking.add_parser("grant", help=cmd_tracking_grant.__doc__)
+    c.add_argument("username")
+    on = c.add_mutually_exclusive_group(required=True)
+    on.add_argument("--experiment", help="experiment name")
+    on.add_argument("--model", help="registered model name")
+    c.add_argument("--permission", required=True, choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"])
+    c.set_defaults(fn=cmd_tracking_grant)

@@ -258,3 +258,85 @@ def test_eight_processes_logging_at_once_lose_no_metric(as_admin, monkeypatch):
     assert stored == 2 * WORKERS * STEPS
     print(f"\n{WORKERS} processes logged {2 * WORKERS * STEPS} points "
           f"({WORKERS * (STEPS + STEPS // BATCH)} requests) in {elapsed:.1f} s; all stored")
+
+
+def test_a_user_changes_only_what_they_were_granted(as_admin, tmp_path, monkeypatch, capsys):
+    """The admin adds a user and grants EDIT on one experiment (through the CLI). The user
+    logs a run there and reads everything (default READ), but MLflow answers 403 to a run
+    in, an edit of or the deletion of another experiment, and to any change of a model
+    nobody granted them, so `promote` refuses with a message; once the admin grants EDIT
+    on the model, the user can promote and roll it back."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from experiments import (
+        get_version,
+        promote,
+        promotion_log,
+        register_folder,
+        rollback,
+        use_store,
+    )
+    from experiments.alias_log import NotPermitted
+    from sekisho.cli import main
+
+    use_store()
+    client = MlflowClient()
+    tag = uuid.uuid4().hex[:6]
+    user, granted, other, model = f"alice-{tag}", f"alice-exp-{tag}", f"admin-exp-{tag}", f"guarded-{tag}"
+    granted_id, other_id = client.create_experiment(granted), client.create_experiment(other)
+    for i in (1, 2):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(f'{{"r": {i}}}')
+        register_folder(model, folder, kind="adapter")
+    promote(model, "1", force=True, reason="admin's first production")
+
+    assert main(["tracking", "user", "add", user]) == 0
+    password = capsys.readouterr().out.split("password (shown once): ")[1].split()[0]
+    assert main(["tracking", "user", "add", user]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["tracking", "grant", user, "--experiment", granted, "--permission", "EDIT"]) == 0
+    assert main(["tracking", "grant", user, "--experiment", "no-such", "--permission", "EDIT"]) == 2
+    assert "no experiment named 'no-such'" in capsys.readouterr().err
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    run = client.create_run(granted_id).info.run_id
+    client.log_metric(run, "loss", 0.5)
+    client.set_terminated(run)
+    assert client.get_run(run).data.metrics == {"loss": 0.5}
+    assert client.get_experiment(other_id).name == other  # reading is everyone's
+
+    def forbidden(call) -> None:
+        with pytest.raises(MlflowException) as e:
+            call()
+        assert e.value.get_http_status_code() == 403, e.value
+
+    forbidden(lambda: client.create_run(other_id))
+    forbidden(lambda: client.rename_experiment(other_id, f"renamed-{tag}"))
+    forbidden(lambda: client.delete_experiment(other_id))
+    forbidden(lambda: client.set_registered_model_tag(model, "owner", user))
+    forbidden(lambda: client.set_registered_model_alias(model, "production", "2"))
+    forbidden(lambda: client.delete_registered_model(model))
+    with pytest.raises(NotPermitted, match=rf"'{user}' may not change model '{model}'.*EDIT"):
+        promote(model, "2", force=True, reason="not mine to promote")
+    assert main(["models", "promote", model, "2", "--force", "--reason", "still not mine"]) == 2
+    assert "sekisho tracking grant" in capsys.readouterr().err
+    assert main(["tracking", "grant", user, "--model", model, "--permission", "EDIT"]) == 2
+    assert "only its admin can" in capsys.readouterr().err
+    assert str(get_version(f"{model}@production").version) == "1"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", as_admin.password)
+    assert main(["tracking", "grant", user, "--model", model, "--permission", "EDIT"]) == 0
+    assert client.get_experiment(other_id).lifecycle_stage == "active"
+    assert client.get_experiment(other_id).name == other
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    assert promote(model, "2", force=True, reason="granted by admin").previous == "1"
+    assert rollback(model).version == "1"
+    assert [(e["action"], e["version"], e["by"]) for e in promotion_log(model)][-2:] == [
+        ("promote", "2", user), ("rollback", "1", user)]
+    forbidden(lambda: client.delete_registered_model(model))  # EDIT is not MANAGE
