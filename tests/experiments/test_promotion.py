@@ -1,7 +1,9 @@
 """The promotion gate and rollback on real MLflow stores (the embedded SQLite one,
 and PostgreSQL used directly, through the `registry_store` parameter): refusal without
 an evaluation, refusal below a threshold, force with a recorded reason, alias
-history across promote / outside moves / rollback, and the CLI around them."""
+history across promote / outside moves / rollback, the CLI around them, and 8
+processes promoting and rolling back one model at the same moment (no history
+entry lost, the alias agrees with the history)."""
 
 from __future__ import annotations
 
