@@ -85,6 +85,9 @@ class JobFields(StrictConfig):
         "Log eval_loss on the dataset's held-out split (split.eval_fraction) every N steps "
         "and at the end (0: never)."))
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% slower).")
+    peak_flops: float = Field(989e12, gt=0, description=(
+        "Peak FLOP/s of one GPU in the training dtype, the denominator of the logged mfu "
+        "(default: H100 dense bf16). GPU jobs only."))
     plan: MemoryPlan | None = Field(None, description="Sizes for train.estimate_memory (shipped cluster configs).")
 
     @model_validator(mode="after")

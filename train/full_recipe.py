@@ -82,6 +82,9 @@ class FullRecipe(ExampleFeed):
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_cfg,
             model_parameters=None if optimizer else model.parameters())
+        from train.utilisation import forward_params
+
+        self.n_params = forward_params(self.engine.module)
         table = pq.read_table(str(tokens_path)).to_pydict()
         self.examples = list(zip(table["input_ids"], table["labels"]))
         self.load_eval(tokens_path)
@@ -97,6 +100,8 @@ class FullRecipe(ExampleFeed):
               ) -> dict[str, float]:
         """Run from the current step to the configured number of steps (arguments
         as `LoraRecipe.train`); returns the last metrics logged."""
+        from train.utilisation import cuda_peak_memory, gpu_step_metrics
+
         log_every = log_every or self.cfg.log_every
         every = self.cfg.checkpoint_every
         self.engine.train()
@@ -123,9 +128,11 @@ class FullRecipe(ExampleFeed):
             if self.step % log_every == 0 or self.step == self.cfg.optim.steps:
                 elapsed = time.perf_counter() - window_start
                 grad_norm = self.engine.get_global_grad_norm()
+                tps = window_tokens / elapsed if elapsed > 0 else 0.0
                 last = {"loss": step_loss, "lr": lr,
-                        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-                        "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0}
+                        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "tokens_per_s": tps,
+                        **gpu_step_metrics(tps, self.world_size, self.n_params, self.cfg.peak_flops,
+                                           cuda_peak_memory(self.engine.device))}
                 if on_metrics:
                     on_metrics(last, self.step)
                 window_tokens, window_start = 0, time.perf_counter()

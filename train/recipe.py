@@ -42,6 +42,7 @@ class LoraRecipe(ExampleFeed):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.step = 0
         self.attempt = 1
+        self._device = None
         self.batch_ids: list[int] = []
         self.eval_examples: list = []
 
@@ -57,16 +58,25 @@ class LoraRecipe(ExampleFeed):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
+        from train.utilisation import forward_params
+
         torch.set_num_threads(self.cfg.scaling.cpus_per_worker)
         torch.manual_seed(self.cfg.seed)
-        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        on_gpu = self.cfg.scaling.use_gpu and torch.cuda.is_available()
+        # Ray Train gives each worker one GPU (CUDA_VISIBLE_DEVICES); standalone: the current one.
+        self._device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir),
+                                                    dtype=torch.bfloat16 if on_gpu else torch.float32)
         if self.cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = self.cfg.lora
         self.peft_model = get_peft_model(base, LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        if self._device is not None:
+            self.peft_model.to(self._device)
         self.model = wrap_model(self.peft_model) if wrap_model else self.peft_model
+        self.n_params = forward_params(self.peft_model)
         self.pad_id = base.config.pad_token_id or 0
         table = pq.read_table(str(tokens_path)).to_pydict()
         self.examples = list(zip(table["input_ids"], table["labels"]))
@@ -77,6 +87,9 @@ class LoraRecipe(ExampleFeed):
 
     def module(self):
         return self.model
+
+    def device(self):
+        return self._device
 
     def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
               on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
@@ -93,6 +106,8 @@ class LoraRecipe(ExampleFeed):
             The last metrics logged.
         """
         import torch
+
+        from train.utilisation import cuda_peak_memory, gpu_step_metrics
 
         log_every = log_every or self.cfg.log_every
         every = self.cfg.checkpoint_every
@@ -125,8 +140,10 @@ class LoraRecipe(ExampleFeed):
             window_tokens += step_tokens * self.world_size
             if self.step % log_every == 0 or self.step == self.cfg.optim.steps:
                 elapsed = time.perf_counter() - window_start
-                last = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens_per_s": window_tokens / elapsed if elapsed > 0 else 0.0}
+                tps = window_tokens / elapsed if elapsed > 0 else 0.0
+                last = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                        **gpu_step_metrics(tps, self.world_size, self.n_params, self.cfg.peak_flops,
+                                           cuda_peak_memory(self._device))}
                 if on_metrics:
                     on_metrics(last, self.step)
                 window_tokens, window_start = 0, time.perf_counter()
