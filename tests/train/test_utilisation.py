@@ -3,8 +3,13 @@ logged step carries when the device reports memory (CPU: none)."""
 
 import pytest
 
-from train.utilisation import (H100_BF16_PEAK_FLOPS, cuda_peak_memory, forward_params, gpu_step_metrics,
-                               model_flops_utilisation)
+from train.utilisation import (
+    H100_BF16_PEAK_FLOPS,
+    cuda_peak_memory,
+    forward_params,
+    gpu_step_metrics,
+    model_flops_utilisation,
+)
 
 
 def test_mfu_is_six_n_tokens_over_peak():
