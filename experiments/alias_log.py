@@ -118,12 +118,6 @@ def history(name: str, alias: str) -> list[str]:
     return [str(rm.aliases[alias])] if alias in rm.aliases else []
 
 
-def current_version(name: str, alias: str) -> str | None:
-    """The version `name@alias` points at now, or None."""
-    rm = _model(name)
-    return str(rm.aliases[alias]) if alias in rm.aliases else None
-
-
 def move(name: str, alias: str, event: dict) -> Step:
     """Record `event` for `name@alias` and make the alias follow the record.
 
