@@ -102,16 +102,17 @@ def process_cpu() -> dict[str, tuple[str, float]]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            if pid not in _TITLES:
+            key = pid + stat[stat.index("("):stat.rindex(")")]    # a Ray worker renames itself
+            if key not in _TITLES:
                 argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
                 # A Python script by its file name (python -u .../log_monitor.py -> log_monitor.py).
                 script = [a for a in argv[1:3] if a.endswith(".py")]
-                _TITLES[pid] = (Path(script[0]).name if "python" in argv[0] and script
+                _TITLES[key] = (Path(script[0]).name if "python" in argv[0] and script
                                 else Path((argv[0].split() or [""])[0]).name)
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        out[pid] = (_TITLES[pid] or stat[stat.index("(") + 1:stat.rindex(")")],
+        out[pid] = (_TITLES[key] or stat[stat.index("(") + 1:stat.rindex(")")],
                     (int(fields[11]) + int(fields[12])) / tick)
     return out
 
