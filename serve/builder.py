@@ -8,6 +8,7 @@ config or a changed model is refused with nothing half-started.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,14 @@ class ResolvedApp:
 
     config: ServeAppConfig
     models: dict[str, ResolvedModel | Path] = field(default_factory=dict)
+    cache_dir: Path | None = None
+
+    def followed_bases(self) -> dict[str, str]:
+        """registry:NAME@ALIAS base models -> the version resolved now."""
+        return {m.source.removeprefix("registry:"): str(self.models[m.name].version)
+                for m in self.config.models
+                if m.source.startswith("registry:") and "@" in m.source
+                and isinstance(self.models[m.name], ResolvedModel)}
 
     def describe(self, name: str) -> dict:
         m = self.models[name]
@@ -32,9 +41,12 @@ class ResolvedApp:
 
 def _resolve_source(source: str, where: str, cache_dir: Path) -> ResolvedModel | Path:
     if source.startswith("registry:"):
-        ref = source.removeprefix("registry:")
-        dst = cache_dir / ref.replace("@", "_at_").replace("/", "_v")
-        return load(ref, dst)
+        from experiments import get_version
+
+        # One folder per version: a redeploy after an alias moved (serve.follow)
+        # never writes into files a running engine has open.
+        mv = get_version(source.removeprefix("registry:"))
+        return load(f"{mv.name}/{mv.version}", cache_dir / f"{mv.name}_v{mv.version}")
     path = Path(source)
     if not path.is_dir():
         raise UserError(f"{where}: {source}: no such model folder.")
@@ -43,7 +55,7 @@ def _resolve_source(source: str, where: str, cache_dir: Path) -> ResolvedModel |
 
 def resolve_app(cfg: ServeAppConfig, cache_dir: Path) -> ResolvedApp:
     """Resolve every model and adapter of `cfg`; raises UserError naming the field."""
-    app = ResolvedApp(cfg)
+    app = ResolvedApp(cfg, cache_dir=cache_dir)
     for i, m in enumerate(cfg.models):
         app.models[m.name] = _resolve_source(m.source, f"models.{i}.source", cache_dir)
         for j, a in enumerate(m.adapters):
@@ -82,7 +94,10 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
                            "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
                            "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}},
         health_check_period_s=10, health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=30, max_ongoing_requests=1000)
+        # A new base version rolls the replicas: each new one starts (and is
+        # healthy) before an old one drains and stops (serve.follow.BaseFollower).
+        max_surge_percent=100,
+        graceful_shutdown_timeout_s=60, max_ongoing_requests=1000)
     return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),
                            {**spec.engine.model_dump(), "task": spec.task}, app.config.name, engine_key,
                            app.config.follow_aliases_every_s, tracking_uri(), gateway)
@@ -109,10 +124,43 @@ def model_routes(app: ResolvedApp) -> dict[str, dict]:
 
 class AppIngress:
     """The app's root deployment when the gateway is embedded in the engines: it
-    holds them so that Serve deploys, updates and deletes them as one app."""
+    holds them so that Serve deploys, updates and deletes them as one app, and
+    follows the aliases of the base models (a move redeploys the app, which rolls
+    the engines)."""
 
-    def __init__(self, engines: list):
+    def __init__(self, engines: list, follow: dict | None = None):
         self.engines = engines
+        self.follower = None
+        if follow and follow["bases"]:
+            from cluster import offline
+            from serve.follow import BaseFollower
+
+            offline.apply()
+            if follow.get("mlflow_uri"):
+                os.environ["SEKISHO_MLFLOW_URI"] = follow["mlflow_uri"]
+            self.follower = BaseFollower(ServeAppConfig.model_validate(follow["config"]), follow["bases"],
+                                         Path(follow["cache_dir"]), follow["generation"], redeploy)
+            self.follower.start()
+
+    def follow_status(self) -> dict:
+        f = self.follower
+        return {"bases": f.bases if f else {}, "last_error": f.last_error if f else None}
+
+    def __del__(self):
+        if getattr(self, "follower", None) is not None:
+            self.follower.stop()
+
+
+def _engine_key(app_name: str) -> str:
+    """vLLM's own API key on every engine of the app, the same across redeploys so
+    that, during a roll, old and new replicas still reach each other."""
+    import secrets
+
+    from ray.experimental import internal_kv
+
+    key = f"engine-key/{app_name}".encode()
+    internal_kv._internal_kv_put(key, secrets.token_urlsafe(32).encode(), overwrite=False, namespace="sekisho")
+    return internal_kv._internal_kv_get(key, namespace="sekisho").decode()
 
 
 def build_app(app: ResolvedApp):
@@ -122,21 +170,29 @@ def build_app(app: ResolvedApp):
 
     from ray import serve
 
+    from experiments import tracking_uri
     from serve.gateway.db import default_url
     from serve.gateway.replica import GatewayReplica
 
     cfg = app.config
     # vLLM's own API key on every engine: only the gateway can reach /v1 there
     # (including runtime adapter loading).
-    engine_key = secrets.token_urlsafe(32)
-    opts = {"app": cfg.name, "db_url": cfg.gateway.db_url or default_url(),
+    engine_key = _engine_key(cfg.name)
+    db_url = cfg.gateway.db_url or default_url()
+    opts = {"app": cfg.name, "db_url": db_url,
             "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
     if cfg.gateway.placement == "embedded":
         embedded = {"host": cfg.host, "port": cfg.port, "opts": opts, "routes": model_routes(app)}
         engines = [build_engine(spec, app, engine_key, embedded) for spec in cfg.models]
         ingress = serve.deployment(AppIngress).options(name="app", num_replicas=1,
                                                       ray_actor_options={"num_cpus": 0})
-        return ingress.bind(engines)
+        follow = None
+        if app.followed_bases() and app.cache_dir is not None:
+            fixed = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"db_url": db_url})})
+            follow = {"config": fixed.model_dump(mode="json"), "bases": app.followed_bases(),
+                      "cache_dir": str(app.cache_dir), "mlflow_uri": tracking_uri(),
+                      "generation": secrets.token_hex(8)}
+        return ingress.bind(engines, follow)
     engines = [build_engine(spec, app, engine_key) for spec in cfg.models]
     gateway = serve.deployment(GatewayReplica).options(
         name="gateway", num_replicas=cfg.gateway.num_replicas,
@@ -158,3 +214,17 @@ def deploy(app: ResolvedApp) -> str:
     internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
                                  overwrite=True, namespace="sekisho")
     return f"http://{cfg.host}:{cfg.port}/v1"
+
+
+def redeploy(app: ResolvedApp) -> None:
+    """Deploy a re-resolved app over the running one without waiting (called from
+    inside the app, which the update replaces): Serve rolls every deployment, the
+    engines one new replica before each old one (max_surge_percent)."""
+    from ray import serve
+
+    from ray.experimental import internal_kv
+
+    cfg = app.config
+    serve._run(build_app(app), name=cfg.name, route_prefix=None, _blocking=False)
+    internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
+                                 overwrite=True, namespace="sekisho")

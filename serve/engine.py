@@ -99,13 +99,15 @@ class VLLMEngine:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         ctx = serve.get_replica_context()
         self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
-        self.routes_file = None
+        self.routes_file = self.drained_file = None
         if gateway is not None:
             from serve.gateway.embedded import ENV
 
             self.routes_file = tempfile.mkstemp(prefix="sekisho-routes-", suffix=".json")[1]
             self._write_routes_file(include_self=True)
-            env[ENV] = json.dumps({**gateway, "routes_file": self.routes_file, "local_url": self.url()})
+            self.drained_file = self.routes_file + ".drained"
+            env[ENV] = json.dumps({**gateway, "routes_file": self.routes_file, "local_url": self.url(),
+                                   "drained_file": self.drained_file})
         self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
         lora_modules = {a.internal: a.path for a in self.adapters}
         cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port,
@@ -121,7 +123,9 @@ class VLLMEngine:
         if self.routes_file:
             # Other engines of the app (and their moves) reach this replica's gateway
             # within ROUTES_REFRESH_S, not only at the next health check.
-            threading.Thread(target=self._refresh_routes_file, name="sekisho-routes", daemon=True).start()
+            self._tables_thread = threading.Thread(target=self._refresh_routes_file, name="sekisho-routes",
+                                                   daemon=True)
+            self._tables_thread.start()
 
     def routes(self) -> dict:
         """Served name -> what answers to it on this replica (internal name, version, hash)."""
@@ -216,16 +220,24 @@ class VLLMEngine:
     def shutdown(self) -> None:
         if getattr(self, "_stop_tables", None) is not None:
             self._stop_tables.set()
+            if getattr(self, "_tables_thread", None) is not None:
+                self._tables_thread.join(5)
         if getattr(self, "follower", None) is not None:
             self.follower.stop()
         if getattr(self, "_where", None):
             try:
                 from serve.gateway import routing
 
-                routing.withdraw(*self._where)
+                routing.withdraw(*self._where)  # other gateways stop sending here
+                if getattr(self, "routes_file", None):
+                    # ...while this replica's own gateway still answers from this engine
+                    # until it has drained.
+                    self._write_routes_file(include_self=True)
             except Exception:  # the cluster may be going away; the entry goes stale anyway
                 pass
             self._where = None
+        if getattr(self, "drained_file", None) and self.proc.poll() is None:
+            self._drain_gateway()
         if getattr(self, "routes_file", None):
             Path(self.routes_file).unlink(missing_ok=True)
         if self.proc.poll() is None:
@@ -234,6 +246,23 @@ class VLLMEngine:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+    def _drain_gateway(self, timeout_s: float = 40.0) -> None:
+        """Let the embedded gateway move its clients to the other replicas and
+        finish what it has in flight before vLLM stops (serve.gateway.embedded)."""
+        from serve.gateway.embedded import DRAIN_S
+
+        drained = Path(self.drained_file)
+        drained.unlink(missing_ok=True)
+        try:
+            self.proc.send_signal(signal.SIGUSR1)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + max(timeout_s, DRAIN_S + 5)
+        while time.monotonic() < deadline and not drained.exists() and self.proc.poll() is None:
+            time.sleep(0.2)
+        drained.unlink(missing_ok=True)
+        self.drained_file = None
 
     def __del__(self):
         if getattr(self, "proc", None) is not None:

@@ -6,10 +6,17 @@ fails. The previous version stays loaded, so a rollback is just as quick.
 
 Adapters are loaded under versioned names (`tiny-ja--v2`); the gateway maps the
 name clients use to the current one and maps it back in answers.
+
+A base model followed the same way (`registry:NAME@ALIAS` as a model's source)
+cannot change inside a running vLLM: the app's root replica watches those
+aliases (BaseFollower) and, when one moves, redeploys the re-resolved app. Serve
+then rolls the engines, starting each new replica before an old one drains
+(serve.builder, serve.gateway.embedded).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +69,70 @@ def request_reload(app: str) -> None:
                                  overwrite=True, namespace="sekisho")
 
 
+def _follow_loop(stop: threading.Event, app: str, interval_s: float, sync, on_error) -> None:
+    """Call `sync` every `interval_s`, and at once after `sekisho serve reload`."""
+    seen_reload, next_poll = reload_requested(app), 0.0
+    while not stop.wait(0.5):
+        now = time.monotonic()
+        try:
+            flag = reload_requested(app)
+        except Exception:
+            flag = seen_reload
+        if now < next_poll and flag == seen_reload:
+            continue
+        seen_reload, next_poll = flag, now + interval_s
+        try:
+            sync()
+            on_error(None)
+        except Exception as exc:  # keep serving the current version; report it
+            on_error(f"{type(exc).__name__}: {exc}")
+
+
+class BaseFollower:
+    """Polls the aliases an app's base models follow; on a move, redeploys the
+    app once (a write-once key per deployed generation, should Serve restart the
+    replica that runs this)."""
+
+    def __init__(self, config, bases: dict[str, str], cache_dir: Path, generation: str, redeploy):
+        self.config, self.bases, self.cache_dir = config, dict(bases), cache_dir
+        self.generation, self.redeploy = generation, redeploy
+        self.last_error: str | None = None
+        self.rolled_to: dict[str, str] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sekisho-base-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        _follow_loop(self._stop, self.config.name, self.config.follow_aliases_every_s, self.sync,
+                     lambda e: setattr(self, "last_error", e))
+
+    def sync(self) -> bool:
+        """Redeploy if a followed base alias moved. Returns True if it did."""
+        from ray.experimental import internal_kv
+
+        from experiments import get_version
+        from serve.builder import resolve_app
+
+        if self.rolled_to is not None:
+            return False
+        now = {ref: str(get_version(ref).version) for ref in self.bases}
+        if now == self.bases:
+            return False
+        app = resolve_app(self.config, self.cache_dir)  # downloads and verifies before anything moves
+        key = f"rolled/{self.config.name}/{self.generation}".encode()
+        if internal_kv._internal_kv_put(key, json.dumps(now).encode(), overwrite=False, namespace="sekisho"):
+            self.rolled_to = now  # this generation already rolled
+            return False
+        self.rolled_to = now
+        self.redeploy(app)
+        return True
+
+
 class AliasFollower:
     """Polls the registry for each followed adapter; loads and switches on change."""
 
@@ -80,21 +151,8 @@ class AliasFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        seen_reload, next_poll = reload_requested(self.engine.app), 0.0
-        while not self._stop.wait(0.5):
-            now = time.monotonic()
-            try:
-                flag = reload_requested(self.engine.app)
-            except Exception:
-                flag = seen_reload
-            if now < next_poll and flag == seen_reload:
-                continue
-            seen_reload, next_poll = flag, now + self.interval_s
-            try:
-                self.sync()
-                self.last_error = None
-            except Exception as exc:  # keep serving the current version; report via health
-                self.last_error = f"{type(exc).__name__}: {exc}"
+        _follow_loop(self._stop, self.engine.app, self.interval_s, self.sync,
+                     lambda e: setattr(self, "last_error", e))
 
     def sync(self) -> bool:
         """Bring every followed adapter to its alias's version. Returns True if one changed."""

@@ -11,15 +11,28 @@ goes there over HTTP, as a separate gateway would send it.
 
 Settings come from the environment variable SEKISHO_EMBEDDED_GATEWAY (JSON, set
 by serve.engine); vLLM's own API key (VLLM_API_KEY) still guards its internal port.
+
+Draining (a replica leaving, e.g. during a rolling update): the replica sends
+SIGUSR1 before it stops vLLM. For DRAIN_S seconds every answer carries
+`Connection: close`, so clients open their next connection to a listener that
+stays (the kernel hands it to another replica sharing the port); then the
+listener closes, requests in flight finish, and the gateway writes the
+`drained_file` the replica waits on. Connections queued on the closing listener
+move to the others only with `sysctl net.ipv4.tcp_migrate_req=1` (per network
+namespace); without it a few new connections are refused at that moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import signal
+from pathlib import Path
 
 ENV = "SEKISHO_EMBEDDED_GATEWAY"
+DRAIN_S = 5.0
 log = logging.getLogger("sekisho.gateway")
 
 
@@ -53,6 +66,8 @@ class EmbeddedGateway:
     def __init__(self, app):
         self.app = app
         self.runner = None
+        self.draining = False
+        self.drained_file: str | None = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "lifespan":
@@ -96,12 +111,33 @@ class EmbeddedGateway:
         key = os.environ.get("VLLM_API_KEY", "")
         local = LocalEngine(cfg["local_url"], root, key)
         gateway = Gateway(options, {k: ModelRoute(**v) for k, v in cfg["routes"].items()}, key, local=local)
-        self.runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
-                                    shutdown_timeout=30)
+        app = gateway.app()
+        app.on_response_prepare.append(self._close_when_draining)
+        self.drained_file = cfg.get("drained_file")
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
         await self.runner.setup()
         site = web.TCPSite(self.runner, cfg["host"], cfg["port"], reuse_port=True, backlog=1024)
         await site.start()
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, lambda: asyncio.ensure_future(self.drain(cfg.get("drain_s", DRAIN_S))))
         log.info("sekisho gateway listening on %s:%s", cfg["host"], cfg["port"])
+
+    async def _close_when_draining(self, _request, response) -> None:
+        if self.draining:
+            # The hook runs after aiohttp chose the headers, before it writes them.
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    async def drain(self, drain_s: float) -> None:
+        """Move clients to the other replicas, then stop (see the module docstring)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("sekisho gateway draining for %ss", drain_s)
+        await asyncio.sleep(drain_s)
+        await self.stop()
+        if self.drained_file:
+            Path(self.drained_file).write_text("drained\n")
 
     async def stop(self) -> None:
         if self.runner is not None:
