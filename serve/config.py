@@ -110,7 +110,9 @@ class ServeAppConfig(StrictConfig):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
     follow_aliases_every_s: float = Field(10.0, ge=0.5, le=300, description="How often engines re-read the "
                                           "aliases their adapters follow (registry:NAME@ALIAS); a moved alias "
-                                          "is served within this time (`sekisho serve reload`: at once).")
+                                          "is served within this time (`sekisho serve reload`: at once). A "
+                                          "moved base-model alias starts a rolling update of the engines "
+                                          "(embedded gateway placement).")
 
     @model_validator(mode="after")
     def _unique_across_models(self):
