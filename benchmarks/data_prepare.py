@@ -10,7 +10,7 @@ Tokens/s and peak memory (RSS summed over the arm's process tree, polled every
 50 ms) at two input sizes; each arm runs in a fresh process, arms interleaved
 over rounds, medians reported.
 
-    .venv/bin/python benchmarks/data_prepare.py [--rows 20000,80000] [--rounds 2] [--workers 1]
+    .venv/bin/python benchmarks/data_prepare.py [--rows 100000,400000] [--rounds 2] [--workers 2]
 
 Last line: result: pipeline_vs_hf_tokens_per_s=(b)/(a) at the larger size, target >= 1.0.
 The line before it: the pipeline's peak-memory growth per input row between
@@ -141,9 +141,9 @@ def run_arm(arm: str, corpus: Path, tokenizer_dir: Path, workers: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="20000,80000", help="two corpus sizes, comma-separated")
+    ap.add_argument("--rows", default="100000,400000", help="two corpus sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1, help="the pipeline's `workers` setting")
+    ap.add_argument("--workers", type=int, default=2, help="the pipeline's `workers` setting (2: the same cores as num_proc=2)")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", help=argparse.SUPPRESS)

@@ -85,6 +85,10 @@ class DatasetConfig(StrictConfig):
                                               "with `workers` actors (the sources must be readable on every node).")
     workers: int = Field(1, ge=1, le=64, description="Processes for the per-row stages (validate, normalise, mask, "
                                                     "hash, tokenise); 1 runs them in this process (executor: local).")
+    shard_tokens: int = Field(1 << 26, ge=64, description="Tokens per Parquet shard: each split is a folder "
+                                                            "(tokens.parquet/part-00000.parquet, ...) with a new "
+                                                            "shard after this many tokens (64 Mi: ~256 MiB of ids "
+                                                            "and labels before compression).")
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Text normalisation.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="PII masking.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate removal.")

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from array import array
 
 import numpy as np
+
+EMPTY = np.iinfo(np.uint64).max
 
 def content_key(messages: list[dict] | None, text: str | None) -> bytes:
     """16-byte digest of an example's content: the identity used by dedup and split."""
@@ -51,16 +52,17 @@ class MinHasher:
     bin keeps its smallest value; empty bins borrow from the next non-empty bin
     (rotation densification, Shrivastava & Li 2014). One pass over the n-grams
     instead of one per permutation, with the same Jaccard estimate.
+
+    `signatures` does a whole batch of texts in a few numpy operations over
+    their concatenation; it gives exactly what `signature` gives text by text.
     """
 
     def __init__(self, num_perm: int = 64, shingle: int = 5, seed: int = 1):
         self.num_perm, self.shingle = num_perm, shingle
         self.seed = np.uint64(np.random.default_rng(seed).integers(1, 2**63))
 
-    def shingle_hashes(self, text: str) -> np.ndarray:
-        """64-bit hashes of every `shingle`-character window (the whole text if shorter)."""
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        k = min(self.shingle, len(cps)) or 1
+    def _window_hashes(self, cps: np.ndarray, k: int) -> np.ndarray:
+        """Hashes of every k-code-point window of `cps` (uint64 code points)."""
         n = max(len(cps) - k + 1, 1)
         h = np.full(n, self.seed, dtype=np.uint64)
         for j in range(k):
@@ -72,71 +74,130 @@ class MinHasher:
         h *= np.uint64(0x94D049BB133111EB)
         return h ^ (h >> np.uint64(31))
 
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """64-bit hashes of every `shingle`-character window (the whole text if shorter)."""
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        return self._window_hashes(cps, min(self.shingle, len(cps)) or 1)
+
     def signature(self, text: str) -> np.ndarray:
         """The signature (num_perm uint64 values) of `text`."""
         h = self.shingle_hashes(text)
         p = self.num_perm
-        sig = np.full(p, np.iinfo(np.uint64).max, dtype=np.uint64)
+        sig = np.full(p, EMPTY, dtype=np.uint64)
         np.minimum.at(sig, (h % np.uint64(p)).astype(np.intp), h // np.uint64(p))
-        empty = sig == np.iinfo(np.uint64).max
-        if empty.any():
-            full = np.flatnonzero(~empty)
-            idx = np.arange(p)
-            src = full[np.searchsorted(full, idx) % len(full)]
-            offset = ((src - idx) % p).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            sig = np.where(empty, sig[src] + offset, sig)
-        return sig
+        return self._densify(sig)
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """Signatures of many texts at once: an array of shape (len(texts), num_perm)."""
+        p, k = self.num_perm, self.shingle
+        out = np.empty((len(texts), p), dtype=np.uint64)
+        rows = [i for i, t in enumerate(texts) if len(t) >= k]
+        for i in set(range(len(texts))) - set(rows):  # shorter than one shingle: the whole text is one
+            out[i] = self.signature(texts[i])
+        if not rows:
+            return out
+        lengths = np.array([len(texts[i]) for i in rows], dtype=np.int64)
+        cps = np.frombuffer("".join(texts[i] for i in rows).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        h = self._window_hashes(cps, k)  # windows across two texts are hashed too, then left out
+        windows = lengths - k + 1
+        first = np.repeat(np.cumsum(lengths) - lengths - (np.cumsum(windows) - windows), windows)
+        h = h[np.arange(windows.sum()) + first]
+        row = np.repeat(np.arange(len(rows), dtype=np.int64), windows)
+        sig = np.full(len(rows) * p, EMPTY, dtype=np.uint64)
+        np.minimum.at(sig, row * p + (h % np.uint64(p)).astype(np.int64), h // np.uint64(p))
+        sig = self._densify(sig.reshape(len(rows), p))
+        out[rows] = sig
+        return out
+
+    def _densify(self, sig: np.ndarray) -> np.ndarray:
+        """Fill each empty bin from the next non-empty one (cyclically), offset by the distance;
+        `sig` is one signature or a matrix of them, each with at least one non-empty bin."""
+        p = self.num_perm
+        empty = sig == EMPTY
+        if not empty.any():
+            return sig
+        idx = np.arange(2 * p)
+        # the nearest non-empty bin at or after each position, looking twice around the ring
+        nxt = np.where(np.concatenate([~empty, ~empty], axis=-1), idx, 2 * p)
+        nxt = np.flip(np.minimum.accumulate(np.flip(nxt, axis=-1), axis=-1), axis=-1)[..., :p]
+        src = nxt % p
+        offset = (nxt - idx[:p]).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return np.where(empty, np.take_along_axis(sig, src, axis=-1) + offset, sig)
 
 
-class KeySet:
-    """A set of 64-bit keys in one flat array (open addressing, linear probing).
+class KeyIndex:
+    """A set of 64-bit keys at 8 bytes a key, with no growth spikes.
 
-    8 bytes a slot, at most 2/3 full, growing by 1.5x: 12-18 bytes a key, where
-    a Python set of ints costs about 60-90. The dedup index is the one part of
-    the pipeline that grows with the input, so its size per row matters.
+    Keys live in sorted arrays, one per 1/64 of the key space, and are looked up
+    a batch at a time with `searchsorted`. New keys wait in a small set (at most
+    1/64 of the index, at least 64 Ki keys) and are merged into their ranges
+    when it fills; a merge copies one range at a time, so the index never needs
+    twice its size. (An open-addressing table costs 12-18 bytes a key and twice
+    that while it grows; a Python set 60-90.)
     """
 
-    MAX_LOAD = 2 / 3
+    RANGE_BITS = 6
+    MIN_PENDING = 1 << 16
 
-    def __init__(self, capacity: int = 1 << 12):
-        self._slots = array("Q", bytes(8 * capacity))
-        self._count = 0
+    def __init__(self):
+        self._ranges = [np.empty(0, dtype=np.uint64) for _ in range(1 << self.RANGE_BITS)]
+        self._pending: set[int] = set()
+        self._stored = 0
 
     def __len__(self) -> int:
-        return self._count
+        return self._stored + len(self._pending)
 
     @property
     def nbytes(self) -> int:
-        return self._slots.itemsize * len(self._slots)
+        """Bytes held: the sorted ranges plus the pending set (about 70 bytes a pending key)."""
+        return sum(r.nbytes for r in self._ranges) + 70 * len(self._pending)
 
-    def _find(self, key: int) -> tuple[int, bool]:
-        slots, n = self._slots, len(self._slots)
-        i = (key * 0x9E3779B97F4A7C15 >> 20) % n
-        while True:
-            v = slots[i]
-            if v == 0 or v == key:
-                return i, v == key
-            i = i + 1 if i + 1 < n else 0
+    def _range_of(self, keys: np.ndarray) -> np.ndarray:
+        return (keys >> np.uint64(64 - self.RANGE_BITS)).astype(np.intp)
 
-    def __contains__(self, key: int) -> bool:
-        return self._find(key or 1)[1]  # 0 marks an empty slot: key 0 is stored as 1
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """For each key (a uint64 array), whether the index holds it."""
+        keys = np.asarray(keys, dtype=np.uint64).ravel()
+        found = np.zeros(len(keys), dtype=bool)
+        if self._stored:
+            part = self._range_of(keys)
+            order = np.argsort(part, kind="stable")
+            edges = np.searchsorted(part[order], np.arange(len(self._ranges) + 1))
+            for r in np.flatnonzero(np.diff(edges)):
+                stored = self._ranges[r]
+                if len(stored):
+                    idx = order[edges[r]:edges[r + 1]]
+                    pos = np.minimum(np.searchsorted(stored, keys[idx]), len(stored) - 1)
+                    found[idx] = stored[pos] == keys[idx]
+        if self._pending:
+            pending = self._pending
+            found |= np.fromiter((k in pending for k in keys.tolist()), dtype=bool, count=len(keys))
+        return found
 
-    def add(self, key: int) -> None:
-        key = key or 1
-        i, found = self._find(key)
-        if found:
-            return
-        self._slots[i] = key
-        self._count += 1
-        if self._count > self.MAX_LOAD * len(self._slots):
-            old, self._slots = self._slots, array("Q", bytes(8 * (len(self._slots) * 3 // 2)))
-            for k in old:
-                if k:
-                    self._slots[self._find(k)[0]] = k
+    def add(self, keys) -> None:
+        """Add keys (ints or a uint64 array); keys already present are harmless."""
+        self._pending.update(keys.tolist() if isinstance(keys, np.ndarray) else keys)
+        if len(self._pending) >= max(self.MIN_PENDING, self._stored >> self.RANGE_BITS):
+            self._merge()
+
+    def _merge(self) -> None:
+        new = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
+        new.sort()
+        edges = np.searchsorted(self._range_of(new), np.arange(len(self._ranges) + 1))
+        for r in np.flatnonzero(np.diff(edges)):
+            merged = np.concatenate([self._ranges[r], new[edges[r]:edges[r + 1]]])
+            merged.sort(kind="stable")  # two sorted runs: a linear merge
+            self._ranges[r] = merged
+        self._stored += len(new)
+        self._pending = set()
 
 
 class Deduplicator:
-    """Decides, row by row in read order, whether a row repeats an earlier one.
+    """Decides, in read order, whether a row repeats an earlier one.
+
+    Keys are computed where the rows are processed (`band_keys_batch`, pure);
+    decisions are made in one place, a batch at a time (`check_batch`), so the
+    result does not depend on how many processes computed the keys.
 
     Args:
         exact: drop rows whose content equals an earlier row's.
@@ -154,29 +215,57 @@ class Deduplicator:
         mult = np.random.default_rng(7).integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_mult = mult
         self._band_salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        self._seen = KeySet()  # exact keys and band keys (salted per band) share one table
+        self._seen = KeyIndex()  # exact keys and band keys (salted per band) share one index
+
+    def band_keys_batch(self, texts: list[str]) -> np.ndarray:
+        """The LSH band keys of each text: shape (len(texts), bands), or (len(texts), 0) without near dedup."""
+        if not self.near:
+            return np.empty((len(texts), 0), dtype=np.uint64)
+        sig = self.hasher.signatures(texts)[:, : self.bands * self.rows].reshape(len(texts), self.bands, self.rows)
+        return (sig * self._band_mult).sum(axis=2, dtype=np.uint64) ^ self._band_salt
 
     def band_keys(self, text: str) -> list[int]:
-        """The LSH band keys of `text` (pure: safe to compute in worker processes)."""
-        if not self.near:
-            return []
-        sig = self.hasher.signature(text)[: self.bands * self.rows].reshape(self.bands, self.rows)
-        return ((sig * self._band_mult).sum(axis=1, dtype=np.uint64) ^ self._band_salt).tolist()
+        """The LSH band keys of one text."""
+        return self.band_keys_batch([text])[0].tolist()
+
+    def check_batch(self, exact_keys: np.ndarray, band_keys: np.ndarray, rows: list[int] | None = None) -> list[str | None]:
+        """Record rows in order by their exact key (uint64, one per row) and band
+        keys (one row of `band_keys` each); for each row the drop reason
+        ("exact_duplicate", "near_duplicate") or None to keep it. A row's exact
+        key is recorded unless it is an exact duplicate, its band keys only when
+        it is kept. `rows`: the indices to check (default all); others get None.
+        """
+        n = len(exact_keys)
+        rows = range(n) if rows is None else rows
+        cols = ([np.asarray(exact_keys, dtype=np.uint64).reshape(n, 1)] if self.exact else []) + \
+               ([np.asarray(band_keys, dtype=np.uint64).reshape(n, -1)] if self.near else [])
+        if not cols:
+            return [None] * n
+        keys = np.concatenate(cols, axis=1)
+        found = self._seen.contains(keys).reshape(keys.shape).tolist()
+        keys = keys.tolist()
+        verdicts: list[str | None] = [None] * n
+        added: set[int] = set()  # keys of this batch's earlier rows
+        for i in rows:
+            ks, hit = keys[i], found[i]
+            if self.exact:
+                if hit[0] or ks[0] in added:
+                    verdicts[i] = "exact_duplicate"
+                    continue
+                added.add(ks[0])
+                ks, hit = ks[1:], hit[1:]
+            if ks:
+                if any(hit) or not added.isdisjoint(ks):
+                    verdicts[i] = "near_duplicate"
+                    continue
+                added.update(ks)
+        self._seen.add(added)
+        return verdicts
 
     def check_keys(self, key: bytes, band_keys: list[int]) -> str | None:
-        """Record a row by its content key and band keys; the drop reason
-        ("exact_duplicate", "near_duplicate") or None to keep it."""
-        if self.exact:
-            exact = int.from_bytes(key[:8], "little")
-            if exact in self._seen:
-                return "exact_duplicate"
-            self._seen.add(exact)
-        if self.near:
-            if any(k in self._seen for k in band_keys):
-                return "near_duplicate"
-            for k in band_keys:
-                self._seen.add(k)
-        return None
+        """`check_batch` for one row given its content key (bytes) and band keys."""
+        return self.check_batch(np.array([exact_key(key)], dtype=np.uint64),
+                                np.array([band_keys], dtype=np.uint64).reshape(1, -1))[0]
 
     @property
     def index_bytes(self) -> int:
@@ -186,3 +275,8 @@ class Deduplicator:
     def check(self, key: bytes, text: str) -> str | None:
         """`check_keys` for a text whose band keys are not computed yet."""
         return self.check_keys(key, self.band_keys(text))
+
+
+def exact_key(key: bytes) -> int:
+    """The 64-bit exact-duplicate key of a content key."""
+    return int.from_bytes(key[:8], "little")

@@ -22,7 +22,9 @@ collator pads with a new position run (0, 1, ...) and labels -100.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 from data.chat import IGNORE_INDEX
 
@@ -37,10 +39,10 @@ class Packer:
 
     def __init__(self, length: int, open_bins: int = 8):
         self.length, self.open_bins = length, open_bins
-        self._bins: list[list[tuple[list[int], list[int]]]] = []
+        self._bins: list[list[tuple[Sequence[int], Sequence[int]]]] = []
         self._fill: list[int] = []
 
-    def add(self, input_ids: list[int], labels: list[int]) -> Iterator[dict[str, list[int]]]:
+    def add(self, input_ids: Sequence[int], labels: Sequence[int]) -> Iterator[dict[str, np.ndarray]]:
         """Add one example; yields the sequences this completes.
 
         Raises:
@@ -63,23 +65,24 @@ class Packer:
         if n == self.length:
             yield self._emit(len(self._bins) - 1)
 
-    def flush(self) -> Iterator[dict[str, list[int]]]:
+    def flush(self) -> Iterator[dict[str, np.ndarray]]:
         """Yield the sequences still open."""
         while self._bins:
             yield self._emit(0)
 
-    def _emit(self, i: int) -> dict[str, list[int]]:
+    def _emit(self, i: int) -> dict[str, np.ndarray]:
         examples = self._bins.pop(i)
         self._fill.pop(i)
         return pack_examples(examples)
 
 
-def pack_examples(examples: list[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
-    """One packed row from (input_ids, labels) pairs, in order."""
-    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "example_lengths": []}
-    for ids, labels in examples:
-        row["input_ids"] += ids
-        row["labels"] += [IGNORE_INDEX] + labels[1:]
-        row["position_ids"] += list(range(len(ids)))
-        row["example_lengths"].append(len(ids))
-    return row
+def pack_examples(examples: list[tuple[Sequence[int], Sequence[int]]]) -> dict[str, np.ndarray]:
+    """One packed row (int32 arrays) from (input_ids, labels) pairs, in order."""
+    lengths = np.array([len(ids) for ids, _ in examples], dtype=np.int32)
+    starts = np.cumsum(lengths) - lengths
+    labels = np.concatenate([np.asarray(lab, dtype=np.int32) for _, lab in examples])
+    labels[starts] = IGNORE_INDEX
+    return {"input_ids": np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in examples]),
+            "labels": labels,
+            "position_ids": np.arange(lengths.sum(), dtype=np.int32) - np.repeat(starts, lengths).astype(np.int32),
+            "example_lengths": lengths}

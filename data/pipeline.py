@@ -17,12 +17,15 @@ import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from data.chat import IGNORE_INDEX, DataValidationError, RowError
 from data.config import DatasetConfig
-from data.dedup import Deduplicator, content_key
+from data.dedup import Deduplicator, content_key, exact_key
 from data.manifest import file_sha256
 from data.normalize import normalize_text
 from data.pii import mask_pii
@@ -128,16 +131,29 @@ def validate_rows(cfg: DatasetConfig) -> Accounting:
 
 
 @dataclass
-class Processed:
-    """One row after the per-row stages: where it came from, a problem, or its
-    keys, split and tokens (a row too long or short has both tokens and error)."""
+class ProcessedBatch:
+    """A batch of rows after the per-row stages, column by column (cheap to pass
+    between processes): where each row came from, its problem if any, its dedup
+    keys and split, and the tokens of every row that got that far (an invalid
+    row has none; a row too long or too short has tokens and a problem)."""
 
-    where: tuple[str, int, str]
-    error: RowError | None = None
-    key: bytes = b""
-    band_keys: list[int] = field(default_factory=list)
-    split: str = "train"
-    tokens: dict[str, list[int]] | None = None
+    where: list[tuple[str, int, str]]
+    errors: list[RowError | None]
+    exact_keys: np.ndarray  # uint64 (n,)
+    band_keys: np.ndarray  # uint64 (n, bands)
+    is_eval: np.ndarray  # bool (n,)
+    has_tokens: np.ndarray  # bool (n,)
+    offsets: np.ndarray  # int64 (n + 1,): row i's tokens are input_ids[offsets[i]:offsets[i + 1]]
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32
+    pii: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def tokens(self, i: int) -> dict[str, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {"input_ids": self.input_ids[a:b], "labels": self.labels[a:b]}
 
 
 class RowProcessor:
@@ -148,29 +164,48 @@ class RowProcessor:
         d = cfg.dedup
         self.hasher = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle)
 
-    def __call__(self, rows: list[RawRow]) -> tuple[list[Processed], Counter]:
+    def __call__(self, rows: list[RawRow]) -> ProcessedBatch:
         cfg, pii = self.cfg, Counter()
-        out: list[Processed] = []
-        examples: list[tuple[Processed, Example]] = []
-        for row in rows:
+        n = len(rows)
+        errors: list[RowError | None] = [None] * n
+        valid: list[tuple[int, Example]] = []
+        for i, row in enumerate(rows):
             ex = validate(row, cfg)
             if isinstance(ex, Problem):
-                out.append(Processed((row.file, row.line, row.unit),
-                                     RowError(row.file, row.line, ex.message, ex.code, row.unit)))
+                errors[i] = RowError(row.file, row.line, ex.message, ex.code, row.unit)
                 continue
             if cfg.pii.enabled:
                 ex.map_text(lambda s: mask_pii(s, cfg.pii.types, pii))
-            key = content_key(ex.messages, ex.text)
-            p = Processed((row.file, row.line, row.unit), None, key, self.hasher.band_keys("\n".join(ex.contents())),
-                          split_of(key, cfg.split.eval_fraction, cfg.split.seed))
-            out.append(p)
-            examples.append((p, ex))
-        for (p, ex), tokens in zip(examples, tokenize_batch(self.tokenizer, [e for _, e in examples])):
-            p.tokens = tokens
-            problem = length_problem(cfg, tokens)
-            if problem:
-                p.error = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
-        return out, pii
+            valid.append((i, ex))
+        exact = np.zeros(n, dtype=np.uint64)
+        is_eval = np.zeros(n, dtype=bool)
+        has_tokens = np.zeros(n, dtype=bool)
+        lengths = np.zeros(n, dtype=np.int64)
+        ids: list[list[int]] = []
+        labels: list[list[int]] = []
+        band_keys = np.zeros((n, self.hasher.bands if self.hasher.near else 0), dtype=np.uint64)
+        if valid:
+            at = [i for i, _ in valid]
+            keys = [content_key(ex.messages, ex.text) for _, ex in valid]
+            exact[at] = [exact_key(k) for k in keys]
+            is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
+            band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])
+            for (i, ex), tokens in zip(valid, tokenize_batch(self.tokenizer, [ex for _, ex in valid])):
+                problem = length_problem(cfg, tokens)
+                if problem:
+                    errors[i] = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
+                has_tokens[i] = True
+                lengths[i] = len(tokens["input_ids"])
+                ids.append(tokens["input_ids"])
+                labels.append(tokens["labels"])
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return ProcessedBatch([(r.file, r.line, r.unit) for r in rows], errors, exact, band_keys, is_eval,
+                              has_tokens, offsets, _flat(ids), _flat(labels), pii)
+
+
+def _flat(lists: list[list[int]]) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=sum(map(len, lists)))
 
 
 def length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> Problem | None:
@@ -190,7 +225,7 @@ def length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> Problem 
 _PROCESSOR: RowProcessor | None = None  # inherited by forked workers
 
 
-def _run_batch(rows: list[RawRow]) -> tuple[list[Processed], Counter]:
+def _run_batch(rows: list[RawRow]) -> ProcessedBatch:
     return _PROCESSOR(rows)
 
 
@@ -205,6 +240,14 @@ def batched(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
         yield batch
 
 
+def _one_thread_each() -> None:
+    """In a worker process: the Rust tokenizer encodes on this process's thread
+    only (the workers already use every core; more threads would only contend)."""
+    import os
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
     """`fn` over `batches` in `workers` forked processes, results in input order,
     at most 2 x workers batches in flight (a plain map when workers is 1)."""
@@ -213,7 +256,7 @@ def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
         return
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread_each) as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.apply_async(fn, (batch,)))
@@ -223,19 +266,19 @@ def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
             yield pending.popleft().get()
 
 
-def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting) -> Iterator[tuple[list, Counter]]:
-    """(processed rows, PII counts) per batch in read order, from the configured executor."""
+def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting) -> Iterator[ProcessedBatch]:
+    """Processed batches in read order, from the configured executor."""
     global _PROCESSOR
     if cfg.executor == "ray":
         from data.ray_pipeline import ray_batch_results
 
         files = register_sources(cfg, acc)
         by_path = {s["path"]: s for s in acc.sources}
-        for results, pii in ray_batch_results(cfg, tokenizer_dir, files, BATCH_ROWS):
-            for p in results:  # rows are read on the cluster: count them as they come back
+        for batch in ray_batch_results(cfg, tokenizer_dir, files, BATCH_ROWS):
+            for file, _, _ in batch.where:  # rows are read on the cluster: count them as they come back
                 acc.rows_in += 1
-                by_path[p.where[0]]["rows_in"] += 1
-            yield results, pii
+                by_path[file]["rows_in"] += 1
+            yield batch
         return
     _PROCESSOR = RowProcessor(cfg, tokenizer)
     try:
@@ -245,7 +288,7 @@ def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting
 
 
 def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
-                   tokenizer_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, list[int]]]]:
+                   tokenizer_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(split, tokens) of every row kept, in read order; every other row is counted in `acc`.
 
     Args:
@@ -254,22 +297,24 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
     Raises:
         DataValidationError: unreadable sources.
     """
-    dedup = Deduplicator(cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.shingle)
-    for results, pii in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
-        acc.pii.update(pii)
-        for p in results:
-            if p.tokens is None:  # invalid row
-                acc.drop(p.error, invalid=True)
-                continue
-            reason = dedup.check_keys(p.key, p.band_keys) if cfg.dedup.exact or cfg.dedup.near else None
-            if reason:
-                acc.drop(_duplicate(p, reason))
-            elif p.error:
-                acc.drop(p.error)
+    d = cfg.dedup
+    dedup = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle)
+    for batch in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
+        acc.pii.update(batch.pii)
+        tokenized = np.flatnonzero(batch.has_tokens).tolist()
+        verdicts = dedup.check_batch(batch.exact_keys, batch.band_keys, tokenized)
+        is_eval = batch.is_eval.tolist()
+        for i, (has_tokens, reason, error) in enumerate(zip(batch.has_tokens.tolist(), verdicts, batch.errors)):
+            if not has_tokens:  # invalid row
+                acc.drop(error, invalid=True)
+            elif reason:
+                acc.drop(_duplicate(batch.where[i], reason))
+            elif error:
+                acc.drop(error)
             else:
-                yield p.split, p.tokens
+                yield ("eval" if is_eval[i] else "train"), batch.tokens(i)
     acc.dedup_index_bytes = dedup.index_bytes
 
 
-def _duplicate(p: Processed, reason: str) -> RowError:
-    return RowError(p.where[0], p.where[1], f"{reason.replace('_', ' ')} of an earlier row", reason, p.where[2])
+def _duplicate(where: tuple[str, int, str], reason: str) -> RowError:
+    return RowError(where[0], where[1], f"{reason.replace('_', ' ')} of an earlier row", reason, where[2])

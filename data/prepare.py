@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from array import array
+import shutil
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from cluster.config_base import UserError
 from data.chat import IGNORE_INDEX, DataValidationError
@@ -30,28 +32,40 @@ WRITE_TOKENS = 1 << 17  # buffered tokens per row group: bounds memory for any r
 
 
 class SplitWriter:
-    """Rows of one split, batched into a Parquet file, with a running content hash."""
+    """Rows of one split, batched into Parquet shards, with a running content hash.
 
-    def __init__(self, path: Path, packed: bool):
+    A split is a folder named like a file (`tokens.parquet/part-00000.parquet`,
+    ...), a new shard every `shard_tokens` tokens: Parquet readers (pyarrow,
+    Ray Data, Spark) read the folder as one table, and a large split is never
+    one huge file.
+    """
+
+    def __init__(self, path: Path, packed: bool, shard_tokens: int = 1 << 26):
         import pyarrow as pa
 
         cols = ["input_ids", "labels"] + (["position_ids", "example_lengths"] if packed else [])
         self.schema = pa.schema([(c, pa.list_(pa.int32())) for c in cols])
         self.path, self.tmp = path, path.with_name(path.name + ".partial")
+        self.shard_tokens = shard_tokens
+        self.shards = 0
+        self.shard_filled = 0
         self.rows: list[dict] = []
         self.buffered = 0
         self.writer = None
         self.stats = Counter()
         self.hash = hashlib.sha256()
 
-    def add(self, row: dict[str, list[int]]) -> None:
+    def add(self, row: dict[str, np.ndarray]) -> None:
+        """Buffer one row (int32 arrays); the content hash covers its ids and labels."""
+        ids, labels = row["input_ids"], row["labels"]
         self.rows.append(row)
         self.stats["sequences"] += 1
-        self.stats["tokens"] += len(row["input_ids"])
-        self.stats["trained_tokens"] += len(row["labels"]) - row["labels"].count(IGNORE_INDEX)
+        self.stats["tokens"] += len(ids)
+        self.stats["trained_tokens"] += int(np.count_nonzero(labels != IGNORE_INDEX))
         self.stats["examples"] += len(row.get("example_lengths", [0]))
-        self.hash.update(array("i", row["input_ids"]).tobytes() + array("i", row["labels"]).tobytes())
-        self.buffered += len(row["input_ids"])
+        self.hash.update(np.ascontiguousarray(ids, dtype="<i4").tobytes())
+        self.hash.update(np.ascontiguousarray(labels, dtype="<i4").tobytes())
+        self.buffered += len(ids)
         if self.buffered >= WRITE_TOKENS:
             self._write()
 
@@ -59,25 +73,56 @@ class SplitWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self.writer is not None and self.shard_filled >= self.shard_tokens:
+            self.writer.close()
+            self.writer = None
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            if not self.shards:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp.mkdir()
+            self.writer = pq.ParquetWriter(self.tmp / f"part-{self.shards:05d}.parquet", self.schema)
+            self.shards += 1
+            self.shard_filled = 0
+        self.shard_filled += self.buffered
         if self.rows:
-            columns = [pa.array([r[f.name] for r in self.rows], type=f.type) for f in self.schema]
+            lengths = np.array([len(r["input_ids"]) for r in self.rows], dtype=np.int32)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)]), type=pa.int32())
+            columns = []
+            for f in self.schema:
+                own = f.name == "example_lengths"  # the one column with its own row lengths
+                sizes = np.array([len(r[f.name]) for r in self.rows], dtype=np.int32) if own else None
+                offs = pa.array(np.concatenate([[0], np.cumsum(sizes, dtype=np.int32)]), type=pa.int32()) if own else offsets
+                values = np.concatenate([np.asarray(r[f.name], dtype=np.int32) for r in self.rows])
+                columns.append(pa.ListArray.from_arrays(offs, pa.array(values, type=pa.int32()), type=f.type))
             self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.rows, self.buffered = [], 0
 
     def close(self) -> None:
-        """Finish the temporary file (if any row was written)."""
+        """Finish the last temporary shard (if any row was written)."""
         if self.rows or self.writer is not None:
             self._write()
             self.writer.close()
 
     def commit(self) -> None:
-        """Move the finished file into place, or remove a stale one if this split is empty."""
-        if self.writer is not None:
+        """Move the finished split into place, or remove a stale one if this split is empty."""
+        stale = self.path.with_name(self.path.name + ".old")
+        if self.path.exists():
+            os.replace(self.path, stale)
+        if self.shards:
             os.replace(self.tmp, self.path)
-        elif self.path.exists():
-            self.path.unlink()
+        discard(stale)
+
+    def discard(self) -> None:
+        """Remove the temporary shards (a failed run)."""
+        discard(self.tmp)
+
+
+def discard(path: Path) -> None:
+    """Remove a file or folder, if there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _load_tokenizer(tokenizer_dir: str | Path):
@@ -102,7 +147,7 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
     tokenizer = _load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writers = {s: SplitWriter(out / f, cfg.packing.enabled) for s, f in SPLIT_FILES.items()}
+    writers = {s: SplitWriter(out / f, cfg.packing.enabled, cfg.shard_tokens) for s, f in SPLIT_FILES.items()}
     packers = {s: Packer(cfg.pack_length, cfg.packing.open_bins) for s in SPLIT_FILES}
     examples = Counter()
     log_path = out / "dropped.jsonl.partial"
@@ -127,8 +172,9 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
             raise DataValidationError(f"{cfg.path}: no valid example left to train on "
                                       f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in}).")
     except BaseException:
-        for partial in (log_path, *(w.tmp for w in writers.values())):
-            partial.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+        for w in writers.values():
+            w.discard()
         raise
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # never an old manifest beside new files
     for w in writers.values():
@@ -142,7 +188,7 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
 def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, SplitWriter],
                    examples: Counter, tokenizer_dir: str | Path) -> dict:
     """The manifest of a finished run (see data.manifest for the version)."""
-    splits = {s: {"file": SPLIT_FILES[s], "examples": examples[s], **w.stats}
+    splits = {s: {"file": SPLIT_FILES[s], "shards": w.shards, "examples": examples[s], **w.stats}
               for s, w in writers.items() if examples[s]}
     content = hashlib.sha256("".join(f"{s}:{w.hash.hexdigest()}" for s, w in writers.items()).encode())
     manifest = {
@@ -163,7 +209,7 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
         "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
-        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers", "executor"}),
+        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers", "executor", "shard_tokens"}),
         "content_sha256": content.hexdigest(),
     }
     manifest["version"] = dataset_version(manifest)

@@ -93,42 +93,49 @@ class RowStage:
     def __call__(self, batch):
         import pyarrow as pa
 
-        results, pii = self.processor([_decode(r) for r in batch.to_pylist()])
-        out = {k: [] for k in ("file", "line", "unit", "code", "reason", "key", "band_keys", "split",
-                               "input_ids", "labels", "pii")}
-        for i, p in enumerate(results):
-            for k, v in zip(("file", "line", "unit"), p.where):
-                out[k].append(v)
-            out["code"].append(p.error.code if p.error else None)
-            out["reason"].append(p.error.reason if p.error else None)
-            out["key"].append(p.key)
-            out["band_keys"].append(p.band_keys)
-            out["split"].append(p.split)
-            out["input_ids"].append(p.tokens["input_ids"] if p.tokens else None)
-            out["labels"].append(p.tokens["labels"] if p.tokens else None)
-            out["pii"].append(json.dumps(pii) if i == 0 else "")  # the batch's counts ride on its first row
-        types = {"key": pa.binary(), "band_keys": pa.list_(pa.uint64()), "input_ids": pa.list_(pa.int32()),
+        b = self.processor([_decode(r) for r in batch.to_pylist()])
+        tokens = [b.tokens(i) if b.has_tokens[i] else None for i in range(len(b))]
+        cols = {
+            "file": [w[0] for w in b.where], "line": [w[1] for w in b.where], "unit": [w[2] for w in b.where],
+            "code": [e.code if e else None for e in b.errors], "reason": [e.reason if e else None for e in b.errors],
+            "exact_key": b.exact_keys, "band_keys": list(b.band_keys), "is_eval": b.is_eval,
+            "input_ids": [t["input_ids"] if t else None for t in tokens],
+            "labels": [t["labels"] if t else None for t in tokens],
+            "pii": [json.dumps(b.pii)] + [""] * (len(b) - 1),  # the batch's counts ride on its first row
+        }
+        types = {"band_keys": pa.list_(pa.uint64()), "input_ids": pa.list_(pa.int32()),
                  "labels": pa.list_(pa.int32()), "line": pa.int64()}
-        return pa.table({k: pa.array(v, type=types.get(k)) for k, v in out.items()})
+        return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
 
 
-def _results(batch) -> tuple[list, Counter]:
-    from data.pipeline import Processed
+def _results(batch):
+    """A ProcessedBatch from the Arrow table `RowStage` made."""
+    import numpy as np
 
-    processed, pii = [], Counter()
-    for r in batch.to_pylist():
-        where = (r["file"], r["line"], r["unit"])
-        error = RowError(*where[:2], r["reason"], r["code"], where[2]) if r["code"] else None
-        tokens = {"input_ids": r["input_ids"], "labels": r["labels"]} if r["input_ids"] is not None else None
-        processed.append(Processed(where, error, r["key"], r["band_keys"], r["split"], tokens))
-        if r["pii"]:
-            pii.update(json.loads(r["pii"]))
-    return processed, pii
+    from data.pipeline import ProcessedBatch
+
+    c = batch.to_pydict()
+    n = batch.num_rows
+    where = list(zip(c["file"], c["line"], c["unit"]))
+    errors = [RowError(w[0], w[1], reason, code, w[2]) if code else None
+              for w, code, reason in zip(where, c["code"], c["reason"])]
+    ids = [x or [] for x in c["input_ids"]]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in ids], out=offsets[1:])
+    pii = Counter()
+    for p in c["pii"]:
+        if p:
+            pii.update(json.loads(p))
+    return ProcessedBatch(where, errors, np.array(c["exact_key"], dtype=np.uint64),
+                          np.array(c["band_keys"], dtype=np.uint64).reshape(n, -1),
+                          np.array(c["is_eval"], dtype=bool), np.array([x is not None for x in c["input_ids"]]),
+                          offsets, np.array([t for x in ids for t in x], dtype=np.int32),
+                          np.array([t for x in c["labels"] if x for t in x], dtype=np.int32), pii)
 
 
 def ray_batch_results(cfg: DatasetConfig, tokenizer_dir: str | Path, files: list[Path],
-                      batch_rows: int) -> Iterator[tuple[list, Counter]]:
-    """(processed rows, PII counts) per batch, in read order, computed on the Ray cluster.
+                      batch_rows: int) -> Iterator:
+    """Processed batches (`data.pipeline.ProcessedBatch`) in read order, computed on the Ray cluster.
 
     Raises:
         UserError: Ray is not connected, or a source is unreadable (the reader's own error).

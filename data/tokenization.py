@@ -35,17 +35,24 @@ def _assemble(turns: list[tuple[list[int], list[int], int]]) -> dict[str, list[i
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _trained_count(tokenizer, answer_ids: list[int]) -> int | None:
-    """Tokens up to and including the answer's end marker, when the marker is a
-    special token (the tokenizer splits around those, so the count is exact);
-    None means: tokenise the trained answer to find out."""
-    eos = tokenizer.eos_token_id
-    if eos is None or tokenizer.eos_token not in tokenizer.all_special_tokens:
+def _trained_count(eos: int | None, answer_ids: list[int]) -> int | None:
+    """Tokens up to and including the answer's end marker `eos` (the EOS id when
+    it is a special token: the tokenizer splits around those, so the count is
+    exact); None means: tokenise the trained answer to find out."""
+    if eos is None:
         return None
     for k in range(len(answer_ids) - 1, -1, -1):
         if answer_ids[k] == eos:
             return k + 1
     return None
+
+
+def _encoder(tokenizer, add_special_tokens: bool):
+    """texts -> ids lists, straight from the Rust tokenizer (no offsets, no
+    per-encoding conversion): the ids `tokenizer(texts)` gives."""
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
 
 
 def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[int]]]:
@@ -56,9 +63,10 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[in
     """
     chats = [(i, _pieces(tokenizer, ex.messages)) for i, ex in enumerate(examples) if ex.messages is not None]
     flat = [p for _, pieces in chats for p in pieces]
-    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # noqa: E731
+    encode = _encoder(tokenizer, add_special_tokens=False)
     prompts, answers = encode([p[0] for p in flat]), encode([p[1] for p in flat])
-    trained = [_trained_count(tokenizer, a) for a in answers]
+    eos = tokenizer.eos_token_id if tokenizer.eos_token in tokenizer.all_special_tokens else None
+    trained = [_trained_count(eos, a) for a in answers]
     missing = [j for j, t in enumerate(trained) if t is None]
     for j, ids in zip(missing, encode([flat[j][2] for j in missing])):
         trained[j] = len(ids)
@@ -70,6 +78,6 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[in
         pos += n
     texts = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
     if texts:
-        for (i, _), ids in zip(texts, tokenizer([t for _, t in texts], add_special_tokens=True)["input_ids"]):
+        for (i, _), ids in zip(texts, _encoder(tokenizer, add_special_tokens=True)([t for _, t in texts])):
             out[i] = {"input_ids": ids, "labels": list(ids)}
     return out

@@ -51,7 +51,7 @@ class ExampleFeed:
         import pyarrow.parquet as pq
 
         path = Path(tokens_path).with_name("eval.parquet")
-        table = pq.read_table(str(path)).to_pydict() if path.is_file() else {"input_ids": [], "labels": []}
+        table = pq.read_table(str(path)).to_pydict() if path.exists() else {"input_ids": [], "labels": []}
         self.eval_examples = list(zip(table["input_ids"], table["labels"]))
 
     def evaluate(self) -> float | None:

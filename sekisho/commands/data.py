@@ -54,8 +54,10 @@ def cmd_data_inspect(args) -> int:
         table.add_row(key, value)
     console.print(table)
     file = folder / manifest.get("splits", {}).get(args.split, {}).get("file", "tokens.parquet")
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"{folder}: no {args.split} split in this dataset.")
+    if file.is_dir():  # shards: the first one is enough for a few examples
+        file = min(file.glob("part-*.parquet"))
     tokenizer = _tokenizer(Path(args.tokenizer or manifest.get("tokenizer_path", "")), manifest)
     rows = pq.ParquetFile(file).read_row_group(0).slice(0, args.n).to_pylist()
     for i, row in enumerate(rows):

@@ -57,15 +57,49 @@ def test_another_seed_gives_another_split_and_zero_means_all_train():
     assert {split_of(k, 0.0, 0) for k in ks} == {"train"}
 
 
-def test_key_set_holds_keys_compactly():
-    from data.dedup import KeySet
+def test_key_index_holds_keys_at_8_bytes_each():
+    import numpy as np
+
+    from data.dedup import KeyIndex
 
     rng = random.Random(1)
-    keys = [rng.getrandbits(64) for _ in range(50_000)] + [0]
-    s = KeySet(capacity=16)
-    for k in keys:
-        s.add(k)
-    s.add(keys[0])
-    assert len(s) == len(keys) and all(k in s for k in keys)
-    assert sum(rng.getrandbits(64) in s for _ in range(10_000)) == 0
-    assert s.nbytes <= 8 * 1.5 * len(keys) / KeySet.MAX_LOAD + 8  # 12-18 bytes a key
+    keys = np.array([rng.getrandbits(64) for _ in range(50_000)] + [0, 2**64 - 1], dtype=np.uint64)
+    s = KeyIndex()
+    s.MIN_PENDING = 1000  # many merges into the sorted ranges
+    for i in range(0, len(keys), 777):
+        assert not s.contains(keys[i:i + 777]).any()
+        s.add(keys[i:i + 777])
+    s.add(keys[:5])  # again: harmless
+    assert s.contains(keys).all()
+    assert not s.contains(np.array([rng.getrandbits(64) for _ in range(10_000)], dtype=np.uint64)).any()
+    assert len(s._pending) < 1000 and s.nbytes <= 8 * (len(keys) + 5) + 70 * 1000
+
+
+def test_batch_decisions_equal_row_by_row_ones():
+    """Within a batch, a row is checked against the rows before it in the same batch too."""
+    import numpy as np
+
+    rng = random.Random(2)
+    pool = "あいうえおかきくけこさしすせそたちつてと"
+    base = ["".join(rng.choice(pool) for _ in range(150)) for _ in range(40)]
+    texts = base + [t.replace(t[10], "ん", 1) for t in base[:10]] + base[:5] + ["短い", "短い", ""]
+    rng.shuffle(texts)
+    one, batch = Deduplicator(), Deduplicator()
+    expected = [check(one, t) for t in texts]
+    assert {"exact_duplicate", "near_duplicate", None} == set(expected)
+    got = []
+    for chunk in (texts[:20], texts[20:]):
+        exact = np.array([int.from_bytes(content_key(None, t)[:8], "little") for t in chunk], dtype=np.uint64)
+        got += batch.check_batch(exact, batch.band_keys_batch(chunk))
+    assert got == expected
+
+
+def test_batch_signatures_equal_one_at_a_time():
+    import numpy as np
+
+    from data.dedup import MinHasher
+
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("関所手形abc ") for _ in range(rng.randint(0, 300))) for _ in range(200)]
+    m = MinHasher()
+    assert (m.signatures(texts) == np.stack([m.signature(t) for t in texts])).all()

@@ -18,6 +18,7 @@ def test_first_fit_fills_open_sequences_and_marks_boundaries():
     for n, start in [(6, 100), (5, 200), (4, 300), (3, 400), (7, 500)]:
         out += list(p.add(*ex(n, start)))
     out += list(p.flush())
+    out = [{k: v.tolist() for k, v in r.items()} for r in out]
     assert [r["example_lengths"] for r in out] == [[6, 4], [5, 3], [7]]
     first = out[0]
     assert first["input_ids"] == list(range(100, 106)) + list(range(300, 304))
@@ -29,7 +30,7 @@ def test_first_fit_fills_open_sequences_and_marks_boundaries():
 def test_full_sequences_leave_at_once_and_every_token_is_kept():
     p = Packer(8, open_bins=4)
     emitted = list(p.add(*ex(8, 0)))
-    assert [r["example_lengths"] for r in emitted] == [[8]]
+    assert [r["example_lengths"].tolist() for r in emitted] == [[8]]
     rows = [r for n in (3, 5, 2, 6, 1) for r in p.add(*ex(n, 10 * n))] + list(p.flush())
     assert all(len(r["input_ids"]) <= 8 for r in rows)
     assert sorted(t for r in rows for t in r["input_ids"]) == sorted(
@@ -53,10 +54,11 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, sample_conv
     packer = Packer(len(a["input_ids"]) + len(b["input_ids"]) + 5)
     [row] = [*packer.add(a["input_ids"], a["labels"]), *packer.add(b["input_ids"], b["labels"]), *packer.flush()]
     with torch.no_grad():
-        packed = model(input_ids=torch.tensor([row["input_ids"]]), position_ids=torch.tensor([row["position_ids"]]),
+        packed = model(input_ids=torch.tensor([row["input_ids"].tolist()]),
+                       position_ids=torch.tensor([row["position_ids"].tolist()]),
                        use_cache=False).logits[0]
         alone = [model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits[0] for e in (a, b)]
-        leaky = model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0]
+        leaky = model(input_ids=torch.tensor([row["input_ids"].tolist()]), use_cache=False).logits[0]
     n = len(a["input_ids"])
     torch.testing.assert_close(packed[:n], alone[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(packed[n:], alone[1], atol=1e-4, rtol=1e-4)

@@ -143,3 +143,22 @@ def test_shipped_example_config_prepares(tiny_model_dir, tmp_path):
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
     assert m["rows"]["out"] == 30 and m["rows"]["eval"] > 0 and m["packing"] == {"enabled": True, "length": 1024}
     assert m["splits"]["train"]["sequences"] < m["rows"]["train"]
+
+
+def test_a_large_split_is_written_as_shards_of_one_table(tmp_path, tiny_model_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["data.prepare"], "WRITE_TOKENS", 32)  # small row groups: shards turn over
+    cfg = DatasetConfig(name="d", path=SAMPLE, split={"eval_fraction": 0.2})
+    whole = prepare(cfg, tiny_model_dir, tmp_path / "whole")
+    sharded = prepare(cfg.model_copy(update={"shard_tokens": 64}), tiny_model_dir, tmp_path / "sharded")
+    parts = sorted(p.name for p in (tmp_path / "sharded" / "tokens.parquet").iterdir())
+    assert len(parts) == sharded["splits"]["train"]["shards"] > 2 and parts[0] == "part-00000.parquet"
+    assert whole["splits"]["train"]["shards"] == 1
+    assert pq.read_table(tmp_path / "sharded" / "tokens.parquet").to_pydict() == \
+        pq.read_table(tmp_path / "whole" / "tokens.parquet").to_pydict()
+    assert sharded["version"] == whole["version"]  # the shard size is layout, not content
+    # A second run into the same folder replaces the split whole, with no shard of the first left behind.
+    again = prepare(cfg.model_copy(update={"shard_tokens": 256}), tiny_model_dir, tmp_path / "sharded")
+    assert len(list((tmp_path / "sharded" / "tokens.parquet").iterdir())) == again["splits"]["train"]["shards"] < len(parts)
+    assert not list(tmp_path.glob("sharded/*.partial")) and not list(tmp_path.glob("sharded/*.old"))

@@ -80,7 +80,7 @@ def test_eval_loss_on_the_held_out_split_falls(tmp_path, tiny_model_dir):
 
     prepare(DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl", split={"eval_fraction": 0.25}),
             tiny_model_dir, tmp_path)
-    assert (tmp_path / "eval.parquet").is_file()
+    assert (tmp_path / "eval.parquet").is_dir()  # shards in a folder
     recipe = LoraRecipe(job(steps=30, lr=2e-3).model_copy(update={"eval_every": 15}))
     recipe.setup(tiny_model_dir, tmp_path / "tokens.parquet")
     assert recipe.eval_examples and recipe.examples
