@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from data.chat import DataValidationError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -131,7 +133,16 @@ class JsonLine:
 
 
 def parse_json_line(line: str) -> object:
-    """The parsed line, or an Unparsed("invalid_json", ...)."""
+    """The parsed line, or an Unparsed("invalid_json", ...).
+
+    orjson parses (several times faster); what it refuses (NaN, integers past
+    64 bits, or broken JSON) goes to the standard parser, which accepts the same
+    as before and words the error.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:

@@ -13,11 +13,38 @@ from data.chat import IGNORE_INDEX
 from data.records import Example
 
 
-def _pieces(tokenizer, messages: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+def _prompt_renderer(tokenizer, sample: list[dict[str, str]]):
+    """messages -> the chat template's prompt text (with the generation prompt).
+
+    Renders with the tokenizer's compiled template directly, which skips
+    `apply_chat_template`'s per-call overhead (a third of its time); checked on
+    `sample` against `apply_chat_template` itself, which is used instead when
+    they differ or the shortcut is unavailable.
+    """
+    def slow(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(tokenizer.get_chat_template())
+        extra = dict(tokenizer.special_tokens_map)
+    except Exception:  # noqa: BLE001  (a transformers without the shortcut: the public API)
+        return slow
+
+    def fast(messages):
+        return compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=True, **extra)
+
+    return fast if fast(sample) == slow(sample) else slow
+
+
+def _pieces(tokenizer, messages: list[dict[str, str]], render=None) -> list[tuple[str, str, str]]:
     """(prompt, answer as rendered, answer as trained) for each assistant turn."""
     eos = tokenizer.eos_token
-    return [(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True),
-             m["content"] + eos + "\n", m["content"] + eos)
+    if render is None:
+        def render(msgs):
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return [(render(messages[:i]), m["content"] + eos + "\n", m["content"] + eos)
             for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
@@ -61,7 +88,9 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[in
     Chat examples train on assistant turns only (chat template, as a server
     renders it); raw text trains on every token and ends with the EOS token.
     """
-    chats = [(i, _pieces(tokenizer, ex.messages)) for i, ex in enumerate(examples) if ex.messages is not None]
+    convs = [(i, ex.messages) for i, ex in enumerate(examples) if ex.messages is not None]
+    render = _prompt_renderer(tokenizer, convs[0][1][:-1]) if convs else None
+    chats = [(i, _pieces(tokenizer, messages, render)) for i, messages in convs]
     flat = [p for _, pieces in chats for p in pieces]
     encode = _encoder(tokenizer, add_special_tokens=False)
     prompts, answers = encode([p[0] for p in flat]), encode([p[1] for p in flat])

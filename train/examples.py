@@ -1,6 +1,12 @@
-"""What both recipes do with their examples: the seeded, rank-sharded data order
-(a function of the micro-batch index, so a resume continues exactly), padding
-into tensors, and the held-out loss."""
+"""What both recipes do with their examples: reading them, the seeded,
+rank-sharded data order (a function of the micro-batch index, so a resume
+continues exactly), padding into model inputs, and the held-out loss.
+
+Packed rows (`data` with `packing.enabled`) carry `position_ids` that restart
+at every example; they go to the model with those positions, no attention mask
+and no KV cache, which makes transformers attend only within each example (see
+`data.packing`). Padding then starts a new position run, with no loss on it.
+"""
 
 from __future__ import annotations
 
@@ -48,11 +54,8 @@ class ExampleFeed:
 
     def load_eval(self, tokens_path: str | Path) -> None:
         """The held-out split `data` wrote beside the training tokens, if any."""
-        import pyarrow.parquet as pq
-
         path = Path(tokens_path).with_name("eval.parquet")
-        table = pq.read_table(str(path)).to_pydict() if path.exists() else {"input_ids": [], "labels": []}
-        self.eval_examples = list(zip(table["input_ids"], table["labels"]))
+        self.eval_examples = read_examples(path) if path.exists() else []
 
     def evaluate(self) -> float | None:
         """Mean loss per label token over the whole held-out split. Every rank
@@ -67,26 +70,49 @@ class ExampleFeed:
         total, tokens = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.eval_examples), self.cfg.optim.batch_size):
-                ids, labels, mask = self.collate(self.eval_examples[i:i + self.cfg.optim.batch_size])
-                n = int((labels[:, 1:] != -100).sum())
-                total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+                inputs, _ = self.collate(self.eval_examples[i:i + self.cfg.optim.batch_size])
+                n = int((inputs["labels"][:, 1:] != -100).sum())
+                total += float(model(**inputs).loss) * n
                 tokens += n
         model.train(was_training)
         return total / max(tokens, 1)
 
-    def collate(self, batch):
-        """Right-padded input ids, labels (-100 where no loss) and attention mask."""
+    def collate(self, batch) -> tuple[dict, int]:
+        """Model inputs for a batch of examples, right-padded, and its number of real tokens.
+
+        Unpacked examples get an attention mask; packed ones (with position ids)
+        get their position ids instead, padding as a new position run.
+        """
         import torch
 
-        width = max(len(ids) for ids, _ in batch)
+        width = max(len(ex[0]) for ex in batch)
+        packed = len(batch[0]) > 2
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (x, y) in enumerate(batch):
-            ids[row, :len(x)] = torch.tensor(x)
-            labels[row, :len(y)] = torch.tensor(y)
-            mask[row, :len(x)] = 1
+        extra = torch.zeros((len(batch), width), dtype=torch.long)  # attention mask, or position ids
+        for row, ex in enumerate(batch):
+            n = len(ex[0])
+            ids[row, :n] = torch.tensor(ex[0])
+            labels[row, :n] = torch.tensor(ex[1])
+            if packed:
+                extra[row, :n] = torch.tensor(ex[2])
+                extra[row, n:] = torch.arange(width - n)
+            else:
+                extra[row, :n] = 1
+        tokens = sum(len(ex[0]) for ex in batch)
         device = self.device()
         if device is not None:
-            return ids.to(device), labels.to(device), mask.to(device)
-        return ids, labels, mask
+            ids, labels, extra = ids.to(device), labels.to(device), extra.to(device)
+        if packed:
+            return {"input_ids": ids, "labels": labels, "position_ids": extra, "use_cache": False}, tokens
+        return {"input_ids": ids, "labels": labels, "attention_mask": extra}, tokens
+
+
+def read_examples(path: str | Path) -> list[tuple]:
+    """(input_ids, labels) per row of a tokens file or shard folder, with
+    position_ids as a third item when the rows are packed."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(path)).to_pydict()
+    columns = [table["input_ids"], table["labels"]] + ([table["position_ids"]] if "position_ids" in table else [])
+    return list(zip(*columns))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from train.config import FullJobConfig
-from train.examples import ExampleFeed
+from train.examples import ExampleFeed, read_examples
 from train.recipe import CheckpointSink, MetricsSink, lr_at
 
 
@@ -53,7 +53,6 @@ class FullRecipe(ExampleFeed):
 
     def setup(self, base_model_dir: str | Path, tokens_path: str | Path) -> None:
         """Load the base model and examples; wrap the model in a DeepSpeed engine."""
-        import pyarrow.parquet as pq
         import torch
         import torch.distributed as dist
         from transformers import AutoModelForCausalLM
@@ -85,8 +84,7 @@ class FullRecipe(ExampleFeed):
         from train.utilisation import forward_params
 
         self.n_params = forward_params(self.engine.module)
-        table = pq.read_table(str(tokens_path)).to_pydict()
-        self.examples = list(zip(table["input_ids"], table["labels"]))
+        self.examples = read_examples(tokens_path)
         self.load_eval(tokens_path)
 
     def module(self):
@@ -115,13 +113,13 @@ class FullRecipe(ExampleFeed):
                 group["lr"] = lr
             step_ids, step_loss, step_tokens = [], 0.0, 0
             for _ in range(accum):
-                ids, labels, mask = self.collate(next(batches))
+                inputs, tokens = self.collate(next(batches))
                 step_ids += list(self.batch_ids)
-                loss = self.engine(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = self.engine(**inputs).loss
                 self.engine.backward(loss)  # scaled by 1/accum; reduced at the boundary
                 self.engine.step()  # steps the optimizer only at the accumulation boundary
                 step_loss += float(loss.detach()) / accum
-                step_tokens += int(mask.sum())
+                step_tokens += tokens
             self.batch_ids = step_ids
             self.step += 1
             window_tokens += step_tokens * self.world_size

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from train.config import LoraJobConfig
-from train.examples import ExampleFeed
+from train.examples import ExampleFeed, read_examples
 
 MetricsSink = Callable[[dict[str, float], int], None]
 CheckpointSink = Callable[[int, dict[str, float]], None]
@@ -53,7 +53,6 @@ class LoraRecipe(ExampleFeed):
             wrap_model: optional function applied to the PEFT model (Ray Train's
                 `prepare_model` for data parallelism).
         """
-        import pyarrow.parquet as pq
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -78,8 +77,7 @@ class LoraRecipe(ExampleFeed):
         self.model = wrap_model(self.peft_model) if wrap_model else self.peft_model
         self.n_params = forward_params(self.peft_model)
         self.pad_id = base.config.pad_token_id or 0
-        table = pq.read_table(str(tokens_path)).to_pydict()
-        self.examples = list(zip(table["input_ids"], table["labels"]))
+        self.examples = read_examples(tokens_path)
         self.load_eval(tokens_path)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.optim.lr,
@@ -122,15 +120,15 @@ class LoraRecipe(ExampleFeed):
                 group["lr"] = lr
             step_ids, step_loss, step_tokens = [], 0.0, 0
             for micro in range(accum):
-                ids, labels, mask = self.collate(next(batches))
+                inputs, tokens = self.collate(next(batches))
                 step_ids += list(self.batch_ids)
                 # Under DDP, gradients are all-reduced once per step, on the last micro-batch.
                 quiet = micro < accum - 1 and hasattr(self.model, "no_sync")
                 with self.model.no_sync() if quiet else contextlib.nullcontext():
-                    loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss / accum
+                    loss = self.model(**inputs).loss / accum
                     loss.backward()
                 step_loss += float(loss.detach())
-                step_tokens += int(mask.sum())
+                step_tokens += tokens
             self.batch_ids = step_ids
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)

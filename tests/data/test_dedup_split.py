@@ -57,7 +57,7 @@ def test_another_seed_gives_another_split_and_zero_means_all_train():
     assert {split_of(k, 0.0, 0) for k in ks} == {"train"}
 
 
-def test_key_index_holds_keys_at_8_bytes_each():
+def test_key_index_holds_keys_at_6_bytes_each():
     import numpy as np
 
     from data.dedup import KeyIndex
@@ -72,7 +72,7 @@ def test_key_index_holds_keys_at_8_bytes_each():
     s.add(keys[:5])  # again: harmless
     assert s.contains(keys).all()
     assert not s.contains(np.array([rng.getrandbits(64) for _ in range(10_000)], dtype=np.uint64)).any()
-    assert len(s._pending) < 1000 and s.nbytes <= 8 * (len(keys) + 5) + 70 * 1000
+    assert len(s._pending) < 1000 and s.nbytes <= 6 * len(keys) + 70 * 1000
 
 
 def test_batch_decisions_equal_row_by_row_ones():
