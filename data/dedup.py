@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 
 import numpy as np
 
@@ -125,6 +126,15 @@ class MinHasher:
         return np.where(empty, np.take_along_axis(sig, src, axis=-1) + offset, sig)
 
 
+def _mapped(n: int, dtype) -> np.ndarray:
+    """A zeroed array in its own anonymous memory mapping, unmapped when the array
+    is freed: the index's arrays are replaced on every merge, and malloc'd ones
+    of growing sizes would leave the heap fragmented (resident memory growing
+    faster than the index)."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(n * itemsize, 1)), dtype=dtype, count=n)
+
+
 class KeyIndex:
     """A set of 64-bit keys in 6 bytes a key, with no growth spikes.
 
@@ -204,7 +214,11 @@ class KeyIndex:
             old = (self._hi[r].astype(np.uint64) << np.uint64(16)) | self._lo[r]
             merged = np.concatenate([old, fingerprint[order[edges[r]:edges[r + 1]]]])
             merged.sort()
-            self._hi[r], self._lo[r] = (merged >> np.uint64(16)).astype(np.uint32), merged.astype(np.uint16)
+            hi, lo = _mapped(len(merged), np.uint32), _mapped(len(merged), np.uint16)
+            lo[:] = merged  # the low 16 bits (assignment truncates)
+            np.right_shift(merged, np.uint64(16), out=merged)  # a temporary: reused for the high 32
+            hi[:] = merged
+            self._hi[r], self._lo[r] = hi, lo
         self._stored += len(new)
         self._pending = set()
 
