@@ -97,7 +97,8 @@ JOB_DRIVER = CONNECT + textwrap.dedent("""
     nodes = {n["NodeID"]: {"ip": n["NodeManagerAddress"], "alive": n["Alive"]} for n in ray.nodes()}
     job_id = ray.get_runtime_context().get_job_id()
     workers = [{"node_id": a.node_id, **nodes[a.node_id]}
-               for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
+               for a in list_actors(address=ray.get_runtime_context().gcs_address,  # not another local cluster
+                                    filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
                                     raise_on_missing_output=False) if a.job_id == job_id]
     (out / "job.json").write_text(json.dumps({"run_id": result.run_id, "version": result.version,
                                               "workers": workers}))
