@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import tempfile
 
 import numpy as np
 
@@ -126,13 +127,20 @@ class MinHasher:
         return np.where(empty, np.take_along_axis(sig, src, axis=-1) + offset, sig)
 
 
-def _mapped(n: int, dtype) -> np.ndarray:
-    """A zeroed array in its own anonymous memory mapping, unmapped when the array
-    is freed: the index's arrays are replaced on every merge, and malloc'd ones
-    of growing sizes would leave the heap fragmented (resident memory growing
-    faster than the index)."""
-    itemsize = np.dtype(dtype).itemsize
-    return np.frombuffer(mmap.mmap(-1, max(n * itemsize, 1)), dtype=dtype, count=n)
+def _mapped(n: int, dtype, spill_dir: str | None = None) -> tuple[np.ndarray, mmap.mmap]:
+    """A zeroed array in its own memory mapping, unmapped when the array is
+    freed (the index's arrays are replaced on every merge; malloc'd ones of
+    growing sizes would leave the heap fragmented). With `spill_dir` the
+    mapping is an unnamed file there: its pages live in the page cache, which
+    the kernel writes to disk and drops under memory pressure."""
+    size = max(n * np.dtype(dtype).itemsize, 1)
+    if spill_dir is None:
+        mm = mmap.mmap(-1, size)
+    else:
+        with tempfile.TemporaryFile(dir=spill_dir) as f:  # unlinked at once: nothing to clean up
+            f.truncate(size)
+            mm = mmap.mmap(f.fileno(), size)
+    return np.frombuffer(mm, dtype=dtype, count=n), mm
 
 
 class KeyIndex:
@@ -146,7 +154,10 @@ class KeyIndex:
     for a duplicate by accident, far below MinHash's own false positives. New
     keys wait in a small set (at most 1/64 of the index, at least 64 Ki keys,
     exact) and are merged into their ranges when it fills; a merge copies one
-    range at a time, so the index never needs twice its size. (An
+    range at a time, so the index never needs twice its size. With `spill_dir`
+    the ranges are unnamed files there, and the pages a lookup touched are
+    released after it: the index lives in the page cache (written to disk and
+    dropped under memory pressure), not in the process's memory. (An
     open-addressing table of 64-bit keys costs 12-18 bytes a key and twice
     that while it grows; a Python set 60-90.)
     """
@@ -154,10 +165,13 @@ class KeyIndex:
     RANGE_BITS = 6
     MIN_PENDING = 1 << 16
 
-    def __init__(self):
+    def __init__(self, spill_dir: str | None = None):
         n = 1 << self.RANGE_BITS
+        self.spill_dir = spill_dir
         self._hi = [np.empty(0, dtype=np.uint32) for _ in range(n)]
         self._lo = [np.empty(0, dtype=np.uint16) for _ in range(n)]
+        self._range_maps: dict[int, tuple[mmap.mmap, mmap.mmap]] = {}
+        self._maps: list[mmap.mmap] = []
         self._pending: set[int] = set()
         self._stored = 0
 
@@ -193,6 +207,9 @@ class KeyIndex:
                 found[idx[one]] = los[left[one]] == lo[idx[one]]
                 for j in np.flatnonzero(right - left > 1).tolist():
                     found[idx[j]] = bool((los[left[j]:right[j]] == lo[idx[j]]).any())
+        if self.spill_dir is not None:
+            for mm in self._maps:
+                mm.madvise(mmap.MADV_DONTNEED)  # shared file pages: dropped from this process, kept in the cache
         if self._pending:
             pending = self._pending
             found |= np.fromiter((k in pending for k in keys.tolist()), dtype=bool, count=len(keys))
@@ -210,15 +227,22 @@ class KeyIndex:
         fingerprint = (hi.astype(np.uint64) << np.uint64(16)) | lo
         order = np.argsort(part, kind="stable")
         edges = np.searchsorted(part[order], np.arange(len(self._hi) + 1))
-        for r in np.flatnonzero(np.diff(edges)):
+        maps: dict[int, tuple[mmap.mmap, mmap.mmap]] = {}
+        for r in np.flatnonzero(np.diff(edges)).tolist():
             old = (self._hi[r].astype(np.uint64) << np.uint64(16)) | self._lo[r]
             merged = np.concatenate([old, fingerprint[order[edges[r]:edges[r + 1]]]])
             merged.sort()
-            hi, lo = _mapped(len(merged), np.uint32), _mapped(len(merged), np.uint16)
+            (hi, hi_map), (lo, lo_map) = (_mapped(len(merged), t, self.spill_dir) for t in (np.uint32, np.uint16))
+            maps[r] = (hi_map, lo_map)
             lo[:] = merged  # the low 16 bits (assignment truncates)
             np.right_shift(merged, np.uint64(16), out=merged)  # a temporary: reused for the high 32
             hi[:] = merged
             self._hi[r], self._lo[r] = hi, lo
+            if self.spill_dir is not None:
+                hi_map.madvise(mmap.MADV_DONTNEED)
+                lo_map.madvise(mmap.MADV_DONTNEED)
+        self._range_maps.update(maps)
+        self._maps = [m for pair in self._range_maps.values() for m in pair]
         self._stored += len(new)
         self._pending = set()
 
@@ -236,17 +260,18 @@ class Deduplicator:
         threshold: Jaccard similarity at which near-duplicates are caught.
         num_perm: MinHash permutations.
         shingle: characters per n-gram.
+        spill_dir: keep the index in unnamed files there (page cache) instead of in memory.
     """
 
     def __init__(self, exact: bool = True, near: bool = True, threshold: float = 0.8,
-                 num_perm: int = 64, shingle: int = 5):
+                 num_perm: int = 64, shingle: int = 5, spill_dir: str | None = None):
         self.exact, self.near = exact, near
         self.hasher = MinHasher(num_perm, shingle)
         self.bands, self.rows = band_shape(num_perm, threshold)
         mult = np.random.default_rng(7).integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._band_mult = mult
         self._band_salt = np.arange(self.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        self._seen = KeyIndex()  # exact keys and band keys (salted per band) share one index
+        self._seen = KeyIndex(spill_dir)  # exact keys and band keys (salted per band) share one index
 
     def band_keys_batch(self, texts: list[str]) -> np.ndarray:
         """The LSH band keys of each text: shape (len(texts), bands), or (len(texts), 0) without near dedup."""

@@ -287,18 +287,20 @@ def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting
         _PROCESSOR = None
 
 
-def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting,
-                   tokenizer_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir: str | Path | None = None,
+                   spill_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(split, tokens) of every row kept, in read order; every other row is counted in `acc`.
 
     Args:
         tokenizer_dir: where Ray workers load the tokenizer from (executor: ray).
+        spill_dir: where the dedup index spills to (with `dedup.spill`).
 
     Raises:
         DataValidationError: unreadable sources.
     """
     d = cfg.dedup
-    dedup = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle)
+    dedup = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle,
+                         str(spill_dir) if d.spill and spill_dir is not None else None)
     for batch in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
         acc.pii.update(batch.pii)
         tokenized = np.flatnonzero(batch.has_tokens).tolist()

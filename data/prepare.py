@@ -28,6 +28,9 @@ from data.pipeline import Accounting, processed_rows
 
 __all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
+# How and where the work runs, not what comes out: left out of the version.
+LAYOUT_SETTINGS = {"name": True, "path": True, "workers": True, "executor": True, "shard_tokens": True,
+                   "dedup": {"spill"}}
 WRITE_TOKENS = 1 << 17  # buffered tokens per row group: bounds memory for any row length
 
 
@@ -155,7 +158,7 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
         with log_path.open("w", encoding="utf-8") as log:
             acc = Accounting(log=log)
             try:
-                for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir):
+                for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir, spill_dir=out):
                     examples[split] += 1
                     rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
                     for row in rows:
@@ -209,7 +212,7 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
         "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
-        "settings": cfg.model_dump(mode="json", exclude={"name", "path", "workers", "executor", "shard_tokens"}),
+        "settings": cfg.model_dump(mode="json", exclude=LAYOUT_SETTINGS),
         "content_sha256": content.hexdigest(),
     }
     manifest["version"] = dataset_version(manifest)

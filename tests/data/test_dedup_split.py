@@ -94,6 +94,26 @@ def test_batch_decisions_equal_row_by_row_ones():
     assert got == expected
 
 
+def test_a_spilled_index_decides_the_same(tmp_path):
+    """The index kept in unnamed files (page cache) gives the same decisions and
+    leaves no file behind."""
+    import numpy as np
+
+    from data.dedup import KeyIndex
+
+    rng = random.Random(4)
+    keys = np.array([rng.getrandbits(64) for _ in range(30_000)], dtype=np.uint64)
+    spilled, kept = KeyIndex(str(tmp_path)), KeyIndex()
+    spilled.MIN_PENDING = kept.MIN_PENDING = 500
+    for i in range(0, len(keys), 600):
+        chunk = keys[i:i + 600]
+        assert (spilled.contains(chunk) == kept.contains(chunk)).all()
+        spilled.add(chunk[::2])
+        kept.add(chunk[::2])
+    assert (spilled.contains(keys) == kept.contains(keys)).all() and spilled.contains(keys).sum() == 15_000
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_batch_signatures_equal_one_at_a_time():
     import numpy as np
 
