@@ -188,14 +188,18 @@ class KeyIndex:
         part = (keys >> np.uint64(64 - self.RANGE_BITS)).astype(np.intp)
         return part, (keys >> np.uint64(26)).astype(np.uint32), (keys >> np.uint64(10)).astype(np.uint16)
 
+    def _by_range(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(order, edges): keys of range r are order[edges[r]:edges[r + 1]]."""
+        order = np.argsort(part, kind="stable")
+        return order, np.searchsorted(part[order], np.arange(len(self._hi) + 1))
+
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """For each key (a uint64 array), whether the index holds it."""
         keys = np.asarray(keys, dtype=np.uint64).ravel()
         found = np.zeros(len(keys), dtype=bool)
         if self._stored:
             part, hi, lo = self._split(keys)
-            order = np.argsort(part, kind="stable")
-            edges = np.searchsorted(part[order], np.arange(len(self._hi) + 1))
+            order, edges = self._by_range(part)
             for r in np.flatnonzero(np.diff(edges)):
                 his, los = self._hi[r], self._lo[r]
                 if not len(his):
@@ -225,8 +229,7 @@ class KeyIndex:
         new = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
         part, hi, lo = self._split(new)
         fingerprint = (hi.astype(np.uint64) << np.uint64(16)) | lo
-        order = np.argsort(part, kind="stable")
-        edges = np.searchsorted(part[order], np.arange(len(self._hi) + 1))
+        order, edges = self._by_range(part)
         maps: dict[int, tuple[mmap.mmap, mmap.mmap]] = {}
         for r in np.flatnonzero(np.diff(edges)).tolist():
             old = (self._hi[r].astype(np.uint64) << np.uint64(16)) | self._lo[r]

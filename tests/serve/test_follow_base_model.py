@@ -62,8 +62,15 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
         dep = app.deployments["engine-tiny-base"]
         return app.status, dict(dep.replica_states)
 
+    def answered_more(than: int, within_s: float = 60) -> None:
+        """Wait until traffic has flowed: a few more answers than `than`."""
+        deadline = time.monotonic() + within_s
+        while len(seen) + len(errors) < than + 4:
+            assert time.monotonic() < deadline, "no traffic"
+            time.sleep(0.1)
+
     try:
-        time.sleep(2)
+        answered_more(0)  # traffic is running before the move
         moved = time.monotonic()
         set_alias("sekisho-tiny-base", "production", v2)
         request_reload("demo")  # `sekisho serve reload`: at once
@@ -77,7 +84,7 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
             assert time.monotonic() < deadline, f"the roll did not finish: {engine_state()}, {served_base()}"
             time.sleep(1)
         rolled_s = time.monotonic() - moved
-        time.sleep(2)
+        answered_more(len(seen) + len(errors))  # and keeps being answered after the roll
     finally:
         stop.set()
         for t in threads:
