@@ -45,7 +45,7 @@ def serve_requests(app) -> list[GpuRequest]:
         out.append(GpuRequest(
             name=f"{app.config.name}-{spec.name}".lower().replace("_", "-")[:63], kind="serve",
             params_billions=max(count_parameters(folder), 1) / 1e9, dtype_bytes=dbytes,
-            tensor_parallel=spec.engine.tensor_parallel_size, data_parallel=spec.num_replicas,
+            tensor_parallel=spec.engine.tensor_parallel_size, data_parallel=spec.max_replicas,
             max_model_len=spec.engine.max_model_len, max_num_seqs=spec.engine.max_num_seqs,
             kv_bytes_per_token=kv if spec.task == "generate" else 0))
     return out

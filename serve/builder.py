@@ -83,10 +83,14 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
     from ray import serve
 
     from experiments import tracking_uri
+    from serve.autoscaling import ray_autoscaling_config
     from serve.engine import VLLMEngine
 
+    # A fixed count, or bounds that follow the engines' own load (serve.autoscaling).
+    sizing = ({"autoscaling_config": ray_autoscaling_config(spec)} if spec.autoscaling
+              else {"num_replicas": spec.num_replicas or 1})
     deployment = serve.deployment(VLLMEngine).options(
-        name=f"engine-{spec.name}", num_replicas=spec.num_replicas,
+        name=f"engine-{spec.name}", **sizing,
         # Ray starts workers at niceness 15, below its own control plane and every
         # other process of the node; an engine (and the vLLM processes it starts)
         # owns its CPUs like a job driver does (Ray's job manager sets the same to 0).
@@ -213,7 +217,28 @@ def deploy(app: ResolvedApp) -> str:
     # What each model serves, for `sekisho serve status`.
     internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
                                  overwrite=True, namespace="sekisho")
+    _publish_sizing(cfg)
     return f"http://{cfg.host}:{cfg.port}/v1"
+
+
+def engine_sizing(cfg: ServeAppConfig) -> dict[str, dict]:
+    """Engine deployment -> its replica count or autoscaling bounds."""
+    out = {}
+    for spec in cfg.models:
+        a = spec.autoscaling
+        out[f"engine-{spec.name}"] = (
+            {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+             "target_ongoing_requests": a.target_ongoing_requests or float(spec.engine.max_num_seqs)}
+            if a else {"num_replicas": spec.num_replicas or 1})
+    return out
+
+
+def _publish_sizing(cfg: ServeAppConfig) -> None:
+    """For `sekisho serve status`: each engine's fixed count or autoscaling bounds."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(f"apps/{cfg.name}/sizing".encode(), json.dumps(engine_sizing(cfg)).encode(),
+                                 overwrite=True, namespace="sekisho")
 
 
 def redeploy(app: ResolvedApp) -> None:
@@ -228,3 +253,4 @@ def redeploy(app: ResolvedApp) -> None:
     serve._run(build_app(app), name=cfg.name, route_prefix=None, _blocking=False)
     internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
                                  overwrite=True, namespace="sekisho")
+    _publish_sizing(cfg)

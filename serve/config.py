@@ -49,6 +49,31 @@ class EngineSettings(StrictConfig):
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
 
 
+class AutoscalingSettings(StrictConfig):
+    """Engine replicas that follow the load (Ray Serve autoscaling, sized by the
+    engines' own count of running + waiting requests: clients reach the replicas
+    directly, so Serve's request counting never sees them)."""
+
+    min_replicas: int = Field(1, ge=1, description="Fewest engine replicas. At least 1: the gateway runs "
+                              "inside the engines, so with none nothing would accept a connection.")
+    max_replicas: int = Field(ge=1, description="Most engine replicas (GPU plans reserve this many).")
+    target_ongoing_requests: float | None = Field(
+        None, gt=0, description="Load each replica should carry: vLLM's running + waiting requests, "
+        "averaged over look_back_s. Replicas = ceil(total load / this). Default: engine.max_num_seqs "
+        "(add a replica once requests start to wait for a batch slot).")
+    upscale_delay_s: float = Field(30.0, ge=0, description="How long the load must call for more "
+                                   "replicas before one is added.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="How long the load must call for fewer "
+                                     "replicas before one is removed (it drains first).")
+    look_back_s: float = Field(30.0, ge=2, le=600, description="Window the load is averaged over.")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
 class ModelSpec(StrictConfig):
     """A base model and the adapters served with it."""
 
@@ -59,8 +84,24 @@ class ModelSpec(StrictConfig):
         "runner, converting a decoder model to an embedding model where needed).")
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters on this base.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
-    num_replicas: int = Field(1, ge=1, description="Engine replicas (Ray Serve owns them).")
+    num_replicas: int | None = Field(None, ge=1, description="A fixed number of engine replicas (Ray Serve "
+                                     "owns them); default 1. Or set autoscaling instead.")
+    autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds that follow the load "
+                                                    "(instead of num_replicas).")
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per replica.")
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _one_way_to_size(cls, value, info):
+        if value is not None and info.data.get("num_replicas") is not None:
+            raise ValueError("num_replicas and autoscaling are mutually exclusive: keep num_replicas for a "
+                             "fixed count, or autoscaling (min_replicas/max_replicas) for bounds, not both")
+        return value
+
+    @property
+    def max_replicas(self) -> int:
+        """The most engine replicas this model may run."""
+        return self.autoscaling.max_replicas if self.autoscaling else (self.num_replicas or 1)
 
     @field_validator("source")
     @classmethod

@@ -208,6 +208,26 @@ class VLLMEngine:
         """Base URL of this replica's engine."""
         return f"http://{self.host}:{self.port}"
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve on an autoscaling deployment (serve.autoscaling): this
+        replica's load as its engine counts it, running + waiting requests. Clients
+        reach the replica directly, so Serve's own request counting sees none."""
+        import asyncio
+
+        from serve.autoscaling import LOAD_METRIC
+
+        return {LOAD_METRIC: await asyncio.to_thread(self.engine_load)}
+
+    def engine_load(self) -> float:
+        """vLLM's running + waiting requests, from its gauges on the loopback port."""
+        import httpx
+
+        from serve.autoscaling import parse_load
+
+        r = httpx.get(f"{self.url()}/metrics", timeout=5)
+        r.raise_for_status()
+        return parse_load(r.text)
+
     def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
         import httpx

@@ -61,13 +61,25 @@ def cmd_serve_status(args) -> int:
         print(f"{app_name}: {app.status}")
         raw = internal_kv._internal_kv_get(f"apps/{app_name}".encode(), namespace="sekisho")
         routes = json.loads(raw) if raw else {}
+        raw = internal_kv._internal_kv_get(f"apps/{app_name}/sizing".encode(), namespace="sekisho")
+        sizing = json.loads(raw) if raw else {}
         for dep_name, dep in app.deployments.items():
             replicas = ", ".join(f"{n} {state}" for state, n in dep.replica_states.items())
-            print(f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}")
+            print(f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}{_bounds(sizing.get(dep_name))}")
             for model, r in routes.items():
                 if r["deployment"] == dep_name:
                     print(f"    {model:22} {r['version']}  sha256 {r['sha256'][:16]}…")
     return 0
+
+
+def _bounds(sizing: dict | None) -> str:
+    """An engine's sizing, as `serve status` shows it after the replica counts."""
+    if not sizing:
+        return ""
+    if "max_replicas" in sizing:
+        return (f"  (autoscaling {sizing['min_replicas']}-{sizing['max_replicas']}, target "
+                f"{sizing['target_ongoing_requests']:g} running+waiting requests per replica)")
+    return f"  (fixed {sizing['num_replicas']})"
 
 
 def cmd_serve_reload(args) -> int:

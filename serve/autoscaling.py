@@ -1,0 +1,85 @@
+"""Engine replicas sized by the engines' own load (Ray Serve custom autoscaling).
+
+Clients reach the engine replicas directly (the gateway runs inside each
+replica's vLLM server on the app's port, SO_REUSEPORT), so no request passes a
+Serve handle or proxy and Serve's own request counting sees none. Instead:
+
+- every engine replica reports its load to Serve through the
+  `record_autoscaling_stats` hook (Ray Serve custom autoscaling metrics): vLLM's
+  running + waiting requests, read from the engine's own gauges on its loopback
+  port (serve.engine.VLLMEngine.record_autoscaling_stats);
+- `engine_load_policy`, run by the Serve controller, sums that load over the
+  running replicas and asks for ceil(total / target_ongoing_requests) replicas.
+  Serve wraps the policy with the config's upscale/downscale delays and the
+  min/max bounds.
+
+A new replica on a node listens on the same public port, so the kernel hands it
+new connections at once; a replica that goes drains first (serve.gateway.embedded).
+
+The policy is pickled by value into the Serve controller (which cannot import
+Sekisho), so it uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+LOAD_METRIC = "sekisho_engine_load"
+# vLLM's gauges (vllm/v1/metrics/loggers.py) whose sum is the engine's load.
+LOAD_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def engine_load_policy(ctx):
+    """Ray Serve autoscaling policy: (desired replicas, policy state).
+
+    `ctx` is a ray.serve.config.AutoscalingContext; `aggregated_metrics` holds
+    each replica's LOAD_METRIC averaged over the look-back window. With no
+    report yet (replicas starting) the current target stands.
+    """
+    loads = (ctx.aggregated_metrics or {}).get(LOAD_METRIC) or {}
+    reported = [loads[r] for r in ctx.running_replicas if r in loads]
+    if not reported:
+        return ctx.target_num_replicas, {}
+    total = float(sum(reported))
+    desired = max(1, math.ceil(total / ctx.config.target_ongoing_requests))
+    return desired, {"total_load": total}
+
+
+def parse_load(metrics_text: str) -> float:
+    """Running + waiting requests from vLLM's Prometheus text (/metrics)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith("vllm:num_requests_"):
+            continue
+        if line.split("{", 1)[0].split(" ", 1)[0] in LOAD_GAUGES:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def metrics_interval_s(look_back_s: float) -> float:
+    """How often each replica records and pushes its load: five points per window,
+    at most every 0.5 s, at least every 10 s."""
+    return min(10.0, max(0.5, look_back_s / 5))
+
+
+def ray_autoscaling_config(spec):
+    """Ray Serve's autoscaling_config for a model's engine deployment
+    (serve.config.ModelSpec): a ray.serve.config.AutoscalingConfig, or None for a
+    fixed replica count."""
+    a = spec.autoscaling
+    if a is None:
+        return None
+    from ray.serve.config import AutoscalingConfig
+
+    with warnings.catch_warnings():
+        # metrics_interval_s is marked deprecated in favour of a process-wide
+        # environment variable; it is still what a replica's push loop uses.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cfg = AutoscalingConfig(
+            min_replicas=a.min_replicas, max_replicas=a.max_replicas, initial_replicas=a.min_replicas,
+            target_ongoing_requests=a.target_ongoing_requests or float(spec.engine.max_num_seqs),
+            upscale_delay_s=a.upscale_delay_s, downscale_delay_s=a.downscale_delay_s,
+            look_back_period_s=a.look_back_s, metrics_interval_s=metrics_interval_s(a.look_back_s),
+            policy={"policy_function": f"{__name__}:engine_load_policy"})
+    return cfg
