@@ -228,6 +228,13 @@ class VLLMEngine:
         r.raise_for_status()
         return parse_load(r.text)
 
+    def load_report(self) -> dict:
+        """This replica's id and engine load (for operators and tests, through a
+        Serve handle)."""
+        from ray import serve
+
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "load": self.engine_load()}
+
     def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
         import httpx
