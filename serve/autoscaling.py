@@ -77,7 +77,10 @@ def ray_autoscaling_config(spec):
         # environment variable; it is still what a replica's push loop uses.
         warnings.simplefilter("ignore", DeprecationWarning)
         cfg = AutoscalingConfig(
-            min_replicas=a.min_replicas, max_replicas=a.max_replicas, initial_replicas=a.min_replicas,
+            # No initial_replicas: Serve would go back to it on every redeploy (a base
+            # model's roll); without, a new app starts at min_replicas and a roll keeps
+            # the current count.
+            min_replicas=a.min_replicas, max_replicas=a.max_replicas,
             target_ongoing_requests=a.target_ongoing_requests or float(spec.engine.max_num_seqs),
             upscale_delay_s=a.upscale_delay_s, downscale_delay_s=a.downscale_delay_s,
             look_back_period_s=a.look_back_s, metrics_interval_s=metrics_interval_s(a.look_back_s),

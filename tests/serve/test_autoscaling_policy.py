@@ -53,7 +53,7 @@ def test_settings_become_ray_serves_autoscaling_config(tmp_path):
     assert (auto.max_replicas, fixed.max_replicas, default.max_replicas) == (5, 3, 1)
     assert ray_autoscaling_config(fixed) is None and ray_autoscaling_config(default) is None
     rc = ray_autoscaling_config(auto)
-    assert (rc.min_replicas, rc.initial_replicas, rc.max_replicas) == (2, 2, 5)
+    assert (rc.min_replicas, rc.initial_replicas, rc.max_replicas) == (2, None, 5)  # a roll keeps the count
     assert rc.target_ongoing_requests == 12  # default: the engine's batch, full
     assert (rc.upscale_delay_s, rc.downscale_delay_s, rc.look_back_period_s) == (3, 40, 10)
     assert rc.metrics_interval_s < rc.look_back_period_s
