@@ -3,10 +3,15 @@ binding served by (a) vLLM's own OpenAI server, bare (Ray not running), (b) plai
 `ray.serve.llm.build_openai_app`, (c) the Sekisho gateway with auth, limits and
 audit on. Streamed chat, 64 output tokens, concurrency 1, 8 and 32.
 
-    .venv/bin/python benchmarks/serve_gateway.py [--rounds 2]
+    .venv/bin/python benchmarks/serve_gateway.py [--rounds 1] [--repeats 3]
 
 Run it in a loopback-only namespace like everything else:
     unshare -n sh -c 'ip link set lo up && .venv/bin/python benchmarks/serve_gateway.py'
+
+Each arm starts its server once per round; at each concurrency one wave of
+`c` requests warms it up (first batches of a new size), then `--repeats` timed
+loads run and their medians are reported (one load is a few seconds: on the
+shared 2-core machine single loads varied by 25%).
 
 Last line: result: gateway_vs_bare_vllm=MIN over concurrencies of (c)/(a) tokens/s.
 """
@@ -35,10 +40,11 @@ offline.apply()
 os.environ["OMP_NUM_THREADS"] = "1"
 
 CONCURRENCY = (1, 8, 32)
-REQUESTS = {1: 8, 8: 48, 32: 128}  # c=32: four waves, so one slow wave weighs less
+REQUESTS = {1: 24, 8: 96, 32: 384}  # per timed load: 24, 12 and 12 waves
 OUTPUT_TOKENS = 64
 ENGINE = {"max_model_len": 512, "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "float32",
           "max_loras": 1, "max_lora_rank": 16, "kv_cache_gb": 1, "startup_timeout_s": 600}
+AUDIT: list[str] = []  # one line per Sekisho arm run
 PROMPT = [{"role": "user", "content": "第七倉庫の合言葉は何ですか。"}]
 
 
@@ -78,7 +84,9 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
         queue.put_nowait(i)
     results = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        await one_request(session, url, headers, model)  # warm-up
+        # Warm-up: one wave at this concurrency (connections, the engine's first
+        # batches of this size), not timed.
+        await asyncio.gather(*(one_request(session, url, headers, model) for _ in range(concurrency)))
 
         async def worker():
             while not queue.empty():
@@ -90,15 +98,20 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
         wall = time.perf_counter() - start
     ttfts = sorted(r[0] for r in results)
     return {"tok_s": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n}
+            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n + concurrency}
 
 
-def measure(arm: str, base_url: str, model: str, key: str | None, out: dict) -> None:
+def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, repeats: int) -> int:
+    """Timed loads at each concurrency; returns the number of requests sent (warm-ups included)."""
+    sent = 0
     for c in CONCURRENCY:
-        r = asyncio.run(load(base_url, model, key, c))
-        out.setdefault((arm, c), []).append(r)
-        print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
-              f"p99 {r['ttft_p99'] * 1000:6.1f} ms", flush=True)
+        for _ in range(repeats):
+            r = asyncio.run(load(base_url, model, key, c))
+            sent += r["requests"]
+            out.setdefault((arm, c), []).append(r)
+            print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
+                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms", flush=True)
+    return sent
 
 
 def wait_http(url: str, timeout: float = 600) -> None:
@@ -115,7 +128,7 @@ def wait_http(url: str, timeout: float = 600) -> None:
     raise TimeoutError(url)
 
 
-def arm_bare(model_dir: Path, out: dict) -> None:
+def arm_bare(model_dir: Path, out: dict, repeats: int) -> None:
     from serve.engine import vllm_command
 
     port = free_port()
@@ -125,13 +138,13 @@ def arm_bare(model_dir: Path, out: dict) -> None:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_http(f"http://127.0.0.1:{port}/health")
-            measure("a:bare-vllm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out)
+            measure("a:bare-vllm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out, repeats)
         finally:
             proc.terminate()
             proc.wait(60)
 
 
-def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict) -> None:
+def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict, repeats: int) -> None:
     import ray
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
@@ -150,13 +163,13 @@ def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict) -> None:
     serve.run(build_openai_app({"llm_configs": [cfg]}), name="bench-b", route_prefix="/")
     wait_http(f"http://127.0.0.1:{port}/v1/models")
     try:
-        measure("b:ray-serve-llm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out)
+        measure("b:ray-serve-llm", f"http://127.0.0.1:{port}/v1", "tiny-base", None, out, repeats)
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def arm_sekisho(model_dir: Path, home: Path, out: dict, placement: str = "embedded") -> None:
+def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement: str = "embedded") -> None:
     import ray
     from ray import serve
 
@@ -173,20 +186,23 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict, placement: str = "embedd
     key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
     audit = AuditLog("bench")
     before = audit.verify().records
+    sent = 0
     try:
-        measure(arm, base_url, "tiny-base", key, out)
+        sent = measure(arm, base_url, "tiny-base", key, out, repeats)
     finally:
-        sent = sum(r["requests"] + 1 for k, rs in out.items() if k[0] == arm for r in rs[-1:])
         after = audit.verify()
-        print(f"  audit: {after.records - before} new records for {sent} requests sent, chain "
-              f"{'intact' if after.ok else 'BROKEN'}", flush=True)
+        line = (f"{arm} audit: {after.records - before} new records for {sent} requests sent, chain "
+                f"{'intact' if after.ok else 'BROKEN'}")
+        AUDIT.append(line)
+        print("  " + line, flush=True)
         serve.shutdown()
         ray.shutdown()
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=1, help="repeat each arm; medians are compared")
+    p.add_argument("--rounds", type=int, default=1, help="start each arm this many times; medians are compared")
+    p.add_argument("--repeats", type=int, default=3, help="timed loads per concurrency in each round")
     p.add_argument("--arms", default="abc", help="a bare vLLM, b ray.serve.llm, c Sekisho (embedded "
                    "gateway), d Sekisho with the gateway as a separate deployment")
     args = p.parse_args()
@@ -205,16 +221,16 @@ def main() -> int:
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}", flush=True)
         if "a" in args.arms:
-            arm_bare(model_dir, out)
+            arm_bare(model_dir, out, args.repeats)
         if "b" in args.arms:
-            arm_ray_serve_llm(model_dir, home, out)
+            arm_ray_serve_llm(model_dir, home, out, args.repeats)
         if "c" in args.arms:
-            arm_sekisho(model_dir, home, out)
+            arm_sekisho(model_dir, home, out, args.repeats)
         if "d" in args.arms:  # for comparison: the gateway as its own deployment (one more hop)
-            arm_sekisho(model_dir, home, out, placement="separate")
+            arm_sekisho(model_dir, home, out, args.repeats, placement="separate")
     med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99")}
            for k, rs in out.items()}
-    print("\nmedians over rounds")
+    print(f"\nmedians over {args.rounds} round(s) x {args.repeats} timed loads")
     print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9}")
     for (arm, c), m in sorted(med.items()):
         print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms")
@@ -233,6 +249,8 @@ def main() -> int:
     added = (med[("c:sekisho-gateway", 1)]["ttft_p50"] - med[("a:bare-vllm", 1)]["ttft_p50"]) * 1000
     ok_ttft = added <= 15
     print(f"ttft_added_c1_ms={added:.1f} target=<=15 {'pass' if ok_ttft else 'fail'}")
+    for line in AUDIT:
+        print(line)
     worst = min(ratios)
     print(f"result: gateway_vs_bare_vllm={worst:.2f} target=>=0.8 {'pass' if worst >= 0.8 and ok_ttft else 'fail'}")
     return 0

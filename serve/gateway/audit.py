@@ -5,7 +5,9 @@ Each record's hash covers its sequence number, the previous record's hash and
 its canonical JSON, so an edited record breaks its own hash and a deleted one
 breaks the sequence or the link: `verify` names the first record that fails.
 Appends take the chain head's row lock (PostgreSQL) or the write lock (SQLite)
-and commit before the gateway sends the response's last byte.
+and commit before the gateway sends the response's last byte; a gateway appends
+through its ledger process (serve.gateway.ledger), which groups the records
+that arrive during a commit into the next one.
 """
 
 from __future__ import annotations
@@ -104,52 +106,3 @@ class AuditLog:
             return VerifyResult(False, n, n + 1 if head_seq > n else n,
                                 f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted")
         return VerifyResult(True, n)
-
-
-class AuditWriter:
-    """Group commit for one gateway process: records that arrive while a commit is
-    on disk are committed together in the next transaction, so concurrent requests
-    share fsyncs. `submit` resolves only once its record is committed."""
-
-    def __init__(self, log: AuditLog, max_batch: int = 256):
-        import queue
-        import threading
-
-        self.log, self.max_batch = log, max_batch
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="sekisho-audit", daemon=True)
-        self.thread.start()
-
-    async def submit(self, record: dict) -> int:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.queue.put((record, loop, fut))
-        return await fut
-
-    def _run(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except Exception:  # queue.Empty
-                    break
-            try:
-                seqs = self.log.append_many([r for r, _, _ in batch])
-            except Exception as exc:  # every waiter learns its record was not written
-                for _, loop, fut in batch:
-                    loop.call_soon_threadsafe(_settle, fut, None, exc)
-                continue
-            for (_, loop, fut), seq in zip(batch, seqs):
-                loop.call_soon_threadsafe(_settle, fut, seq, None)
-
-
-def _settle(fut, result, exc) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)

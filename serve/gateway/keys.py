@@ -36,6 +36,11 @@ class ApiKey:
     def allows(self, model: str) -> bool:
         return "*" in self.models or model in self.models
 
+    @property
+    def limited(self) -> bool:
+        """Whether requests with this key are counted (a per-minute limit is set)."""
+        return self.rpm is not None or self.tpm is not None
+
     def usable(self, now: float | None = None) -> bool:
         now = now or time.time()
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

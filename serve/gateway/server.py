@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 from serve.gateway import limits as request_limits
-from serve.gateway.audit import AuditLog, AuditWriter
 from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
+from serve.gateway.ledger import Ledger
 from serve.gateway.metrics import GatewayMetrics
-from serve.gateway.quota import QuotaLedger
 from serve.gateway.routing import Upstreams, read_table, read_table_file
 
 log = logging.getLogger("sekisho.gateway")
@@ -75,16 +74,15 @@ class Gateway:
         self.opts, self.routes, self.local = opts, routes, local
         self.engine_auth = f"Bearer {engine_key}"
         self.keys = KeyStore(opts.db_url)
-        self.audit = AuditLog(opts.app, opts.db_url)
-        self.audit_writer = AuditWriter(self.audit)
-        self.quota = QuotaLedger(opts.db_url)
+        # Audit appends and quota counts: in a child process (see serve.gateway.ledger).
+        self.ledger = Ledger(opts.db_url, opts.app)
         self.metrics = GatewayMetrics()
         self.upstreams = Upstreams()
         self.key_cache: dict[str, ApiKey] = {}
         self._keys_loaded_at = 0.0
         self._miss_lock = asyncio.Lock()
-        # DB work (commits with fsync) runs here, off the event loop.
-        self.db_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-db")
+        # The key and route tables' periodic reads run here, off the event loop.
+        self.db_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
         self.session: ClientSession | None = None
 
     # ---- lifecycle -------------------------------------------------------
@@ -103,6 +101,7 @@ class Gateway:
         self.session = ClientSession(connector=TCPConnector(limit=0, keepalive_timeout=60),
                                      timeout=ClientTimeout(total=None, sock_connect=5),
                                      auto_decompress=False)
+        await self.ledger.start()
         await self.refresh()
         self._tasks = [asyncio.create_task(self._every(self.opts.key_refresh_s, self.refresh_keys)),
                        asyncio.create_task(self._every(self.opts.route_refresh_s, self.refresh_routes))]
@@ -111,6 +110,7 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await self.session.close()
+        await self.ledger.close()
 
     async def _every(self, period: float, fn) -> None:
         while True:
@@ -207,8 +207,8 @@ class Gateway:
                 raise GatewayError(400, f"The model `{model}` does not support {request.path}.",
                                    param="model", code="unsupported_model_for_route")
             request_limits.check(payload, request.path, self.opts.limits, route.context_len)
-            decision = await self._db(self.quota.admit, key.name, key.rpm, key.tpm)
-            if not decision.allowed:
+            decision = await self.ledger.admit(key.name, key.rpm, key.tpm) if key.limited else None
+            if decision is not None and not decision.allowed:
                 raise GatewayError(429, decision.reason, code="rate_limit_exceeded",
                                    headers={"Retry-After": str(decision.retry_after_s)})
         except GatewayError as err:
@@ -391,9 +391,10 @@ class Gateway:
             record["error"] = error
         if text is not None:
             record["response_body"] = text.decode("utf-8", "replace")
-        await self.audit_writer.submit(record)
+        tokens = None
         if key is not None and key.tpm is not None and (prompt_tokens or completion_tokens):
-            await self._db(self.quota.add_tokens, key.name, prompt_tokens + completion_tokens)
+            tokens = (key.name, prompt_tokens + completion_tokens)
+        await self.ledger.audit(record, tokens)
         self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
 
     async def _audit_rejection(self, request, err: GatewayError, key, model, started, request_id) -> None:

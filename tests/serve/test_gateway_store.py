@@ -70,31 +70,65 @@ def test_rpm_and_tpm_are_enforced_with_retry_after(db_url):
     assert ledger.admit("k", 3, None, now + 60 + 50).allowed
 
 
-def test_group_commit_writes_each_record_once_in_order(db_url):
+def test_ledger_group_commits_each_record_once_in_order(db_url):
+    """The gateway's ledger process: records sent together share transactions,
+    each is committed once, in the order sent, beside another writer."""
     import asyncio
 
-    from serve.gateway.audit import AuditWriter
+    from serve.gateway.ledger import Ledger
 
     log = AuditLog("grouped", db_url)
     other = AuditLog("grouped", db_url)  # a second gateway process appending meanwhile
-    writer = AuditWriter(log)
-    commits = []
-    real = log.append_many
-    log.append_many = lambda records: commits.append(len(records)) or real(records)
 
     async def many():
-        return await asyncio.gather(*(writer.submit({"i": i, "ts": time.time()}) for i in range(300)))
+        ledger = Ledger(db_url, "grouped")
+        try:
+            return await asyncio.gather(*(ledger.call("audit", record={"i": i, "ts": time.time()})
+                                          for i in range(300)))
+        finally:
+            await ledger.close()
 
     with ThreadPoolExecutor(1) as pool:
         side = pool.submit(lambda: [other.append({"side": j, "ts": time.time()}) for j in range(20)])
-        seqs = asyncio.run(many())
+        replies = asyncio.run(many())
         side.result()
-    assert len(set(seqs)) == 300 and sum(commits) == 300
-    assert len(commits) < 300  # concurrent records shared transactions
+    seqs = [r["seq"] for r in replies]
+    assert len(set(seqs)) == 300
+    assert max(r["batch"] for r in replies) > 1  # concurrent records shared transactions
     result = log.verify()
     assert result.ok and result.records == 320
     by_seq = {r["seq"]: r for r in log.records()}
     assert all(by_seq[s]["i"] == i for i, s in enumerate(seqs))
+
+
+def test_ledger_counts_quotas_and_starts_again_after_its_process_dies(db_url):
+    import asyncio
+
+    from serve.gateway.ledger import Ledger, LedgerError
+
+    async def run():
+        ledger = Ledger(db_url, "q")
+        try:
+            assert (await ledger.admit("k", 2, None)).allowed
+            assert (await ledger.admit("k", 2, None)).allowed
+            refused = await ledger.admit("k", 2, None)
+            assert not refused.allowed and "2 requests per minute" in refused.reason
+            assert refused.retry_after_s >= 1
+            assert await ledger.audit({"n": 1, "ts": time.time()}, ("t", 500)) == 1
+            assert not (await ledger.admit("t", None, 100)).allowed  # the 500 tokens were counted
+            with pytest.raises(LedgerError, match="unknown op"):
+                await ledger.call("nonsense")
+            ledger.proc.kill()
+            deadline = time.monotonic() + 30
+            while ledger.writer is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert ledger.writer is None  # the gateway noticed; the next call starts a new process
+            assert await ledger.audit({"n": 2, "ts": time.time()}) == 2
+        finally:
+            await ledger.close()
+
+    asyncio.run(run())
+    assert AuditLog("q", db_url).verify().records == 2
 
 
 def test_chain_verifies_across_concurrent_writers(db_url):
