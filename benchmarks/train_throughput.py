@@ -7,17 +7,21 @@ synthetic examples (every step trains batch_size x seq_len tokens):
 (c) full fine-tuning (`sft_full`) with 2 Ray Train workers: DDP (DeepSpeed ZeRO
     stage 0: replicated state, all-reduced gradients) vs ZeRO-2 vs ZeRO-3.
 
-For each Ray arm it also prints the CPU that processes other than the training
-workers (Ray's daemons and actors, this driver) took during the measured window: on a
-small machine that, not the worker, is where (b) loses to (a).
+For every arm it also prints, for the measured window, from samples of /proc taken
+by this process: the training process's CPU and its run-queue wait (runnable, no
+free core), the CPU of the arm's other processes (Ray's daemons and actors, the
+driver; on a small machine that, not the worker, is where (b) loses to (a)), and
+the CPU of processes outside the arm (other people's work: noise).
 
 Tokens/s are steady-state: from the logged step after `--skip` warm-up steps to
 the last step (timestamps of the logged metrics), so start-up, model loading and
-the final checkpoint are not counted. Each arm runs in a fresh process; (a) and
-(b) are interleaved over rounds and medians reported.
+the final checkpoint are not counted; the median of the logged windows (every
+`--log-every` steps) is printed beside it. Each arm runs in a fresh process; (a)
+and (b) alternate over rounds (which goes first alternates too) and the result is
+the ratio of the medians over rounds.
 
     flock /tmp/sekisho-heavy.lock unshare -n sh -c 'ip link set lo up && exec "$@"' x \\
-        .venv/bin/python benchmarks/train_throughput.py [--rounds 2] [--steps 60] [--skip-full | --skip-lora]
+        .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--steps 60] [--skip-full | --skip-lora]
 
 Last line: result: train_ray_vs_standalone=(b)/(a), target >= 0.95.
 """
@@ -25,6 +29,7 @@ Last line: result: train_ray_vs_standalone=(b)/(a), target >= 0.95.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -93,58 +98,139 @@ def arm_standalone(cfg_dict: dict, paths: dict) -> dict[int, float]:
     return times
 
 
-_TITLES: dict[str, str] = {}
-
-
-def process_cpu() -> dict[str, tuple[str, float]]:
-    """pid -> (process title, CPU seconds used so far) for every process on the machine."""
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, process title, CPU seconds used so far) for every process."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
-            key = pid + stat[stat.index("("):stat.rindex(")")]    # a Ray worker renames itself
-            if key not in _TITLES:
-                argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-                # A Python script by its file name (python -u .../log_monitor.py -> log_monitor.py).
-                script = [a for a in argv[1:3] if a.endswith(".py")]
-                _TITLES[key] = (Path(script[0]).name if "python" in argv[0] and script
-                                else Path((argv[0].split() or [""])[0]).name)
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
         except OSError:
             continue
+        # A Python script by its file name (python -u .../log_monitor.py -> log_monitor.py);
+        # a Ray worker by the title it gives itself (ray::RayTrainWorker...).
+        script = [a for a in argv[1:3] if a.endswith(".py")]
+        title = (Path(script[0]).name if "python" in argv[0] and script
+                 else Path((argv[0].split() or [""])[0]).name) or stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        out[pid] = (_TITLES[key] or stat[stat.index("(") + 1:stat.rindex(")")],
-                    (int(fields[11]) + int(fields[12])) / tick)
+        out[int(pid)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
-class CpuSampler:
-    """Samples every process's CPU time every 2 s in a thread (a few ms each, counted in
-    its own line), so the CPU the other processes took during the steady-state window
-    can be read afterwards."""
+def training_threads(pid: int) -> dict:
+    """What the training process's threads did so far: thread id -> (name, CPU s,
+    run-queue wait s), and the process's user/system CPU seconds and minor page faults."""
+    tick = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                c, w, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            except (OSError, ValueError):
+                continue
+            threads[tid] = (name, int(c) / 1e9, int(w) / 1e9)
+    except (OSError, ValueError):
+        return {"threads": {}, "user": 0.0, "sys": 0.0, "minflt": 0}
+    return {"threads": threads, "user": int(fields[11]) / tick, "sys": int(fields[12]) / tick,
+            "minflt": int(fields[7])}
 
-    def __init__(self):
+
+def machine_cpu() -> tuple[float, float]:
+    """(idle, steal) CPU seconds of the whole machine so far (steal: time the hypervisor
+    gave this machine's CPUs to someone else)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[3]) + int(fields[4])) / tick, int(fields[7]) / tick
+
+
+def is_training(title: str, pid: int, root: int, standalone: bool) -> bool:
+    return pid == root if standalone else "RayTrainWorker" in title
+
+
+class CpuSampler:
+    """Samples every process on the machine once a second from the benchmark's own
+    process (the same for every arm), so that for an arm's measured window it can say:
+    the training process's CPU and its run-queue wait (time it was runnable but every
+    core was busy), the CPU of the arm's other processes (Ray's daemons and actors,
+    the driver), and the CPU of processes outside the arm (other people's work on a
+    shared machine: noise, not the arm's cost)."""
+
+    def __init__(self, root: int, standalone: bool):
         import threading
 
-        self.samples: list[tuple[float, dict]] = []
+        self.root, self.standalone = root, standalone
+        self.samples: list[tuple[float, dict, dict]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            self.samples.append((time.time(), process_cpu()))
+        while not self._stop.wait(1.0):
+            table = process_table()
+            train = {pid: training_threads(pid) for pid, (_, title, _) in table.items()
+                     if is_training(title, pid, self.root, self.standalone)}
+            self.samples.append((time.time(), table, train, machine_cpu()))
 
-    def others(self, start: float, end: float) -> dict[str, float]:
-        """Title -> CPU seconds per wall second between the samples nearest `start` and
-        `end`, for every process but the training workers."""
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        (t0, a), (t1, b) = (min(self.samples, key=lambda s: abs(s[0] - t)) for t in (start, end))
-        used: dict[str, float] = {}
-        for pid, (title, cpu) in b.items():
-            if pid in a:
-                used[title] = used.get(title, 0.0) + (cpu - a[pid][1]) / max(t1 - t0, 1e-9)
-        return {k: v for k, v in used.items() if "RayTrainWorker" not in k and v > 0.001}
+
+    def window(self, start: float, end: float) -> dict:
+        """CPU figures (per wall second) between the samples nearest `start` and `end`."""
+        (t0, a, ta, ma), (t1, b, tb, mb) = (min(self.samples, key=lambda smp: abs(smp[0] - t))
+                                            for t in (start, end))
+        wall = max(t1 - t0, 1e-9)
+        tree, grew = {self.root}, True
+        while grew:      # the arm's processes: its child process and everything under it
+            new = {pid for pid, (ppid, _, _) in b.items() if ppid in tree and pid not in tree}
+            tree, grew = tree | new, bool(new)
+        ours, outside, me = {}, 0.0, 0.0
+        for pid, (_, title, cpu) in b.items():
+            if pid not in a:
+                continue
+            used = (cpu - a[pid][2]) / wall
+            if pid == os.getpid():
+                me = used
+            elif pid in tree and not is_training(title, pid, self.root, self.standalone):
+                ours[title] = ours.get(title, 0.0) + used
+            elif pid not in tree:
+                outside += used
+        # The training process: threads by name (CPU, wait), user/system CPU, page faults.
+        names: dict[str, list[float]] = {}
+        user = sys_ = faults = 0.0
+        for pid in set(ta) & set(tb):
+            x, y = ta[pid], tb[pid]
+            user, sys_ = user + (y["user"] - x["user"]) / wall, sys_ + (y["sys"] - x["sys"]) / wall
+            faults += (y["minflt"] - x["minflt"]) / wall
+            for tid, (name, cpu, wait) in y["threads"].items():
+                if tid in x["threads"]:
+                    acc = names.setdefault(name, [0.0, 0.0, 0])
+                    acc[0] += (cpu - x["threads"][tid][1]) / wall
+                    acc[1] += (wait - x["threads"][tid][2]) / wall
+                    acc[2] += 1
+        return {"train_cpu": sum(v[0] for v in names.values()), "train_wait": sum(v[1] for v in names.values()),
+                "train_user": user, "train_sys": sys_, "train_faults": faults, "threads": names,
+                "others": ours, "outside": outside, "sampler": me, "wall": wall,
+                "idle": (mb[0] - ma[0]) / wall, "steal": (mb[1] - ma[1]) / wall}
+
+
+def describe(w: dict) -> str:
+    """Two indented lines: the training process, then everything else."""
+    threads = sorted(w["threads"].items(), key=lambda kv: -kv[1][0])
+    busy = [f"{name}{f' x{n}' if n > 1 else ''} {cpu * 1000:.0f}/{wait * 1000:.0f}"
+            for name, (cpu, wait, n) in threads if cpu > 0.0005][:6]
+    others = {k: v for k, v in w["others"].items() if v > 0.0005}
+    top = sorted(others.items(), key=lambda kv: -kv[1])[:6]
+    return (f"      training process: cpu {w['train_cpu'] * 1000:.0f} ms/s (user {w['train_user'] * 1000:.0f}, "
+            f"sys {w['train_sys'] * 1000:.0f}), run-queue wait {w['train_wait'] * 1000:.0f} ms/s, "
+            f"{w['train_faults']:.0f} page faults/s; threads cpu/wait ms/s: {', '.join(busy)}\n"
+            f"      arm's other processes {sum(others.values()) * 1000:.0f} ms/s"
+            + (" (" + ", ".join(f"{k} {v * 1000:.0f}" for k, v in top) + ")" if top else "")
+            + f"; outside the arm {w['outside'] * 1000:.0f} ms/s; this sampler {w['sampler'] * 1000:.0f} ms/s; "
+            f"machine idle {w['idle'] * 1000:.0f} ms/s, stolen by the hypervisor {w['steal'] * 1000:.0f} ms/s")
 
 
 def arm_ray(cfg_dict: dict, paths: dict, home: Path) -> dict[int, float]:
@@ -160,7 +246,6 @@ def arm_ray(cfg_dict: dict, paths: dict, home: Path) -> dict[int, float]:
     use_store()
     run_id = MlflowClient().create_run(use_store(), run_name=cfg.name).info.run_id
     inputs = JobInputs(paths["base"], paths["tokens"], tracking_uri(), run_id)
-    sampler = CpuSampler()
     try:
         result = build_trainer(cfg, inputs, home / "ray-runs", run_name=run_id).fit()
         times = {m.step: m.timestamp / 1000 for m in MlflowClient().get_metric_history(run_id, "loss")}
@@ -168,28 +253,33 @@ def arm_ray(cfg_dict: dict, paths: dict, home: Path) -> dict[int, float]:
         stop()
     if result.error is not None:
         raise RuntimeError(result.error)
-    steady = sorted(times)[1:]          # the window the tokens/s are measured over (about)
-    others = sampler.others(times[steady[0]], times[steady[-1]])
-    top = sorted(others.items(), key=lambda kv: -kv[1])[:4]
-    print(f"cpu of other processes: {sum(others.values()) * 1000:.0f} ms/s in {len(others)} processes; top: "
-          + ", ".join(f"{k} {v * 1000:.0f}" for k, v in top), file=sys.stderr)
     return times
 
 
-def run_arm(arm: str, kind: str, args, work: Path, paths: dict) -> float:
-    """One arm in a fresh process; returns its steady-state tokens/s."""
+def run_arm(arm: str, kind: str, args, work: Path, paths: dict) -> dict:
+    """One arm in a fresh process, sampled from here; returns its steady-state tokens/s
+    (`tps`: first counted step to last; `tps_median`: median of the logged windows)
+    and what the processes did meanwhile (`cpu`)."""
     cfg = job_config(kind, args)
     spec = json.dumps({"arm": arm, "cfg": cfg, "paths": paths, "home": str(work / "home")})
-    r = subprocess.run([sys.executable, __file__, "--child", spec], check=False, capture_output=True, text=True,
-                       env={**os.environ, "SEKISHO_HOME": str(work / "home")}, timeout=600)
-    if r.returncode != 0:
-        raise SystemExit(f"{arm}/{kind} failed:\n{r.stderr[-4000:]}")
-    for line in r.stderr.splitlines():
-        if line.startswith("cpu of other processes"):
-            print(f"    {arm}/{kind} {line}", flush=True)
-    times = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", spec], stdout=out, stderr=err, text=True,
+                                env={**os.environ, "SEKISHO_HOME": str(work / "home")})
+        sampler = CpuSampler(proc.pid, standalone=arm == "standalone")
+        try:
+            rc = proc.wait(timeout=600)
+        finally:
+            sampler.stop()
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if rc != 0:
+        raise SystemExit(f"{arm}/{kind} failed:\n{stderr[-4000:]}")
+    times = {int(k): v for k, v in json.loads(stdout.strip().splitlines()[-1]).items()}
     per_step = cfg["optim"]["batch_size"] * cfg["scaling"]["num_workers"] * args.seq_len
-    return steady_tokens_per_s(times, per_step, args.skip)
+    steps = sorted(s for s in times if s >= args.skip)
+    windows = [per_step * (b - a) / (times[b] - times[a]) for a, b in itertools.pairwise(steps)]
+    return {"tps": steady_tokens_per_s(times, per_step, args.skip), "tps_median": statistics.median(windows),
+            "cpu": sampler.window(times[steps[0]], times[steps[-1]])}
 
 
 def child(spec: dict) -> None:
@@ -203,7 +293,7 @@ def child(spec: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=60, help="LoRA steps per arm")
     p.add_argument("--full-steps", type=int, default=20, help="full fine-tuning steps per arm")
     p.add_argument("--skip", type=int, default=10, help="warm-up steps not counted")
@@ -222,19 +312,28 @@ def main() -> None:
     paths = prepare(work, args.seq_len, rows=512)
     print(f"model {MODEL}; batch {args.batch_size} x seq {args.seq_len}; {args.cpus} CPUs; "
           f"LoRA {args.steps} steps, counted from step {args.skip}", flush=True)
-    results: dict[str, list[float]] = {"standalone": [], "ray": []}
+    results: dict[str, list[dict]] = {"standalone": [], "ray": []}
     for rnd in range(0 if args.skip_lora else args.rounds):
-        for arm in ("standalone", "ray"):
-            tps = run_arm(arm, "lora", args, work, paths)
-            results[arm].append(tps)
-            print(f"  round {rnd + 1}: LoRA {arm:10} {tps:8.0f} tokens/s", flush=True)
+        # Alternate which arm goes first, so that neither always follows the other.
+        for arm in ("standalone", "ray") if rnd % 2 == 0 else ("ray", "standalone"):
+            r = run_arm(arm, "lora", args, work, paths)
+            results[arm].append(r)
+            print(f"  round {rnd + 1}: LoRA {arm:10} {r['tps']:6.0f} tokens/s (median window {r['tps_median']:.0f})\n"
+                  f"{describe(r['cpu'])}", flush=True)
     if not args.skip_lora:
-        a, b = (statistics.median(results[k]) for k in ("standalone", "ray"))
+        a, b = (statistics.median(r["tps"] for r in results[k]) for k in ("standalone", "ray"))
+        am, bm = (statistics.median(r["tps_median"] for r in results[k]) for k in ("standalone", "ray"))
         print(f"LoRA (a) standalone: {a:.0f} tokens/s  (b) Ray Train, 1 worker: {b:.0f} tokens/s  "
-              f"(b)/(a) = {b / a:.3f}  (medians of {args.rounds})", flush=True)
+              f"(b)/(a) = {b / a:.3f}  (medians of {args.rounds} rounds; of the median windows: "
+              f"{am:.0f} vs {bm:.0f}, {bm / am:.3f})", flush=True)
     if not args.skip_full:
-        full = {k: run_arm("ray", k, args, work, paths) for k in ("ddp", "zero2", "zero3")}
-        print("full fine-tuning, 2 workers: " + "  ".join(f"{k.upper()} {v:.0f} tokens/s" for k, v in full.items()))
+        full = {}
+        for k in ("ddp", "zero2", "zero3"):
+            full[k] = run_arm("ray", k, args, work, paths)
+            print(f"  full fine-tuning {k.upper():5} {full[k]['tps']:6.0f} tokens/s\n{describe(full[k]['cpu'])}",
+                  flush=True)
+        print("full fine-tuning, 2 workers: "
+              + "  ".join(f"{k.upper()} {v['tps']:.0f} tokens/s" for k, v in full.items()))
     if args.skip_lora:
         return
     ratio = b / a

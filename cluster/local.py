@@ -44,6 +44,36 @@ def token_auth_env(home: Path) -> dict[str, str]:
 QUIET_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 
 
+# An embedded single-node cluster (`start_local` without an address) runs beside the
+# work on the same few cores, and every process of Ray's that wakes takes a core
+# from it: on 2 cores each wake-up also stalls the training worker's other torch
+# thread at its next barrier, so they cost more than their own CPU time. What these
+# switch off or slow down has no reader on such a cluster (no dashboard, no
+# Prometheus, `log_to_driver=False`):
+# - idle workers started ahead of demand (one per logical CPU, at start and for the
+#   first driver), each a process with its own timers;
+# - metrics export from every Ray process to the node's agent, and Ray Train's metrics;
+# - the agent's node statistics (psutil over every process, every 5 s; the dashboard's);
+# - the log monitor's scan of the log folder (a glob every 0.1 s below 1000 files; now
+#   every 5 s) and the agent's check on the raylet (every 0.4 s; now 2 s);
+# - Ray Train's preemption watcher (a node of such a cluster is never drained), and the
+#   Train controller's poll of its workers every 2 s (now 5 s: a dead worker is still
+#   noticed at the next poll).
+# Each is a `setdefault`: a variable set in the environment wins.
+QUIET_LOCAL_ENV = {
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_metrics_collection": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "5",
+    "RAY_DASHBOARD_AGENT_CHECK_PARENT_INTERVAL_S": "2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "5",
+}
+
+
 def _load_process_hooks() -> None:
     """Every process of the node loads cluster/egress_hook/sitecustomize.py (the
     cure for the Ray dashboard's cloud-metadata probe; the egress recorder)."""
@@ -83,6 +113,8 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
         # C++, where no Python hook sees it). Read at import, so set it first, and
         # patch the constant in case Ray was imported before.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        for k, v in QUIET_LOCAL_ENV.items():
+            os.environ.setdefault(k, v)
     import ray
     import ray._private.ray_constants as ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
