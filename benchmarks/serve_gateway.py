@@ -11,7 +11,10 @@ Run it in a loopback-only namespace like everything else:
 Each arm starts its server once per round; at each concurrency one wave of
 `c` requests warms it up (first batches of a new size), then `--repeats` timed
 loads run and their medians are reported (one load is a few seconds: on the
-shared 2-core machine single loads varied by 25%).
+shared 2-core machine single loads varied by 25%). Each load also reports how
+much CPU processes outside the benchmark's own tree took meanwhile; loads with
+more than 15% of a core of such traffic are set aside from the medians when the
+same arm and concurrency has a quiet one ("loads: quiet/all" in the table).
 
 Last line: result: gateway_vs_bare_vllm=MIN over concurrencies of (c)/(a) tokens/s.
 """
@@ -73,6 +76,36 @@ async def one_request(session, url, headers, model) -> tuple[float, int]:
     return ttft or float("nan"), tokens
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """CPU ticks used so far by this benchmark's process tree (the client and the
+    arm's servers) and by every other process on the machine."""
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(")") + 2:].split()
+        procs[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    ours, frontier = {os.getpid()}, [os.getpid()]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in ours:
+                ours.add(child)
+                frontier.append(child)
+    mine = sum(t for pid, (_, t) in procs.items() if pid in ours)
+    return mine, sum(t for _, t in procs.values()) - mine
+
+
+FOREIGN_OK = 0.15  # loads during which other processes took more than this share of a core are set aside
+
+
 async def load(base_url: str, model: str, key: str | None, concurrency: int) -> dict:
     import aiohttp
 
@@ -93,12 +126,15 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
                 queue.get_nowait()
                 results.append(await one_request(session, url, headers, model))
 
+        _, foreign0 = _cpu_ticks()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+        _, foreign1 = _cpu_ticks()
     ttfts = sorted(r[0] for r in results)
     return {"tok_s": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
-            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n + concurrency}
+            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n + concurrency,
+            "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall}
 
 
 def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, repeats: int) -> int:
@@ -110,7 +146,8 @@ def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, rep
             sent += r["requests"]
             out.setdefault((arm, c), []).append(r)
             print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
-                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms", flush=True)
+                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms  (other processes: {r['foreign'] * 100:.0f}% of a core"
+                  f"{', set aside' if r['foreign'] > FOREIGN_OK else ''})", flush=True)
     return sent
 
 
@@ -228,12 +265,15 @@ def main() -> int:
             arm_sekisho(model_dir, home, out, args.repeats)
         if "d" in args.arms:  # for comparison: the gateway as its own deployment (one more hop)
             arm_sekisho(model_dir, home, out, args.repeats, placement="separate")
+    # Medians over the loads no other process disturbed (all of them if none was quiet).
+    quiet = {k: [r for r in rs if r["foreign"] <= FOREIGN_OK] or rs for k, rs in out.items()}
     med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99")}
-           for k, rs in out.items()}
+           for k, rs in quiet.items()}
     print(f"\nmedians over {args.rounds} round(s) x {args.repeats} timed loads")
-    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9}")
+    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'loads':>9}")
     for (arm, c), m in sorted(med.items()):
-        print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms")
+        print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms "
+              f"{len(quiet[(arm, c)])}/{len(out[(arm, c)])} quiet")
     ratios = []
     for c in CONCURRENCY:
         a, b, cc = (med.get((arm, c)) for arm in ("a:bare-vllm", "b:ray-serve-llm", "c:sekisho-gateway"))
