@@ -102,9 +102,9 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         # healthy) before an old one drains and stops (serve.follow.BaseFollower).
         max_surge_percent=100,
         graceful_shutdown_timeout_s=60, max_ongoing_requests=1000)
-    return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app),
-                           {**spec.engine.model_dump(), "task": spec.task}, app.config.name, engine_key,
-                           app.config.follow_aliases_every_s, tracking_uri(), gateway)
+    engine = {**spec.engine.model_dump(), "task": spec.task, "autoscaling": spec.autoscaling is not None}
+    return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app), engine,
+                           app.config.name, engine_key, app.config.follow_aliases_every_s, tracking_uri(), gateway)
 
 
 def _has_gpus() -> bool:

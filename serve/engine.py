@@ -50,6 +50,8 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
            "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
     if embedded_gateway:
         cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
+    if engine.get("autoscaling"):
+        cmd += ["--middleware", "serve.autoscaling.EngineLoadEndpoint"]  # the load Serve scales by
     if engine.get("task") == "embed":
         cmd += ["--runner", "pooling", "--convert", "embed"]
     if engine.get("tool_call_parser"):
@@ -82,6 +84,7 @@ class VLLMEngine:
         if mlflow_uri:
             os.environ["SEKISHO_MLFLOW_URI"] = mlflow_uri
         self.app, self.served_name, self.engine_key = app, served_name, engine_key
+        self.load_endpoint = bool(engine.get("autoscaling"))
         self.adapters = [ServedAdapter(**a) for a in adapters]
         for a in self.adapters:
             a.loaded.append(a.internal)
@@ -219,11 +222,17 @@ class VLLMEngine:
         return {LOAD_METRIC: await asyncio.to_thread(self.engine_load)}
 
     def engine_load(self) -> float:
-        """vLLM's running + waiting requests, from its gauges on the loopback port."""
+        """vLLM's running + waiting requests: from its gauges in-process where the
+        engine was started for autoscaling (serve.autoscaling.EngineLoadEndpoint),
+        else from its /metrics."""
         import httpx
 
-        from serve.autoscaling import parse_load
+        from serve.autoscaling import LOAD_PATH, parse_load
 
+        if self.load_endpoint:
+            r = httpx.get(f"{self.url()}{LOAD_PATH}", timeout=5)
+            r.raise_for_status()
+            return float(r.json()["load"])
         r = httpx.get(f"{self.url()}/metrics", timeout=5)
         r.raise_for_status()
         return parse_load(r.text)

@@ -4,6 +4,8 @@ gauges (the end-to-end run is tests/serve/test_autoscaling.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 
 import pytest
@@ -11,7 +13,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from cluster.config_base import ConfigError
 from serve import ServeAppConfig
-from serve.autoscaling import LOAD_METRIC, engine_load_policy, parse_load, ray_autoscaling_config
+from serve.autoscaling import (LOAD_METRIC, LOAD_PATH, EngineLoadEndpoint, engine_load_policy, gauge_load, parse_load,
+                               ray_autoscaling_config)
 
 
 def _app(tmp_path, model_yaml: str):
@@ -100,15 +103,40 @@ def test_policy_sizes_replicas_by_engine_load(loads, running, target, current, w
         assert math.isclose(state["total_load"], sum(loads[r] for r in running if r in loads))
 
 
-def test_load_is_running_plus_waiting_from_vllms_gauges():
-    # The same gauges (names, labels) vLLM exports, in prometheus_client's own text format.
+def _vllm_gauges(running: float, waiting: float) -> CollectorRegistry:
+    """The gauges vLLM exports (names, labels), in a registry of their own."""
     reg = CollectorRegistry()
     labels = ["model_name", "engine"]
-    running = Gauge("vllm:num_requests_running", "running", labels, registry=reg)
-    waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=reg)
-    by_reason = Gauge("vllm:num_requests_waiting_by_reason", "by reason", labels + ["reason"], registry=reg)
-    running.labels("m", "0").set(5)
-    waiting.labels("m", "0").set(3)
-    by_reason.labels("m", "0", "capacity").set(3)
-    assert parse_load(generate_latest(reg).decode()) == 8
-    assert parse_load("") == 0
+    Gauge("vllm:num_requests_running", "running", labels, registry=reg).labels("m", "0").set(running)
+    Gauge("vllm:num_requests_waiting", "waiting", labels, registry=reg).labels("m", "0").set(waiting)
+    Gauge("vllm:num_requests_waiting_by_reason", "by reason", labels + ["reason"],
+          registry=reg).labels("m", "0", "capacity").set(waiting)
+    Gauge("vllm:kv_cache_usage_perc", "other", labels, registry=reg).labels("m", "0").set(0.5)
+    return reg
+
+
+def test_load_is_running_plus_waiting_from_vllms_gauges():
+    reg = _vllm_gauges(5, 3)
+    assert gauge_load(reg) == 8  # in-process, as the engine's load endpoint reads it
+    assert parse_load(generate_latest(reg).decode()) == 8  # from /metrics text, the fallback
+    assert parse_load("") == 0 and gauge_load(CollectorRegistry()) == 0
+
+
+def test_load_endpoint_answers_its_path_and_passes_the_rest_through():
+    seen = []
+
+    async def vllm_app(scope, receive, send):
+        seen.append(scope["path"])
+
+    async def call(path: str) -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await EngineLoadEndpoint(vllm_app, _vllm_gauges(2, 1))({"type": "http", "path": path}, None, send)
+        return sent
+
+    start, body = asyncio.run(call(LOAD_PATH))
+    assert start["status"] == 200 and json.loads(body["body"]) == {"load": 3.0}
+    assert asyncio.run(call("/v1/chat/completions")) == [] and seen == ["/v1/chat/completions"]
