@@ -104,6 +104,23 @@ def _cpu_ticks() -> tuple[int, int]:
 
 
 FOREIGN_OK = 0.15  # loads during which other processes took more than this share of a core are set aside
+QUIET_WAIT_S = 90.0
+
+
+def wait_quiet() -> None:
+    """Before a timed load: wait (up to QUIET_WAIT_S) for a second in which other
+    processes take less than FOREIGN_OK of a core (the machine is shared)."""
+    deadline = time.monotonic() + QUIET_WAIT_S
+    while True:
+        _, f0 = _cpu_ticks()
+        time.sleep(1.0)
+        _, f1 = _cpu_ticks()
+        share = (f1 - f0) / os.sysconf("SC_CLK_TCK")
+        if share <= FOREIGN_OK:
+            return
+        if time.monotonic() >= deadline:
+            print(f"  (other processes still take {share * 100:.0f}% of a core; measuring anyway)", flush=True)
+            return
 
 
 async def load(base_url: str, model: str, key: str | None, concurrency: int) -> dict:
@@ -142,6 +159,7 @@ def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, rep
     sent = 0
     for c in CONCURRENCY:
         for _ in range(repeats):
+            wait_quiet()
             r = asyncio.run(load(base_url, model, key, c))
             sent += r["requests"]
             out.setdefault((arm, c), []).append(r)
