@@ -18,8 +18,8 @@ Serve handle or proxy and Serve's own request counting sees none. Instead:
 A new replica on a node listens on the same public port, so the kernel hands it
 new connections at once; a replica that goes drains first (serve.gateway.embedded).
 
-The policy is pickled by value into the Serve controller (which cannot import
-Sekisho), so it uses the standard library only.
+The policy is pickled by value into the Serve controller (which need not be
+able to import Sekisho), so it uses the standard library only.
 """
 
 from __future__ import annotations
