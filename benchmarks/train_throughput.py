@@ -18,7 +18,9 @@ the last step (timestamps of the logged metrics), so start-up, model loading and
 the final checkpoint are not counted; the median of the logged windows (every
 `--log-every` steps) is printed beside it. Each arm runs in a fresh process; (a)
 and (b) alternate over rounds (which goes first alternates too) and the result is
-the ratio of the medians over rounds.
+the ratio of the medians over rounds. The machine is shared: a round in which
+either arm had more than `--max-outside` ms/s of other work beside it is printed
+but left out of the medians, unless every round was.
 
     flock /tmp/sekisho-heavy.lock unshare -n sh -c 'ip link set lo up && exec "$@"' x \\
         .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--steps 60] [--skip-full | --skip-lora]
@@ -138,12 +140,12 @@ def training_threads(pid: int) -> dict:
             "minflt": int(fields[7])}
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(idle, steal) CPU seconds of the whole machine so far (steal: time the hypervisor
-    gave this machine's CPUs to someone else)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, idle, steal) CPU seconds of the whole machine so far (steal: time the
+    hypervisor gave this machine's CPUs to someone else)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[3]) + int(fields[4])) / tick, int(fields[7]) / tick
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / tick, (f[3] + f[4]) / tick, f[7] / tick
 
 
 def is_training(title: str, pid: int, root: int, standalone: bool) -> bool:
@@ -187,7 +189,7 @@ class CpuSampler:
         while grew:      # the arm's processes: its child process and everything under it
             new = {pid for pid, (ppid, _, _) in b.items() if ppid in tree and pid not in tree}
             tree, grew = tree | new, bool(new)
-        ours, outside, me = {}, 0.0, 0.0
+        ours, me = {}, 0.0
         for pid, (_, title, cpu) in b.items():
             if pid not in a:
                 continue
@@ -196,8 +198,6 @@ class CpuSampler:
                 me = used
             elif pid in tree and not is_training(title, pid, self.root, self.standalone):
                 ours[title] = ours.get(title, 0.0) + used
-            elif pid not in tree:
-                outside += used
         # The training process: threads by name (CPU, wait), user/system CPU, page faults.
         names: dict[str, list[float]] = {}
         user = sys_ = faults = 0.0
@@ -211,10 +211,15 @@ class CpuSampler:
                     acc[0] += (cpu - x["threads"][tid][1]) / wall
                     acc[1] += (wait - x["threads"][tid][2]) / wall
                     acc[2] += 1
-        return {"train_cpu": sum(v[0] for v in names.values()), "train_wait": sum(v[1] for v in names.values()),
+        train_cpu = sum(v[0] for v in names.values())
+        # Outside the arm: whatever the machine was busy with beyond the arm and this
+        # sampler (from /proc/stat, so processes that came and went between samples count).
+        busy = (mb[0] - ma[0]) / wall
+        outside = max(0.0, busy - train_cpu - sum(ours.values()) - me)
+        return {"train_cpu": train_cpu, "train_wait": sum(v[1] for v in names.values()),
                 "train_user": user, "train_sys": sys_, "train_faults": faults, "threads": names,
                 "others": ours, "outside": outside, "sampler": me, "wall": wall,
-                "idle": (mb[0] - ma[0]) / wall, "steal": (mb[1] - ma[1]) / wall}
+                "idle": (mb[1] - ma[1]) / wall, "steal": (mb[2] - ma[2]) / wall}
 
 
 def describe(w: dict) -> str:
@@ -301,6 +306,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs (torch threads) per job")
+    p.add_argument("--max-outside", type=int, default=100,
+                   help="ms/s of CPU outside the arm above which a round is left out of the medians")
     p.add_argument("--skip-full", action="store_true", help="only the LoRA standalone vs Ray arms")
     p.add_argument("--skip-lora", action="store_true", help="only the full fine-tuning arms (no result line)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -321,11 +328,17 @@ def main() -> None:
             print(f"  round {rnd + 1}: LoRA {arm:10} {r['tps']:6.0f} tokens/s (median window {r['tps_median']:.0f})\n"
                   f"{describe(r['cpu'])}", flush=True)
     if not args.skip_lora:
-        a, b = (statistics.median(r["tps"] for r in results[k]) for k in ("standalone", "ray"))
-        am, bm = (statistics.median(r["tps_median"] for r in results[k]) for k in ("standalone", "ray"))
+        # A round where either arm shared the machine with more than --max-outside of
+        # other people's work measured them, not Ray: left out while any clean round remains.
+        clean = [i for i in range(args.rounds)
+                 if max(results[k][i]["cpu"]["outside"] for k in results) <= args.max_outside / 1000]
+        used = clean or list(range(args.rounds))
+        a, b = (statistics.median(results[k][i]["tps"] for i in used) for k in ("standalone", "ray"))
+        am, bm = (statistics.median(results[k][i]["tps_median"] for i in used) for k in ("standalone", "ray"))
         print(f"LoRA (a) standalone: {a:.0f} tokens/s  (b) Ray Train, 1 worker: {b:.0f} tokens/s  "
-              f"(b)/(a) = {b / a:.3f}  (medians of {args.rounds} rounds; of the median windows: "
-              f"{am:.0f} vs {bm:.0f}, {bm / am:.3f})", flush=True)
+              f"(b)/(a) = {b / a:.3f}  (medians of rounds {', '.join(str(i + 1) for i in used)}"
+              + ("" if clean else f", every round disturbed by over {args.max_outside} ms/s outside the arm")
+              + f"; of the median windows: {am:.0f} vs {bm:.0f}, {bm / am:.3f})", flush=True)
     if not args.skip_full:
         full = {}
         for k in ("ddp", "zero2", "zero3"):
