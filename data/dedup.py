@@ -230,21 +230,23 @@ class KeyIndex:
         part, hi, lo = self._split(new)
         fingerprint = (hi.astype(np.uint64) << np.uint64(16)) | lo
         order, edges = self._by_range(part)
-        maps: dict[int, tuple[mmap.mmap, mmap.mmap]] = {}
+        self._maps = []  # (rebuilt below) it would keep every replaced mapping alive
         for r in np.flatnonzero(np.diff(edges)).tolist():
             old = (self._hi[r].astype(np.uint64) << np.uint64(16)) | self._lo[r]
             merged = np.concatenate([old, fingerprint[order[edges[r]:edges[r + 1]]]])
             merged.sort()
             (hi, hi_map), (lo, lo_map) = (_mapped(len(merged), t, self.spill_dir) for t in (np.uint32, np.uint16))
-            maps[r] = (hi_map, lo_map)
             lo[:] = merged  # the low 16 bits (assignment truncates)
             np.right_shift(merged, np.uint64(16), out=merged)  # a temporary: reused for the high 32
             hi[:] = merged
+            del old, merged
+            # The range's old arrays and mappings go now, before the next range is
+            # copied: only one range ever exists twice.
             self._hi[r], self._lo[r] = hi, lo
+            self._range_maps[r] = (hi_map, lo_map)
             if self.spill_dir is not None:
                 hi_map.madvise(mmap.MADV_DONTNEED)
                 lo_map.madvise(mmap.MADV_DONTNEED)
-        self._range_maps.update(maps)
         self._maps = [m for pair in self._range_maps.values() for m in pair]
         self._stored += len(new)
         self._pending = set()

@@ -23,6 +23,7 @@ from cluster.config_base import UserError
 from data.chat import IGNORE_INDEX, DataValidationError
 from data.config import DatasetConfig
 from data.manifest import MANIFEST_FILE, dataset_version, sources_sha256, tokenizer_hash, write_manifest
+from data.memory import bounded_allocators
 from data.packing import Packer
 from data.pipeline import Accounting, processed_rows
 
@@ -147,6 +148,11 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
             or nothing left to train on.
         UserError: no tokenizer in `tokenizer_dir`.
     """
+    with bounded_allocators():  # see data.memory: flat memory however long the input
+        return _prepare(cfg, tokenizer_dir, out_dir)
+
+
+def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
     tokenizer = _load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

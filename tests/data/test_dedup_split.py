@@ -75,6 +75,38 @@ def test_key_index_holds_keys_at_6_bytes_each():
     assert len(s._pending) < 1000 and s.nbytes <= 6 * len(keys) + 70 * 1000
 
 
+def test_a_merge_holds_one_range_twice_at_most(monkeypatch):
+    """While pending keys are merged in, the index's mappings alive at any moment
+    add up to the index plus one range's copy: never the whole index twice."""
+    import weakref
+
+    import numpy as np
+
+    from data import dedup
+
+    alive: list[weakref.ref] = []
+    worst = []
+    mapped = dedup._mapped
+
+    def tracked(n, dtype, spill_dir=None):
+        arr, mm = mapped(n, dtype, spill_dir)
+        alive.append(weakref.ref(mm))
+        worst.append(sum(len(m) for m in (r() for r in alive) if m is not None))
+        return arr, mm
+
+    monkeypatch.setattr(dedup, "_mapped", tracked)
+    rng = np.random.default_rng(5)
+    s = dedup.KeyIndex()
+    s.MIN_PENDING = 20_000
+    s.add(rng.integers(0, 2**63, 200_000, dtype=np.uint64))  # the first merge: 200k keys
+    worst.clear()
+    s.add(rng.integers(0, 2**63, 20_000, dtype=np.uint64))  # a merge into every range
+    index = s.nbytes
+    assert 6 * 220_000 <= index < 6 * 221_000
+    one_range = 6 * 220_000 // 64
+    assert max(worst) <= index + 2 * one_range, (max(worst), index)
+
+
 def test_batch_decisions_equal_row_by_row_ones():
     """Within a batch, a row is checked against the rows before it in the same batch too."""
     import numpy as np
