@@ -211,7 +211,7 @@ class CpuSampler:
                     acc[0] += (cpu - x["threads"][tid][1]) / wall
                     acc[1] += (wait - x["threads"][tid][2]) / wall
                     acc[2] += 1
-        train_cpu = sum(v[0] for v in names.values())
+        train_cpu = user + sys_      # the process's own count keeps threads that have exited
         # Outside the arm: whatever the machine was busy with beyond the arm and this
         # sampler (from /proc/stat, so processes that came and went between samples count).
         busy = (mb[0] - ma[0]) / wall
