@@ -14,9 +14,13 @@ with the input, about 20 bytes a row beyond the index:
   whose holes are not returned. A fixed threshold keeps them in their own
   mappings, unmapped when freed; a low trim threshold returns the heap's top.
 
-`bounded_allocators()` applies both for the duration of a run. glibc's
-settings are process-wide and stay (there is no call to undo them); they only
-change where large blocks come from, not what a program computes.
+`bounded_allocators()` switches Arrow's pool for the duration of a run.
+`fix_glibc_thresholds()` is called by the process that decides and writes
+once its worker processes are forked: the workers' MinHash and tokeniser
+temporaries (up to tens of MiB, every batch) are faster reused from the heap,
+and their memory does not grow anyway. glibc's settings are process-wide and
+stay (there is no call to undo them); they only change where large blocks come
+from, not what a program computes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ LARGE_BLOCK = 128 * 1024  # glibc's initial mmap threshold, kept fixed
 _applied = False
 
 
-def _glibc_settings() -> bool:
+def fix_glibc_thresholds() -> bool:
     """Fix glibc's mmap and trim thresholds and cap its arenas (False where libc is not glibc)."""
     global _applied
     if _applied:
@@ -52,10 +56,9 @@ def _glibc_settings() -> bool:
 
 @contextlib.contextmanager
 def bounded_allocators() -> Iterator[None]:
-    """Arrow's system memory pool (restored after) and fixed glibc thresholds, for one run."""
+    """Arrow's system memory pool for one run (the previous pool is restored after)."""
     import pyarrow as pa
 
-    _glibc_settings()
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:

@@ -27,6 +27,7 @@ from data.chat import IGNORE_INDEX, DataValidationError, RowError
 from data.config import DatasetConfig
 from data.dedup import Deduplicator, content_key, exact_key
 from data.manifest import file_sha256
+from data.memory import fix_glibc_thresholds
 from data.normalize import normalize_text
 from data.pii import mask_pii
 from data.readers import RawRow, list_sources, read_rows
@@ -257,6 +258,7 @@ def ordered_map(fn: Callable, batches: Iterable, workers: int) -> Iterator:
     import multiprocessing
 
     with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread_each) as pool:
+        fix_glibc_thresholds()  # in this process only, now that the workers are forked (see data.memory)
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.apply_async(fn, (batch,)))

@@ -25,5 +25,5 @@ def test_the_pool_is_restored_when_the_run_fails():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_glibc_thresholds_are_fixed():
-    assert memory._glibc_settings() is True
+    assert memory.fix_glibc_thresholds() is True
     assert memory._applied is True
