@@ -12,6 +12,8 @@ UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && printf -- '-n' || printf -- '-rn
 # bundle from them with no network), at the versions constraints.txt pins.
 BUNDLE_CACHE := $(VENV)/bundle-cache
 BUNDLE_TEST_PINS := $(shell grep -iE '^(six|idna|packaging)==' constraints.txt)
+# The slowest tests, listed at the end of every run, keep CI's time in view.
+PYTEST_ARGS ?= --durations=30
 LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$$@"' loopback-only
 
 .PHONY: install demo test clean
