@@ -57,11 +57,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def one_request(session, url, headers, model) -> tuple[float, int]:
+async def one_request(session, url, headers, model) -> tuple[float, int, float, float]:
+    """(time to first token, tokens, mean time between tokens, last token to the
+    response's end): where a slower arm loses its time."""
     body = {"model": model, "messages": PROMPT, "max_tokens": OUTPUT_TOKENS, "stream": True,
             "temperature": 0, "ignore_eos": True}
     start = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, tokens, last = None, 0, start
     async with session.post(url, json=body, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         buf = b""
@@ -71,9 +73,12 @@ async def one_request(session, url, headers, model) -> tuple[float, int]:
             for ev in events:
                 if ev.startswith(b"data: {") and b'"content":"' in ev:
                     tokens += 1
+                    last = time.perf_counter()
                     if ttft is None:
-                        ttft = time.perf_counter() - start
-    return ttft or float("nan"), tokens
+                        ttft = last - start
+    end = time.perf_counter()
+    itl = (last - start - ttft) / (tokens - 1) if ttft is not None and tokens > 1 else float("nan")
+    return ttft or float("nan"), tokens, itl, end - last
 
 
 def _cpu_ticks() -> tuple[int, int]:
@@ -152,6 +157,7 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
         _, foreign1 = _cpu_ticks()
     ttfts = sorted(r[0] for r in results)
     return {"tok_s": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
+            "itl_p50": statistics.median(r[2] for r in results), "tail_p50": statistics.median(r[3] for r in results),
             "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n + concurrency,
             "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall}
 
@@ -166,7 +172,8 @@ def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, rep
             sent += r["requests"]
             out.setdefault((arm, c), []).append(r)
             print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
-                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms  (other processes: {r['foreign'] * 100:.0f}% of a core"
+                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms  between tokens {r['itl_p50'] * 1000:5.2f} ms  "
+                  f"last token to end {r['tail_p50'] * 1000:5.1f} ms  (other processes: {r['foreign'] * 100:.0f}% of a core"
                   f"{', set aside' if r['foreign'] > FOREIGN_OK else ''})", flush=True)
     return sent
 
@@ -287,13 +294,13 @@ def main() -> int:
             arm_sekisho(model_dir, home, out, args.repeats, placement="separate")
     # Medians over the loads no other process disturbed (all of them if none was quiet).
     quiet = {k: [r for r in rs if r["foreign"] <= FOREIGN_OK] or rs for k, rs in out.items()}
-    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99")}
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "tail_p50")}
            for k, rs in quiet.items()}
     print(f"\nmedians over {args.rounds} round(s) x {args.repeats} timed loads")
-    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'loads':>9}")
+    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'tail p50':>9} {'loads':>9}")
     for (arm, c), m in sorted(med.items()):
         print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms "
-              f"{len(quiet[(arm, c)])}/{len(out[(arm, c)])} quiet")
+              f"{m['itl_p50'] * 1000:6.2f}ms {m['tail_p50'] * 1000:7.1f}ms {len(quiet[(arm, c)])}/{len(out[(arm, c)])} quiet")
     ratios = []
     for c in CONCURRENCY:
         a, b, cc = (med.get((arm, c)) for arm in ("a:bare-vllm", "b:ray-serve-llm", "c:sekisho-gateway"))
