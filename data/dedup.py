@@ -234,7 +234,7 @@ class KeyIndex:
         for r in np.flatnonzero(np.diff(edges)).tolist():
             old = (self._hi[r].astype(np.uint64) << np.uint64(16)) | self._lo[r]
             merged = np.concatenate([old, fingerprint[order[edges[r]:edges[r + 1]]]])
-            merged.sort()
+            merged.sort(kind="stable")  # timsort: a merge of the sorted range and the (small) new run
             (hi, hi_map), (lo, lo_map) = (_mapped(len(merged), t, self.spill_dir) for t in (np.uint32, np.uint16))
             lo[:] = merged  # the low 16 bits (assignment truncates)
             np.right_shift(merged, np.uint64(16), out=merged)  # a temporary: reused for the high 32
