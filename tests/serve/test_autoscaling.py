@@ -1,52 +1,21 @@
-"""An engine deployment with autoscaling bounds (min 1, max 2) follows the load
+"""An engine deployment with autoscaling bounds (min 1, max 2; the chat engine
+of the `multi_app` fixture, tests/serve/conftest.py) follows the load
 its engines report: concurrent streamed requests through the gateway add a
 replica, which takes connections on the app's port at once; when the load stops
 it goes back to one, draining first. No request fails meanwhile."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
-from serve.gateway import KeyStore
-
 pytestmark = pytest.mark.e2e
-APP, MODEL = "autoscale", "tiny-auto"
+APP, MODEL = "multi", "tiny-chat"  # as tests/serve/conftest.py deploys them
 DEPLOYMENT = f"engine-{MODEL}"
-HEAVY_CLIENTS = 6  # ~6 running requests against a target of 2 per replica: wants 3, capped at 2
-MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def autoscaled_app(main_job, sekisho_home):
-    from ray import serve
-
-    from serve import ServeAppConfig, deploy, resolve_app
-
-    if MIGRATE.exists() and MIGRATE.read_text().strip() != "1":
-        MIGRATE.write_text("1\n")  # queued connections of a leaving replica move to the other (this netns)
-    cfg = ServeAppConfig.model_validate({
-        "name": APP, "port": _free_port(),
-        "models": [{"name": MODEL, "source": "registry:sekisho-tiny-base@production",
-                    "engine": {"max_model_len": 256, "max_num_seqs": 8, "dtype": "float32"},
-                    "cpus_per_replica": 0.5,
-                    "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                                    "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_s": 5}}]})
-    base_url = deploy(resolve_app(cfg, sekisho_home / "serve-cache-autoscale"))
-    key = KeyStore().create(f"autoscale-{time.time_ns()}", [MODEL])
-    yield base_url, key
-    serve.delete(APP)
+HEAVY_CLIENTS = 3  # with the light one ~4 running requests against a target of 2 per replica: wants 2
 
 
 def _replicas() -> dict:
@@ -77,10 +46,10 @@ def _status_line(capsys) -> str:
     return next(line for line in out.splitlines() if DEPLOYMENT in line)
 
 
-def test_engines_scale_with_their_load_without_a_failed_request(autoscaled_app, capsys):
+def test_engines_scale_with_their_load_without_a_failed_request(multi_app, capsys):
     from ray import serve
 
-    base_url, key = autoscaled_app
+    base_url, key = multi_app
     answered: list[int] = []
     errors: list[str] = []
     heavy, light = threading.Event(), threading.Event()

@@ -1,4 +1,5 @@
-"""An app of two engines behind one port: a chat model and an embedding model.
+"""An app of two engines behind one port: a chat model and an embedding model
+(the `multi_app` fixture, tests/serve/conftest.py).
 
 Every engine replica runs the gateway on the app's port (SO_REUSEPORT), so a
 request may land in the process that holds its model (answered in-process) or
@@ -8,43 +9,14 @@ record, whichever process took it."""
 
 from __future__ import annotations
 
-import socket
-import time
-
 import httpx
 import openai
 import pytest
 
-from serve.gateway import AuditLog, KeyStore
+from serve.gateway import AuditLog
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 12  # fresh connections per model: the kernel spreads them over both processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def multi_app(main_job, sekisho_home):
-    from ray import serve
-
-    from serve import ServeAppConfig, deploy, resolve_app
-
-    cfg = ServeAppConfig.model_validate({
-        "name": "multi", "port": _free_port(),
-        "models": [
-            {"name": "tiny-chat", "source": "registry:sekisho-tiny-base@production",
-             "engine": {"max_model_len": 256, "max_num_seqs": 4, "dtype": "float32"}},
-            {"name": "tiny-embed", "task": "embed", "source": "registry:sekisho-tiny-base@production",
-             "engine": {"max_model_len": 256, "max_num_seqs": 4, "dtype": "float32"}},
-        ]})
-    base_url = deploy(resolve_app(cfg, sekisho_home / "serve-cache-multi"))
-    key = KeyStore().create(f"multi-{time.time_ns()}", ["tiny-chat", "tiny-embed"])
-    yield base_url, key
-    serve.delete("multi")
 
 
 def test_embeddings_and_chat_through_either_engine(multi_app):
