@@ -1,6 +1,6 @@
 """Autoscaling settings of a serve app: validation, what Ray Serve receives, the
 policy that sizes the engines by their own load, and the load read from vLLM's
-gauges (the end-to-end run is tests/serve/test_autoscaling.py)."""
+gauges (the end-to-end run is tests/serve/test_multi_model_app.py)."""
 
 from __future__ import annotations
 
