@@ -180,7 +180,11 @@ class KeyIndex:
         self._hi = np.empty(0, dtype=np.uint32)
         self._lo = np.empty(0, dtype=np.uint16)
         self._pending: set[int] = set()
-        self._stored = 0
+
+    @property
+    def _stored(self) -> int:
+        """Keys in the sorted ranges (the last range's end)."""
+        return int(self._offsets[-1])
 
     def __len__(self) -> int:
         return self._stored + len(self._pending)
@@ -282,7 +286,6 @@ class KeyIndex:
             his[s:e] = merged
             del merged, added
         self._offsets = moved
-        self._stored = int(moved[-1])
         firsts = np.arange(0, self._stored, self.BLOCK)
         ranges = np.searchsorted(moved, firsts, side="right") - 1
         self._block_starts = (ranges.astype(np.uint64) << np.uint64(32)) | his[firsts]
