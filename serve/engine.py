@@ -52,6 +52,8 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
         cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
     if engine.get("autoscaling"):
         cmd += ["--middleware", "serve.autoscaling.EngineLoadEndpoint"]  # the load Serve scales by
+    if engine.get("enforce_eager"):
+        cmd += ["--enforce-eager"]
     if engine.get("task") == "embed":
         cmd += ["--runner", "pooling", "--convert", "embed"]
     if engine.get("tool_call_parser"):

@@ -53,7 +53,9 @@ def multi_app(main_job, sekisho_home):
 
     if MIGRATE.exists() and MIGRATE.read_text().strip() != "1":
         MIGRATE.write_text("1\n")  # queued connections of a leaving replica move to the other (this netns)
-    engine = {"max_model_len": 256, "max_num_seqs": 8, "dtype": "float32"}
+    # Eager engines: no compile warm-up, which on 2 busy cores takes over a minute per
+    # engine (the scaled-up replica's included); the load is counted in requests, not tokens/s.
+    engine = {"max_model_len": 256, "max_num_seqs": 8, "dtype": "float32", "enforce_eager": True}
     cfg = ServeAppConfig.model_validate({
         "name": APP, "port": _free_port(),
         "models": [

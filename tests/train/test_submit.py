@@ -76,7 +76,7 @@ def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
     finally:
         head.send_signal(signal.SIGTERM)      # --block: Ray stops its own processes
         try:
-            head.wait(60)
+            head.wait(10)  # nothing on it needs a graceful end; the rest is killed below
         except subprocess.TimeoutExpired:
             pass
         try:
