@@ -16,6 +16,10 @@ much CPU processes outside the benchmark's own tree took meanwhile; loads with
 more than 15% of a core of such traffic are set aside from the medians when the
 same arm and concurrency has a quiet one ("loads: quiet/all" in the table).
 
+Each arm also prints its engine processes' niceness: bare vLLM has the
+benchmark's (0); plain Ray Serve LLM runs them at Ray's worker niceness (15),
+as it does on any cluster; Sekisho sets `engine.niceness` (default 0).
+
 Last line: result: gateway_vs_bare_vllm=MIN over concurrencies of (c)/(a) tokens/s.
 """
 
@@ -162,8 +166,19 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
             "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall}
 
 
+def engine_niceness() -> str:
+    """The scheduling priority of the running engine's processes (part of each arm's CPU setup:
+    Ray starts its workers at niceness 15)."""
+    import psutil
+
+    nice = sorted({p.nice() for p in psutil.process_iter(["name"])
+                   if (p.info["name"] or "").startswith(("VLLM::Worker", "VLLM::EngineCor"))})
+    return ",".join(map(str, nice)) or "?"
+
+
 def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, repeats: int) -> int:
     """Timed loads at each concurrency; returns the number of requests sent (warm-ups included)."""
+    print(f"  {arm}: engine core and worker at niceness {engine_niceness()}", flush=True)
     sent = 0
     for c in CONCURRENCY:
         for _ in range(repeats):

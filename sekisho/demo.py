@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.table import Table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 BASE_MODEL_NAME = "sekisho-tiny-base"
+ASK_CONCURRENCY = 8  # questions in flight while the demo compares the two models
 
 
 @dataclass
@@ -133,12 +135,15 @@ def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]], api_key: str) -> 
                                            temperature=0, max_tokens=96)
         return (r.choices[0].message.content or "").strip()
 
-    rows, tuned_ok, base_ok = [], 0, 0
-    for question, expected in qa:
-        tuned, base = answer(tuned_name, question), answer(base_name, question)
-        tuned_ok += tuned == expected.strip()
-        base_ok += base == expected.strip()
-        rows.append((question, expected, tuned, base))
+    # A few questions at once: the engine batches them (sequentially, each answer
+    # would wait for the one before it).
+    with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
+        tuned_answers = pool.map(answer, [tuned_name] * len(qa), [q for q, _ in qa])
+        base_answers = pool.map(answer, [base_name] * len(qa), [q for q, _ in qa])
+        rows = [(q, expected, tuned, base)
+                for (q, expected), tuned, base in zip(qa, list(tuned_answers), list(base_answers))]
+    tuned_ok = sum(tuned == expected.strip() for _, expected, tuned, _ in rows)
+    base_ok = sum(base == expected.strip() for _, expected, _, base in rows)
     return DemoResult(base_url, api_key, "", "", "", served, tuned_ok, base_ok, len(qa), rows=rows)
 
 
@@ -146,9 +151,11 @@ def print_report(console: Console, r: DemoResult, job, app_cfg, home: Path) -> N
     table = Table(title="Trained questions: fine-tuned vs base (greedy)", show_lines=False)
     for col in ("question", "trained answer", "fine-tuned", "base"):
         table.add_column(col, overflow="fold", max_width=28)
+    def mark(answer: str, expected: str) -> str:
+        return f"[green]{answer}[/green]" if answer == expected else f"[red]{answer[:40]}[/red]"
+
     for q, exp, tuned, base in r.rows:
-        mark = lambda a: f"[green]{a}[/green]" if a == exp else f"[red]{a[:40]}[/red]"  # noqa: E731
-        table.add_row(q, exp, mark(tuned), mark(base))
+        table.add_row(q, exp, mark(tuned, exp), mark(base, exp))
     console.print(table)
     loss = job.metrics.get("loss")
     console.print(f"MLflow run {r.run_id}: final loss {loss:.4f}; adapter "

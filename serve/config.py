@@ -50,6 +50,12 @@ class EngineSettings(StrictConfig):
                                 "no CUDA graphs. The engine starts sooner (on CPU about 20 s sooner alone, "
                                 "over a minute on busy cores) but decodes slower: for quick bring-up, "
                                 "debugging, or engines whose speed does not matter.")
+    niceness: int = Field(0, ge=-20, le=19, description="Scheduling priority of the engine's processes "
+                          "(vLLM's server, engine core and workers). Ray starts its workers at niceness 15 so "
+                          "its own daemons always win the CPU; an engine left there also loses the CPU to "
+                          "every other process of the node, clients and agents included. Lowering it needs "
+                          "root or CAP_SYS_NICE; without them the engine keeps Ray's and the replica logs a "
+                          "warning.")
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
 
 

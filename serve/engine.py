@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from cluster import offline
 
-
 ROUTES_REFRESH_S = 1.0
+logger = logging.getLogger("sekisho.serve")
 
 
 def _free_port() -> int:
@@ -35,6 +36,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Kill the engine if the replica process dies, even by SIGKILL (Linux prctl)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _engine_preexec(niceness: int):
+    """What runs in the engine's process before vLLM: die with the replica, and
+    take the engine's own scheduling priority (its children inherit it)."""
+    def setup() -> None:  # pragma: no cover - runs in the child
+        _die_with_parent()
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        except OSError:  # not allowed to lower it: keep Ray's (the replica warns)
+            pass
+    return setup
 
 
 def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], engine: dict,
@@ -78,6 +91,10 @@ class VLLMEngine:
                 replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
         offline.apply()
+        try:  # this thread (what the constructor still imports and starts) keeps up with the engine
+            os.setpriority(os.PRIO_PROCESS, 0, engine["niceness"])
+        except OSError:
+            pass
         import ray.util
         from ray import serve
 
@@ -118,7 +135,8 @@ class VLLMEngine:
         cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port,
                            embedded_gateway=gateway is not None)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, preexec_fn=_engine_preexec(engine["niceness"]))
+        self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
         self.publish()
         self.follower = AliasFollower(self, self.adapters, follow_interval_s,
@@ -131,6 +149,16 @@ class VLLMEngine:
             self._tables_thread = threading.Thread(target=self._refresh_routes_file, name="sekisho-routes",
                                                    daemon=True)
             self._tables_thread.start()
+
+    def _check_niceness(self, wanted: int) -> None:
+        try:
+            got = os.getpriority(os.PRIO_PROCESS, self.proc.pid)
+        except OSError:  # already gone: the health wait reports why
+            return
+        if got != wanted:
+            logger.warning("vLLM for %s runs at niceness %d, not the configured %d: lowering it needs root "
+                           "or CAP_SYS_NICE. Ray's other processes on this node may take the CPU from it.",
+                           self.served_name, got, wanted)
 
     def routes(self) -> dict:
         """Served name -> what answers to it on this replica (internal name, version, hash)."""

@@ -431,6 +431,10 @@ class _SseRelay:
         await self.response.prepare(self.request)
 
     async def feed(self, chunk: bytes) -> None:
+        if not self.pending and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 \
+                and not chunk.startswith(b"data: [DONE]") and b'"usage":{' not in chunk:
+            await self._send(chunk)  # the usual case: one token's event, relayed as it came
+            return
         pending = self.pending + chunk if self.pending else chunk
         if b"\n\n" not in pending:
             self.pending = pending
@@ -447,14 +451,16 @@ class _SseRelay:
             else:
                 out.append(ev)
         if out:
-            data = b"\n\n".join(out) + b"\n\n"
-            if self.rename:
-                data = data.replace(*self.rename)
-            self.digest.update(data)
-            await self.response.write(data)
-            if self.first:
-                self.gw.metrics.ttft.labels(self.record["model"]).observe(time.perf_counter() - self.started)
-                self.first = False
+            await self._send(b"\n\n".join(out) + b"\n\n")
+
+    async def _send(self, data: bytes) -> None:
+        if self.rename:
+            data = data.replace(*self.rename)
+        self.digest.update(data)
+        await self.response.write(data)
+        if self.first:
+            self.gw.metrics.ttft.labels(self.record["model"]).observe(time.perf_counter() - self.started)
+            self.first = False
 
     async def finish(self, status: int) -> web.StreamResponse:
         """Commit the audit record, then send what was held back."""

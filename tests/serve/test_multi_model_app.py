@@ -200,3 +200,20 @@ def test_models_list_shows_both_engines_models(multi_app):
     base_url, key = multi_app
     ids = {m.id for m in openai.OpenAI(base_url=base_url, api_key=key, max_retries=0).models.list()}
     assert ids == {"tiny-chat", "tiny-embed"}
+
+
+def test_engines_run_at_their_own_priority_not_rays(multi_app):
+    """Ray starts its workers at niceness 15; an engine left there would lose the
+    CPU to every other process of the node. Its processes (vLLM's server, engine
+    core, worker) take the configured niceness (default 0)."""
+    import psutil
+
+    servers = [p for p in psutil.process_iter(["cmdline"])
+               if "--served-model-name" in (p.info["cmdline"] or []) and EMBED in p.info["cmdline"]]
+    assert servers, "no vLLM server for the embedding engine"
+    ray_workers = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "ray::ServeController"]
+    assert ray_workers and all(p.nice() == 15 for p in ray_workers), "Ray's workers run at niceness 15"
+    for server in servers:
+        family = [server] + server.children(recursive=True)
+        assert len(family) >= 3, family  # API server, engine core, worker (and the gateway's ledger)
+        assert {p.nice() for p in family} == {0}, [(p.name(), p.nice()) for p in family]
