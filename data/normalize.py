@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_TRAILING = re.compile(r"[ \t\u3000]+(?=\n)|[ \t\u3000]+\Z")
+_SPACES = " \t\u3000"  # what "trailing spaces" means here
 _BLANK_LINES = re.compile(r"\n{3,}")
 _RUNS = re.compile(r"[ \t\u3000]+")
 WHITESPACE_MODES = ("keep", "trim", "collapse")
@@ -33,7 +33,12 @@ def normalize_text(text: str, nfkc: bool = True, whitespace: str = "trim") -> st
     if whitespace == "keep":
         return text
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" not in text:  # one line (most chat turns): its ends are all there is to trim
+        return (_RUNS.sub(" ", text) if whitespace == "collapse" else text).strip()
     if whitespace == "collapse":
         text = "\n".join(_RUNS.sub(" ", line).strip() for line in text.split("\n"))
-    text = _BLANK_LINES.sub("\n\n", _TRAILING.sub("", text))
+    else:  # line by line: a regex for trailing spaces would try every space of the text
+        text = "\n".join(line.rstrip(_SPACES) for line in text.split("\n"))
+    if "\n\n\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
