@@ -75,7 +75,7 @@ def _phone(text: str) -> bool:
     n = digits_of(text)
     if text.lstrip("(（").startswith(("+", "＋")):
         rest = n[2:]
-        n = "0" + (rest[1:] if rest.startswith("0") else rest)  # +81 (0)3 ... -> 03 ...
+        n = "0" + (rest.removeprefix("0"))  # +81 (0)3 ... -> 03 ...
     if not n.startswith("0") or n[1] == "0":
         return False
     long_prefixes = ("020", "050", "070", "080", "090", "0800")
@@ -113,6 +113,11 @@ _DETECTORS: dict[str, tuple[re.Pattern, Callable[[str], bool]]] = {
 }
 
 
+# The fewest digits a text must hold for each type to be found in it (masking only
+# removes digits, so the count before the first type bounds every later one).
+_MIN_DIGITS = {"EMAIL": 0, "IP_ADDRESS": 1, "CREDIT_CARD": 13, "MY_NUMBER": 12, "PHONE": 10, "POSTAL_CODE": 7}
+
+
 def mask_pii(text: str, types: Iterable[str] = PII_TYPES, counts: Counter | None = None) -> str:
     """Replace the PII in `text` by `<TYPE>` placeholders.
 
@@ -124,10 +129,11 @@ def mask_pii(text: str, types: Iterable[str] = PII_TYPES, counts: Counter | None
         The masked text.
     """
     wanted = set(types)
-    has_digit = _DIGIT.search(text) is not None
+    digits = len(_DIGIT.findall(text))
     for kind in PII_TYPES:
-        if kind not in wanted or not (has_digit or (kind == "EMAIL" and "@" in text)):
-            continue  # every pattern but EMAIL needs a digit: skip the regex on most prose
+        if kind not in wanted or digits < _MIN_DIGITS[kind] or (kind == "EMAIL" and "@" not in text) or \
+                (kind == "IP_ADDRESS" and "." not in text and ":" not in text):
+            continue  # it cannot be there: skip the regex (most prose has no digit at all)
         pattern, check = _DETECTORS[kind]
 
         def replace(m: re.Match, kind=kind, check=check) -> str:

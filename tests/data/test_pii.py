@@ -3,6 +3,8 @@
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data import mask_pii
 from data.pii import PII_TYPES, luhn_valid, my_number_valid
@@ -62,3 +64,28 @@ def test_counts_add_up_over_a_text():
 def test_check_digits():
     assert my_number_valid("123456789018") and not my_number_valid("123456789011")
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+
+
+def _mask_every_type(text: str) -> tuple[str, Counter]:
+    """mask_pii without its shortcuts: every pattern runs on every text."""
+    from data.pii import _DETECTORS
+
+    counts = Counter()
+    for kind in PII_TYPES:
+        pattern, check = _DETECTORS[kind]
+
+        def replace(m, kind=kind, check=check):
+            if not check(m.group()):
+                return m.group()
+            counts[kind] += 1
+            return f"<{kind}>"
+
+        text = pattern.sub(replace, text)
+    return text, counts
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("0123456789０１-－ .:@〒+()abcＡ連")), max_size=48))
+def test_the_shortcuts_skip_only_texts_where_nothing_can_be_found(text):
+    counts = Counter()
+    assert (mask_pii(text, counts=counts), counts) == _mask_every_type(text)
