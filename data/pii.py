@@ -134,14 +134,19 @@ def mask_pii(text: str, types: Iterable[str] = PII_TYPES, counts: Counter | None
         if kind not in wanted or digits < _MIN_DIGITS[kind] or (kind == "EMAIL" and "@" not in text) or \
                 (kind == "IP_ADDRESS" and "." not in text and ":" not in text):
             continue  # it cannot be there: skip the regex (most prose has no digit at all)
-        pattern, check = _DETECTORS[kind]
-
-        def replace(m: re.Match, kind=kind, check=check) -> str:
-            if not check(m.group()):
-                return m.group()
-            if counts is not None:
-                counts[kind] += 1
-            return f"<{kind}>"
-
-        text = pattern.sub(replace, text)
+        text = mask_type(text, kind, counts)
     return text
+
+
+def mask_type(text: str, kind: str, counts: Counter | None = None) -> str:
+    """Replace every `kind` (one of PII_TYPES) in `text` by `<kind>`, counting them in `counts`."""
+    pattern, check = _DETECTORS[kind]
+
+    def replace(m: re.Match) -> str:
+        if not check(m.group()):
+            return m.group()
+        if counts is not None:
+            counts[kind] += 1
+        return f"<{kind}>"
+
+    return pattern.sub(replace, text)

@@ -137,9 +137,10 @@ def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]], api_key: str) -> 
 
     # A few questions at once: the engine batches them (sequentially, each answer
     # would wait for the one before it).
+    questions = [q for q, _ in qa]
     with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
-        tuned_answers = pool.map(answer, [tuned_name] * len(qa), [q for q, _ in qa])
-        base_answers = pool.map(answer, [base_name] * len(qa), [q for q, _ in qa])
+        tuned_answers = pool.map(answer, [tuned_name] * len(qa), questions)
+        base_answers = pool.map(answer, [base_name] * len(qa), questions)
         rows = [(q, expected, tuned, base)
                 for (q, expected), tuned, base in zip(qa, list(tuned_answers), list(base_answers))]
     tuned_ok = sum(tuned == expected.strip() for _, expected, tuned, _ in rows)

@@ -38,15 +38,21 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _take_niceness(niceness: int) -> None:
+    """Run the calling thread (and what it starts from now on) at `niceness`; where
+    lowering it is not allowed, keep the current one (the replica warns)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except OSError:
+        pass
+
+
 def _engine_preexec(niceness: int):
     """What runs in the engine's process before vLLM: die with the replica, and
     take the engine's own scheduling priority (its children inherit it)."""
     def setup() -> None:  # pragma: no cover - runs in the child
         _die_with_parent()
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, niceness)
-        except OSError:  # not allowed to lower it: keep Ray's (the replica warns)
-            pass
+        _take_niceness(niceness)
     return setup
 
 
@@ -91,10 +97,7 @@ class VLLMEngine:
                 replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
         offline.apply()
-        try:  # this thread (what the constructor still imports and starts) keeps up with the engine
-            os.setpriority(os.PRIO_PROCESS, 0, engine["niceness"])
-        except OSError:
-            pass
+        _take_niceness(engine["niceness"])  # what the constructor still imports keeps up with the engine
         import ray.util
         from ray import serve
 
