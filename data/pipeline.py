@@ -17,7 +17,6 @@ import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +32,7 @@ from data.pii import mask_pii
 from data.readers import RawRow, list_sources, read_rows
 from data.records import Example, Problem, check_messages, to_example
 from data.split import split_of
-from data.tokenization import tokenize_batch
+from data.tokenization import TokenizedBatch, tokenize_batch
 
 SHOWN_ERRORS = 20
 BATCH_ROWS = 1024  # rows per task: fewer, larger hand-offs between processes
@@ -182,8 +181,7 @@ class RowProcessor:
         is_eval = np.zeros(n, dtype=bool)
         has_tokens = np.zeros(n, dtype=bool)
         lengths = np.zeros(n, dtype=np.int64)
-        ids: list[list[int]] = []
-        labels: list[list[int]] = []
+        input_ids = labels = np.empty(0, dtype=np.int32)
         band_keys = np.zeros((n, self.hasher.bands if self.hasher.near else 0), dtype=np.uint64)
         if valid:
             at = [i for i, _ in valid]
@@ -191,36 +189,52 @@ class RowProcessor:
             exact[at] = [exact_key(k) for k in keys]
             is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
             band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])
-            for (i, ex), tokens in zip(valid, tokenize_batch(self.tokenizer, [ex for _, ex in valid])):
-                problem = length_problem(cfg, tokens)
-                if problem:
-                    errors[i] = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
-                has_tokens[i] = True
-                lengths[i] = len(tokens["input_ids"])
-                ids.append(tokens["input_ids"])
-                labels.append(tokens["labels"])
+            tokens, problems = length_filter(cfg, tokenize_batch(self.tokenizer, [ex for _, ex in valid]))
+            for k, problem in problems.items():
+                i, ex = valid[k]
+                errors[i] = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
+            has_tokens[at] = True
+            lengths[at] = tokens.lengths
+            input_ids, labels = tokens.input_ids, tokens.labels
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return ProcessedBatch([(r.file, r.line, r.unit) for r in rows], errors, exact, band_keys, is_eval,
-                              has_tokens, offsets, _flat(ids), _flat(labels), pii)
+                              has_tokens, offsets, input_ids, labels, pii)
 
 
-def _flat(lists: list[list[int]]) -> np.ndarray:
-    return np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=sum(map(len, lists)))
+def length_filter(cfg: DatasetConfig, batch: TokenizedBatch) -> tuple[TokenizedBatch, dict[int, Problem]]:
+    """The token-length filters over a tokenised batch.
 
-
-def length_problem(cfg: DatasetConfig, tokens: dict[str, list[int]]) -> Problem | None:
-    """The token-length filters; truncates `tokens` in place when overlength is "truncate"."""
-    n = len(tokens["input_ids"])
-    if n > cfg.max_length:
+    Returns:
+        The batch (its overlong examples cut to max_length when overlength is
+        "truncate"), and the problem of each example that fails a filter, by index.
+    """
+    n = batch.lengths
+    problems: dict[int, Problem] = {}
+    long = n > cfg.max_length
+    if long.any():
         if cfg.overlength == "drop":
-            return Problem("too_long", f"{n} tokens, more than max_length {cfg.max_length}")
-        tokens["input_ids"], tokens["labels"] = tokens["input_ids"][:cfg.max_length], tokens["labels"][:cfg.max_length]
-    if n < cfg.min_tokens:
-        return Problem("too_short", f"{n} tokens, fewer than min_tokens {cfg.min_tokens}")
-    if tokens["labels"].count(IGNORE_INDEX) == len(tokens["labels"]):
-        return Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}")
-    return None
+            for k in np.flatnonzero(long).tolist():
+                problems[k] = Problem("too_long", f"{n[k]} tokens, more than max_length {cfg.max_length}")
+        else:
+            batch = _truncate(batch, cfg.max_length)
+    for k in np.flatnonzero(n < cfg.min_tokens).tolist():
+        problems.setdefault(k, Problem("too_short", f"{n[k]} tokens, fewer than min_tokens {cfg.min_tokens}"))
+    trained = np.zeros(len(batch.labels) + 1, dtype=np.int64)
+    np.cumsum(batch.labels != IGNORE_INDEX, out=trained[1:])
+    for k in np.flatnonzero(trained[batch.offsets[1:]] == trained[batch.offsets[:-1]]).tolist():
+        problems.setdefault(k, Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}"))
+    return batch, problems
+
+
+def _truncate(batch: TokenizedBatch, length: int) -> TokenizedBatch:
+    """Every example cut to its first `length` tokens."""
+    n = batch.lengths
+    within = np.arange(len(batch.input_ids), dtype=np.int64) - np.repeat(batch.offsets[:-1], n)
+    keep = within < length
+    offsets = np.zeros_like(batch.offsets)
+    np.cumsum(np.minimum(n, length), out=offsets[1:])
+    return TokenizedBatch(batch.input_ids[keep], batch.labels[keep], offsets)
 
 
 _PROCESSOR: RowProcessor | None = None  # inherited by forked workers

@@ -4,22 +4,52 @@ with one tokenizer call per kind of piece for a whole batch of examples.
 `tokenize_conversation` calls the tokenizer three times per assistant turn;
 here every turn's prompt and answer across the batch go to the Rust tokenizer
 in two batched calls (the trained part of an answer ends at its EOS token), and
-only the assembling is per row.
+the batch's ids and labels are built as two flat arrays (`TokenizedBatch`):
+per row, only the pieces are listed, never the tokens.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
 
 from data.chat import IGNORE_INDEX
 from data.records import Example
 
 
+@dataclass
+class TokenizedBatch:
+    """Ids and labels of a batch's examples, one after another (int32), and
+    where each example starts: example i is [offsets[i], offsets[i + 1])."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray  # int64, len(examples) + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def example(self, i: int) -> dict[str, list[int]]:
+        """Example i as lists (the form `tokenize_conversation` returns)."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {"input_ids": self.input_ids[a:b].tolist(), "labels": self.labels[a:b].tolist()}
+
+
 def _prompt_renderer(tokenizer, sample: list[dict[str, str]]):
     """messages -> the chat template's prompt text (with the generation prompt).
 
-    Renders with the tokenizer's compiled template directly, which skips
-    `apply_chat_template`'s per-call overhead (a third of its time); checked on
-    `sample` against `apply_chat_template` itself, which is used instead when
-    they differ or the shortcut is unavailable.
+    Runs the tokenizer's compiled template directly, on a context built once
+    (jinja's `render` copies the template's globals into a new context on every
+    call: most of its time for a short conversation); checked on `sample`
+    against `apply_chat_template` itself, which is used instead when they differ
+    or the shortcut is unavailable. A template that raises (a role it refuses)
+    is rendered again by `apply_chat_template`, which raises the same error.
     """
     def slow(messages):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -27,15 +57,24 @@ def _prompt_renderer(tokenizer, sample: list[dict[str, str]]):
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
-        compiled = _compile_jinja_template(tokenizer.get_chat_template())
-        extra = dict(tokenizer.special_tokens_map)
-    except Exception:  # noqa: BLE001  (a transformers without the shortcut: the public API)
+        template = _compile_jinja_template(tokenizer.get_chat_template())
+        base = {**template.globals, **tokenizer.special_tokens_map,
+                "tools": None, "documents": None, "add_generation_prompt": True}
+        run, new_context = template.root_render_func, template.new_context
+    except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
 
     def fast(messages):
-        return compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=True, **extra)
+        try:
+            return "".join(run(new_context({**base, "messages": messages}, shared=True)))
+        except Exception:  # noqa: BLE001
+            return slow(messages)
 
-    return fast if fast(sample) == slow(sample) else slow
+    try:
+        same = fast(sample) == slow(sample)
+    except Exception:  # noqa: BLE001  (the sample itself is refused: let the public API say so per row)
+        same = False
+    return fast if same else slow
 
 
 def _pieces(tokenizer, messages: list[dict[str, str]], render=None) -> list[tuple[str, str, str]]:
@@ -48,18 +87,23 @@ def _pieces(tokenizer, messages: list[dict[str, str]], render=None) -> list[tupl
             for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
-def _assemble(turns: list[tuple[list[int], list[int], int]]) -> dict[str, list[int]]:
-    """Ids and labels of one conversation from its turns' (prompt ids, answer ids, trained count)."""
+def _segments(turns: list[tuple[list[int], list[int], int]]) -> list[tuple[list[int], int]]:
+    """A conversation as (ids, trained count) segments from its turns' (prompt ids,
+    answer ids, trained count): each turn adds the part of its prompt not already
+    there (nothing trained), then its answer (the first `trained` ids trained)."""
+    if len(turns) == 1:  # the usual case: nothing before the prompt
+        prompt_ids, answer_ids, trained = turns[0]
+        return [(prompt_ids, 0), (answer_ids, trained)]
     input_ids: list[int] = []
-    labels: list[int] = []
+    segments: list[tuple[list[int], int]] = []
     for prompt_ids, answer_ids, trained in turns:
         if prompt_ids[:len(input_ids)] == input_ids:
             new_prompt = prompt_ids[len(input_ids):]
         else:  # earlier turns re-tokenised differently in context: start from the full prompt
-            input_ids, labels, new_prompt = [], [], prompt_ids
+            input_ids, segments, new_prompt = [], [], prompt_ids
+        segments += [(new_prompt, 0), (answer_ids, trained)]
         input_ids += new_prompt + answer_ids
-        labels += [IGNORE_INDEX] * len(new_prompt) + answer_ids[:trained] + [IGNORE_INDEX] * (len(answer_ids) - trained)
-    return {"input_ids": input_ids, "labels": labels}
+    return segments
 
 
 def _trained_count(eos: int | None, answer_ids: list[int]) -> int | None:
@@ -82,7 +126,26 @@ def _encoder(tokenizer, add_special_tokens: bool):
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
 
 
-def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[int]]]:
+def _flatten(per_example: list[list[tuple[list[int], int]]]) -> TokenizedBatch:
+    """Segments of each example -> flat ids and labels (a segment's ids past its
+    trained count get IGNORE_INDEX), a few numpy operations for the whole batch."""
+    ids_of = [ids for segments in per_example for ids, _ in segments]
+    seg_len = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
+    seg_trained = np.fromiter((t for segments in per_example for _, t in segments), dtype=np.int64,
+                              count=len(ids_of))
+    total = int(seg_len.sum())
+    input_ids = np.fromiter(chain.from_iterable(ids_of), dtype=np.int32, count=total)
+    # position of each token within its segment, against the segment's trained count
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len)
+    labels = np.where(within < np.repeat(seg_trained, seg_len), input_ids, np.int32(IGNORE_INDEX)).astype(np.int32)
+    per = np.fromiter(map(len, per_example), dtype=np.int64, count=len(per_example))  # segments per example
+    example_of = np.repeat(np.arange(len(per_example)), per)
+    offsets = np.zeros(len(per_example) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(example_of, weights=seg_len, minlength=len(per_example)).astype(np.int64), out=offsets[1:])
+    return TokenizedBatch(input_ids, labels, offsets)
+
+
+def tokenize_batch(tokenizer, examples: list[Example]) -> TokenizedBatch:
     """Untruncated ids and labels for each example.
 
     Chat examples train on assistant turns only (chat template, as a server
@@ -99,14 +162,14 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> list[dict[str, list[in
     missing = [j for j, t in enumerate(trained) if t is None]
     for j, ids in zip(missing, encode([flat[j][2] for j in missing])):
         trained[j] = len(ids)
-    out: list[dict[str, list[int]] | None] = [None] * len(examples)
+    per_example: list[list[tuple[list[int], int]]] = [[] for _ in examples]
     pos = 0
     for i, pieces in chats:
         n = len(pieces)
-        out[i] = _assemble([(prompts[j], answers[j], trained[j]) for j in range(pos, pos + n)])
+        per_example[i] = _segments(list(zip(prompts[pos:pos + n], answers[pos:pos + n], trained[pos:pos + n])))
         pos += n
     texts = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
     if texts:
         for (i, _), ids in zip(texts, _encoder(tokenizer, add_special_tokens=True)([t for _, t in texts])):
-            out[i] = {"input_ids": ids, "labels": list(ids)}
-    return out
+            per_example[i] = [(ids, len(ids))]
+    return _flatten(per_example)

@@ -97,5 +97,7 @@ def test_batched_tokenisation_matches_the_per_turn_one(tiny_model_dir, sample_co
         {"role": "assistant", "content": "四"}]]
     batch = [Example("f", i, "line", messages=c) for i, c in enumerate(convs)] + [Example("f", 0, "line", text="本文")]
     out = tokenize_batch(tok, batch)
-    assert out[:-1] == [tokenize_conversation(tok, c, 1 << 30) for c in convs]
-    assert out[-1]["labels"] == out[-1]["input_ids"] and tok.decode(out[-1]["input_ids"]).endswith(tok.eos_token)
+    assert len(out) == len(batch)
+    assert [out.example(i) for i in range(len(convs))] == [tokenize_conversation(tok, c, 1 << 30) for c in convs]
+    text = out.example(len(convs))
+    assert text["labels"] == text["input_ids"] and tok.decode(text["input_ids"]).endswith(tok.eos_token)
