@@ -29,7 +29,7 @@ from data.manifest import file_sha256
 from data.memory import fix_glibc_thresholds
 from data.normalize import normalize_text
 from data.pii import mask_pii
-from data.readers import RawRow, list_sources, read_rows
+from data.readers import SUFFIXES, JsonlChunk, RawRow, jsonl_chunks, list_sources, read_rows
 from data.records import Example, Problem, check_messages, to_example
 from data.split import split_of
 from data.tokenization import TokenizedBatch, tokenize_batch
@@ -164,7 +164,9 @@ class RowProcessor:
         d = cfg.dedup
         self.hasher = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle)
 
-    def __call__(self, rows: list[RawRow]) -> ProcessedBatch:
+    def __call__(self, rows: list[RawRow] | JsonlChunk) -> ProcessedBatch:
+        if isinstance(rows, JsonlChunk):
+            rows = rows.rows()
         cfg, pii = self.cfg, Counter()
         n = len(rows)
         errors: list[RowError | None] = [None] * n
@@ -240,8 +242,23 @@ def _truncate(batch: TokenizedBatch, length: int) -> TokenizedBatch:
 _PROCESSOR: RowProcessor | None = None  # inherited by forked workers
 
 
-def _run_batch(rows: list[RawRow]) -> ProcessedBatch:
+def _run_batch(rows: list[RawRow] | JsonlChunk) -> ProcessedBatch:
     return _PROCESSOR(rows)
+
+
+def read_units(cfg: DatasetConfig, acc: Accounting) -> Iterator[list[RawRow] | JsonlChunk]:
+    """What the row stages take, in read order, `BATCH_ROWS` rows at most each:
+    a JSONL file as chunks of undecoded lines (decoded and framed where the rows
+    are processed: reading only cuts the file), any other file as batches of raw rows.
+
+    Raises:
+        DataValidationError: unreadable sources.
+    """
+    for path in register_sources(cfg, acc):
+        if SUFFIXES[path.suffix.lower()] == "jsonl":
+            yield from jsonl_chunks(path, cfg.encoding, BATCH_ROWS)
+        else:
+            yield from batched(read_rows(path, cfg.encoding, parse=False), BATCH_ROWS)
 
 
 def batched(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
@@ -288,17 +305,19 @@ def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting
     if cfg.executor == "ray":
         from data.ray_pipeline import ray_batch_results
 
-        files = register_sources(cfg, acc)
-        by_path = {s["path"]: s for s in acc.sources}
-        for batch in ray_batch_results(cfg, tokenizer_dir, files, BATCH_ROWS):
-            for file, _, _ in batch.where:  # rows are read on the cluster: count them as they come back
-                acc.rows_in += 1
-                by_path[file]["rows_in"] += 1
-            yield batch
-        return
-    _PROCESSOR = RowProcessor(cfg, tokenizer)
+        batches = ray_batch_results(cfg, tokenizer_dir, register_sources(cfg, acc), BATCH_ROWS)
+    else:
+        _PROCESSOR = RowProcessor(cfg, tokenizer)
+        batches = ordered_map(_run_batch, read_units(cfg, acc), cfg.workers)
+    by_path: dict[str, dict] = {}
     try:
-        yield from ordered_map(_run_batch, batched(raw_rows(cfg, acc), BATCH_ROWS), cfg.workers)
+        for batch in batches:
+            by_path = by_path or {s["path"]: s for s in acc.sources}  # all registered before the first batch
+            # rows are framed where they are processed: count them as they come back
+            for file, count in Counter(file for file, _, _ in batch.where).items():
+                by_path[file]["rows_in"] += count
+            acc.rows_in += len(batch)
+            yield batch
     finally:
         _PROCESSOR = None
 

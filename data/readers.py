@@ -16,6 +16,7 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import orjson
@@ -116,13 +117,69 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         for i, raw in enumerate(f):
             if i == 0 and codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
                 raw, offset = raw[3:], 3
-            try:
-                yield raw.decode("utf-8" if codec == "utf-8-sig" else codec)
-            except UnicodeDecodeError as exc:
-                raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
-                                          f"({exc.reason}); check the file's encoding or set "
-                                          f"`encoding:` in the dataset config.") from None
+            yield _decode(raw, path, codec, offset)
             offset += len(raw)
+
+
+def _decode(raw: bytes, path: Path | str, codec: str, offset: int) -> str:
+    """One line's bytes as text; `offset`: where the line starts in the file (for the error).
+
+    Raises:
+        DataValidationError: the line does not decode; names the file and byte offset.
+    """
+    try:
+        return raw.decode("utf-8" if codec == "utf-8-sig" else codec)
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
+                                  f"({exc.reason}); check the file's encoding or set "
+                                  f"`encoding:` in the dataset config.") from None
+
+
+@dataclass
+class JsonlChunk:
+    """Consecutive lines of a JSONL file as bytes, not decoded yet: reading a
+    large file only cuts it into chunks, and the (parallel) row stages decode
+    and frame the rows (`rows`), so the reading process does almost no work a row.
+
+    `line`: the first line's number (1-based); `offset`: its byte offset.
+    """
+
+    path: str
+    codec: str
+    line: int
+    offset: int
+    lines: list[bytes]
+
+    def rows(self) -> list[RawRow]:
+        """The chunk's rows (blank lines skipped), each a `JsonLine`.
+
+        Raises:
+            DataValidationError: a line does not decode; names the file and byte offset.
+        """
+        out, offset = [], self.offset
+        for lineno, raw in enumerate(self.lines, start=self.line):
+            if lineno == 1 and self.codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
+                raw, offset = raw[3:], offset + 3
+            text = _decode(raw, self.path, self.codec, offset)
+            offset += len(raw)
+            if text.strip():
+                out.append(RawRow(self.path, lineno, JsonLine(text)))
+        return out
+
+
+def jsonl_chunks(path: Path, encoding: str, lines: int) -> Iterator[JsonlChunk]:
+    """A JSONL file as chunks of `lines` lines (see `JsonlChunk`).
+
+    Raises:
+        DataValidationError: the encoding is neither configured nor recognised.
+    """
+    codec = detect_encoding(path, encoding)
+    line, offset = 1, 0
+    with path.open("rb") as f:
+        while chunk := list(islice(f, lines)):
+            yield JsonlChunk(str(path), codec, line, offset, chunk)
+            line += len(chunk)
+            offset += sum(map(len, chunk))
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,29 @@ def test_a_large_split_is_written_as_shards_of_one_table(tmp_path, tiny_model_di
     again = prepare(cfg.model_copy(update={"shard_tokens": 256}), tiny_model_dir, tmp_path / "sharded")
     assert len(list((tmp_path / "sharded" / "tokens.parquet").iterdir())) == again["splits"]["train"]["shards"] < len(parts)
     assert not list(tmp_path.glob("sharded/*.partial")) and not list(tmp_path.glob("sharded/*.old"))
+
+
+def test_rows_are_counted_across_chunks_and_workers(tmp_path, tiny_model_dir, monkeypatch):
+    """JSONL files are cut into chunks of lines that the worker processes decode:
+    blank lines, chunk edges and two files still give every row's count and line,
+    and a bad byte in a late chunk fails the run naming the file and byte."""
+    import data.pipeline
+
+    monkeypatch.setattr(data.pipeline, "BATCH_ROWS", 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = ["".join(chr(0x4E00 + (i * 211 + j * j * 7) % 5000) for j in range(40)) for i in range(10)]
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in texts]
+    (src / "a.jsonl").write_text("\n".join(lines[:4] + ["", ""] + lines[4:7]) + "\n", encoding="utf-8")
+    (src / "b.jsonl").write_text("\n".join(lines[7:] + [lines[0]]) + "\n", encoding="utf-8")
+    cfg = DatasetConfig(name="t", path=str(src), format="text", workers=2, on_error="skip")
+    m = prepare(cfg, tiny_model_dir, tmp_path / "out")
+    assert m["rows"]["in"] == 11 and m["rows"]["dropped"] == {"exact_duplicate": 1}
+    assert [s["rows_in"] for s in m["sources"]] == [7, 4]
+    dropped = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert dropped == [{"file": str(src / "b.jsonl"), "line": 4, "code": "exact_duplicate",
+                        "reason": "exact duplicate of an earlier row"}]
+    good = (src / "a.jsonl").read_bytes()
+    (src / "a.jsonl").write_bytes(good + b'{"text": "\x82\xa0"}\n')
+    with pytest.raises(DataValidationError, match=rf"a.jsonl: byte {len(good) + 10}: not valid utf-8"):
+        prepare(cfg.model_copy(update={"encoding": "utf-8"}), tiny_model_dir, tmp_path / "out2")

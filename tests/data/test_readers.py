@@ -132,3 +132,29 @@ def test_utf16_export_is_named_not_misread(tmp_path):
     p.write_bytes("質問\t回答\n".encode("utf-16"))
     with pytest.raises(DataValidationError, match=r"excel.tsv: byte \d+: UTF-16 or binary content"):
         list(read_rows(p))
+
+
+@pytest.mark.parametrize("lines", [1, 2, 3, 1000])
+def test_jsonl_chunks_frame_the_same_rows_as_the_reader(tmp_path, lines):
+    from data.readers import jsonl_chunks
+
+    p = tmp_path / "c.jsonl"
+    body = ['{"text": "一"}', "", "  ", "{broken", '{"text": "二"}', "", '{"text": "三"}']
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(body).encode())
+    chunks = list(jsonl_chunks(p, "auto", lines))
+    assert [len(c.lines) for c in chunks][:-1] == [lines] * (len(chunks) - 1)
+    framed = [r for c in chunks for r in c.rows()]
+    assert [(r.file, r.line, r.value.text) for r in framed] == \
+        [(r.file, r.line, r.value.text) for r in read_rows(p, "auto", parse=False)]
+    assert [r.line for r in framed] == [1, 4, 5, 7]
+
+
+def test_jsonl_chunk_decoding_error_names_the_byte_in_the_file(tmp_path):
+    from data.readers import jsonl_chunks
+
+    p = tmp_path / "mixed.jsonl"
+    good = '{"text": "一"}\n'.encode() * 5
+    p.write_bytes(good + b'{"text": "\x82\xa0"}\n')
+    *_, last = jsonl_chunks(p, "utf-8", 2)
+    with pytest.raises(DataValidationError, match=rf"mixed.jsonl: byte {len(good) + 10}: not valid utf-8"):
+        last.rows()
