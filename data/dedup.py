@@ -25,14 +25,26 @@ import mmap
 import tempfile
 
 import numpy as np
+import orjson
 
 EMPTY = np.iinfo(np.uint64).max
 
 def content_key(messages: list[dict] | None, text: str | None) -> bytes:
-    """16-byte digest of an example's content: the identity used by dedup and split."""
-    canonical = json.dumps(messages if messages is not None else text, ensure_ascii=False,
-                           separators=(",", ":"))
-    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+    """16-byte digest of an example's content: the identity used by dedup and split.
+
+    The digest is of the content as compact JSON (`json.dumps(...,
+    ensure_ascii=False, separators=(",", ":"))`, UTF-8); orjson writes the same
+    bytes for str-only content, several times faster.
+
+    Raises:
+        UnicodeEncodeError: a text holds a lone surrogate (not a character).
+    """
+    value = messages if messages is not None else text
+    try:
+        canonical = orjson.dumps(value)
+    except TypeError:  # a lone surrogate (or a value orjson does not write): the standard encoder decides
+        canonical = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 def collision_probability(similarity: float, bands: int, rows: int) -> float:

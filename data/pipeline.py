@@ -114,6 +114,15 @@ def validate(row: RawRow, cfg: DatasetConfig) -> Example | Problem:
     return ex if ex.text else Problem("empty_text", "'text': empty after normalisation")
 
 
+def example_key(ex: Example) -> bytes | Problem:
+    """The example's content key (`data.dedup.content_key`), or the problem with its text."""
+    try:
+        return content_key(ex.messages, ex.text)
+    except UnicodeEncodeError as exc:
+        return Problem("invalid_text", f"text holds {exc.object[exc.start]!a}: half of a UTF-16 surrogate pair "
+                                       f"(a JSON \\u escape), not a character")
+
+
 def validate_rows(cfg: DatasetConfig) -> Accounting:
     """Read and validate every row without tokenising (a quick check before a run).
 
@@ -122,7 +131,8 @@ def validate_rows(cfg: DatasetConfig) -> Accounting:
     """
     acc = Accounting()
     for row in raw_rows(cfg, acc):
-        problem = validate(row, cfg)
+        ex = validate(row, cfg)
+        problem = ex if isinstance(ex, Problem) else example_key(ex)
         if isinstance(problem, Problem):
             acc.drop(RowError(row.file, row.line, problem.message, problem.code, row.unit), invalid=True)
     if cfg.on_error == "fail":
@@ -171,14 +181,17 @@ class RowProcessor:
         n = len(rows)
         errors: list[RowError | None] = [None] * n
         valid: list[tuple[int, Example]] = []
+        keys: list[bytes] = []
         for i, row in enumerate(rows):
             ex = validate(row, cfg)
-            if isinstance(ex, Problem):
-                errors[i] = RowError(row.file, row.line, ex.message, ex.code, row.unit)
-                continue
-            if cfg.pii.enabled:
+            if not isinstance(ex, Problem) and cfg.pii.enabled:
                 ex.map_text(lambda s: mask_pii(s, cfg.pii.types, pii))
+            key = ex if isinstance(ex, Problem) else example_key(ex)
+            if isinstance(key, Problem):
+                errors[i] = RowError(row.file, row.line, key.message, key.code, row.unit)
+                continue
             valid.append((i, ex))
+            keys.append(key)
         exact = np.zeros(n, dtype=np.uint64)
         is_eval = np.zeros(n, dtype=bool)
         has_tokens = np.zeros(n, dtype=bool)
@@ -187,7 +200,6 @@ class RowProcessor:
         band_keys = np.zeros((n, self.hasher.bands if self.hasher.near else 0), dtype=np.uint64)
         if valid:
             at = [i for i, _ in valid]
-            keys = [content_key(ex.messages, ex.text) for _, ex in valid]
             exact[at] = [exact_key(k) for k in keys]
             is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
             band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])

@@ -2,7 +2,11 @@
 
 import random
 
-from data import Deduplicator, split_of
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data import DataValidationError, Deduplicator, split_of
 from data.dedup import band_shape, collision_probability, content_key
 
 ARTICLE = ("関所は旧街道で人と物の出入りを改める場所であった。通行手形を持たない者は通れず、"
@@ -151,3 +155,30 @@ def test_batch_signatures_equal_one_at_a_time():
     texts = ["".join(rng.choice("関所手形abc ") for _ in range(rng.randint(0, 300))) for _ in range(200)]
     m = MinHasher()
     assert (m.signatures(texts) == np.stack([m.signature(t) for t in texts])).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.text()), max_size=4), st.text())
+def test_content_key_is_the_digest_of_the_standard_json(turns, text):
+    """The key hashes what json.dumps writes (the split and dedup of existing
+    datasets depend on it), whichever encoder wrote the bytes."""
+    import hashlib
+    import json
+
+    messages = [{"role": r, "content": c} for r, c in turns]
+    for value, key in ((messages, content_key(messages, None)), (text, content_key(None, text))):
+        reference = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        assert key == hashlib.blake2b(reference, digest_size=16).digest()
+
+
+def test_a_lone_surrogate_is_a_counted_row_problem_not_a_crash(tmp_path, tiny_model_dir):
+    from data import DatasetConfig, prepare, validate_rows
+
+    src = tmp_path / "s.jsonl"
+    src.write_text('{"text": "half a pair \\ud800 here, then more text"}\n'
+                   '{"text": "a whole character \\ud83d\\ude00 here, then more text"}\n', encoding="utf-8")
+    cfg = DatasetConfig(name="s", path=str(src), format="text", on_error="skip", workers=1)
+    m = prepare(cfg, tiny_model_dir, tmp_path / "out")
+    assert m["rows"]["dropped"] == {"invalid_text": 1} and m["rows"]["out"] == 1
+    with pytest.raises(DataValidationError, match=r"s.jsonl:1: text holds '\\ud800': half of a UTF-16 surrogate"):
+        validate_rows(cfg.model_copy(update={"on_error": "fail"}))

@@ -188,3 +188,20 @@ def test_rows_are_counted_across_chunks_and_workers(tmp_path, tiny_model_dir, mo
     (src / "a.jsonl").write_bytes(good + b'{"text": "\x82\xa0"}\n')
     with pytest.raises(DataValidationError, match=rf"a.jsonl: byte {len(good) + 10}: not valid utf-8"):
         prepare(cfg.model_copy(update={"encoding": "utf-8"}), tiny_model_dir, tmp_path / "out2")
+
+
+def test_token_shards_are_delta_encoded_and_zstd_compressed(tmp_path, tiny_model_dir):
+    """The shards' encoding (see data.prepare.PARQUET_OPTIONS) is one every Parquet reader knows."""
+    src = cp932_faq(tmp_path / "src")
+    cfg = DatasetConfig(name="faq", path=str(src), format="prompt_completion", on_error="skip",
+                        columns={"prompt": "質問", "completion": "回答"}, max_length=64,
+                        packing={"enabled": True, "length": 64})
+    prepare(cfg, tiny_model_dir, tmp_path / "out")
+    shard = next((tmp_path / "out" / "tokens.parquet").iterdir())
+    meta = pq.ParquetFile(shard).metadata
+    for i in range(meta.num_columns):
+        column = meta.row_group(0).column(i)
+        assert "DELTA_BINARY_PACKED" in column.encodings and column.compression == "ZSTD", column
+    table = pq.read_table(tmp_path / "out" / "tokens.parquet").to_pydict()
+    assert all(p[0] == 0 for p in table["position_ids"]) and sum(map(sum, table["example_lengths"])) == \
+        sum(map(len, table["input_ids"]))
