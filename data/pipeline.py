@@ -203,11 +203,13 @@ class RowProcessor:
             exact[at] = [exact_key(k) for k in keys]
             is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
             band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])
-            tokens, problems = length_filter(cfg, tokenize_batch(self.tokenizer, [ex for _, ex in valid]))
-            for k, problem in problems.items():
+            tokens, refused = tokenize_batch(self.tokenizer, [ex for _, ex in valid])
+            tokens, problems = length_filter(cfg, tokens)
+            for k, problem in {**problems, **refused}.items():
                 i, ex = valid[k]
                 errors[i] = RowError(ex.file, ex.line, problem.message, problem.code, ex.unit)
             has_tokens[at] = True
+            has_tokens[[valid[k][0] for k in refused]] = False  # refused by the template: an invalid row
             lengths[at] = tokens.lengths
             input_ids, labels = tokens.input_ids, tokens.labels
         offsets = np.zeros(n + 1, dtype=np.int64)

@@ -16,7 +16,7 @@ from itertools import chain
 import numpy as np
 
 from data.chat import IGNORE_INDEX
-from data.records import Example
+from data.records import Example, Problem
 
 
 @dataclass
@@ -41,15 +41,17 @@ class TokenizedBatch:
         return {"input_ids": self.input_ids[a:b].tolist(), "labels": self.labels[a:b].tolist()}
 
 
-def _prompt_renderer(tokenizer, sample: list[dict[str, str]]):
+def _prompt_renderer(tokenizer, samples: list[list[dict[str, str]]]):
     """messages -> the chat template's prompt text (with the generation prompt).
 
-    Runs the tokenizer's compiled template directly, on a context built once
-    (jinja's `render` copies the template's globals into a new context on every
-    call: most of its time for a short conversation); checked on `sample`
-    against `apply_chat_template` itself, which is used instead when they differ
-    or the shortcut is unavailable. A template that raises (a role it refuses)
-    is rendered again by `apply_chat_template`, which raises the same error.
+    Runs the tokenizer's compiled template directly on one context, reset
+    between calls: jinja's `render` builds a new context on every call (copying
+    the template's globals), most of its time for a short conversation. Checked
+    against `apply_chat_template` itself on `samples`, in order and then the
+    first again (a template that left state behind in the context would differ),
+    which is used instead when they differ or the shortcut is unavailable. A
+    conversation the template refuses (it raises) is rendered by
+    `apply_chat_template`, which raises the same error.
     """
     def slow(messages):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -58,21 +60,26 @@ def _prompt_renderer(tokenizer, sample: list[dict[str, str]]):
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         template = _compile_jinja_template(tokenizer.get_chat_template())
-        base = {**template.globals, **tokenizer.special_tokens_map,
-                "tools": None, "documents": None, "add_generation_prompt": True}
-        run, new_context = template.root_render_func, template.new_context
+        scope = {**template.globals, **tokenizer.special_tokens_map,
+                 "tools": None, "documents": None, "add_generation_prompt": True, "messages": None}
+        context, run = template.new_context(scope, shared=True), template.root_render_func
+        context.vars.clear()  # the state a call leaves, reset before the next (see `fast`)
+        context.exported_vars.clear()
     except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
 
     def fast(messages):
+        scope["messages"] = messages
+        context.vars.clear()  # what the last call's top-level {% set %} left
+        context.exported_vars.clear()
         try:
-            return "".join(run(new_context({**base, "messages": messages}, shared=True)))
+            return "".join(run(context))
         except Exception:  # noqa: BLE001
             return slow(messages)
 
     try:
-        same = fast(sample) == slow(sample)
-    except Exception:  # noqa: BLE001  (the sample itself is refused: let the public API say so per row)
+        same = all(fast(m) == slow(m) for m in [*samples, samples[0]])
+    except Exception:  # noqa: BLE001  (a sample is refused: let the public API say so per row)
         same = False
     return fast if same else slow
 
@@ -145,15 +152,23 @@ def _flatten(per_example: list[list[tuple[list[int], int]]]) -> TokenizedBatch:
     return TokenizedBatch(input_ids, labels, offsets)
 
 
-def tokenize_batch(tokenizer, examples: list[Example]) -> TokenizedBatch:
-    """Untruncated ids and labels for each example.
+def tokenize_batch(tokenizer, examples: list[Example]) -> tuple[TokenizedBatch, dict[int, Problem]]:
+    """Untruncated ids and labels for each example, and the problem of each
+    conversation the chat template refuses (by index; it gets no tokens).
 
     Chat examples train on assistant turns only (chat template, as a server
     renders it); raw text trains on every token and ends with the EOS token.
     """
+    from jinja2 import TemplateError
+
     convs = [(i, ex.messages) for i, ex in enumerate(examples) if ex.messages is not None]
-    render = _prompt_renderer(tokenizer, convs[0][1][:-1]) if convs else None
-    chats = [(i, _pieces(tokenizer, messages, render)) for i, messages in convs]
+    render = _prompt_renderer(tokenizer, [convs[0][1][:-1], convs[-1][1][:-1]]) if convs else None
+    chats, problems = [], {}
+    for i, messages in convs:
+        try:
+            chats.append((i, _pieces(tokenizer, messages, render)))
+        except TemplateError as exc:  # the template's raise_exception: e.g. a role it does not take
+            problems[i] = Problem("template_error", f"the chat template refused the conversation: {exc}")
     flat = [p for _, pieces in chats for p in pieces]
     encode = _encoder(tokenizer, add_special_tokens=False)
     prompts, answers = encode([p[0] for p in flat]), encode([p[1] for p in flat])
@@ -172,4 +187,4 @@ def tokenize_batch(tokenizer, examples: list[Example]) -> TokenizedBatch:
     if texts:
         for (i, _), ids in zip(texts, _encoder(tokenizer, add_special_tokens=True)([t for _, t in texts])):
             per_example[i] = [(ids, len(ids))]
-    return _flatten(per_example)
+    return _flatten(per_example), problems

@@ -96,8 +96,50 @@ def test_batched_tokenisation_matches_the_per_turn_one(tiny_model_dir, sample_co
         {"role": "assistant", "content": "二"}, {"role": "user", "content": "三"},
         {"role": "assistant", "content": "四"}]]
     batch = [Example("f", i, "line", messages=c) for i, c in enumerate(convs)] + [Example("f", 0, "line", text="本文")]
-    out = tokenize_batch(tok, batch)
-    assert len(out) == len(batch)
+    out, refused = tokenize_batch(tok, batch)
+    assert len(out) == len(batch) and not refused
     assert [out.example(i) for i in range(len(convs))] == [tokenize_conversation(tok, c, 1 << 30) for c in convs]
     text = out.example(len(convs))
     assert text["labels"] == text["input_ids"] and tok.decode(text["input_ids"]).endswith(tok.eos_token)
+
+
+def test_template_shortcut_matches_apply_chat_template_and_keeps_no_state(tiny_model_dir):
+    """The prompt renderer reuses one jinja context: a template whose top-level
+    variables would leak from one call into the next still renders as
+    `apply_chat_template` does, call after call."""
+    from transformers import AutoTokenizer
+
+    from data.tokenization import _prompt_renderer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.chat_template = ("{{ seen if seen is defined else 'first' }}{% set seen = messages[0]['content'] %}"
+                         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    a, b = [{"role": "user", "content": "一"}], [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "二"}]
+    render = _prompt_renderer(tok, [a, b])
+    assert render.__name__ == "fast"  # the shortcut passed its check (it would not, were state left behind)
+    for messages in (a, b, a, b):
+        assert render(messages) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render(b).startswith("first<system>")
+
+
+def test_a_conversation_the_template_refuses_is_an_invalid_row(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    template = (model / "chat_template.jinja").read_text()
+    (model / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + template)
+    rows = [[{"role": "user", "content": "質問です"}, {"role": "assistant", "content": "回答です"}],
+            [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "質問"},
+             {"role": "assistant", "content": "回答"}]]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"messages": r}, ensure_ascii=False) for r in rows),
+                                      encoding="utf-8")
+    cfg = DatasetConfig(name="t", path=str(tmp_path / "d.jsonl"), on_error="skip")
+    m = prepare(cfg, model, tmp_path / "out")
+    assert m["rows"]["dropped"] == {"template_error": 1} and m["rows"]["out"] == 1
+    with pytest.raises(DataValidationError, match=r"d.jsonl:2: the chat template refused the conversation: "
+                                                  r"System role not supported"):
+        prepare(cfg.model_copy(update={"on_error": "fail"}), model, tmp_path / "out2")
