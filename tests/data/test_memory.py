@@ -27,3 +27,34 @@ def test_the_pool_is_restored_when_the_run_fails():
 def test_glibc_thresholds_are_fixed():
     assert memory.fix_glibc_thresholds() is True
     assert memory._applied is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_free_heap_pages_are_given_back(tmp_path):
+    """Blocks below the fixed mmap threshold come from the heap; once freed,
+    release_free_heap returns their pages (the resident size falls back)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import ctypes, sys\n"
+        "from data import memory\n"
+        "assert memory.fix_glibc_thresholds()\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "before = rss()\n"
+        # 64 MiB in 1 MiB heap blocks, each followed by a live one (too large to come from a free
+        # list: it comes after its block): freed, the 1 MiB blocks are holes
+        # in the middle of the heap, which cannot shrink from its end
+        "blocks = [(libc.malloc(1 << 20), libc.malloc(300_000)) for _ in range(64)]\n"
+        "for b, _ in blocks: ctypes.memset(b, 1, 1 << 20)\n"
+        "for b, _ in blocks: libc.free(b)\n"
+        "held = rss() - before\n"
+        "memory.release_free_heap()\n"
+        "print(held >> 20, (rss() - before) >> 20)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    held, after = map(int, out.stdout.split())
+    assert held >= 60 and after <= 8, out.stdout
