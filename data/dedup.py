@@ -155,32 +155,35 @@ def _mapping(size: int, spill_dir: str | None = None) -> mmap.mmap:
 
 
 class KeyIndex:
-    """A set of 64-bit keys in 6.25 bytes a key, with no growth spikes.
+    """A set of 64-bit keys in 5 bytes a key, with no growth spikes.
 
-    A key is kept as a 54-bit fingerprint: its top 6 bits pick one of 64
-    ranges, and each range holds the next 48 bits as two sorted parallel arrays
-    (32 + 16 bits). The ranges lie one after the other in two mappings (all
-    high parts, all low parts) with their offsets beside them. A batch of keys
-    is looked up all at once: one binary search over the first key of every
-    block of 32 (a table of 0.25 bytes a key, small enough to stay in the CPU's
-    cache), then a vectorised binary search within each key's block. Two different keys share a fingerprint with probability n / 2^54 per
-    lookup: with 100 M keys stored (10 M rows), about one row in 18 million is
+    A key is kept as a 52-bit fingerprint: its top 12 bits pick one of 4,096
+    ranges, and each range holds the next 40 bits as two sorted parallel
+    arrays (32 + 8 bits). The ranges lie one after the other in two mappings
+    (all high parts, all low parts) with their offsets beside them (32 KiB).
+    A batch of keys is looked up all at once: one binary search over the first
+    key of every block of 32 (a table of 0.25 bytes a key, small enough to stay
+    in the CPU's cache), then a vectorised binary search within each key's
+    block. Two different keys share a fingerprint with probability n / 2^52 per
+    lookup: with 100 M keys stored (10 M rows), about one row in 4.5 million is
     taken for a duplicate by accident, far below MinHash's own false positives.
 
     New keys wait in a small set (at most 1/64 of the index, at least 64 Ki
     keys, exact) and are merged in when it fills: the mappings grow in place,
-    then the ranges are rewritten from the last to the first, each into its new
-    place (which only lies over its own old place or over ranges already
-    moved), so the index never needs twice its size: one range's copy at most.
-    A range is merged with a stable sort (timsort), which finds the stored run
-    already sorted. With `spill_dir` the mappings are unnamed files there, and
-    the pages a lookup touched are released after it: the index lives in the
-    page cache (written to disk and dropped under memory pressure), not in the
-    process's memory. (An open-addressing table of 64-bit keys costs 12-18
-    bytes a key and twice that while it grows; a Python set 60-90.)
+    then the ranges are rewritten in 64 groups from the last to the first, each
+    into its new place (which only lies over its own old place or over groups
+    already moved), so the index never needs twice its size: one group's copy
+    at most. A group is merged with a stable sort (timsort), which finds its two
+    runs (stored, new) already sorted. With `spill_dir` the mappings are unnamed
+    files there, and the pages a lookup touched are released after it: the
+    index lives in the page cache (written to disk and dropped under memory
+    pressure), not in the process's memory. (An open-addressing table of 64-bit
+    keys costs 12-18 bytes a key and twice that while it grows; a Python set 60-90.)
     """
 
-    RANGE_BITS = 6
+    RANGE_BITS = 12
+    GROUP_BITS = 6  # a merge rewrites the ranges in 2^GROUP_BITS groups
+    LOW_BITS = 8  # stored below the 32-bit high part
     MIN_PENDING = 1 << 16
     BLOCK = 32  # keys per block of the lookup's first step (its table: 8 bytes a block)
 
@@ -190,7 +193,7 @@ class KeyIndex:
         self._offsets = np.zeros((1 << self.RANGE_BITS) + 1, dtype=np.int64)  # range r: [off[r], off[r + 1])
         self._maps: list[mmap.mmap] = []  # (high parts, low parts), once anything is stored
         self._hi = np.empty(0, dtype=np.uint32)
-        self._lo = np.empty(0, dtype=np.uint16)
+        self._lo = np.empty(0, dtype=np.uint8)
         self._pending: set[int] = set()
 
     @property
@@ -207,9 +210,11 @@ class KeyIndex:
         return self._hi.nbytes + self._lo.nbytes + self._block_starts.nbytes + 70 * len(self._pending)
 
     def _split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(range, high 32 bits, low 16 bits) of each key's fingerprint."""
-        part = (keys >> np.uint64(64 - self.RANGE_BITS)).astype(np.intp)
-        return part, (keys >> np.uint64(26)).astype(np.uint32), (keys >> np.uint64(10)).astype(np.uint16)
+        """(range, high 32 bits, low bits) of each key's fingerprint."""
+        below = 64 - self.RANGE_BITS
+        part = (keys >> np.uint64(below)).astype(np.intp)
+        hi = (keys >> np.uint64(below - 32)).astype(np.uint32)  # the cast keeps the low 32 bits
+        return part, hi, (keys >> np.uint64(below - 32 - self.LOW_BITS)).astype(np.uint8)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """For each key (a uint64 array), whether the index holds it."""
@@ -252,19 +257,19 @@ class KeyIndex:
     def add(self, keys) -> None:
         """Add keys (ints or a uint64 array); keys already present are harmless."""
         self._pending.update(keys.tolist() if isinstance(keys, np.ndarray) else keys)
-        if len(self._pending) >= max(self.MIN_PENDING, self._stored >> self.RANGE_BITS):
+        if len(self._pending) >= max(self.MIN_PENDING, self._stored >> self.GROUP_BITS):
             self._merge()
 
     def _grow(self, n: int) -> None:
         """Make the two mappings hold `n` keys (in place: their contents stay)."""
         self._hi = self._lo = None  # a mapping with live views cannot be resized
         if not self._maps:
-            self._maps = [_mapping(4 * n, self.spill_dir), _mapping(2 * n, self.spill_dir)]
+            self._maps = [_mapping(4 * n, self.spill_dir), _mapping(n, self.spill_dir)]
         else:
             self._maps[0].resize(max(4 * n, 1))
-            self._maps[1].resize(max(2 * n, 1))
+            self._maps[1].resize(max(n, 1))
         self._hi = np.frombuffer(self._maps[0], dtype=np.uint32, count=n)
-        self._lo = np.frombuffer(self._maps[1], dtype=np.uint16, count=n)
+        self._lo = np.frombuffer(self._maps[1], dtype=np.uint8, count=n)
 
     def _release_pages(self) -> None:
         for mm in self._maps:
@@ -273,30 +278,41 @@ class KeyIndex:
     def _merge(self) -> None:
         new = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
         self._pending = set()
+        low, hi_low = np.uint64(self.LOW_BITS), np.uint64(32 + self.LOW_BITS)
         part, hi, lo = self._split(new)
         del new
-        fingerprint = (hi.astype(np.uint64) << np.uint64(16)) | lo
-        order = np.argsort(part, kind="stable")
-        edges = np.searchsorted(part[order], np.arange(len(self._offsets)))  # new keys of range r: [edges[r], edges[r + 1])
+        # the fingerprint as one sortable number: (range, high part, low part)
+        fingerprint = (part.astype(np.uint64) << hi_low) | (hi.astype(np.uint64) << low) | lo
+        del part, hi, lo
+        fingerprint.sort()
         old = self._offsets
+        edges = np.searchsorted(fingerprint >> hi_low, np.arange(len(old), dtype=np.uint64))  # range r: [edges[r], edges[r + 1])
         moved = old + edges  # where each range starts once merged
         self._grow(int(moved[-1]))
         his, los = self._hi, self._lo
-        # Last range first: range r's new place starts at or after its old one and
-        # ends before the next range's new place, so it covers only its own old
-        # keys (copied out just before) and ranges already moved.
-        for r in range(len(old) - 2, -1, -1):
-            a, b = int(old[r]), int(old[r + 1])
-            added = fingerprint[order[edges[r]:edges[r + 1]]]
-            if not len(added) and a == moved[r]:
+        per_group = 1 << (self.RANGE_BITS - self.GROUP_BITS)
+        # Last group first: group g's new place starts at or after its old one and
+        # ends before the next group's new place, so it covers only its own old
+        # keys (copied out just before) and groups already moved.
+        for r0 in range(len(old) - 1 - per_group, -1, -per_group):
+            r1 = r0 + per_group
+            a, b = int(old[r0]), int(old[r1])
+            added = fingerprint[edges[r0]:edges[r1]]
+            if not len(added) and a == moved[r0]:
                 continue  # neither new keys nor a new place
-            merged = np.concatenate([(his[a:b].astype(np.uint64) << np.uint64(16)) | los[a:b], added])
-            merged.sort(kind="stable")  # timsort: the stored run is sorted already
-            s, e = int(moved[r]), int(moved[r + 1])
-            los[s:e] = merged  # the low 16 bits (assignment truncates)
-            np.right_shift(merged, np.uint64(16), out=merged)
-            his[s:e] = merged
-            del merged, added
+            merged = np.empty(b - a + len(added), dtype=np.uint64)
+            stored = merged[:b - a]
+            stored[:] = his[a:b]
+            stored <<= low
+            stored |= los[a:b]
+            stored |= np.repeat(np.arange(r0, r1, dtype=np.uint64) << hi_low, np.diff(old[r0:r1 + 1]))
+            merged[b - a:] = added
+            merged.sort(kind="stable")  # timsort: two sorted runs
+            s, e = int(moved[r0]), int(moved[r1])
+            los[s:e] = merged  # the low bits (assignment truncates)
+            np.right_shift(merged, low, out=merged)
+            his[s:e] = merged  # the high part (the range's bits are cut off the same way)
+            del merged, stored, added
         self._offsets = moved
         firsts = np.arange(0, self._stored, self.BLOCK)
         ranges = np.searchsorted(moved, firsts, side="right") - 1

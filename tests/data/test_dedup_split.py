@@ -61,7 +61,7 @@ def test_another_seed_gives_another_split_and_zero_means_all_train():
     assert {split_of(k, 0.0, 0) for k in ks} == {"train"}
 
 
-def test_key_index_holds_keys_at_6_bytes_each():
+def test_key_index_holds_keys_at_5_bytes_each():
     import numpy as np
 
     from data.dedup import KeyIndex
@@ -76,7 +76,7 @@ def test_key_index_holds_keys_at_6_bytes_each():
     s.add(keys[:5])  # again: harmless
     assert s.contains(keys).all()
     assert not s.contains(np.array([rng.getrandbits(64) for _ in range(10_000)], dtype=np.uint64)).any()
-    assert len(s._pending) < 1000 and s.nbytes <= 6.25 * len(keys) + 70 * 1000
+    assert len(s._pending) < 1000 and s.nbytes <= 5.25 * len(keys) + 70 * 1000
 
 
 def test_a_merge_holds_one_range_twice_at_most():
@@ -101,7 +101,7 @@ def test_a_merge_holds_one_range_twice_at_most():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     index = s.nbytes
-    assert 6 * 220_000 <= index < 6.25 * 221_000 and s._maps == maps  # the same mappings, grown
+    assert 5 * 220_000 <= index < 5.25 * 221_000 and s._maps == maps  # the same mappings, grown
     new_keys, one_range = 8 * 20_000, 8 * 220_000 // 64  # as uint64
     assert peak <= 6 * new_keys + 4 * one_range < index, (peak, index)
     assert s.contains(rng.integers(0, 2**63, 1000, dtype=np.uint64)).sum() == 0
