@@ -43,7 +43,7 @@ class DedupConfig(StrictConfig):
                                                                "rows count as near-duplicates.")
     num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations (more: sharper threshold, slower).")
     shingle: int = Field(5, ge=2, le=20, description="Characters per n-gram.")
-    spill: bool = Field(False, description="Keep the dedup index (6.25 bytes a key, 10 keys a row) in unnamed files "
+    spill: bool = Field(False, description="Keep the dedup index (5 bytes a key, 10 keys a row) in unnamed files "
                                            "in the output folder, served from the page cache, releasing the pages "
                                            "after each lookup (for inputs whose index would not fit in memory; "
                                            "about 20% slower); false: in memory.")
