@@ -1,11 +1,11 @@
 """The row stages of the pipeline, streamed in batches:
 
-read (this process) -> [validate -> normalise -> mask PII -> hash -> split ->
-tokenise] (a batch at a time, in `workers` processes) -> dedup -> length filters
-(this process, in read order)
+read (this process; a JSONL file is only cut into chunks of lines) -> [decode ->
+validate -> normalise -> mask PII -> hash -> split -> tokenise -> length filters]
+(a batch at a time, in `workers` processes) -> dedup (this process, in read order)
 
 Only a bounded number of batches is in flight, so memory stays flat whatever
-the input size; only the dedup index grows (a few 64-bit keys a row). Every row
+the input size; only the dedup index grows (10 keys a row, 5 bytes a key). Every row
 that does not come out is counted by reason in `Accounting` and listed in
 `dropped.jsonl`. Dedup decisions are made in read order in one place, so the
 result does not depend on the number of workers.
