@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -112,27 +112,30 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
         DataValidationError: a line does not decode; names the file and byte offset.
     """
     codec = detect_encoding(path, encoding)
-    offset = 0
     with path.open("rb") as f:
-        for i, raw in enumerate(f):
-            if i == 0 and codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
-                raw, offset = raw[3:], 3
-            yield _decode(raw, path, codec, offset)
-            offset += len(raw)
+        for _, text in _decode_lines(f, path, codec):
+            yield text
 
 
-def _decode(raw: bytes, path: Path | str, codec: str, offset: int) -> str:
-    """One line's bytes as text; `offset`: where the line starts in the file (for the error).
+def _decode_lines(lines: Iterable[bytes], path: Path | str, codec: str, line: int = 1,
+                  offset: int = 0) -> Iterator[tuple[int, str]]:
+    """(line number, text) of consecutive lines of a file, the first being line
+    `line` at byte `offset` (a UTF-8 BOM at the file's start is not text).
 
     Raises:
-        DataValidationError: the line does not decode; names the file and byte offset.
+        DataValidationError: a line does not decode; names the file and byte offset.
     """
-    try:
-        return raw.decode("utf-8" if codec == "utf-8-sig" else codec)
-    except UnicodeDecodeError as exc:
-        raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
-                                  f"({exc.reason}); check the file's encoding or set "
-                                  f"`encoding:` in the dataset config.") from None
+    utf8 = "utf-8" if codec == "utf-8-sig" else codec
+    for lineno, raw in enumerate(lines, start=line):
+        if lineno == 1 and codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
+            raw, offset = raw[3:], offset + 3
+        try:
+            yield lineno, raw.decode(utf8)
+        except UnicodeDecodeError as exc:
+            raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
+                                      f"({exc.reason}); check the file's encoding or set "
+                                      f"`encoding:` in the dataset config.") from None
+        offset += len(raw)
 
 
 @dataclass
@@ -156,15 +159,9 @@ class JsonlChunk:
         Raises:
             DataValidationError: a line does not decode; names the file and byte offset.
         """
-        out, offset = [], self.offset
-        for lineno, raw in enumerate(self.lines, start=self.line):
-            if lineno == 1 and self.codec == "utf-8-sig" and raw.startswith(b"\xef\xbb\xbf"):
-                raw, offset = raw[3:], offset + 3
-            text = _decode(raw, self.path, self.codec, offset)
-            offset += len(raw)
-            if text.strip():
-                out.append(RawRow(self.path, lineno, JsonLine(text)))
-        return out
+        return [RawRow(self.path, lineno, JsonLine(text))
+                for lineno, text in _decode_lines(self.lines, self.path, self.codec, self.line, self.offset)
+                if text.strip()]
 
 
 def jsonl_chunks(path: Path, encoding: str, lines: int) -> Iterator[JsonlChunk]:

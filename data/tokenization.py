@@ -63,8 +63,6 @@ def _prompt_renderer(tokenizer, samples: list[list[dict[str, str]]]):
         scope = {**template.globals, **tokenizer.special_tokens_map,
                  "tools": None, "documents": None, "add_generation_prompt": True, "messages": None}
         context, run = template.new_context(scope, shared=True), template.root_render_func
-        context.vars.clear()  # the state a call leaves, reset before the next (see `fast`)
-        context.exported_vars.clear()
     except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
 
