@@ -101,8 +101,25 @@ class MinHasher:
         np.minimum.at(sig, (h % np.uint64(p)).astype(np.intp), h // np.uint64(p))
         return self._densify(sig)
 
+    CHUNK_CHARS = 1 << 15  # texts hashed together: their temporaries (~60 bytes a character) stay ~2 MiB
+
     def signatures(self, texts: list[str]) -> np.ndarray:
-        """Signatures of many texts at once: an array of shape (len(texts), num_perm)."""
+        """Signatures of many texts at once: an array of shape (len(texts), num_perm).
+
+        The texts are hashed a few at a time (about `CHUNK_CHARS` characters
+        together): a batch's temporaries at once would be ~13 MiB (1,024 chat
+        rows), a spike in every worker on every batch.
+        """
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint64)
+        start = chars = 0
+        for i, text in enumerate(texts):
+            chars += len(text)
+            if chars >= self.CHUNK_CHARS or i == len(texts) - 1:
+                out[start:i + 1] = self._signatures(texts[start:i + 1])
+                start, chars = i + 1, 0
+        return out
+
+    def _signatures(self, texts: list[str]) -> np.ndarray:
         p, k = self.num_perm, self.shingle
         out = np.empty((len(texts), p), dtype=np.uint64)
         rows = [i for i, t in enumerate(texts) if len(t) >= k]
@@ -168,8 +185,8 @@ class KeyIndex:
     lookup: with 100 M keys stored (10 M rows), about one row in 4.5 million is
     taken for a duplicate by accident, far below MinHash's own false positives.
 
-    New keys wait in a small set (at most 1/64 of the index, at least 64 Ki
-    keys, exact) and are merged in when it fills: the mappings grow in place,
+    New keys wait in a small sorted array (8 bytes a key, exact; at most 1/64
+    of the index, at least 64 Ki keys) and are merged in when it fills: the mappings grow in place,
     then the ranges are rewritten in 64 groups from the last to the first, each
     into its new place (which only lies over its own old place or over groups
     already moved), so the index never needs twice its size: one group's copy
@@ -194,7 +211,7 @@ class KeyIndex:
         self._maps: list[mmap.mmap] = []  # (high parts, low parts), once anything is stored
         self._hi = np.empty(0, dtype=np.uint32)
         self._lo = np.empty(0, dtype=np.uint8)
-        self._pending: set[int] = set()
+        self._pending = np.empty(0, dtype=np.uint64)  # sorted, distinct, not merged yet
 
     @property
     def _stored(self) -> int:
@@ -206,8 +223,8 @@ class KeyIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the sorted ranges plus the pending set (about 70 bytes a pending key)."""
-        return self._hi.nbytes + self._lo.nbytes + self._block_starts.nbytes + 70 * len(self._pending)
+        """Bytes held: the sorted ranges, their lookup table and the pending keys."""
+        return self._hi.nbytes + self._lo.nbytes + self._block_starts.nbytes + self._pending.nbytes
 
     def _split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(range, high 32 bits, low bits) of each key's fingerprint."""
@@ -249,14 +266,20 @@ class KeyIndex:
                 active = same & ~hit & (base < end)
             if self.spill_dir is not None:
                 self._release_pages()
-        if self._pending:
-            pending = self._pending
-            found |= np.fromiter((k in pending for k in keys.tolist()), dtype=bool, count=len(keys))
+        pending = self._pending
+        if len(pending) and len(keys):
+            found |= pending[np.minimum(np.searchsorted(pending, keys), len(pending) - 1)] == keys
         return found
 
     def add(self, keys) -> None:
-        """Add keys (ints or a uint64 array); keys already present are harmless."""
-        self._pending.update(keys.tolist() if isinstance(keys, np.ndarray) else keys)
+        """Add keys (ints or a uint64 array); adding a key already present is harmless (it is kept twice)."""
+        if not isinstance(keys, np.ndarray):
+            keys = np.fromiter(keys, dtype=np.uint64)
+        merged = np.concatenate([self._pending, np.unique(keys.astype(np.uint64, copy=False).ravel())])
+        merged.sort(kind="stable")  # two sorted runs: one linear merge
+        if len(merged) > 1 and not (distinct := merged[1:] != merged[:-1]).all():
+            merged = merged[np.concatenate([[True], distinct])]
+        self._pending = merged
         if len(self._pending) >= max(self.MIN_PENDING, self._stored >> self.GROUP_BITS):
             self._merge()
 
@@ -276,8 +299,7 @@ class KeyIndex:
             mm.madvise(mmap.MADV_DONTNEED)  # shared file pages: dropped from this process, kept in the cache
 
     def _merge(self) -> None:
-        new = np.fromiter(self._pending, dtype=np.uint64, count=len(self._pending))
-        self._pending = set()
+        new, self._pending = self._pending, np.empty(0, dtype=np.uint64)
         low, hi_low = np.uint64(self.LOW_BITS), np.uint64(32 + self.LOW_BITS)
         part, hi, lo = self._split(new)
         del new

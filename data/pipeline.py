@@ -26,7 +26,7 @@ from data.chat import IGNORE_INDEX, DataValidationError, RowError
 from data.config import DatasetConfig
 from data.dedup import Deduplicator, content_key, exact_key
 from data.manifest import file_sha256
-from data.memory import fix_glibc_thresholds, release_free_heap
+from data.memory import HeapTrimmer, fix_glibc_thresholds
 from data.normalize import normalize_text
 from data.pii import mask_pii
 from data.readers import SUFFIXES, JsonlChunk, RawRow, jsonl_chunks, list_sources, read_rows
@@ -36,7 +36,6 @@ from data.tokenization import TokenizedBatch, tokenize_batch
 
 SHOWN_ERRORS = 20
 BATCH_ROWS = 1024  # rows per task: fewer, larger hand-offs between processes
-TRIM_EVERY = 16  # batches between giving the heap's free pages back (see data.memory)
 
 
 @dataclass
@@ -351,9 +350,9 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir
     d = cfg.dedup
     dedup = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle,
                          str(spill_dir) if d.spill and spill_dir is not None else None)
-    for n, batch in enumerate(_batch_results(cfg, tokenizer, tokenizer_dir, acc), start=1):
-        if n % TRIM_EVERY == 0:
-            release_free_heap()
+    trim = HeapTrimmer()  # the heap's free pages go back as the process grows (see data.memory)
+    for batch in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
+        trim()
         acc.pii.update(batch.pii)
         tokenized = np.flatnonzero(batch.has_tokens).tolist()
         verdicts = dedup.check_batch(batch.exact_keys, batch.band_keys, tokenized)

@@ -76,7 +76,27 @@ def test_key_index_holds_keys_at_5_bytes_each():
     s.add(keys[:5])  # again: harmless
     assert s.contains(keys).all()
     assert not s.contains(np.array([rng.getrandbits(64) for _ in range(10_000)], dtype=np.uint64)).any()
-    assert len(s._pending) < 1000 and s.nbytes <= 5.25 * len(keys) + 70 * 1000
+    assert len(s._pending) < 1000 and s.nbytes <= 5.25 * len(keys) + 8 * 1000
+
+
+_fingerprints = st.integers(0, 2**52 - 1).map(lambda f: f << 12)  # distinct keys, distinct fingerprints
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(_fingerprints | st.sampled_from([0, 2**64 - 4096]), max_size=40), max_size=25))
+def test_key_index_answers_as_a_set_does(batches):
+    """Pending keys, merged ones and keys added twice (in one batch or again later)."""
+    import numpy as np
+
+    from data.dedup import KeyIndex
+
+    index, seen = KeyIndex(), set()
+    index.MIN_PENDING = 16  # merges every few batches
+    for batch in batches:
+        keys = np.array(batch, dtype=np.uint64)
+        assert index.contains(keys).tolist() == [k in seen for k in batch]
+        index.add(keys if len(batch) % 2 else set(batch))  # an array or ints
+        seen.update(batch)
 
 
 def test_a_merge_holds_one_range_twice_at_most():
@@ -146,15 +166,18 @@ def test_a_spilled_index_decides_the_same(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_batch_signatures_equal_one_at_a_time():
+@pytest.mark.parametrize("chunk_chars", [1, 700, 1 << 15, 1 << 40])  # a text per chunk ... all in one
+def test_batch_signatures_equal_one_at_a_time(monkeypatch, chunk_chars):
     import numpy as np
 
     from data.dedup import MinHasher
 
     rng = random.Random(3)
-    texts = ["".join(rng.choice("関所手形abc ") for _ in range(rng.randint(0, 300))) for _ in range(200)]
+    texts = ["".join(rng.choice("関所手形abc ") for _ in range(rng.randint(0, 300))) for _ in range(400)]
     m = MinHasher()
+    monkeypatch.setattr(MinHasher, "CHUNK_CHARS", chunk_chars)
     assert (m.signatures(texts) == np.stack([m.signature(t) for t in texts])).all()
+    assert m.signatures([]).shape == (0, m.num_perm)
 
 
 @settings(max_examples=300, deadline=None)
