@@ -186,11 +186,11 @@ class KeyIndex:
     taken for a duplicate by accident, far below MinHash's own false positives.
 
     New keys wait in a small sorted array (8 bytes a key, exact; at most 1/64
-    of the index, at least 64 Ki keys) and are merged in when it fills: the mappings grow in place,
-    then the ranges are rewritten in 64 groups from the last to the first, each
-    into its new place (which only lies over its own old place or over groups
-    already moved), so the index never needs twice its size: one group's copy
-    at most. A group is merged with a stable sort (timsort), which finds its two
+    of the index, at least 64 Ki keys) and are merged in when it fills: the
+    mappings grow in place, then the ranges are rewritten in 64 groups from
+    the last to the first, each into its new place (which only lies over its
+    own old place or over groups already moved), so the index never needs
+    twice its size: one group's copy at most. A group is merged with a stable sort (timsort), which finds its two
     runs (stored, new) already sorted. With `spill_dir` the mappings are unnamed
     files there, and the pages a lookup touched are released after it: the
     index lives in the page cache (written to disk and dropped under memory
