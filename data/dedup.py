@@ -190,12 +190,13 @@ class KeyIndex:
     mappings grow in place, then the ranges are rewritten in 64 groups from
     the last to the first, each into its new place (which only lies over its
     own old place or over groups already moved), so the index never needs
-    twice its size: one group's copy at most. A group is merged with a stable sort (timsort), which finds its two
-    runs (stored, new) already sorted. With `spill_dir` the mappings are unnamed
-    files there, and the pages a lookup touched are released after it: the
-    index lives in the page cache (written to disk and dropped under memory
-    pressure), not in the process's memory. (An open-addressing table of 64-bit
-    keys costs 12-18 bytes a key and twice that while it grows; a Python set 60-90.)
+    twice its size: one group's copy at most. A group is merged with a stable
+    sort (timsort), which finds its two runs (stored, new) already sorted. With
+    `spill_dir` the mappings are unnamed files there, and the pages a lookup
+    touched are released after it: the index lives in the page cache (written
+    to disk and dropped under memory pressure), not in the process's memory.
+    (An open-addressing table of 64-bit keys costs 12-18 bytes a key and twice
+    that while it grows; a Python set 60-90.)
     """
 
     RANGE_BITS = 12
