@@ -23,6 +23,12 @@ from pathlib import Path
 from cluster import offline
 
 ROUTES_REFRESH_S = 1.0
+# Leaving (scale-down, roll, delete): after the replica withdraws from the route
+# table, how long the gateways get to stop sending here, and how long requests
+# already sent get to finish; within Serve's graceful_shutdown_timeout_s (60 s)
+# with the embedded gateway's drain (5 s and its requests in flight).
+WITHDRAW_GRACE_S = 3.0
+IDLE_WAIT_S = 15.0
 logger = logging.getLogger("sekisho.serve")
 
 
@@ -124,6 +130,7 @@ class VLLMEngine:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         ctx = serve.get_replica_context()
         self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
+        self._deployment = ctx.deployment
         self.routes_file = self.drained_file = None
         if gateway is not None:
             from serve.gateway.embedded import ENV
@@ -174,7 +181,10 @@ class VLLMEngine:
         at each health check, after an alias moved)."""
         from serve.gateway import routing
 
-        routing.publish(*self._where, self.url(), self.routes())
+        where = self._where
+        if where is None:  # leaving: a late health check must not put it back
+            return
+        routing.publish(*where, self.url(), self.routes())
         if self.routes_file:
             self._write_routes_file()
 
@@ -191,7 +201,7 @@ class VLLMEngine:
 
         table = routing.read_table(self.app)
         if include_self:  # before this replica is published: its own models at least
-            table.setdefault(self._where[1], []).append(
+            table.setdefault(self._deployment, []).append(
                 {"url": self.url(), "ts": time.time(), "names": self.routes()})
         routing.write_table_file(self.routes_file, table)
 
@@ -293,20 +303,24 @@ class VLLMEngine:
                 self._tables_thread.join(5)
         if getattr(self, "follower", None) is not None:
             self.follower.stop()
-        if getattr(self, "_where", None):
+        where, self._where = getattr(self, "_where", None), None  # publish() stops first
+        if where:
             try:
                 from serve.gateway import routing
 
-                routing.withdraw(*self._where)  # other gateways stop sending here
+                routing.withdraw(*where)  # other gateways stop sending here
                 if getattr(self, "routes_file", None):
                     # ...while this replica's own gateway still answers from this engine
                     # until it has drained.
                     self._write_routes_file(include_self=True)
             except Exception:  # the cluster may be going away; the entry goes stale anyway
                 pass
-            self._where = None
-        if getattr(self, "drained_file", None) and self.proc.poll() is None:
-            self._drain_gateway()
+        if self.proc.poll() is None:
+            if getattr(self, "drained_file", None):
+                self._drain_gateway()
+            elif where:
+                time.sleep(WITHDRAW_GRACE_S)  # the gateways re-read the table (every 2 s)
+            self._wait_until_idle(IDLE_WAIT_S)
         if getattr(self, "routes_file", None):
             Path(self.routes_file).unlink(missing_ok=True)
         if self.proc.poll() is None:
@@ -315,6 +329,19 @@ class VLLMEngine:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+    def _wait_until_idle(self, timeout_s: float) -> None:
+        """Let requests other gateways sent before the withdrawal finish: vLLM
+        would abort them when it stops."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if self.engine_load() == 0:
+                    return
+            except Exception:  # the engine is going away on its own
+                return
+            time.sleep(0.2)
+        logger.warning("vLLM still had requests in flight after %ss; stopping it", timeout_s)
 
     def _drain_gateway(self, timeout_s: float = 40.0) -> None:
         """Let the embedded gateway move its clients to the other replicas and

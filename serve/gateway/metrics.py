@@ -22,6 +22,8 @@ class GatewayMetrics:
                               ["model"], buckets=BUCKETS, registry=self.registry)
         self.rejections = Counter("sekisho_rejections", "Requests the gateway answered itself, by reason",
                                   ["reason"], registry=self.registry)
+        self.failovers = Counter("sekisho_upstream_failovers", "Requests sent to another replica after the "
+                                 "one picked could not be reached", ["model"], registry=self.registry)
 
     def observe(self, model: str | None, status: int, latency_s: float, prompt: int, completion: int) -> None:
         m = model or ""

@@ -19,7 +19,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import (ClientConnectorError, ClientError, ClientSession, ClientTimeout, ServerDisconnectedError,
+                     TCPConnector, web)
 
 from serve.gateway import limits as request_limits
 from serve.gateway.errors import GatewayError, model_not_found
@@ -32,6 +33,10 @@ log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
 NO_REPLICA_WAIT_S = 5.0
 FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+class _Unreachable(Exception):
+    """A replica could not be reached before any of its answer was relayed."""
 
 
 @dataclass(frozen=True)
@@ -250,35 +255,52 @@ class Gateway:
         if self.opts.record_text:
             record["request_body"] = body.decode("utf-8", "replace")
         prefer = self.local.url if self.local is not None else None
-        replica = self.upstreams.pick(route.deployment, prefer)
         deadline = time.monotonic() + NO_REPLICA_WAIT_S
-        while replica is None:
-            # Just deployed, or a replica is being replaced: wait a little for the table.
+        unreachable: list[str] = []
+        while True:
+            replica = await self._replica_for(route.deployment, prefer, frozenset(unreachable), deadline)
+            if replica is None:
+                if unreachable:
+                    err = GatewayError(503, "The model replica is unavailable; retry shortly.",
+                                       code="replica_unavailable", headers={"Retry-After": "2"})
+                else:
+                    err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
+                                       code="no_replica", headers={"Retry-After": "2"})
+                await self._finish(record, err.status, started, 0, 0, None, key, error=err.code)
+                return self._error_response(err, request_id)
+            url, served = replica["url"], replica.get("names", {}).get(model, {})
+            internal = served.get("internal", model)
+            sent, rename = body, None
+            if internal != model:
+                # The alias's current version is loaded under a versioned name.
+                sent = json.dumps({**payload, "model": internal}).encode()
+                rename = (f'"model":"{internal}"'.encode(), f'"model":"{model}"'.encode())
+            record.update(model_version=served.get("version") or route.version,
+                          model_sha256=served.get("sha256") or route.sha256)
+            self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
+            try:
+                return await self._exchange(request, url, sent, stream, strip_usage, record, key, started, rename)
+            except _Unreachable as exc:
+                # Nothing reached the engine and nothing reached the client yet: a
+                # replica that just left (scale-down, roll) or died. Try another.
+                self.upstreams.mark_down(url)
+                unreachable.append(url)
+                self.metrics.failovers.labels(model).inc()
+                log.warning("%s: replica %s unreachable (%s); trying another", request_id, url, exc)
+            finally:
+                self.upstreams.inflight[url] -= 1
+
+    async def _replica_for(self, deployment: str, prefer: str | None, exclude: frozenset[str],
+                           deadline: float) -> dict | None:
+        """A live replica of `deployment`, waiting until `deadline` for the route
+        table to name one (just deployed, or a replica is being replaced)."""
+        replica = self.upstreams.pick(deployment, prefer, exclude)
+        while replica is None and time.monotonic() < deadline:
             await self.refresh_routes()
-            replica = self.upstreams.pick(route.deployment, prefer)
-            if replica is not None or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.25)
-        if replica is None:
-            err = GatewayError(503, f"No healthy replica serves `{model}` right now; retry shortly.",
-                               code="no_replica", headers={"Retry-After": "2"})
-            await self._finish(record, err.status, started, 0, 0, None, key, error=err.code)
-            return self._error_response(err, request_id)
-        url, served = replica["url"], replica.get("names", {}).get(model, {})
-        internal = served.get("internal", model)
-        rename = None
-        if internal != model:
-            # The alias's current version is loaded under a versioned name.
-            payload["model"] = internal
-            body = json.dumps(payload).encode()
-            rename = (f'"model":"{internal}"'.encode(), f'"model":"{model}"'.encode())
-        if served.get("version"):
-            record.update(model_version=served["version"], model_sha256=served["sha256"])
-        self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
-        try:
-            return await self._exchange(request, url, body, stream, strip_usage, record, key, started, rename)
-        finally:
-            self.upstreams.inflight[url] -= 1
+            replica = self.upstreams.pick(deployment, prefer, exclude)
+            if replica is None:
+                await asyncio.sleep(0.25)
+        return replica
 
     async def _exchange(self, request, url, body, stream, strip_usage, record, key, started, rename=None):
         if self.local is not None and url == self.local.url:
@@ -287,17 +309,22 @@ class Gateway:
             upstream = await self.session.post(url + request.path, data=body, headers={
                 "Content-Type": "application/json", "X-Request-Id": record["request_id"],
                 "Authorization": self.engine_auth})
-        except (ClientConnectionError, asyncio.TimeoutError):
-            self.upstreams.mark_down(url)
-            err = GatewayError(503, "The model replica is unavailable; retry shortly.", code="replica_unavailable",
-                               headers={"Retry-After": "2"})
-            await self._finish(record, 503, started, 0, 0, None, key, error=err.code)
-            return self._error_response(err, record["request_id"])
+        except (ClientConnectorError, ServerDisconnectedError, asyncio.TimeoutError) as exc:
+            # Refused or timed out connecting, or a pooled connection the engine closed
+            # as it stopped: no answer was started, so the caller may try elsewhere.
+            raise _Unreachable(type(exc).__name__) from exc
+        lost = GatewayError(502, "The model replica stopped before finishing the answer; retry the request.",
+                            code="replica_lost")
         async with upstream:
             content_type = upstream.headers.get("Content-Type", "application/json")
             if not stream or upstream.status != 200:
-                return await self._buffered(upstream.status, await upstream.read(), content_type,
-                                            record, key, started, rename)
+                try:
+                    content = await upstream.read()
+                except ClientError as exc:
+                    log.warning("%s: replica %s failed mid-answer (%s)", record["request_id"], url, exc)
+                    await self._finish(record, lost.status, started, 0, 0, None, key, error=lost.code)
+                    return self._error_response(lost, record["request_id"])
+                return await self._buffered(upstream.status, content, content_type, record, key, started, rename)
             relay = _SseRelay(self, request, record, key, started, strip_usage, rename)
             await relay.prepare()
             try:
@@ -306,6 +333,11 @@ class Gateway:
             except (ConnectionResetError, asyncio.CancelledError):
                 await relay.finish(499)  # the client went away; the record still gets written
                 raise
+            except ClientError as exc:
+                # The engine went away mid-answer: the client gets an error event, not
+                # a stream that just stops, and the record says so.
+                log.warning("%s: replica %s failed mid-stream (%s)", record["request_id"], url, exc)
+                return await relay.fail(lost)
             return await relay.finish(200)
 
     async def _exchange_local(self, request, body, stream, strip_usage, record, key, started, rename):
@@ -461,6 +493,21 @@ class _SseRelay:
         if self.first:
             self.gw.metrics.ttft.labels(self.record["model"]).observe(time.perf_counter() - self.started)
             self.first = False
+
+    async def fail(self, err: GatewayError) -> web.StreamResponse:
+        """End the stream with an error event in OpenAI's shape (what its clients
+        raise as an APIError), after the audit record."""
+        if self.finished:
+            return self.response
+        self.finished = True
+        await self.gw._finish(self.record, err.status, self.started, *self.usage, self.digest, self.key,
+                              error=err.code)
+        try:
+            await self.response.write(b"data: " + err.body() + b"\n\n")
+            await self.response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left as well
+        return self.response
 
     async def finish(self, status: int) -> web.StreamResponse:
         """Commit the audit record, then send what was held back."""
