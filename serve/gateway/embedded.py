@@ -54,6 +54,18 @@ class LocalEngine:
                                             (b"content-length", str(length).encode())]}
 
 
+def _log_to_stderr() -> None:
+    """The gateway's own lines (listening, draining, failovers) go to the engine's
+    log beside vLLM's; vLLM configures only its own logger."""
+    root = logging.getLogger("sekisho")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("(sekisho pid=%(process)d) %(levelname)s %(asctime)s %(name)s: "
+                                               "%(message)s", "%m-%d %H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def settings() -> dict | None:
     raw = os.environ.get(ENV)
     return json.loads(raw) if raw else None
@@ -100,6 +112,7 @@ class EmbeddedGateway:
         from cluster import offline
 
         offline.apply()
+        _log_to_stderr()
         from aiohttp import web
 
         from serve.gateway.limits import RequestLimits
