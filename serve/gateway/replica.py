@@ -55,6 +55,6 @@ class GatewayReplica:
             raise RuntimeError("the gateway's server thread has stopped")
 
     def __del__(self):
-        loop = getattr(self, "loop", None)
+        loop, self.loop = getattr(self, "loop", None), None  # once, however often it is called
         if loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(self.runner.cleanup(), loop)
