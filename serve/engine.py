@@ -315,12 +315,12 @@ class VLLMEngine:
                     self._write_routes_file(include_self=True)
             except Exception:  # the cluster may be going away; the entry goes stale anyway
                 pass
+        withdrawn_at = time.monotonic()
         if self.proc.poll() is None:
             if getattr(self, "drained_file", None):
                 self._drain_gateway()
-            elif where:
-                time.sleep(WITHDRAW_GRACE_S)  # the gateways re-read the table (every 2 s)
-            self._wait_until_idle(IDLE_WAIT_S)
+            # Requests other gateways sent until they re-read the table (every 2 s) finish.
+            self._wait_until_idle(IDLE_WAIT_S, not_before=withdrawn_at + WITHDRAW_GRACE_S if where else 0.0)
         if getattr(self, "routes_file", None):
             Path(self.routes_file).unlink(missing_ok=True)
         if self.proc.poll() is None:
@@ -330,13 +330,14 @@ class VLLMEngine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def _wait_until_idle(self, timeout_s: float) -> None:
-        """Let requests other gateways sent before the withdrawal finish: vLLM
-        would abort them when it stops."""
-        deadline = time.monotonic() + timeout_s
+    def _wait_until_idle(self, timeout_s: float, not_before: float = 0.0) -> None:
+        """Let requests other gateways sent before they saw the withdrawal finish
+        (vLLM would abort them when it stops): return once the engine is idle at
+        or after `not_before` (monotonic), or after `timeout_s`."""
+        deadline = max(time.monotonic(), not_before) + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if self.engine_load() == 0:
+                if self.engine_load() == 0 and time.monotonic() >= not_before:
                     return
             except Exception:  # the engine is going away on its own
                 return

@@ -33,6 +33,9 @@ log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
 NO_REPLICA_WAIT_S = 5.0
 FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# An engine that went away mid-answer (its answer had started, so no failover).
+REPLICA_LOST = GatewayError(502, "The model replica stopped before finishing the answer; retry the request.",
+                            code="replica_lost")
 
 
 class _Unreachable(Exception):
@@ -313,8 +316,6 @@ class Gateway:
             # Refused or timed out connecting, or a pooled connection the engine closed
             # as it stopped: no answer was started, so the caller may try elsewhere.
             raise _Unreachable(type(exc).__name__) from exc
-        lost = GatewayError(502, "The model replica stopped before finishing the answer; retry the request.",
-                            code="replica_lost")
         async with upstream:
             content_type = upstream.headers.get("Content-Type", "application/json")
             if not stream or upstream.status != 200:
@@ -322,8 +323,8 @@ class Gateway:
                     content = await upstream.read()
                 except ClientError as exc:
                     log.warning("%s: replica %s failed mid-answer (%s)", record["request_id"], url, exc)
-                    await self._finish(record, lost.status, started, 0, 0, None, key, error=lost.code)
-                    return self._error_response(lost, record["request_id"])
+                    await self._finish(record, REPLICA_LOST.status, started, 0, 0, None, key, error=REPLICA_LOST.code)
+                    return self._error_response(REPLICA_LOST, record["request_id"])
                 return await self._buffered(upstream.status, content, content_type, record, key, started, rename)
             relay = _SseRelay(self, request, record, key, started, strip_usage, rename)
             await relay.prepare()
@@ -337,7 +338,7 @@ class Gateway:
                 # The engine went away mid-answer: the client gets an error event, not
                 # a stream that just stops, and the record says so.
                 log.warning("%s: replica %s failed mid-stream (%s)", record["request_id"], url, exc)
-                return await relay.fail(lost)
+                return await relay.fail(REPLICA_LOST)
             return await relay.finish(200)
 
     async def _exchange_local(self, request, body, stream, strip_usage, record, key, started, rename):
