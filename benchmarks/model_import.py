@@ -63,7 +63,7 @@ def time_sha256sum(files: list[Path]) -> float:
 
 
 def time_importer_hash(root: Path, files: list[Path]) -> float:
-    from experiments.file_hashes import hash_tree
+    from airlock.file_hashes import hash_tree
 
     return hash_tree(root, files, progress=False).seconds
 
@@ -88,7 +88,7 @@ def main() -> None:
             print(f"{k:10} {total / 1e6 / med[k]:8.0f} MB/s  (runs: "
                   + ", ".join(f"{t:.2f}s" for t in v) + ")")
 
-        from experiments import import_model, verify_all_bytes, verify_store_copy
+        from airlock import import_model, verify_all_bytes, verify_store_copy
 
         start = time.perf_counter()
         m = import_model(model, "bench-2gb", progress=False)

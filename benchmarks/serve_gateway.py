@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cluster import offline  # noqa: E402
+from foundation import offline  # noqa: E402
 
 offline.apply()
 # The same CPU binding in every arm: a Serve replica reserving one CPU gets

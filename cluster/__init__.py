@@ -1,9 +1,7 @@
 """The Ray cluster: the inventory, GPU placement planning, `ray up` and KubeRay
-rendering, and local bring-up with secure defaults (token auth, zero egress);
-also the strict config base every package uses. Imports no other Sekisho package."""
+rendering, preflight checks, and local bring-up with secure defaults (token auth,
+zero egress). Imports only `foundation`."""
 
-from cluster import offline
-from cluster.config_base import ConfigError, StrictConfig, UserError, describe_validation_error
 from cluster.gpu_requests import GpuRequest, GpuRequests, MemoryEstimate
 from cluster.inventory import Inventory, Node
 from cluster.kuberay import render_kuberay, write_kuberay
@@ -12,7 +10,6 @@ from cluster.placement import PlacementError, plan_placement
 from cluster.plan import GpuGroup, PlacementGroupSpec, Plan
 from cluster.ray_up import render_ray_up, write_ray_up
 
-__all__ = ["ConfigError", "GpuGroup", "GpuRequest", "GpuRequests", "Inventory", "MemoryEstimate",
-           "Node", "PlacementError", "PlacementGroupSpec", "Plan", "StrictConfig", "UserError",
-           "describe_validation_error", "node_env", "offline", "plan_placement", "render_kuberay",
-           "render_ray_up", "write_kuberay", "write_ray_up"]
+__all__ = ["GpuGroup", "GpuRequest", "GpuRequests", "Inventory", "MemoryEstimate", "Node",
+           "PlacementError", "PlacementGroupSpec", "Plan", "node_env", "plan_placement",
+           "render_kuberay", "render_ray_up", "write_kuberay", "write_ray_up"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from cluster.config_base import UserError
+from foundation import UserError
 from cluster.inventory import Inventory
 from cluster.local import ensure_token
 from cluster.ray_up import write_ray_up

@@ -13,8 +13,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import offline
-from cluster.config_base import UserError
+from foundation import offline
+from foundation import UserError
 from cluster.inventory import Inventory
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 from cluster.inventory import NODE_NAME
 
 GIB = 2**30

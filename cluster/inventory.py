@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 
 # Node names become Ray labels, custom resource names and Kubernetes group names:
 # keep them DNS labels so one name works in all three.

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from cluster.config_base import UserError
+from foundation import UserError
 from cluster.inventory import NODE_LABEL_KEY, Inventory, KubernetesSettings, Node
 from cluster.node_env import node_env
 

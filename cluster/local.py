@@ -14,7 +14,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from cluster import offline
+from foundation import offline
 
 
 def ensure_token(path: Path) -> Path:

@@ -1,6 +1,6 @@
 """The environment every Ray process on a node starts with.
 
-Zero egress (`cluster.offline.OFFLINE_ENV`), Ray token authentication (the token
+Zero egress (`foundation.offline.OFFLINE_ENV`), Ray token authentication (the token
 read from a file, never an inline value) and NCCL/Gloo settings for InfiniBand.
 Both renderers (`ray up`, KubeRay) take their variables from here, so the two
 ways of bringing a cluster up cannot drift apart.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from cluster.inventory import Inventory, Node
 from cluster.local import QUIET_SERVE_ENV
-from cluster.offline import OFFLINE_ENV
+from foundation.offline import OFFLINE_ENV
 
 
 def nccl_env(inventory: Inventory, node: Node) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cluster.config_base import UserError
+from foundation import UserError
 from cluster.gpu_requests import GpuRequest
 from cluster.inventory import Inventory, Node
 from cluster.plan import GpuGroup, Plan

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 from data.pii import PII_TYPES
 from data.readers import ENCODINGS
 from data.records import FIELDS

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.config_base import UserError
+from foundation import UserError
 from data.chat import IGNORE_INDEX, DataValidationError
 from data.config import DatasetConfig
 from data.manifest import MANIFEST_FILE, dataset_version, sources_sha256, tokenizer_hash, write_manifest

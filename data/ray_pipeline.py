@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 from data.chat import RowError
 from data.config import DatasetConfig
 from data.readers import JsonLine, RawRow, Unparsed, read_rows

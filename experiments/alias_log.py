@@ -29,7 +29,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from cluster.config_base import UserError
+from foundation import UserError
 from experiments import tracking
 
 EVENT_TAG = "sekisho.event."

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 from experiments import tracking
 
 

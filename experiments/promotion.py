@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from cluster.config_base import UserError
+from foundation import UserError
 from experiments import alias_log, tracking
 from experiments.evaluation.config import GateConfig
 from experiments.evaluation.runner import (

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 from experiments import tracking
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle"}
@@ -20,15 +20,6 @@ class ModelIntegrityError(UserError):
 
 class ModelNotFoundError(UserError):
     """A registry reference names no model, version or alias."""
-
-
-class ModelImportRefused(UserError):
-    """A folder offered for import holds something that could run code or is not
-    what it claims to be; the message names the file and the reason."""
-
-
-class ModelNotInStoreError(ModelIntegrityError):
-    """A model version was not imported into the model store, or its store copy is gone."""
 
 
 @dataclass(frozen=True)
@@ -154,22 +145,3 @@ def resolve(ref: str, dst: str | Path | None = None) -> ResolvedModel:
             f"{mv.name}/{mv.version} ({ref}): files at {path} have SHA-256 {sha[:16]}..., but the "
             f"registry recorded {str(expected)[:16]}...; refusing to serve a changed model.")
     return ResolvedModel(mv.name, str(mv.version), path, sha, dict(mv.tags))
-
-
-def load(ref: str, dst: str | Path | None = None) -> ResolvedModel:
-    """The files to load for `ref`, checked: a version imported into the model store
-    is checked in place against its import record (sizes, headers, sampled chunks);
-    any other version (adapters registered by training) is downloaded and its hash
-    verified.
-
-    Raises:
-        ModelNotFoundError, ModelIntegrityError: as `resolve` and `verify_store_copy`.
-    """
-    from experiments.model_verify import verify_store_copy
-
-    mv = get_version(ref)
-    if mv.tags.get("import_record_sha256"):
-        stored = verify_store_copy(mv)
-        return ResolvedModel(stored.name, str(stored.version), stored.path, stored.content_sha256,
-                             dict(stored.tags))
-    return resolve(f"{mv.name}/{mv.version}", dst)

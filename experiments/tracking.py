@@ -9,19 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cluster import offline
+from foundation import offline, sekisho_home
 
 offline.apply()  # MLflow's telemetry switch must be set before mlflow is imported.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def sekisho_home() -> Path:
-    """The folder for local state (MLflow store, models, Ray token): `$SEKISHO_HOME`
-    or `.sekisho` in the current directory, made absolute so workers agree."""
-    home = Path(os.environ.get("SEKISHO_HOME", ".sekisho")).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["SEKISHO_HOME"] = str(home)
-    return home
 
 
 def tracking_uri(home: Path | None = None) -> str:

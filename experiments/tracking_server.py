@@ -25,8 +25,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cluster import offline
-from cluster.config_base import StrictConfig, UserError
+from foundation import offline
+from foundation import StrictConfig, UserError
 
 ADMIN_PASSWORD_ENV = "SEKISHO_MLFLOW_ADMIN_PASSWORD"
 PASSWORD_FILE = "admin-password"
@@ -110,7 +110,7 @@ def state_folder(cfg: TrackingServerConfig) -> Path:
     if cfg.state_dir:
         path = Path(cfg.state_dir)
     else:
-        from experiments.tracking import sekisho_home
+        from foundation import sekisho_home
         path = sekisho_home() / "tracking-server"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)

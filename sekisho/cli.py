@@ -6,7 +6,7 @@ A user mistake prints one paragraph naming what is wrong and exits with 2.
 
 from __future__ import annotations
 
-from cluster import offline
+from foundation import offline
 
 offline.apply()
 
@@ -14,7 +14,7 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import sys  # noqa: E402
 
-from cluster.config_base import UserError  # noqa: E402
+from foundation import UserError  # noqa: E402
 from sekisho.commands import GROUPS  # noqa: E402
 
 

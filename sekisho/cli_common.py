@@ -10,5 +10,5 @@ def home_from_args(args) -> Path:
     """The Sekisho home: `--home`, else $SEKISHO_HOME, else ./.sekisho."""
     if getattr(args, "home", None):
         os.environ["SEKISHO_HOME"] = str(Path(args.home).resolve())
-    from experiments import sekisho_home
+    from foundation import sekisho_home
     return sekisho_home()

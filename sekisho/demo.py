@@ -56,7 +56,8 @@ def build_base_model(home: Path, steps: Steps) -> str:
     """Step 1: build the tiny base offline and register it (alias `production`)."""
     from data import read_chat_jsonl
     from data.prepare import DatasetConfig
-    from experiments import import_model, set_alias
+    from airlock import import_model
+    from experiments import set_alias
     from train import TinyModelConfig, build_tiny_model
 
     with steps.step("Build a tiny Llama base model offline and import it (checked, hashed, stored)"):

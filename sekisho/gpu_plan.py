@@ -9,7 +9,8 @@ import math
 import struct
 from pathlib import Path
 
-from cluster import GpuRequest, Inventory, Plan, UserError, plan_placement
+from cluster import GpuRequest, Inventory, Plan, plan_placement
+from foundation import UserError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

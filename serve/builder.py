@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config_base import UserError
-from experiments import ResolvedModel, dir_sha256, load
+from foundation import UserError
+from airlock import load
+from experiments import ResolvedModel, dir_sha256
 from serve.config import ModelSpec, ServeAppConfig
 
 
@@ -136,7 +137,7 @@ class AppIngress:
         self.engines = engines
         self.follower = None
         if follow and follow["bases"]:
-            from cluster import offline
+            from foundation import offline
             from serve.follow import BaseFollower
 
             offline.apply()

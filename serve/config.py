@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 from serve.gateway.limits import RequestLimits
 
 NAME = r"^[A-Za-z0-9_.:-]+$"

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from cluster import offline
+from foundation import offline
 
 ROUTES_REFRESH_S = 1.0
 # Leaving (scale-down, roll, delete): after the replica withdraws from the route

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import offline
+from foundation import offline
 
 offline.apply()
 
@@ -82,7 +82,8 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
         import json
 
         from data import DatasetConfig, prepare
-        from experiments import load, register_folder
+        from airlock import load
+        from experiments import register_folder
         from train import LoraJobConfig, LoraRecipe
 
         rows = sekisho_home / f"{name}.jsonl"

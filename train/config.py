@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -167,7 +167,7 @@ class TrainJobConfig:
         """
         import yaml
 
-        from cluster.config_base import ConfigError
+        from foundation import ConfigError
 
         try:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))

@@ -16,9 +16,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 from data import DatasetConfig, prepare
-from experiments import load, register_folder, sekisho_home, tracking_uri, use_store
+from airlock import load
+from experiments import register_folder, tracking_uri, use_store
+from foundation import sekisho_home
 from train.config import JobFields, LoraJobConfig
 from train.trainer import JobInputs, build_trainer
 

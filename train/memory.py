@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.config_base import UserError
+from foundation import UserError
 from train.config import FullJobConfig, JobFields, LoraJobConfig
 
 GB = 1e9

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # Never shipped: environments, state, caches (`.gitignore` is honoured as well).
@@ -105,7 +105,10 @@ def submit(client, config: Path, working_dir: Path, cluster_home: str | None = N
         raise UserError(f"{config} is not inside the working directory {working_dir}, which is what "
                         f"is shipped to the cluster; run from the project folder or pass --working-dir.")
     rel = config.relative_to(working_dir).as_posix()
-    runtime_env: dict = {"working_dir": str(working_dir), "excludes": EXCLUDES}
+    # The working directory goes first on every worker's path; the hook keeps a
+    # `data/` or `train/` package of the user's from shadowing Sekisho's.
+    runtime_env: dict = {"working_dir": str(working_dir), "excludes": EXCLUDES,
+                         "worker_process_setup_hook": "sekisho.imports.pin"}
     if cluster_home:
         runtime_env["env_vars"] = {"SEKISHO_HOME": cluster_home}
     job_id = f"train-{cfg.name}-{secrets.token_hex(3)}"

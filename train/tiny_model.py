@@ -1,7 +1,7 @@
 """Build a tiny, trainable Llama base model offline: tokenizer and weights from
 nothing, so tests and the demo never download a model.
 
-Settings checked to learn (DESIGN.md): hidden 128, 2 heads (head_dim 64, which
+Settings checked to learn (docs/design-notes.md): hidden 128, 2 heads (head_dim 64, which
 vLLM's CPU attention supports), 2 layers, initializer_range 0.1 (with the default
 0.02 the frozen random output layer caps the logits and LoRA training stalls).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 
 # Roles are special tokens; `<|end|>` closes every turn and is the EOS token.
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]

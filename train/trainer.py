@@ -43,7 +43,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from cluster import offline
+    from foundation import offline
     offline.apply()
     from experiments import RunLogger
     from train.fault_injection import StepHook

@@ -10,7 +10,7 @@ from typing import Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from cluster.config_base import ConfigError, StrictConfig, describe_validation_error
+from foundation import ConfigError, StrictConfig, describe_validation_error
 from experiments.evaluation.safety import DEFAULT_REFUSAL_KEYWORDS
 
 METRICS = ("exact_match", "chrf", "rouge_l", "latency_p50_s", "latency_p95_s",

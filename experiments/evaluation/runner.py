@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 from experiments import tracking
 from experiments.evaluation import metrics as m
 from experiments.evaluation.config import (

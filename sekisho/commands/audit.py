@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 
-from cluster.config_base import UserError
+from foundation import UserError
 from sekisho.cli_common import home_from_args
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.bundle import TORCH_CPU_INDEX
+from airlock.bundle import TORCH_CPU_INDEX
 
 
 def cmd_bundle_build(args) -> int:
     """On a connected staging machine: write wheels of Sekisho and every pinned
     dependency, requirements.lock (with hashes), manifest.json and SHA256SUMS."""
-    from cluster.bundle import build_bundle
+    from airlock.bundle import build_bundle
 
     packages = build_bundle(Path(args.out), variant=args.variant,
                             find_links=Path(args.find_links) if args.find_links else None,
@@ -26,7 +26,7 @@ def cmd_bundle_build(args) -> int:
 def cmd_bundle_verify(args) -> int:
     """Check a bundle: every file against SHA256SUMS, every lock entry against a
     wheel with its hash, no sdists. Exits 2 naming each problem."""
-    from cluster.bundle_verify import verify_bundle
+    from airlock.bundle_verify import verify_bundle
 
     print(verify_bundle(Path(args.dir)).summary())
     return 0

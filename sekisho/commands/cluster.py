@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 
 
 def _plan(args):

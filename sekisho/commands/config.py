@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 
 CONFIG_KINDS = {"data": "data.prepare:DatasetConfig", "train": "train.config:TrainJobConfig",
                 "serve": "serve.config:ServeAppConfig", "models": "train.tiny_model:TinyModelConfig", "cluster": "cluster.inventory:Inventory", "gpu_requests": "cluster.gpu_requests:GpuRequests", "eval": "experiments.evaluation:EvalConfig",

@@ -39,7 +39,7 @@ def cmd_data_inspect(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cluster.config_base import UserError
+    from foundation import UserError
     from data import read_manifest, render_example
     from data.preview import manifest_rows, marked_text
 
@@ -84,7 +84,7 @@ def _tokenizer(path: Path, manifest: dict):
     """The tokenizer the dataset was made with, checked against the manifest's hash."""
     from transformers import AutoTokenizer
 
-    from cluster.config_base import UserError
+    from foundation import UserError
     from data import tokenizer_hash
 
     if not (path / "tokenizer.json").is_file():

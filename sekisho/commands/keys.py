@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cluster.config_base import UserError
+from foundation import UserError
 from sekisho.cli_common import home_from_args
 
 

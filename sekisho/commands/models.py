@@ -85,7 +85,7 @@ def cmd_models_rollback(args) -> int:
 def cmd_models_import(args) -> int:
     """Check a model folder (safetensors only, no code, headers, hashes, tokenizer,
     chat template, vLLM architecture), copy it into the model store and register it."""
-    from experiments import import_model
+    from airlock import import_model
 
     _home(args)
     m = import_model(args.dir, args.name, manifest=args.manifest)
@@ -99,7 +99,8 @@ def cmd_models_import(args) -> int:
 def cmd_models_verify(args) -> int:
     """Re-hash every file of a stored model (NAME, NAME@ALIAS or NAME/VERSION) and
     compare it with what import recorded."""
-    from experiments import get_version, verify_all_bytes
+    from airlock import verify_all_bytes
+    from experiments import get_version
 
     _home(args)
     ref = args.ref

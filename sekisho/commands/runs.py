@@ -17,7 +17,7 @@ def cmd_runs_compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cluster.config_base import UserError
+    from foundation import UserError
     from experiments.comparison import compare_runs, plot_metric, runs_of
 
     _home(args)

@@ -54,7 +54,7 @@ audit_records = Table(
 
 
 def default_url() -> str:
-    from experiments import sekisho_home
+    from foundation import sekisho_home
 
     return os.environ.get("SEKISHO_GATEWAY_DB") or f"sqlite:///{sekisho_home() / 'gateway.db'}"
 

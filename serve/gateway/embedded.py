@@ -109,7 +109,7 @@ class EmbeddedGateway:
         cfg = settings()
         if cfg is None:
             raise RuntimeError(f"{ENV} is not set")
-        from cluster import offline
+        from foundation import offline
 
         offline.apply()
         _log_to_stderr()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
-from cluster.config_base import UserError
+from foundation import UserError
 from serve.gateway.db import api_keys, connect
 
 KEY_PREFIX = "sk-sekisho-"

@@ -205,7 +205,7 @@ def serve(sock: socket.socket, chain: str) -> None:
 
 
 def main() -> None:
-    from cluster import offline
+    from foundation import offline
 
     offline.apply()
     sock = socket.socket(fileno=int(sys.argv[1]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from cluster.config_base import StrictConfig
+from foundation import StrictConfig
 from serve.gateway.errors import GatewayError
 
 

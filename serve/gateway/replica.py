@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from cluster import offline
+from foundation import offline
 
 
 class GatewayReplica:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import ConfigError, Inventory
+from cluster import Inventory
+from foundation import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "configs" / "cluster" / "reference.yaml"

@@ -289,7 +289,8 @@ def latest_checkpoint_step(job_dir: Path) -> int:
 def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_home, tiny_model_dir):
     from mlflow import MlflowClient
 
-    from experiments import import_model, set_alias, use_store
+    from airlock import import_model
+    from experiments import set_alias, use_store
     from train import LoraJobConfig
     from train.fault_injection import ENV
 

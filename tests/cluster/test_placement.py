@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import GpuRequest, GpuRequests, Inventory, PlacementError, UserError, plan_placement
+from cluster import GpuRequest, GpuRequests, Inventory, PlacementError, plan_placement
+from foundation import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 FULL = REPO / "configs" / "cluster" / "gpu_requests" / "reference_full.yaml"

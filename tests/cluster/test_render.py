@@ -1,6 +1,6 @@
 """`ray up` and KubeRay output, validated against the schemas those tools ship:
 Ray's ray-schema.json (in the installed ray package) and KubeRay's CRDs (copied
-into tests/cluster/schemas/kuberay from ../shared/schemas/kuberay, Apache-2.0)."""
+into tests/cluster/schemas/kuberay from the KubeRay project, Apache-2.0)."""
 
 import functools
 import json
@@ -21,7 +21,7 @@ from cluster import (
     write_kuberay,
     write_ray_up,
 )
-from cluster.offline import OFFLINE_ENV
+from foundation.offline import OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = Path(__file__).parent / "schemas" / "kuberay"
@@ -243,7 +243,7 @@ def test_the_token_never_lands_in_a_manifest(inventory, tmp_path, monkeypatch):
 
 
 def test_kuberay_needs_a_kubernetes_section(inventory):
-    from cluster import UserError
+    from foundation import UserError
 
     with pytest.raises(UserError, match="no `kubernetes:` section"):
         render_kuberay(inventory.model_copy(update={"kubernetes": None}))

@@ -3,7 +3,7 @@
 import os
 import stat
 
-from cluster import offline
+from foundation import offline
 from cluster.local import ensure_token, token_auth_env
 
 

@@ -11,7 +11,7 @@ def log_metrics(url: str, username: str, password: str, run_id: str, shared_run_
                 worker: int, steps: int, batch: int, go) -> None:
     """Log `steps` points of `loss` to `run_id` one request per point, and `steps`
     points of `worker_<worker>` to the run all workers share, `batch` per request."""
-    from cluster import offline
+    from foundation import offline
 
     offline.apply()
     os.environ["MLFLOW_TRACKING_USERNAME"] = username

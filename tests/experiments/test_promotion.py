@@ -110,7 +110,7 @@ def test_force_needs_a_reason_which_is_recorded(model):
 
 
 def test_rollback_walks_back_through_the_alias_history(model):
-    from cluster.config_base import UserError
+    from foundation import UserError
     from experiments import (
         PromotionRefused,
         alias_history,
@@ -197,7 +197,7 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from cluster.config_base import UserError
+    from foundation import UserError
     from experiments import (
         alias_history,
         get_version,

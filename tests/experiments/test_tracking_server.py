@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config_base import ConfigError
+from foundation import ConfigError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from cluster import UserError
+from foundation import UserError
 from sekisho.gpu_plan import check_against_running_cluster, count_parameters, plan_serve_app, serve_requests
 from serve import ServeAppConfig, resolve_app
 

@@ -11,7 +11,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from cluster.config_base import ConfigError
+from foundation import ConfigError
 from serve import ServeAppConfig
 from serve.autoscaling import (LOAD_METRIC, LOAD_PATH, EngineLoadEndpoint, engine_load_policy, gauge_load, parse_load,
                                ray_autoscaling_config)

@@ -25,7 +25,8 @@ def _hand_over_queued_connections() -> None:
 def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa, sekisho_home):
     from ray import serve
 
-    from experiments import get_version, import_model, load, set_alias
+    from airlock import import_model, load
+    from experiments import get_version, set_alias
     from serve.follow import request_reload
 
     _hand_over_queued_connections()

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
-from cluster.config_base import UserError
+from foundation import UserError
 from serve.gateway import AuditLog, KeyStore
 from serve.gateway.keys import secret_hash
 from serve.gateway.quota import QuotaLedger

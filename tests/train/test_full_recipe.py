@@ -65,7 +65,7 @@ def test_zero3_full_finetune_learns_and_exports_safetensors(zero3_export, tiny_m
 
 VLLM_GENERATE = """
 import json, sys
-from cluster import offline
+from foundation import offline
 offline.apply()
 from vllm import LLM, SamplingParams
 llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=256, enforce_eager=True, seed=0)

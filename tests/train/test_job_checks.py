@@ -4,13 +4,14 @@ recipe; LoRA under ZeRO (not implemented yet). No Ray needed."""
 
 import pytest
 
-from cluster.config_base import UserError
+from foundation import UserError
 from train import FullJobConfig, LoraJobConfig
 
 
 @pytest.fixture(scope="module")
 def registered_base(sekisho_home, tiny_model_dir):
-    from experiments import import_model, set_alias
+    from airlock import import_model
+    from experiments import set_alias
 
     set_alias("checks-base", "production", import_model(tiny_model_dir, "checks-base").version)
     return "checks-base@production"

@@ -43,7 +43,8 @@ def ray_cluster(sekisho_home, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def job_cfg(sekisho_home, tiny_model_dir, tmp_path_factory):
-    from experiments import import_model, set_alias
+    from airlock import import_model
+    from experiments import set_alias
 
     set_alias("resume-base", "production", import_model(tiny_model_dir, "resume-base").version)
     data = tmp_path_factory.mktemp("cfg") / "d.yaml"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config_base import UserError
+from foundation import UserError
 from train.config import TrainJobConfig
 from train.memory import GB, MODEL_SHAPES, check_fits, estimate_memory
 

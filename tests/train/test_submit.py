@@ -3,7 +3,8 @@
 head of the reference cluster is.
 
 The demo LoRA config, cut to a few steps, is submitted and followed to SUCCEEDED;
-a second, long job is stopped; `status` lists both. The Jobs API refuses a request
+a second, long job is stopped; `status` lists both. The project shipped as the
+job's working directory holds `data/` and `train/` packages of its own. The Jobs API refuses a request
 without the token (401) or with a wrong one (403): anyone who reaches it could
 otherwise run code on the cluster."""
 
@@ -39,7 +40,8 @@ def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
     yields the Jobs API address."""
     from cluster.egress import HOOK_DIR
     from cluster.local import ensure_token
-    from experiments import import_model, set_alias
+    from airlock import import_model
+    from experiments import set_alias
 
     set_alias("submit-base", "production", import_model(tiny_model_dir, "submit-base").version)
     token = ensure_token(sekisho_home / "ray" / "auth_token")
@@ -90,8 +92,12 @@ def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project folder with the demo configs, the LoRA job cut to a few steps, and
-    a long variant of it to stop."""
+    a long variant of it to stop. It also holds the user's own `data` and `train`
+    packages, which must not shadow Sekisho's on the cluster."""
     root = tmp_path_factory.mktemp("project")
+    for own in ("data", "train"):
+        (root / own).mkdir()
+        (root / own / "__init__.py").write_text(f"raise ImportError('the user\'s own {own} package')\n")
     (root / "configs" / "train").mkdir(parents=True)
     shutil.copytree(REPO / "configs" / "data", root / "configs" / "data")
     demo = yaml.safe_load((REPO / "configs" / "train" / "demo_lora.yaml").read_text())

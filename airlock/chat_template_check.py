@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.registry import ModelImportRefused
+from airlock.errors import ModelImportRefused
 
 SAMPLE_CONVERSATION = [
     {"role": "user", "content": "就業規則はどこで確認できますか？"},

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from experiments import ModelImportRefused
-from experiments.safetensors_check import read_header
+from airlock import ModelImportRefused
+from airlock.safetensors_check import read_header
 
 
 def split(path):

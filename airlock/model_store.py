@@ -20,8 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from experiments import tracking
-from experiments.safetensors_check import read_header
+from foundation import sekisho_home
+from airlock.safetensors_check import read_header
 
 SAMPLE_COUNT = 4
 SAMPLE_BYTES = 1024 * 1024
@@ -29,7 +29,7 @@ SAMPLE_BYTES = 1024 * 1024
 
 def store_root() -> Path:
     """The model store folder (created if missing)."""
-    root = Path(os.environ.get("SEKISHO_MODEL_STORE") or tracking.sekisho_home() / "model-store")
+    root = Path(os.environ.get("SEKISHO_MODEL_STORE") or sekisho_home() / "model-store")
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 

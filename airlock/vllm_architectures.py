@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from experiments.registry import ModelImportRefused
+from airlock.errors import ModelImportRefused
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,7 @@
 """Zero egress: the switches that stop every component from phoning home.
 
 Each value is the exact one its component accepts (vLLM wants "1", MLflow wants
-"true"; DESIGN.md). `apply()` must run before Ray, vLLM, MLflow, transformers or
+"true"; docs/design-notes.md lists what each switch stops). `apply()` must run before Ray, vLLM, MLflow, transformers or
 huggingface_hub are imported, because several of them read these at import time.
 It overrides whatever the user's environment says: in a closed network there is
 no opting back in.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.registry import PICKLE_SUFFIXES, ModelImportRefused
+from airlock.errors import ModelImportRefused
+from experiments.registry import PICKLE_SUFFIXES
 
 ACCEPTED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md", ".tiktoken", ""}
 CODE_SUFFIXES = {".py", ".pyc", ".so", ".dll", ".dylib", ".exe", ".sh", ".ipynb"}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.registry import ModelImportRefused
+from airlock.errors import ModelImportRefused
 
 CHUNK_BYTES = 8 * 1024 * 1024
 _MANIFEST_LINE = re.compile(r"^(?:\\)?([0-9a-fA-F]{64}) [ *](.+)$")

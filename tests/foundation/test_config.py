@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cluster.config_base import ConfigError
+from foundation import ConfigError
 from sekisho.commands.config import CONFIG_KINDS, config_class
 
 REPO = Path(__file__).resolve().parents[2]

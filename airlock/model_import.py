@@ -16,27 +16,27 @@ from pathlib import Path
 
 from pydantic import Field
 
-from cluster.config_base import StrictConfig, UserError
+from foundation import StrictConfig, UserError
 from experiments import tracking
-from experiments.chat_template_check import check_chat_templates
-from experiments.file_hashes import (
+from airlock.chat_template_check import check_chat_templates
+from airlock.file_hashes import (
     TreeHashes,
     check_manifest,
     check_manifest_names,
     hash_tree,
     read_manifest,
 )
-from experiments.model_file_policy import check_file_content, model_files
-from experiments.model_store import (
+from airlock.model_file_policy import check_file_content, model_files
+from airlock.model_store import (
     commit,
     discard,
     file_record,
     record_bytes,
     staging_dir,
 )
-from experiments.registry import ModelImportRefused
-from experiments.safetensors_check import MAX_HEADER_BYTES, read_header
-from experiments.vllm_architectures import check_architecture
+from airlock.errors import ModelImportRefused
+from airlock.safetensors_check import MAX_HEADER_BYTES, read_header
+from airlock.vllm_architectures import check_architecture
 
 TOKENIZER_FILES = [("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
                    ("tokenizer.tiktoken",)]

@@ -10,18 +10,8 @@ import subprocess
 
 import pytest
 
-from experiments import (
-    ModelIntegrityError,
-    ModelNotInStoreError,
-    dir_sha256,
-    get_version,
-    import_model,
-    register_folder,
-    resolve,
-    store_root,
-    verify_all_bytes,
-    verify_store_copy,
-)
+from airlock import ModelNotInStoreError, import_model, store_root, verify_all_bytes, verify_store_copy
+from experiments import ModelIntegrityError, dir_sha256, get_version, register_folder, resolve
 from sekisho.cli import main
 
 

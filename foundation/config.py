@@ -1,4 +1,4 @@
-"""Strict configs loaded from YAML, and errors that tell a user what to fix.
+"""Strict configs loaded from YAML.
 
 Every config model is strict (unknown keys rejected, a description on every
 field). Errors name the file, the line and the field path, in one paragraph.
@@ -12,18 +12,7 @@ from typing import Any, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad config, bad data, missing file).
-
-    The CLI prints the message alone, without a traceback, and exits with status 2.
-    """
-
-    exit_code = 2
-
-
-class ConfigError(UserError):
-    """A config file is missing, malformed, or does not match its schema."""
+from foundation.errors import ConfigError
 
 
 class StrictConfig(BaseModel):

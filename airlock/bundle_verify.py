@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.bundle import (
+from airlock.bundle import (
     LOCK,
     MANIFEST,
     SUMS,

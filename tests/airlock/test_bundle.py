@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.bundle import canonical_name, sha256_file
+from airlock.bundle import canonical_name, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".venv" / "bundle-cache"
@@ -197,7 +197,7 @@ def test_bundle_carries_sekishos_own_wheel_built_offline(tmp_path, requirements,
     with zipfile.ZipFile(own) as zf:
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
-    assert {"cluster/bundle.py", "serve/__init__.py", "data/samples/internal_faq_ja.jsonl"} \
+    assert {"airlock/bundle.py", "serve/__init__.py", "data/samples/internal_faq_ja.jsonl"} \
         <= set(names) and not any(n.startswith("tests/") for n in names)
     assert b"sekisho = sekisho.cli:main" in entry_points
     done = sekisho("bundle", "verify", out)

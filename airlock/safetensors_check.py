@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.registry import ModelImportRefused
+from airlock.errors import ModelImportRefused
 
 # Bits per element of every dtype safetensors 0.8 defines.
 DTYPE_BITS = {

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from experiments import ImportPolicy, ModelImportRefused, import_model
+from airlock import ImportPolicy, ModelImportRefused, import_model
 
 
 class _CreatesFile:

@@ -32,7 +32,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config_base import UserError
+from foundation import UserError
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VARIANTS = ("gpu", "cpu")

@@ -9,14 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import registry
-from experiments.file_hashes import hash_tree
-from experiments.model_store import chunk_sha256, store_root
-from experiments.registry import (
-    ModelImportRefused,
-    ModelIntegrityError,
-    ModelNotInStoreError,
-)
-from experiments.safetensors_check import read_header
+from airlock.file_hashes import hash_tree
+from airlock.model_store import chunk_sha256, store_root
+from airlock.errors import ModelImportRefused, ModelNotInStoreError
+from experiments.registry import ModelIntegrityError, ResolvedModel
+from airlock.safetensors_check import read_header
 
 
 @dataclass(frozen=True)
@@ -133,3 +130,20 @@ def verify_all_bytes(model_version, progress: bool | None = None) -> StoredModel
     if hashes.content_sha256 != stored.content_sha256:
         raise _changed(ref, stored.path, "the folder's content hash changed")
     return stored
+
+
+def load(ref: str, dst: str | Path | None = None) -> ResolvedModel:
+    """The files to load for `ref`, checked: a version imported into the model store
+    is checked in place against its import record (sizes, headers, sampled chunks);
+    any other version (adapters registered by training) is downloaded and its hash
+    verified.
+
+    Raises:
+        ModelNotFoundError, ModelIntegrityError: as `resolve` and `verify_store_copy`.
+    """
+    mv = registry.get_version(ref)
+    if mv.tags.get("import_record_sha256"):
+        stored = verify_store_copy(mv)
+        return ResolvedModel(stored.name, str(stored.version), stored.path, stored.content_sha256,
+                             dict(stored.tags))
+    return registry.resolve(f"{mv.name}/{mv.version}", dst)
