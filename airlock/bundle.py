@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundation import UserError
+from foundation.hashing import file_sha256
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VARIANTS = ("gpu", "cpu")
@@ -61,11 +62,7 @@ class Package:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def canonical_name(name: str) -> str:

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from foundation import sekisho_home
+from foundation.hashing import file_sha256
 from airlock.safetensors_check import read_header
 
 SAMPLE_COUNT = 4
@@ -52,9 +53,7 @@ def sample_spans(size: int, count: int = SAMPLE_COUNT, length: int = SAMPLE_BYTE
 
 
 def chunk_sha256(path: Path, offset: int, length: int) -> str:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return hashlib.sha256(fh.read(length)).hexdigest()
+    return file_sha256(path, offset, length)
 
 
 def file_record(path: Path, sha256: str, size: int) -> dict:

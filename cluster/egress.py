@@ -14,11 +14,12 @@ example) is not seen; run inside a loopback-only namespace as well.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
+
+from foundation.net import is_loopback
 
 HOOK_DIR = Path(__file__).resolve().parent / "egress_hook"
 LOG_ENV = "SEKISHO_EGRESS_LOG"
@@ -33,10 +34,7 @@ def is_local(host: object) -> bool:
     host = str(host).strip("[]")
     if host in ("", "localhost", "ip6-localhost", "0.0.0.0", "::"):
         return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 def recorder_env(log: Path) -> dict[str, str]:

@@ -20,6 +20,10 @@ from cluster.inventory import Inventory, Node
 from cluster.local import QUIET_SERVE_ENV
 from foundation.offline import OFFLINE_ENV
 
+# Engine replicas and training workers run at the priority Ray gives job drivers,
+# not at its worker niceness 15 (docs/design-notes.md, "Scheduling priority").
+FULL_PRIORITY_ENV = {"RAY_worker_niceness": "0"}
+
 
 def nccl_env(inventory: Inventory, node: Node) -> dict[str, str]:
     """NCCL and Gloo settings for one node.

@@ -12,16 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from foundation.hashing import file_sha256
+
 MANIFEST_FILE = "manifest.json"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sources_sha256(sources: list[dict]) -> str:

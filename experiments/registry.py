@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundation import UserError
+from foundation.hashing import update_from_file
 from experiments import tracking
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle"}
@@ -43,9 +44,7 @@ def dir_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        update_from_file(h, f)
         h.update(b"\0")
     return h.hexdigest()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from aiohttp import (ClientConnectorError, ClientError, ClientSession, ClientTimeout, ServerDisconnectedError,
                      TCPConnector, web)
 
+from foundation.net import is_loopback
 from serve.gateway import limits as request_limits
 from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
@@ -65,13 +65,6 @@ class GatewayOptions:
     # Embedded gateways read the route table from a file their engine replica
     # keeps current (they have no Ray connection); else from Ray's internal KV.
     routes_file: str | None = None
-
-
-def _is_loopback(addr: str | None) -> bool:
-    try:
-        return addr is not None and ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return False
 
 
 class Gateway:
@@ -172,7 +165,7 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def metrics_route(self, request: web.Request) -> web.Response:
-        if not _is_loopback(request.remote):
+        if not is_loopback(request.remote):
             try:
                 key = await self.authenticate(request)
             except GatewayError as err:
