@@ -16,7 +16,7 @@ BUNDLE_TEST_PINS := $(shell grep -iE '^(six|idna|packaging)==' constraints.txt)
 PYTEST_ARGS ?= --durations=30
 LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$$@"' loopback-only
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(STAMP)
 
@@ -33,9 +33,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(LOOPBACK_ONLY) $(VENV)/bin/sekisho demo $(DEMO_ARGS)
 
+# Lint and format check: seconds, so they run first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 # PostgreSQL (team mode's database) is started by .ci/postgres on a Unix socket,
 # which the loopback-only namespace can still reach.
-test: $(STAMP)
+test: lint
 	SEKISHO_TEST_PG_URL="$${SEKISHO_TEST_PG_URL:-$$(.ci/postgres | tail -1)}" \
 	  $(LOOPBACK_ONLY) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -20,7 +20,6 @@ wheels here, so nothing is compiled on the far side.
 from __future__ import annotations
 
 import email.parser
-import hashlib
 import json
 import os
 import re

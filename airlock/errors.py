@@ -3,8 +3,8 @@ claims, and a version that was never brought in through it."""
 
 from __future__ import annotations
 
-from foundation import UserError
 from experiments.registry import ModelIntegrityError
+from foundation import UserError
 
 
 class ModelImportRefused(UserError):

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from foundation import StrictConfig, UserError
-from experiments import tracking
 from airlock.chat_template_check import check_chat_templates
+from airlock.errors import ModelImportRefused
 from airlock.file_hashes import (
     TreeHashes,
     check_manifest,
@@ -34,9 +33,10 @@ from airlock.model_store import (
     record_bytes,
     staging_dir,
 )
-from airlock.errors import ModelImportRefused
 from airlock.safetensors_check import MAX_HEADER_BYTES, read_header
 from airlock.vllm_architectures import check_architecture
+from experiments import tracking
+from foundation import StrictConfig, UserError
 
 TOKENIZER_FILES = [("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
                    ("tokenizer.tiktoken",)]

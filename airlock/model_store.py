@@ -20,9 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from airlock.safetensors_check import read_header
 from foundation import sekisho_home
 from foundation.hashing import file_sha256
-from airlock.safetensors_check import read_header
 
 SAMPLE_COUNT = 4
 SAMPLE_BYTES = 1024 * 1024

@@ -8,12 +8,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments import registry
+from airlock.errors import ModelImportRefused, ModelNotInStoreError
 from airlock.file_hashes import hash_tree
 from airlock.model_store import chunk_sha256, store_root
-from airlock.errors import ModelImportRefused, ModelNotInStoreError
-from experiments.registry import ModelIntegrityError, ResolvedModel
 from airlock.safetensors_check import read_header
+from experiments import registry
+from experiments.registry import ModelIntegrityError, ResolvedModel
 
 
 @dataclass(frozen=True)

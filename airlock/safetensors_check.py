@@ -29,12 +29,14 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself
 
 @dataclass(frozen=True)
 class SafetensorsHeader:
-    """What a checked header says: its size and hash, the tensors and the data length."""
+    """What a checked header says: its size and hash, the tensors, the data length
+    and the number of elements (parameters) the tensors hold."""
 
     header_bytes: int
     header_sha256: str
     names: frozenset[str]
     data_bytes: int
+    elements: int = 0
 
     @property
     def tensors(self) -> int:
@@ -119,4 +121,6 @@ def read_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> S
         cursor = end
     if cursor != data_bytes:
         raise _refuse(path, f"tensors cover {cursor} bytes but the data section holds {data_bytes}")
-    return SafetensorsHeader(n, hashlib.sha256(prefix + raw).hexdigest(), frozenset(header), data_bytes)
+    elements = sum(math.prod(info["shape"]) for info in header.values())
+    return SafetensorsHeader(n, hashlib.sha256(prefix + raw).hexdigest(), frozenset(header), data_bytes,
+                             elements)

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from foundation import UserError
 from cluster.inventory import Inventory
 from cluster.local import ensure_token
 from cluster.ray_up import write_ray_up
+from foundation import UserError
 
 Action = Literal["up", "down"]
 

@@ -13,9 +13,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation import offline
-from foundation import UserError
 from cluster.inventory import Inventory
+from foundation import UserError, offline
 
 
 @dataclass(frozen=True)

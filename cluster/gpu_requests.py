@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from foundation import StrictConfig
 from cluster.inventory import NODE_NAME
+from foundation import StrictConfig
 
 GIB = 2**30
 

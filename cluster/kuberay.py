@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from foundation import UserError
 from cluster.inventory import NODE_LABEL_KEY, Inventory, KubernetesSettings, Node
 from cluster.node_env import node_env
+from foundation import UserError
 
 
 def _settings(inventory: Inventory) -> KubernetesSettings:

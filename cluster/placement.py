@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from foundation import UserError
 from cluster.gpu_requests import GpuRequest
 from cluster.inventory import Inventory, Node
 from cluster.plan import GpuGroup, Plan
+from foundation import UserError
 
 
 class PlacementError(UserError):

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from foundation import StrictConfig
 from data.pii import PII_TYPES
 from data.readers import ENCODINGS
 from data.records import FIELDS
+from foundation import StrictConfig
 
 PACKAGE_SAMPLES = Path(__file__).parent / "samples"
 PiiType = Literal["EMAIL", "IP_ADDRESS", "CREDIT_CARD", "MY_NUMBER", "PHONE", "POSTAL_CODE"]

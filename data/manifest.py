@@ -12,8 +12,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from foundation.hashing import file_sha256
-
 MANIFEST_FILE = "manifest.json"
 
 

@@ -25,7 +25,6 @@ import numpy as np
 from data.chat import IGNORE_INDEX, DataValidationError, RowError
 from data.config import DatasetConfig
 from data.dedup import Deduplicator, content_key, exact_key
-from data.manifest import file_sha256
 from data.memory import HeapTrimmer, fix_glibc_thresholds
 from data.normalize import normalize_text
 from data.pii import mask_pii
@@ -33,6 +32,7 @@ from data.readers import SUFFIXES, JsonlChunk, RawRow, jsonl_chunks, list_source
 from data.records import Example, Problem, check_messages, to_example
 from data.split import split_of
 from data.tokenization import TokenizedBatch, tokenize_batch
+from foundation.hashing import file_sha256
 
 SHOWN_ERRORS = 20
 BATCH_ROWS = 1024  # rows per task: fewer, larger hand-offs between processes

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation import UserError
 from data.chat import IGNORE_INDEX, DataValidationError
 from data.config import DatasetConfig
 from data.manifest import MANIFEST_FILE, dataset_version, sources_sha256, tokenizer_hash, write_manifest
 from data.memory import bounded_allocators
 from data.packing import Packer
 from data.pipeline import Accounting, processed_rows
+from foundation import UserError
 
 __all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}

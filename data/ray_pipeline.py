@@ -19,10 +19,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from foundation import UserError
 from data.chat import RowError
 from data.config import DatasetConfig
 from data.readers import JsonLine, RawRow, Unparsed, read_rows
+from foundation import UserError
 
 BLOCK_ROWS = 1024
 

@@ -29,8 +29,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from foundation import UserError
 from experiments import tracking
+from foundation import UserError
 
 EVENT_TAG = "sekisho.event."
 SETTLE_ROUNDS = 100

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation import UserError
 from experiments import tracking
+from foundation import UserError
 
 
 @dataclass(frozen=True)

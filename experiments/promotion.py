@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import dataclass
 
-from foundation import UserError
 from experiments import alias_log, tracking
 from experiments.evaluation.config import GateConfig
 from experiments.evaluation.runner import (
@@ -24,6 +23,7 @@ from experiments.evaluation.runner import (
     TAG_MODEL_VERSION,
 )
 from experiments.registry import get_version
+from foundation import UserError
 
 GATED_BY_DEFAULT = ("production",)
 

@@ -8,9 +8,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments import tracking
 from foundation import UserError
 from foundation.hashing import update_from_file
-from experiments import tracking
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle"}
 

@@ -25,8 +25,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from foundation import offline
-from foundation import StrictConfig, UserError
+from foundation import StrictConfig, UserError, offline
 
 ADMIN_PASSWORD_ENV = "SEKISHO_MLFLOW_ADMIN_PASSWORD"
 PASSWORD_FILE = "admin-password"

@@ -54,9 +54,9 @@ class Steps:
 
 def build_base_model(home: Path, steps: Steps) -> str:
     """Step 1: build the tiny base offline and register it (alias `production`)."""
+    from airlock import import_model
     from data import read_chat_jsonl
     from data.prepare import DatasetConfig
-    from airlock import import_model
     from experiments import set_alias
     from train import TinyModelConfig, build_tiny_model
 

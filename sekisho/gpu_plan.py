@@ -5,10 +5,9 @@ token come from its resolved files (config.json, safetensors headers)."""
 from __future__ import annotations
 
 import json
-import math
-import struct
 from pathlib import Path
 
+from airlock.safetensors_check import read_header
 from cluster import GpuRequest, Inventory, Plan, plan_placement
 from foundation import UserError
 
@@ -17,13 +16,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 def count_parameters(model_dir: Path) -> int:
     """Parameters in a model folder, from its safetensors headers (no tensor is read)."""
-    total = 0
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    return total
+    return sum(read_header(f).elements for f in sorted(Path(model_dir).glob("*.safetensors")))
 
 
 def _dtype_bytes(engine_dtype: str, hf: dict) -> int:
@@ -35,7 +28,7 @@ def _dtype_bytes(engine_dtype: str, hf: dict) -> int:
 def serve_requests(app) -> list[GpuRequest]:
     """One request per model of a resolved serve app (serve.builder.ResolvedApp)."""
     out = []
-    for i, spec in enumerate(app.config.models):
+    for spec in app.config.models:
         m = app.models[spec.name]
         folder = Path(getattr(m, "path", m))
         hf = json.loads((folder / "config.json").read_text())

@@ -10,8 +10,8 @@ from typing import Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from foundation import ConfigError, StrictConfig, describe_validation_error
 from experiments.evaluation.safety import DEFAULT_REFUSAL_KEYWORDS
+from foundation import ConfigError, StrictConfig, describe_validation_error
 
 METRICS = ("exact_match", "chrf", "rouge_l", "latency_p50_s", "latency_p95_s",
            "safety.refusal_rate", "safety.leak_rate")

@@ -39,9 +39,9 @@ def cmd_data_inspect(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from foundation import UserError
     from data import read_manifest, render_example
     from data.preview import manifest_rows, marked_text
+    from foundation import UserError
 
     folder = Path(args.name) if "/" in args.name or Path(args.name).is_dir() else _home(args) / "datasets" / args.name
     if not (folder / "manifest.json").is_file():
@@ -84,8 +84,8 @@ def _tokenizer(path: Path, manifest: dict):
     """The tokenizer the dataset was made with, checked against the manifest's hash."""
     from transformers import AutoTokenizer
 
-    from foundation import UserError
     from data import tokenizer_hash
+    from foundation import UserError
 
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: the tokenizer this dataset was made with is not there; pass --tokenizer DIR.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from sekisho.cli_common import home_from_args as _home
 
 

@@ -13,8 +13,8 @@ def cmd_eval_run(args) -> int:
     and log an MLflow evaluation run linked to the model version. Without --base-url
     the version is served just for the evaluation (an adapter on its base) and
     taken down after."""
-    from foundation import UserError
     from experiments.evaluation import EvalConfig, run_eval
+    from foundation import UserError
 
     cfg = EvalConfig.from_yaml(args.config)
     home = _home(args)

@@ -17,8 +17,8 @@ def cmd_runs_compare(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from foundation import UserError
     from experiments.comparison import compare_runs, plot_metric, runs_of
+    from foundation import UserError
 
     _home(args)
     run_ids = list(args.runs)

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from airlock import ModelImportRefused, read_manifest
-from experiments import dir_sha256
 from airlock.file_hashes import hash_tree
 from airlock.model_file_policy import model_files
+from experiments import dir_sha256
 
 
 def test_one_pass_gives_file_hashes_copy_and_folder_hash(tiny_model_dir, tmp_path, capsys):

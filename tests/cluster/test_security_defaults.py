@@ -3,8 +3,8 @@
 import os
 import stat
 
-from foundation import offline
 from cluster.local import ensure_token, token_auth_env
+from foundation import offline
 
 
 def test_offline_switches_have_the_exact_values_components_accept():

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from data import DataValidationError, DatasetConfig, prepare, read_chat_jsonl, tokenize_conversation
+from data import DatasetConfig, DataValidationError, prepare, read_chat_jsonl, tokenize_conversation
 from data.chat import IGNORE_INDEX
 
 
 def rows(tmp_path, *lines):
     p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(l if isinstance(l, str) else json.dumps(l, ensure_ascii=False) for l in lines) + "\n",
+    p.write_text("\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n",
                  encoding="utf-8")
     return p
 

@@ -6,9 +6,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data import DataValidationError, DatasetConfig, prepare, read_manifest
+from data import DatasetConfig, DataValidationError, prepare, read_manifest
 from data.chat import IGNORE_INDEX
-from data.manifest import file_sha256
+from foundation.hashing import file_sha256
 
 SAMPLE = "samples:internal_faq_ja.jsonl"
 

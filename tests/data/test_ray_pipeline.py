@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data import DataValidationError, DatasetConfig, prepare
+from data import DatasetConfig, DataValidationError, prepare
 
 
 @pytest.fixture(scope="module")

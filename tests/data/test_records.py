@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data import DataValidationError, DatasetConfig, validate_rows
+from data import DatasetConfig, DataValidationError, validate_rows
 from data.readers import RawRow, Unparsed
 from data.records import Example, Problem, to_example
 

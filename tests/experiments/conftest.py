@@ -3,7 +3,6 @@ after each test, and fresh PostgreSQL databases."""
 
 from __future__ import annotations
 
-
 import pytest
 
 

@@ -127,8 +127,8 @@ def test_alias_on_an_untrained_adapter_answers_like_the_base(main_job, sekisho_h
     and moving an alias to it: N drops to the base model's level, while the
     production alias in the same engine still answers."""
     from experiments import register_folder, resolve, set_alias
-    from serve import AdapterSpec, ServeAppConfig, deploy, resolve_app
     from sekisho.demo import ask_all
+    from serve import AdapterSpec, ServeAppConfig, deploy, resolve_app
     from train import LoraJobConfig, LoraRecipe
 
     job = LoraJobConfig.from_yaml(REPO / "configs" / "train" / "demo_lora.yaml")
