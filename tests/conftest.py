@@ -81,8 +81,8 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
     def train(name: str, prefix: str, base_ref: str, note: str):
         import json
 
-        from data import DatasetConfig, prepare
         from airlock import load
+        from data import DatasetConfig, prepare
         from experiments import register_folder
         from train import LoraJobConfig, LoraRecipe
 

@@ -110,7 +110,6 @@ def test_force_needs_a_reason_which_is_recorded(model):
 
 
 def test_rollback_walks_back_through_the_alias_history(model):
-    from foundation import UserError
     from experiments import (
         PromotionRefused,
         alias_history,
@@ -119,6 +118,7 @@ def test_rollback_walks_back_through_the_alias_history(model):
         rollback,
         set_alias,
     )
+    from foundation import UserError
 
     for v in ("1", "2"):
         log_eval(model, v, {"exact_match": 1.0, "safety.leak_rate": 0.0})
@@ -197,7 +197,6 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from foundation import UserError
     from experiments import (
         alias_history,
         get_version,
@@ -205,6 +204,7 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
         register_folder,
         rollback,
     )
+    from foundation import UserError
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # `spawn` children start with this sys.path
     name = f"race-{uuid.uuid4().hex[:8]}"
