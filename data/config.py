@@ -43,10 +43,9 @@ class DedupConfig(StrictConfig):
                                                                "rows count as near-duplicates.")
     num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations (more: sharper threshold, slower).")
     shingle: int = Field(5, ge=2, le=20, description="Characters per n-gram.")
-    spill: bool = Field(False, description="Keep the dedup index (5 bytes a key, 10 keys a row) in unnamed files "
-                                           "in the output folder, served from the page cache, releasing the pages "
-                                           "after each lookup (for inputs whose index would not fit in memory; "
-                                           "about 20% slower); false: in memory.")
+    spill: bool = Field(False, description="Keep the dedup index (50 bytes a row) in files in the output "
+                                           "folder, read through the page cache, for inputs whose index would not "
+                                           "fit in memory (about 20% slower); false: in memory.")
 
 
 class SplitConfig(StrictConfig):

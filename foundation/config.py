@@ -6,8 +6,11 @@ field). Errors name the file, the line and the field path, in one paragraph.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -53,6 +56,59 @@ class StrictConfig(BaseModel):
     def field_help(cls) -> dict[str, str]:
         """Field name -> description, for `--help` and docs."""
         return {name: f.description or "" for name, f in cls.model_fields.items()}
+
+    @classmethod
+    def explain(cls, prefix: str = "") -> list[FieldDoc]:
+        """Every field, nested configs included (as `parent.child`), in declaration order."""
+        docs: list[FieldDoc] = []
+        for name, f in cls.model_fields.items():
+            nested = _nested_config(f.annotation)
+            default = "(required)" if f.is_required() else _show_default(f.get_default(call_default_factory=True))
+            docs.append(FieldDoc(prefix + name, _type_name(f.annotation), default, f.description or ""))
+            if nested is not None:
+                docs += nested.explain(prefix + name + _item_marker(f.annotation) + ".")
+        return docs
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One config field as `sekisho config explain` shows it."""
+
+    path: str
+    type: str
+    default: str
+    description: str
+
+
+def _nested_config(annotation) -> type[StrictConfig] | None:
+    """The StrictConfig class a field holds (directly or as `X | None`), if any."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, StrictConfig):
+            return t
+    return None
+
+
+def _item_marker(annotation) -> str:
+    """`[]` when the field holds a list of configs, `{}` for a mapping to them."""
+    for t in (annotation, *get_args(annotation)):
+        origin = get_origin(t)
+        if origin in (list, tuple):
+            return "[]"
+        if origin is dict:
+            return "{}"
+    return ""
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type) and not get_args(annotation):
+        return annotation.__name__
+    return re.sub(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Za-z_])", "", str(annotation))
+
+
+def _show_default(value) -> str:
+    if isinstance(value, BaseModel):
+        return "(see below)"
+    return "none" if value is None else repr(value.value if isinstance(value, Enum) else value)
 
 
 def describe_validation_error(exc: ValidationError, path: Path | str,

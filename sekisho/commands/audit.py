@@ -7,7 +7,7 @@ import json
 import sys
 
 from foundation import UserError
-from sekisho.cli_common import home_from_args
+from sekisho.cli_common import add_command, command_group, home_from_args
 
 
 def _log(args):
@@ -50,16 +50,12 @@ def cmd_audit_export(args) -> int:
 
 
 def register(groups) -> None:
-    audit = groups.add_parser("audit", help="the audit trail").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = audit.add_parser("verify", help=cmd_audit_verify.__doc__)
-    c.set_defaults(fn=cmd_audit_verify)
-    c = audit.add_parser("tail", help=cmd_audit_tail.__doc__)
+    audit = command_group(groups, "audit", "the audit trail")
+    c = add_command(audit, "verify", cmd_audit_verify)
+    c = add_command(audit, "tail", cmd_audit_tail)
     c.add_argument("-n", type=int, default=20)
-    c.set_defaults(fn=cmd_audit_tail)
-    c = audit.add_parser("export", help=cmd_audit_export.__doc__)
+    c = add_command(audit, "export", cmd_audit_export)
     c.add_argument("--since", help="ISO 8601 date or time")
-    c.set_defaults(fn=cmd_audit_export)
     for p in audit.choices.values():
         p.add_argument("--app", default="demo", help="serve app name (one chain per app)")
         p.add_argument("--db", help="gateway database URL (default: SQLite in the Sekisho home)")

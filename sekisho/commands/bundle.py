@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from airlock.bundle import TORCH_CPU_INDEX
+from sekisho.cli_common import add_command, command_group
 
 
 def cmd_bundle_build(args) -> int:
@@ -33,9 +34,8 @@ def cmd_bundle_verify(args) -> int:
 
 
 def register(groups) -> None:
-    bundle = groups.add_parser("bundle", help="offline install: build and verify a wheel bundle"
-                               ).add_subparsers(dest="command", required=True, metavar="COMMAND")
-    c = bundle.add_parser("build", help=cmd_bundle_build.__doc__)
+    bundle = command_group(groups, "bundle", "offline install: build and verify a wheel bundle")
+    c = add_command(bundle, "build", cmd_bundle_build)
     c.add_argument("--out", required=True, metavar="DIR", help="new or empty bundle folder")
     which = c.add_mutually_exclusive_group()
     which.add_argument("--gpu", dest="variant", action="store_const", const="gpu",
@@ -53,6 +53,5 @@ def register(groups) -> None:
     c.add_argument("--project", metavar="DIR",
                    help="Sekisho source tree to build the wheel from (default: the running one)")
     c.set_defaults(fn=cmd_bundle_build, variant="gpu")
-    c = bundle.add_parser("verify", help=cmd_bundle_verify.__doc__)
+    c = add_command(bundle, "verify", cmd_bundle_verify)
     c.add_argument("dir", help="the bundle folder")
-    c.set_defaults(fn=cmd_bundle_verify)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from foundation import UserError
+from sekisho.cli_common import add_command, command_group
 
 
 def _plan(args):
@@ -199,31 +200,25 @@ def _connection_args(c) -> None:
 
 
 def register(groups) -> None:
-    cluster = groups.add_parser("cluster", help="GPU placement and cluster bring-up configs"
-                                ).add_subparsers(dest="command", required=True, metavar="COMMAND")
-    c = cluster.add_parser("plan", help=cmd_cluster_plan.__doc__)
+    cluster = command_group(groups, "cluster", "GPU placement and cluster bring-up configs")
+    c = add_command(cluster, "plan", cmd_cluster_plan)
     c.add_argument("inventory", help="inventory YAML, e.g. configs/cluster/reference.yaml")
     c.add_argument("requests", help="GPU requests YAML (configs/cluster/gpu_requests/)")
     c.add_argument("--json", action="store_true", help="print Ray objects as JSON")
-    c.set_defaults(fn=cmd_cluster_plan)
-    c = cluster.add_parser("render", help=cmd_cluster_render.__doc__)
+    c = add_command(cluster, "render", cmd_cluster_render)
     c.add_argument("inventory", help="inventory YAML, e.g. configs/cluster/reference.yaml")
     c.add_argument("--ray-up", metavar="FILE", help="write a `ray up` config (local provider)")
     c.add_argument("--kuberay", metavar="DIR", help="write RayCluster/RayService manifests")
-    c.set_defaults(fn=cmd_cluster_render)
     for name, fn in (("up", cmd_cluster_up), ("down", cmd_cluster_down)):
-        c = cluster.add_parser(name, help=fn.__doc__)
+        c = add_command(cluster, name, fn)
         c.add_argument("inventory", help="inventory YAML, e.g. configs/cluster/reference.yaml")
         c.add_argument("--dry-run", action="store_true", help="write the `ray up` config "
                        "and print it and the command, without running it")
-        c.set_defaults(fn=fn)
-    c = cluster.add_parser("status", help=cmd_cluster_status.__doc__)
+    c = add_command(cluster, "status", cmd_cluster_status)
     _connection_args(c)
-    c.set_defaults(fn=cmd_cluster_status)
-    c = cluster.add_parser("doctor", help=cmd_cluster_doctor.__doc__)
+    c = add_command(cluster, "doctor", cmd_cluster_doctor)
     _connection_args(c)
     c.add_argument("--egress", action="store_true", help="also prove zero egress: a small "
                    "workload on every node with the egress recorder on")
     c.add_argument("--min-free-gib", type=float, default=50.0, help="free disk each node "
                    "needs on the shared storage and its temp dir (default 50)")
-    c.set_defaults(fn=cmd_cluster_doctor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -96,19 +97,16 @@ def _tokenizer(path: Path, manifest: dict):
 
 
 def register(groups) -> None:
-    data = groups.add_parser("data", help="datasets").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = data.add_parser("prepare", help=cmd_data_prepare.__doc__)
+    data = command_group(groups, "data", "datasets")
+    c = add_command(data, "prepare", cmd_data_prepare)
     c.add_argument("config")
     c.add_argument("--model", required=True, help="registry reference of the model whose tokenizer to use")
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
     c.add_argument("--ray-address", help="with executor: ray, the cluster to join (default: start a local one)")
-    c.set_defaults(fn=cmd_data_prepare)
-    c = data.add_parser("inspect", help=cmd_data_inspect.__doc__)
+    c = add_command(data, "inspect", cmd_data_inspect)
     c.add_argument("name", help="dataset name (under $SEKISHO_HOME/datasets) or a prepared dataset folder")
     c.add_argument("-n", type=int, default=3, help="rows to show (default 3)")
     c.add_argument("--split", choices=["train", "eval"], default="train", help="split to show (default train)")
     c.add_argument("--tokenizer", help="tokenizer folder (default: the one recorded in the manifest)")
     c.add_argument("--plain", action="store_true", help="no colour: mark trained text with ⟦ ⟧")
     c.add_argument("--width", type=int, default=120, help="console width (default 120)")
-    c.set_defaults(fn=cmd_data_inspect)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sekisho.cli_common import add_command
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -18,7 +19,6 @@ def cmd_demo(args) -> int:
 
 
 def register(groups) -> None:
-    demo = groups.add_parser("demo", help=cmd_demo.__doc__)
+    demo = add_command(groups, "demo", cmd_demo)
     demo.add_argument("--keep-serving", action="store_true", help="keep the endpoint up after the demo")
     demo.add_argument("--port", type=int, help="HTTP port of the endpoint (default from configs/serve/demo.yaml)")
-    demo.set_defaults(fn=cmd_demo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -44,9 +45,8 @@ def cmd_eval_run(args) -> int:
 
 
 def register(groups) -> None:
-    ev = groups.add_parser("eval", help="evaluate model versions").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = ev.add_parser("run", help=cmd_eval_run.__doc__)
+    ev = command_group(groups, "eval", "evaluate model versions")
+    c = add_command(ev, "run", cmd_eval_run)
     c.add_argument("config", help="an eval config, e.g. configs/eval/demo_ja.yaml")
     c.add_argument("--model", required=True, help="registry reference NAME@ALIAS or NAME/VERSION")
     c.add_argument("--base-url", help="OpenAI-compatible endpoint that serves it, e.g. http://127.0.0.1:8000/v1; "
@@ -57,4 +57,3 @@ def register(groups) -> None:
     c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="without --base-url: the Ray cluster to serve it on (default: a local one "
                    "started for the evaluation)")
-    c.set_defaults(fn=cmd_eval_run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from foundation import UserError
-from sekisho.cli_common import home_from_args
+from sekisho.cli_common import add_command, command_group, home_from_args
 
 
 def _expiry(value: str | None) -> float | None:
@@ -55,20 +55,16 @@ def cmd_keys_revoke(args) -> int:
 
 
 def register(groups) -> None:
-    keys = groups.add_parser("keys", help="gateway API keys").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = keys.add_parser("create", help=cmd_keys_create.__doc__)
+    keys = command_group(groups, "keys", "gateway API keys")
+    c = add_command(keys, "create", cmd_keys_create)
     c.add_argument("--name", required=True)
     c.add_argument("--models", required=True, help="comma-separated model names, or '*'")
     c.add_argument("--rpm", type=int, help="requests per minute")
     c.add_argument("--tpm", type=int, help="tokens per minute")
     c.add_argument("--expires", help="expiry date (ISO 8601)")
     c.add_argument("--admin", action="store_true", help="may read /metrics from anywhere")
-    c.set_defaults(fn=cmd_keys_create)
-    c = keys.add_parser("list", help=cmd_keys_list.__doc__)
-    c.set_defaults(fn=cmd_keys_list)
-    c = keys.add_parser("revoke", help=cmd_keys_revoke.__doc__)
+    c = add_command(keys, "list", cmd_keys_list)
+    c = add_command(keys, "revoke", cmd_keys_revoke)
     c.add_argument("name")
-    c.set_defaults(fn=cmd_keys_revoke)
     for p in keys.choices.values():
         p.add_argument("--db", help="gateway database URL (default: SQLite in the Sekisho home)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -127,30 +128,23 @@ def _latest_version(name: str) -> str:
 
 
 def register(groups) -> None:
-    models = groups.add_parser("models", help="the model registry").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = models.add_parser("list", help=cmd_models_list.__doc__)
-    c.set_defaults(fn=cmd_models_list)
-    c = models.add_parser("show", help=cmd_models_show.__doc__)
+    models = command_group(groups, "models", "the model registry")
+    c = add_command(models, "list", cmd_models_list)
+    c = add_command(models, "show", cmd_models_show)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")
-    c.set_defaults(fn=cmd_models_show)
-    c = models.add_parser("promote", help=cmd_models_promote.__doc__)
+    c = add_command(models, "promote", cmd_models_promote)
     c.add_argument("name")
     c.add_argument("version")
     c.add_argument("--alias", default="production")
     c.add_argument("--force", action="store_true", help="skip the gate (needs --reason, which is recorded)")
     c.add_argument("--reason", help="why the gate is skipped")
     c.add_argument("--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply")
-    c.set_defaults(fn=cmd_models_promote)
-    c = models.add_parser("rollback", help=cmd_models_rollback.__doc__)
+    c = add_command(models, "rollback", cmd_models_rollback)
     c.add_argument("name")
     c.add_argument("--alias", default="production")
-    c.set_defaults(fn=cmd_models_rollback)
-    c = models.add_parser("import", help=cmd_models_import.__doc__)
+    c = add_command(models, "import", cmd_models_import)
     c.add_argument("dir", help="the model folder as carried in")
     c.add_argument("--name", required=True, help="registered model name")
     c.add_argument("--manifest", help="SHA256SUMS (sha256sum output) every file must match")
-    c.set_defaults(fn=cmd_models_import)
-    c = models.add_parser("verify", help=cmd_models_verify.__doc__)
+    c = add_command(models, "verify", cmd_models_verify)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")
-    c.set_defaults(fn=cmd_models_verify)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -43,12 +44,10 @@ def cmd_runs_compare(args) -> int:
 
 
 def register(groups) -> None:
-    runs = groups.add_parser("runs", help="compare tracked runs").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = runs.add_parser("compare", help=cmd_runs_compare.__doc__)
+    runs = command_group(groups, "runs", "compare tracked runs")
+    c = add_command(runs, "compare", cmd_runs_compare)
     c.add_argument("runs", nargs="*", help="run ids")
     c.add_argument("--experiment", help="also compare the latest runs of this experiment")
     c.add_argument("--last", type=int, default=5, help="how many runs of --experiment")
     c.add_argument("--plot", help="write a PNG of --metric per run here")
     c.add_argument("--metric", default="loss", help="metric to plot (default loss)")
-    c.set_defaults(fn=cmd_runs_compare)

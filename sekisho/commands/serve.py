@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from foundation import UserError
 from sekisho.cli_common import home_from_args as _home
 
@@ -14,9 +12,8 @@ def cmd_serve_up(args) -> int:
     import signal
 
     from cluster.local import start_local, stop
-    from serve import ServeAppConfig, deploy, resolve_app
-
     from sekisho.gpu_plan import check_against_running_cluster, plan_serve_app
+    from serve import ServeAppConfig, deploy, resolve_app
 
     cfg = ServeAppConfig.from_yaml(args.config)
     home = _home(args)
@@ -54,15 +51,13 @@ def _connect(args) -> None:
 def cmd_serve_status(args) -> int:
     """Show each app's models, the version each serves, replicas and health."""
     from ray import serve
-    from ray.experimental import internal_kv
+
+    from serve.ray_state import app_routes, app_sizing
 
     _connect(args)
     for app_name, app in serve.status().applications.items():
         print(f"{app_name}: {app.status}")
-        raw = internal_kv._internal_kv_get(f"apps/{app_name}".encode(), namespace="sekisho")
-        routes = json.loads(raw) if raw else {}
-        raw = internal_kv._internal_kv_get(f"apps/{app_name}/sizing".encode(), namespace="sekisho")
-        sizing = json.loads(raw) if raw else {}
+        routes, sizing = app_routes(app_name), app_sizing(app_name)
         for dep_name, dep in app.deployments.items():
             replicas = ", ".join(f"{n} {state}" for state, n in dep.replica_states.items())
             print(f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}{_bounds(sizing.get(dep_name))}")
@@ -84,7 +79,7 @@ def _bounds(sizing: dict | None) -> str:
 
 def cmd_serve_reload(args) -> int:
     """Make every engine of an app re-read the aliases it follows, now."""
-    from serve.follow import request_reload
+    from serve.ray_state import request_reload
 
     _connect(args)
     request_reload(args.name)

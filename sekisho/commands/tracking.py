@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -65,21 +66,17 @@ def cmd_tracking_grant(args) -> int:
 
 
 def register(groups) -> None:
-    tracking = groups.add_parser("tracking", help="the team's MLflow tracking server").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = tracking.add_parser("server", help=cmd_tracking_server.__doc__)
+    tracking = command_group(groups, "tracking", "the team's MLflow tracking server")
+    c = add_command(tracking, "server", cmd_tracking_server)
     c.add_argument("config", help="tracking server config, e.g. configs/tracking/team.yaml")
     c.add_argument("--log", help="write the server's output to this file instead of the terminal")
-    c.set_defaults(fn=cmd_tracking_server)
     user = tracking.add_parser("user", help="users of the team tracking server").add_subparsers(
         dest="user_command", required=True, metavar="COMMAND")
-    c = user.add_parser("add", help=cmd_tracking_user_add.__doc__)
+    c = add_command(user, "add", cmd_tracking_user_add)
     c.add_argument("username")
-    c.set_defaults(fn=cmd_tracking_user_add)
-    c = tracking.add_parser("grant", help=cmd_tracking_grant.__doc__)
+    c = add_command(tracking, "grant", cmd_tracking_grant)
     c.add_argument("username")
     on = c.add_mutually_exclusive_group(required=True)
     on.add_argument("--experiment", help="experiment name")
     on.add_argument("--model", help="registered model name")
     c.add_argument("--permission", required=True, choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"])
-    c.set_defaults(fn=cmd_tracking_grant)

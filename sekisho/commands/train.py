@@ -7,6 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
+from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
@@ -75,28 +76,23 @@ def cmd_train_stop(args) -> int:
 
 
 def register(groups) -> None:
-    train = groups.add_parser("train", help="fine-tuning jobs").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
-    c = train.add_parser("run", help=cmd_train_run.__doc__)
+    train = command_group(groups, "train", "fine-tuning jobs")
+    c = add_command(train, "run", cmd_train_run)
     c.add_argument("config")
     c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="join this Ray cluster (GCS address; a submitted job gets it as RAY_ADDRESS) "
                         "instead of starting one here")
-    c.set_defaults(fn=cmd_train_run)
-    c = train.add_parser("submit", help=cmd_train_submit.__doc__)
+    c = add_command(train, "submit", cmd_train_submit)
     c.add_argument("config")
     c.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
                    help="stream the job's logs until it ends (default on)")
     c.add_argument("--working-dir", default=".",
                    help="folder shipped to the cluster as the job's working directory; holds the config")
     c.add_argument("--cluster-home", help="$SEKISHO_HOME for the job on the cluster (default: the nodes')")
-    c.set_defaults(fn=cmd_train_submit)
-    c = train.add_parser("status", help=cmd_train_status.__doc__)
+    c = add_command(train, "status", cmd_train_status)
     c.add_argument("job", nargs="?")
-    c.set_defaults(fn=cmd_train_status)
-    c = train.add_parser("stop", help=cmd_train_stop.__doc__)
+    c = add_command(train, "stop", cmd_train_stop)
     c.add_argument("job")
-    c.set_defaults(fn=cmd_train_stop)
     for name in ("submit", "status", "stop"):
         train.choices[name].add_argument(
             "--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
