@@ -5,17 +5,27 @@ JSON configs, tokenizer vocabularies, text and Jinja templates. Pickle formats
 (.bin .pt .pth .pkl .ckpt) run code when loaded, `*.py` and `auto_map` /
 `trust_remote_code` in a config make transformers or vLLM import code from the
 model folder; all of them are refused, as is anything not on the list.
+
+A folder made by `hf download --local-dir` also holds the download's own
+metadata (`.cache/huggingface/`, left out) and documents (README, LICENSE,
+`.gitattributes`: kept with the import's run, never in the store); the user
+leaves out more with `exclude` globs (e.g. `original/*`, Llama's pickled
+checkpoint beside the safetensors).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock.errors import ModelImportRefused
 from experiments.registry import PICKLE_SUFFIXES
 
-ACCEPTED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md", ".tiktoken", ""}
+ACCEPTED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken", ""}
+DOWNLOAD_METADATA = ".cache/huggingface/"
+DOCUMENTS = ("README*", "LICENSE*", "LICENCE*", "NOTICE*", "USE_POLICY*", "*.md", ".gitattributes")
 CODE_SUFFIXES = {".py", ".pyc", ".so", ".dll", ".dylib", ".exe", ".sh", ".ipynb"}
 # Keys that make a loader fetch or import code named by the model itself.
 REMOTE_CODE_KEYS = {"auto_map", "trust_remote_code", "custom_pipelines"}
@@ -27,38 +37,88 @@ def _refuse(path: Path, reason: str) -> ModelImportRefused:
     return ModelImportRefused(f"{path}: refused: {reason}.")
 
 
-def model_files(folder: str | Path) -> list[Path]:
-    """Every file under `folder`, sorted as `registry.dir_sha256` sorts them, after
-    the name policy.
+@dataclass
+class FolderFiles:
+    """A model folder sorted out: what enters the store, the documents kept with the
+    import's run, and what was left out (relative path -> why)."""
+
+    files: list[Path] = field(default_factory=list)
+    documents: list[Path] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def select_files(folder: str | Path, exclude: tuple[str, ...] | list[str] = ()) -> FolderFiles:
+    """Sort every file under `folder` by the name policy; model files are sorted as
+    `registry.dir_sha256` sorts them.
+
+    Args:
+        exclude: globs on the path relative to `folder` (`original/*`) to leave out.
 
     Raises:
-        ModelImportRefused: a symlink, a pickle or code file, or a type not accepted.
+        ModelImportRefused: naming every refused file (a symlink, a pickle or code
+            file, a type not accepted) and why, or a folder with no model files.
     """
     root = Path(folder)
     if not root.is_dir():
         raise ModelImportRefused(f"{root}: refused: not a folder.")
-    files = []
+    out, refused = FolderFiles(), []
     for p in sorted(root.rglob("*")):
-        if p.is_symlink():
-            raise _refuse(p, "symbolic links are not imported (the store keeps real files only)")
-        if p.is_dir():
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith(DOWNLOAD_METADATA) or rel + "/" == DOWNLOAD_METADATA:
+            out.left_out.setdefault(DOWNLOAD_METADATA, "the download's own metadata (hf download)")
             continue
-        if not p.is_file():
-            raise _refuse(p, "not a regular file (a pipe, socket or device)")
-        suffix = p.suffix.lower()
-        if suffix in PICKLE_SUFFIXES:
-            raise _refuse(p, f"{suffix} is a pickle format, which runs code when loaded; "
-                             "convert the weights to safetensors before import")
-        if suffix in CODE_SUFFIXES:
-            raise _refuse(p, f"{suffix} files are code; models that need their own code "
-                             "(trust_remote_code) are not imported")
-        if suffix not in ACCEPTED_SUFFIXES:
-            raise _refuse(p, f"{suffix} is not an accepted model file type "
-                             f"(accepted: {', '.join(sorted(s for s in ACCEPTED_SUFFIXES if s))})")
-        files.append(p)
-    if not files:
-        raise ModelImportRefused(f"{root}: refused: the folder holds no files.")
-    return files
+        glob = next((g for g in exclude if fnmatch.fnmatchcase(rel, g)), None)
+        if glob is not None:
+            out.left_out[rel] = f"--exclude {glob}"
+            continue
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if p.is_file() and not p.is_symlink() and any(fnmatch.fnmatch(p.name, d) for d in DOCUMENTS):
+            out.documents.append(p)
+            continue
+        reason = _name_problem(p)
+        if reason:
+            refused.append(f"{p}: refused: {reason}")
+        else:
+            out.files.append(p)
+    if refused:
+        raise ModelImportRefused(f"{root}: {len(refused)} file(s) may not enter the store:\n  "
+                                 + "\n  ".join(refused) + _exclude_hint(root, refused))
+    if not out.files:
+        raise ModelImportRefused(f"{root}: refused: the folder holds no model files.")
+    return out
+
+
+def _name_problem(p: Path) -> str | None:
+    """Why a file may not enter the store by its kind and name, or None."""
+    if p.is_symlink():
+        return "symbolic links are not imported (the store keeps real files only)"
+    if not p.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    suffix = p.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return (f"{suffix} is a pickle format, which runs code when loaded; convert the weights to "
+                "safetensors before import")
+    if suffix in CODE_SUFFIXES:
+        return f"{suffix} files are code; models that need their own code (trust_remote_code) are not imported"
+    if suffix not in ACCEPTED_SUFFIXES:
+        return (f"{suffix} is not an accepted model file type "
+                f"(accepted: {', '.join(sorted(s for s in ACCEPTED_SUFFIXES if s))})")
+    return None
+
+
+def _exclude_hint(root: Path, refused: list[str]) -> str:
+    """`--exclude 'DIR/*'` when every refused file lies in one subfolder."""
+    tops = {Path(line.split(": ", 1)[0]).relative_to(root).parts[0] for line in refused}
+    paths = [Path(line.split(": ", 1)[0]).relative_to(root) for line in refused]
+    if len(tops) == 1 and all(len(rel.parts) > 1 for rel in paths):
+        return f"\nThey are all under {tops.pop()}/: leave them out with --exclude '{paths[0].parts[0]}/*'."
+    return ""
+
+
+def model_files(folder: str | Path) -> list[Path]:
+    """The files of `folder` that enter the store (see `select_files`)."""
+    return select_files(folder).files
 
 
 def _walk(value, path: Path, where: str) -> None:

@@ -11,7 +11,7 @@ that are stored. Any refusal removes the copy and registers nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field
@@ -25,7 +25,7 @@ from airlock.file_hashes import (
     hash_tree,
     read_manifest,
 )
-from airlock.model_file_policy import check_file_content, model_files
+from airlock.model_file_policy import check_file_content, model_files, select_files
 from airlock.model_store import (
     commit,
     discard,
@@ -61,6 +61,9 @@ class ImportedModel:
     content_sha256: str
     architectures: list[str]
     hashes: TreeHashes
+    documents: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    alias: str | None = None
 
 
 def check_tokenizer(folder: Path) -> None:
@@ -124,15 +127,20 @@ def _recheck_copy(staged: Path, src: Path, policy: ImportPolicy) -> None:
 
 
 def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
-                 policy: ImportPolicy | None = None, progress: bool | None = None) -> ImportedModel:
+                 policy: ImportPolicy | None = None, progress: bool | None = None,
+                 exclude: tuple[str, ...] | list[str] = (), alias: str | None = None) -> ImportedModel:
     """Check a model folder, copy it into the store and register a base-model version.
 
     Args:
-        src: the model folder as carried in (safetensors, configs, tokenizer).
+        src: the model folder as carried in (safetensors, configs, tokenizer), e.g.
+            made by `hf download --local-dir` (its metadata and documents stay out
+            of the store; the documents are kept with the import's run).
         name: registered model name.
-        manifest: SHA256SUMS (sha256sum output) every file must match, or None.
+        manifest: SHA256SUMS (sha256sum output) every stored file must match, or None.
         policy: import limits.
         progress: progress bar while hashing; None means only on a terminal.
+        exclude: globs on paths relative to `src` to leave out (`original/*`).
+        alias: an alias to point at the new version (`production`).
 
     Returns:
         The new version, its store folder and the hashes recorded.
@@ -143,9 +151,13 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
     policy = policy or ImportPolicy()
     src = Path(src).resolve()
     manifest_path = Path(manifest).resolve() if manifest else None
-    files = [f for f in model_files(src) if f != manifest_path]
+    chosen = select_files(src, exclude)
+    files = [f for f in chosen.files if f != manifest_path]
     expected = read_manifest(manifest_path) if manifest_path else None
-    if expected is not None:
+    if expected is not None:  # documents and left-out files are not stored, so not checked
+        kept_out = {d.relative_to(src).as_posix() for d in chosen.documents} | set(chosen.left_out)
+        expected = {rel: h for rel, h in expected.items()
+                    if rel not in kept_out and not rel.startswith(tuple(chosen.left_out))}
         check_manifest_names(expected, src, files, manifest_path)
     _refuse_other_kind(name)
     archs = check_model_folder(src, files, policy)
@@ -171,8 +183,14 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
         tags["manifest"] = str(manifest_path)
     sums = "".join(f"{sha}  {rel}\n" for rel, sha in hashes.files.items())
     tags["files_sha256"] = sums if len(sums) <= MAX_TAG_CHARS else "(too many files: see the import record)"
-    version = _register(name, folder, tags, record, sums, hashes)
-    return ImportedModel(name, version, folder, hashes.content_sha256, archs, hashes)
+    documents = [d for d in chosen.documents if d != manifest_path]
+    version = _register(name, folder, tags, record, sums, hashes, src, documents)
+    if alias:
+        from experiments import set_alias
+
+        set_alias(name, alias, version)
+    return ImportedModel(name, version, folder, hashes.content_sha256, archs, hashes,
+                         [d.relative_to(src).as_posix() for d in documents], chosen.left_out, alias)
 
 
 def _refuse_other_kind(name: str) -> None:
@@ -190,7 +208,7 @@ def _refuse_other_kind(name: str) -> None:
 
 
 def _register(name: str, folder: Path, tags: dict[str, str], record: dict, sums: str,
-              hashes: TreeHashes) -> str:
+              hashes: TreeHashes, src: Path, documents: list[Path]) -> str:
     import mlflow
     from mlflow import MlflowClient
 
@@ -202,6 +220,9 @@ def _register(name: str, folder: Path, tags: dict[str, str], record: dict, sums:
                             "hash_mb_per_s": hashes.mb_per_s})
         mlflow.log_text(record_bytes(record).decode(), "import/record.json")
         mlflow.log_text(sums, "import/SHA256SUMS")
+        for doc in documents:  # the licence and model card travel with the version, outside the store
+            rel = doc.relative_to(src)
+            mlflow.log_artifact(str(doc), f"import/documents/{rel.parent.as_posix()}".rstrip("/."))
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:

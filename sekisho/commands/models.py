@@ -89,11 +89,17 @@ def cmd_models_import(args) -> int:
     from airlock import import_model
 
     _home(args)
-    m = import_model(args.dir, args.name, manifest=args.manifest)
+    m = import_model(args.dir, args.name, manifest=args.manifest, exclude=args.exclude, alias=args.alias)
     h = m.hashes
     print(f"imported {m.name} version {m.version} ({', '.join(m.architectures)}): "
           f"{len(h.files)} files, {h.total_bytes / 1e6:.1f} MB hashed at {h.mb_per_s:.0f} MB/s")
     print(f"store: {m.path}\ncontent_sha256: {m.content_sha256}")
+    for rel, why in m.left_out.items():
+        print(f"left out: {rel} ({why})")
+    if m.documents:
+        print(f"documents kept with the import run, not in the store: {', '.join(m.documents)}")
+    if m.alias:
+        print(f"{m.name}@{m.alias} -> version {m.version}")
     return 0
 
 
@@ -143,8 +149,11 @@ def register(groups) -> None:
     c.add_argument("name")
     c.add_argument("--alias", default="production")
     c = add_command(models, "import", cmd_models_import)
-    c.add_argument("dir", help="the model folder as carried in")
+    c.add_argument("dir", help="the model folder as carried in (e.g. made by `hf download --local-dir`)")
     c.add_argument("--name", required=True, help="registered model name")
-    c.add_argument("--manifest", help="SHA256SUMS (sha256sum output) every file must match")
+    c.add_argument("--manifest", help="SHA256SUMS (sha256sum output) every stored file must match")
+    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out files whose path in the folder matches, e.g. 'original/*' (repeatable)")
+    c.add_argument("--alias", help="point this alias (e.g. production) at the new version")
     c = add_command(models, "verify", cmd_models_verify)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")

@@ -68,7 +68,7 @@ def test_version_not_in_store_is_refused_at_load(sekisho_home, tiny_model_dir):
 @pytest.fixture
 def tampered_import(model_copy):
     """An import of its own (distinct content, so no other test shares the store copy)."""
-    (model_copy / "README.md").write_text(f"copy for {model_copy}\n")
+    (model_copy / "notes.txt").write_text(f"copy for {model_copy}\n")
     m = import_model(model_copy, "tiny-tamper", progress=False)
     return m, f"tiny-tamper/{m.version}"
 
@@ -118,14 +118,14 @@ def test_added_file_and_edited_record_are_refused(tampered_import):
     record = store_root() / "records" / f"{m.content_sha256}.json"
     record.chmod(0o644)
     edited = json.loads(record.read_text())
-    edited["files"]["README.md"]["size"] += 1
+    edited["files"]["notes.txt"]["size"] += 1
     record.write_text(json.dumps(edited))
     with pytest.raises(ModelIntegrityError, match="import record .* was changed"):
         verify_store_copy(ref)
 
 
 def test_cli_import_and_verify(model_copy, sekisho_home, capsys):
-    (model_copy / "README.md").write_text("cli copy\n")
+    (model_copy / "notes.txt").write_text("cli copy\n")
     assert main(["models", "import", str(model_copy), "--name", "tiny-cli"]) == 0
     assert "imported tiny-cli version 1 (LlamaForCausalLM)" in capsys.readouterr().out
     assert main(["models", "verify", "tiny-cli"]) == 0
