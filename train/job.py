@@ -16,12 +16,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundation import UserError
-from data import DatasetConfig, prepare
 from airlock import load
+from data import DatasetConfig, prepare
 from experiments import register_folder, tracking_uri, use_store
-from foundation import sekisho_home
-from train.config import JobFields, LoraJobConfig
+from foundation import UserError, sekisho_home
+from train.config import JobFields
+from train.registry import recipe_class, trains_on_raw_text
 from train.trainer import JobInputs, build_trainer
 
 
@@ -80,17 +80,16 @@ def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
             does not fit the GPUs (train.check_fits), or the config asks for something
             the recipe does not do yet.
     """
-    if (cfg.recipe == "cpt") != (data_cfg.format == "text"):
-        want = "format: text (raw text)" if cfg.recipe == "cpt" else "a chat, instruction or prompt_completion format"
+    raw_text = trains_on_raw_text(cfg)
+    if raw_text != (data_cfg.format == "text"):
+        want = "format: text (raw text)" if raw_text else "a chat, instruction or prompt_completion format"
         raise UserError(f"job {cfg.name!r}: recipe {cfg.recipe!r} needs a dataset with {want}; "
                         f"{cfg.dataset} has format: {data_cfg.format}.")
     if cfg.plan is not None:
         from train.memory import check_fits
 
         check_fits(cfg)
-    if isinstance(cfg, LoraJobConfig) and cfg.deepspeed is not None:
-        raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO is planned (train.estimate_memory "
-                        f"sizes it) but not implemented yet; remove `deepspeed:` to train with DDP.")
+    recipe_class(cfg).check(cfg)
 
 
 def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = None) -> JobResult:
@@ -136,10 +135,10 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
-    export = "adapter" if isinstance(cfg, LoraJobConfig) else "model"
-    adapter_dir = Path(result.checkpoint.path) / export
-    version = register_folder(cfg.register_as, adapter_dir, kind="adapter" if export == "adapter" else "merged",
-                              run_id=run_id, artifact_path=export, tags={
+    recipe = recipe_class(cfg)
+    adapter_dir = Path(result.checkpoint.path) / recipe.export_dir
+    version = register_folder(cfg.register_as, adapter_dir, kind=recipe.export_kind,
+                              run_id=run_id, artifact_path=recipe.export_dir, tags={
                                   "base_model_version": base.ref,
                                   "base_model_sha256": base.sha256,
                                   "dataset": data_cfg.name,

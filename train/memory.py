@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foundation import UserError
-from train.config import FullJobConfig, JobFields, LoraJobConfig
+from train.config import JobFields, LoraJobConfig
+from train.registry import recipe_class
 
 GB = 1e9
 RUNTIME_OVERHEAD_GB = 4.0
@@ -139,7 +140,7 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
     offload_opt, offload_params = (ds.offload_optimizer, ds.offload_params) if ds else (False, False)
     host_per_param = 18 if offload_params else 16
     nodes = max(1, -(-gpus // cfg.plan.gpus_per_node))
-    if isinstance(cfg, FullJobConfig):
+    if recipe_class(cfg).full_parameters:
         weights, grads, optim = model_state_bytes(shape.params, stage, offload_opt, offload_params,
                                                   gpus, shape.largest_layer_params)
         offloaded = shape.params if offload_opt or offload_params else 0.0

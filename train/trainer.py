@@ -1,7 +1,8 @@
-"""Ray Train wrapper: `build_trainer(cfg, ...)` -> TorchTrainer running the recipe
-(LoRA, or full fine-tuning under DeepSpeed) on N workers; rank 0 logs to MLflow. Every `checkpoint_every` steps and at the end
-the workers report a resumable checkpoint (the last one also holds the adapter);
-a restarted worker group continues from the latest one (`ray.train.get_checkpoint`)."""
+"""Ray Train wrapper: `build_trainer(cfg, ...)` -> TorchTrainer running the job's
+recipe (`train.registry`) on N workers; rank 0 logs to MLflow. Every
+`checkpoint_every` steps and at the end the workers report a resumable checkpoint
+(the last one also holds the export); a restarted worker group continues from the
+latest one (`ray.train.get_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.config import RECIPE_CONFIGS, JobFields, LoraJobConfig
+from train.config import RECIPE_CONFIGS, JobFields
+from train.registry import build_recipe
 
 
 @dataclass(frozen=True)
@@ -58,20 +60,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     logger = RunLogger(inputs.run_id, inputs.mlflow_uri, rank=rank)
-    if isinstance(cfg, LoraJobConfig):
-        from train.recipe import LoraRecipe
-
-        recipe = LoraRecipe(cfg, rank=rank, world_size=world)
-        wrap = None
-        if world > 1:
-            from ray.train.torch import prepare_model
-            wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
-        recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
-    else:   # DeepSpeed shards the model itself on the process group Ray Train set up
-        from train.full_recipe import FullRecipe
-
-        recipe = FullRecipe(cfg, rank=rank, world_size=world)
-        recipe.setup(inputs.base_model_dir, inputs.tokens_path)
+    wrap = None
+    if world > 1:
+        from ray.train.torch import prepare_model
+        wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
+    recipe = build_recipe(cfg, rank=rank, world_size=world)
+    recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
     recipe.attempt = next_attempt(inputs.state_dir, rank)
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -110,17 +104,11 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    import os
-
+    from cluster.node_env import FULL_PRIORITY_ENV
     from train.fault_injection import ENV
 
     s = cfg.scaling
-    # Ray starts worker processes at niceness 15, under its control plane and under
-    # every other process of the node: on a busy node a training worker then loses
-    # its cores to anything else that runs (measured: 0.84 of standalone throughput on
-    # 2 cores). Training workers own their CPUs like the job driver does (Ray's
-    # job manager sets the same variable to 0 for drivers).
-    env_vars = {"RAY_worker_niceness": "0"}
+    env_vars = dict(FULL_PRIORITY_ENV)   # not Ray's worker niceness (docs/design-notes.md)
     # Test hooks follow the driver's environment even onto a cluster started before it.
     if os.environ.get(ENV):
         env_vars[ENV] = os.environ[ENV]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from train import FullJobConfig
-from train.full_recipe import FullRecipe, deepspeed_config
+from train.deepspeed_zero import deepspeed_config
+from train.full_recipe import FullRecipe
 
 
 def job(**top):

@@ -81,7 +81,8 @@ def test_resume_with_accumulation_sees_no_example_twice(tmp_path, tiny_model_dir
 
 def test_deepspeed_accumulates_the_same_way(tiny_model_dir, tokens):
     from train import FullJobConfig
-    from train.full_recipe import FullRecipe, deepspeed_config
+    from train.deepspeed_zero import deepspeed_config
+    from train.full_recipe import FullRecipe
 
     def full(batch_size, accum):
         return FullJobConfig(name="f", recipe="sft_full", base_model="b@production", dataset="d.yaml",

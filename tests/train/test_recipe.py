@@ -6,7 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from train import LoraJobConfig, LoraRecipe, TinyModelConfig
-from train.recipe import lr_at
+from train.loop import lr_at
 
 
 def job(**optim):

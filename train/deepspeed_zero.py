@@ -1,0 +1,71 @@
+"""Everything Sekisho asks of DeepSpeed, in one place: the config a job stands for,
+the engine, the standalone process group DeepSpeed expects from a launcher, and
+the gathering of ZeRO-3 shards into one state dict (a private DeepSpeed method:
+this module is the only caller, so a DeepSpeed upgrade is checked here).
+"""
+
+from __future__ import annotations
+
+import os
+
+from foundation.net import free_port
+from train.config import FullJobConfig
+
+
+def deepspeed_config(cfg: FullJobConfig) -> dict:
+    """The DeepSpeed config a job config stands for."""
+    ds, o = cfg.deepspeed, cfg.optim
+    zero: dict = {"stage": ds.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    out = {"train_micro_batch_size_per_gpu": o.batch_size, "gradient_accumulation_steps": o.grad_accum_steps,
+           "gradient_clipping": o.max_grad_norm, "zero_optimization": zero,
+           "bf16": {"enabled": cfg.scaling.use_gpu}, "steps_per_print": 10 ** 9,
+           "zero_allow_untested_optimizer": True, "wall_clock_breakdown": False}
+    if ds.offload_optimizer:   # DeepSpeed's CPU Adam (a small op built with gcc on first use)
+        out["optimizer"] = {"type": "AdamW", "params": {"lr": o.lr, "weight_decay": o.weight_decay}}
+    return out
+
+
+def ensure_process_group() -> None:
+    """Start a gloo group of one (with the variables DeepSpeed reads from a launcher)
+    unless this process is in a group already (as under Ray Train). The group stays
+    for the process: DeepSpeed keeps handles to it, and a later engine reuses it."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    for var in ("LOCAL_RANK", "RANK"):
+        os.environ.setdefault(var, "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def start_engine(model, cfg: FullJobConfig):
+    """Wrap `model` in a DeepSpeed engine for `cfg` (AdamW: torch's, or DeepSpeed's
+    CPU Adam when the optimizer is offloaded). Returns the engine."""
+    import deepspeed
+    import torch
+
+    ds_cfg = deepspeed_config(cfg)
+    optimizer = None
+    if "optimizer" not in ds_cfg:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg,
+                                           model_parameters=None if optimizer else model.parameters())
+    return engine
+
+
+def full_state_dict(engine, zero_stage: int, rank: int) -> dict:
+    """The whole model's weights on rank 0 (gathered from the ZeRO-3 shards); {}
+    elsewhere. Every rank must call it."""
+    if zero_stage == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+        return sd if rank == 0 else {}
+    return engine.module.state_dict() if rank == 0 else {}

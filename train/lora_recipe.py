@@ -1,0 +1,159 @@
+"""PEFT LoRA supervised fine-tuning (`sft_lora`), in one process without Ray or as
+one rank under Ray Train (data parallel through the caller's `wrap_model`).
+Export: the adapter (safetensors + adapter_config.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from foundation import UserError
+from train import examples, loop
+from train.config import LoraJobConfig
+from train.recipe import CheckpointSink, MetricsSink, ModelWrapper
+
+
+class LoraRecipe:
+    """LoRA on a frozen base, on tokenised examples (a `train.recipe.Recipe`)."""
+
+    export_dir, export_kind, full_parameters = "adapter", "adapter", False
+
+    def __init__(self, cfg: LoraJobConfig, rank: int = 0, world_size: int = 1):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.step, self.attempt = 0, 1
+        self._device = None
+        self.batch_ids: list[int] = []
+        self.examples: list = []
+        self.eval_examples: list = []
+
+    @classmethod
+    def check(cls, cfg: LoraJobConfig) -> None:
+        """Raises:
+            UserError: the config asks for ZeRO sharding, which is not implemented yet."""
+        if cfg.deepspeed is not None:
+            raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO is planned (train.estimate_memory "
+                            f"sizes it) but not implemented yet; remove `deepspeed:` to train with DDP.")
+
+    def setup(self, base_model_dir: str | Path, tokens_path: str | Path,
+              wrap_model: ModelWrapper | None = None) -> None:
+        """Load the base model, add LoRA, load the examples.
+
+        Args:
+            wrap_model: applied to the PEFT model (Ray Train's `prepare_model` for DDP).
+        """
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from train.utilisation import forward_params
+
+        torch.set_num_threads(self.cfg.scaling.cpus_per_worker)
+        torch.manual_seed(self.cfg.seed)
+        on_gpu = self.cfg.scaling.use_gpu and torch.cuda.is_available()
+        # Ray Train gives each worker one GPU (CUDA_VISIBLE_DEVICES); standalone: the current one.
+        self._device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+        base = AutoModelForCausalLM.from_pretrained(str(base_model_dir),
+                                                    dtype=torch.bfloat16 if on_gpu else torch.float32)
+        if self.cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = self.cfg.lora
+        self.peft_model = get_peft_model(base, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        if self._device is not None:
+            self.peft_model.to(self._device)
+        self.model = wrap_model(self.peft_model) if wrap_model else self.peft_model
+        self.n_params = forward_params(self.peft_model)
+        self.pad_id = base.config.pad_token_id or 0
+        self.examples = examples.read_examples(tokens_path)
+        self.eval_examples = examples.read_eval(tokens_path)
+        self.optimizer = torch.optim.AdamW(self._trainable(), lr=self.cfg.optim.lr,
+                                           weight_decay=self.cfg.optim.weight_decay)
+
+    def _trainable(self) -> list:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def module(self):
+        return self.model
+
+    def device(self):
+        return self._device
+
+    def batches(self, start_step: int = 0):
+        """This rank's micro-batches from micro-batch `start_step`; `batch_ids` holds the last one's."""
+        for ids in examples.batch_order(len(self.examples), self.cfg, self.rank, self.world_size, start_step):
+            self.batch_ids = ids
+            yield [self.examples[j] for j in ids]
+
+    def data_position(self, index: int) -> tuple[int, int]:
+        return examples.data_position(index, len(self.examples), self.cfg, self.rank, self.world_size)
+
+    def collate(self, batch) -> tuple[dict, int]:
+        return examples.collate(batch, self.pad_id, self._device)
+
+    def evaluate(self) -> float | None:
+        return examples.evaluate(self.model, self.eval_examples, self.cfg.optim.batch_size, self.pad_id,
+                                 self._device)
+
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def forward_backward(self, inputs: dict, last: bool) -> float:
+        # Under DDP, gradients are all-reduced once per step, on the last micro-batch.
+        quiet = not last and hasattr(self.model, "no_sync")
+        with self.model.no_sync() if quiet else contextlib.nullcontext():
+            loss = self.model(**inputs).loss / self.cfg.optim.grad_accum_steps
+            loss.backward()
+        return float(loss.detach())
+
+    def optimizer_step(self):
+        import torch
+
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.optim.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
+              on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
+              ) -> dict[str, float]:
+        """See `train.recipe.Recipe.train`."""
+        self.model.train()
+        return loop.run(self, on_metrics, log_every, on_checkpoint, on_step)
+
+    def save_checkpoint(self, out_dir: str | Path, extra: dict | None = None) -> Path:
+        """Write the resumable state (weights, optimizer, RNG, step, data position);
+        rank 0 also writes the adapter. Every rank calls it (each saves its RNG)."""
+        from train.checkpoint import save_state
+
+        out = save_state(out_dir, self.peft_model, self.optimizer, loop.trainer_state(self, extra),
+                         rank=self.rank)
+        if self.rank == 0:
+            self.save(out / self.export_dir)
+        return out
+
+    def load_checkpoint(self, ckpt_dir: str | Path) -> dict:
+        """Continue from a checkpoint written by `save_checkpoint` (after `setup`).
+
+        Raises:
+            ValueError: it was written with another world size or another model.
+        """
+        from train.checkpoint import load_state, read_state
+
+        state = read_state(ckpt_dir)
+        loop.check_resumable(state, ckpt_dir, self.world_size)
+        load_state(ckpt_dir, self.peft_model, self.optimizer, rank=self.rank)
+        self.step = state["step"]
+        return state
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the adapter (safetensors + adapter_config.json) to `out_dir`."""
+        out = Path(out_dir)
+        self.peft_model.save_pretrained(str(out), safe_serialization=True)
+        return out
+
+    def cleanup(self) -> None:
+        self.model = self.peft_model = self.optimizer = None
+        self.examples = []
