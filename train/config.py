@@ -181,3 +181,8 @@ class TrainJobConfig:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {**FullJobConfig.field_help(), **LoraJobConfig.field_help()}
+
+    @classmethod
+    def variants(cls) -> dict[str, type[JobFields]]:
+        """The config class of each recipe (what `sekisho config explain train` shows)."""
+        return dict(RECIPE_CONFIGS)

@@ -35,7 +35,6 @@ def test_rerun_with_a_different_config_is_refused(tmp_path, sekisho_home, regist
 
 def test_dataset_must_suit_the_recipe(tmp_path):
     from data import DatasetConfig
-
     from train.job import check_job
 
     chat = DatasetConfig.from_yaml(data_yaml(tmp_path))
@@ -50,7 +49,6 @@ def test_dataset_must_suit_the_recipe(tmp_path):
 
 def test_a_planned_job_that_cannot_fit_is_refused_before_workers_start(tmp_path):
     from data import DatasetConfig
-
     from train.job import check_job
 
     chat = DatasetConfig.from_yaml(data_yaml(tmp_path))

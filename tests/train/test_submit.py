@@ -38,9 +38,9 @@ pytestmark = pytest.mark.e2e
 def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
     """A `ray start --head` cluster whose nodes share the test's Sekisho home;
     yields the Jobs API address."""
+    from airlock import import_model
     from cluster.egress import HOOK_DIR
     from cluster.local import ensure_token
-    from airlock import import_model
     from experiments import set_alias
 
     set_alias("submit-base", "production", import_model(tiny_model_dir, "submit-base").version)
