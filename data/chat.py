@@ -111,35 +111,43 @@ def read_chat_jsonl(path: str | Path, on_error: str = "fail") -> ChatDataset:
     return ChatDataset(path, conversations, errors, hashlib.sha256(raw).hexdigest())
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, str]],
-                          max_length: int) -> dict[str, list[int]]:
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
+                          template_kwargs: dict | None = None) -> dict[str, list[int]]:
     """Token ids and labels for one conversation, with labels only on assistant turns.
 
-    Each turn is tokenised in the exact pieces a server sees at inference: the
-    chat template's prompt (ending in the assistant header) and then the answer
-    with its end marker, so training and serving agree on token boundaries.
+    The simple reference for `data.tokenization.tokenize_batch` (the same ids
+    and labels; tests compare the two): the conversation rendered once by its
+    chat template and tokenised as a whole, so training sees exactly the
+    template's text; trained are the tokens that start inside an assistant
+    turn's span, from where its serving prompt ends through its turn-end token
+    (`data.template_labels.assistant_spans`).
 
     Returns:
         {"input_ids": [...], "labels": [...]} with IGNORE_INDEX on non-trained tokens.
+
+    Raises:
+        DataValidationError: the template refuses the conversation, or one of
+            its assistant turns is not in the render.
     """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False,
-                                               add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        new_prompt = prompt_ids[len(input_ids):] if prompt_ids[:len(input_ids)] == input_ids else None
-        if new_prompt is None:
-            # Earlier turns re-tokenised differently in context: start from the full prompt.
-            input_ids, labels, new_prompt = [], [], prompt_ids
-        answer = message["content"] + tokenizer.eos_token + "\n"
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        # The trailing newline belongs to the template, not to what the model must say.
-        trained = len(tokenizer(message["content"] + tokenizer.eos_token,
-                                add_special_tokens=False)["input_ids"])
-        input_ids += new_prompt + answer_ids
-        labels += [IGNORE_INDEX] * len(new_prompt) + answer_ids[:trained] + \
-            [IGNORE_INDEX] * (len(answer_ids) - trained)
+    from data.records import canonical_messages
+    from data.template_labels import SpanError, assistant_spans, template_profile
+
+    messages = canonical_messages(messages)
+    kwargs = template_kwargs or {}
+
+    def render(msgs, prompt):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt, **kwargs)
+
+    try:
+        full = render(messages, False)
+        prompts = [render(messages[:i], True) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        spans = assistant_spans(full, prompts, messages, template_profile(tokenizer, template_kwargs=kwargs))
+    except SpanError as exc:
+        raise DataValidationError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001  (the template's own error, as a row gets it)
+        raise DataValidationError(f"the chat template refused the conversation: {exc}") from exc
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = enc["input_ids"]
+    labels = [t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+              for t, (start, _) in zip(input_ids, enc["offset_mapping"])]
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}

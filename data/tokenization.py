@@ -1,15 +1,20 @@
 """Batched tokenisation: the same ids and labels as `data.chat.tokenize_conversation`,
-with one tokenizer call per kind of piece for a whole batch of examples.
+with one tokenizer call for a whole batch of examples.
 
-`tokenize_conversation` calls the tokenizer three times per assistant turn;
-here every turn's prompt and answer across the batch go to the Rust tokenizer
-in two batched calls (the trained part of an answer ends at its EOS token), and
-the batch's ids and labels are built as two flat arrays (`TokenizedBatch`):
-per row, only the pieces are listed, never the tokens.
+A conversation is rendered once by its chat template (`add_generation_prompt=False`)
+and tokenised as a whole; its labels are the tokens of its assistant turns as
+that render has them (`data.template_labels`: each turn starts where its serving
+prompt ends and runs through its own turn-end token). The batch's renders go to
+the Rust tokenizer in one call; each turn's characters become tokens through
+the encoding's char-to-token map, and the batch's ids and labels are built as
+two flat arrays (`TokenizedBatch`): per row, only its trained token ranges are
+listed, never the tokens.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
 
@@ -17,6 +22,7 @@ import numpy as np
 
 from data.chat import IGNORE_INDEX
 from data.records import Example, Problem
+from data.template_labels import NOTE_SPLIT_TOKEN, SpanError, assistant_spans, template_profile
 
 
 @dataclass
@@ -41,8 +47,9 @@ class TokenizedBatch:
         return {"input_ids": self.input_ids[a:b].tolist(), "labels": self.labels[a:b].tolist()}
 
 
-def _prompt_renderer(tokenizer, samples: list[list[dict[str, str]]]):
-    """messages -> the chat template's prompt text (with the generation prompt).
+def _renderer(tokenizer, samples: list[list[dict]], add_generation_prompt: bool,
+              template_kwargs: dict | None = None):
+    """messages -> the chat template's text (with the generation prompt or not).
 
     Runs the tokenizer's compiled template directly on one context, reset
     between calls: jinja's `render` builds a new context on every call (copying
@@ -53,15 +60,18 @@ def _prompt_renderer(tokenizer, samples: list[list[dict[str, str]]]):
     conversation the template refuses (it raises) is rendered by
     `apply_chat_template`, which raises the same error.
     """
+    kwargs = dict(template_kwargs or {})
+
     def slow(messages):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **kwargs)
 
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         template = _compile_jinja_template(tokenizer.get_chat_template())
-        scope = {**template.globals, **tokenizer.special_tokens_map,
-                 "tools": None, "documents": None, "add_generation_prompt": True, "messages": None}
+        scope = {**template.globals, **tokenizer.special_tokens_map, "tools": None, "documents": None, **kwargs,
+                 "add_generation_prompt": add_generation_prompt, "messages": None}
         context, run = template.new_context(scope, shared=True), template.root_render_func
     except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
@@ -76,51 +86,60 @@ def _prompt_renderer(tokenizer, samples: list[list[dict[str, str]]]):
             return slow(messages)
 
     try:
-        same = all(fast(m) == slow(m) for m in [*samples, samples[0]])
+        same = bool(samples) and all(fast(m) == slow(m) for m in [*samples, samples[0]])
     except Exception:  # noqa: BLE001  (a sample is refused: let the public API say so per row)
         same = False
     return fast if same else slow
 
 
-def _pieces(tokenizer, messages: list[dict[str, str]], render=None) -> list[tuple[str, str, str]]:
-    """(prompt, answer as rendered, answer as trained) for each assistant turn."""
-    eos = tokenizer.eos_token
-    if render is None:
-        def render(msgs):
-            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return [(render(messages[:i]), m["content"] + eos + "\n", m["content"] + eos)
-            for i, m in enumerate(messages) if m["role"] == "assistant"]
+def _prompt_renderer(tokenizer, samples: list[list[dict]], template_kwargs: dict | None = None):
+    """messages -> the prompt a server sends for the next assistant turn (see `_renderer`)."""
+    return _renderer(tokenizer, samples, True, template_kwargs)
 
 
-def _segments(turns: list[tuple[list[int], list[int], int]]) -> list[tuple[list[int], int]]:
-    """A conversation as (ids, trained count) segments from its turns' (prompt ids,
-    answer ids, trained count): each turn adds the part of its prompt not already
-    there (nothing trained), then its answer (the first `trained` ids trained)."""
-    if len(turns) == 1:  # the usual case: nothing before the prompt
-        prompt_ids, answer_ids, trained = turns[0]
-        return [(prompt_ids, 0), (answer_ids, trained)]
-    input_ids: list[int] = []
-    segments: list[tuple[list[int], int]] = []
-    for prompt_ids, answer_ids, trained in turns:
-        if prompt_ids[:len(input_ids)] == input_ids:
-            new_prompt = prompt_ids[len(input_ids):]
-        else:  # earlier turns re-tokenised differently in context: start from the full prompt
-            input_ids, segments, new_prompt = [], [], prompt_ids
-        segments += [(new_prompt, 0), (answer_ids, trained)]
-        input_ids += new_prompt + answer_ids
-    return segments
+def template_error(exc: Exception) -> Problem:
+    """The row-level problem of a conversation the chat template raised on."""
+    from jinja2 import TemplateError
+
+    if isinstance(exc, TemplateError):  # the template's raise_exception: e.g. a role it does not take
+        return Problem("template_error", f"the chat template refused the conversation: {exc}")
+    return Problem("template_error", f"the chat template failed on the conversation ({type(exc).__name__}: {exc})")
 
 
-def _trained_count(eos: int | None, answer_ids: list[int]) -> int | None:
-    """Tokens up to and including the answer's end marker `eos` (the EOS id when
-    it is a special token: the tokenizer splits around those, so the count is
-    exact); None means: tokenise the trained answer to find out."""
-    if eos is None:
-        return None
-    for k in range(len(answer_ids) - 1, -1, -1):
-        if answer_ids[k] == eos:
-            return k + 1
-    return None
+def render_conversation(messages: list[dict], render_full, render_prompt, profile,
+                        notes: Counter | None = None) -> tuple[str, list[tuple[int, int]]] | Problem:
+    """(the conversation's render, the character span of each assistant turn in
+    it), or the problem that keeps it from training."""
+    try:
+        full = render_full(messages)
+        prompts = [render_prompt(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+    except Exception as exc:  # noqa: BLE001  (a template error of one row is that row's problem)
+        return template_error(exc)
+    try:
+        return full, assistant_spans(full, prompts, messages, profile, notes)
+    except SpanError as exc:
+        return Problem(SpanError.code, str(exc))
+
+
+def token_ranges(encoding, spans: list[tuple[int, int]], notes: Counter | None = None) -> list[tuple[int, int]]:
+    """The [first, last + 1) tokens of each character span: the tokens that start
+    inside it. A token that starts before the span and reaches into it (the
+    serving prompt does not end on a token boundary) is not trained; it is
+    counted in `notes` (`prompt_end_inside_token`)."""
+    ranges = []
+    for a, b in spans:
+        t0, t1 = encoding.char_to_token(a), encoding.char_to_token(b - 1)
+        s0 = encoding.token_to_chars(t0)[0] if t0 is not None else None
+        if s0 is None or t1 is None or s0 > a:  # characters with no token (normalised away): by the offsets
+            starts = [o[0] for o in encoding.offsets]
+            first, stop = bisect_left(starts, a), bisect_left(starts, b)
+            split = first > 0 and encoding.offsets[first - 1][1] > a
+        else:
+            first, stop, split = t0 + (s0 < a), t1 + 1, s0 < a
+        if split and notes is not None:
+            notes[NOTE_SPLIT_TOKEN] += 1
+        ranges.append((first, stop))
+    return ranges
 
 
 def _encoder(tokenizer, add_special_tokens: bool):
@@ -131,58 +150,66 @@ def _encoder(tokenizer, add_special_tokens: bool):
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
 
 
-def _flatten(per_example: list[list[tuple[list[int], int]]]) -> TokenizedBatch:
-    """Segments of each example -> flat ids and labels (a segment's ids past its
-    trained count get IGNORE_INDEX), a few numpy operations for the whole batch."""
-    ids_of = [ids for segments in per_example for ids, _ in segments]
-    seg_len = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
-    seg_trained = np.fromiter((t for segments in per_example for _, t in segments), dtype=np.int64,
-                              count=len(ids_of))
-    total = int(seg_len.sum())
+def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]]) -> TokenizedBatch:
+    """Each example's ids and trained token ranges -> flat ids and labels (tokens
+    outside the ranges get IGNORE_INDEX), a few numpy operations for the whole batch."""
+    lengths = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
+    offsets = np.zeros(len(ids_of) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
     input_ids = np.fromiter(chain.from_iterable(ids_of), dtype=np.int32, count=total)
-    # position of each token within its segment, against the segment's trained count
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len)
-    labels = np.where(within < np.repeat(seg_trained, seg_len), input_ids, np.int32(IGNORE_INDEX)).astype(np.int32)
-    per = np.fromiter(map(len, per_example), dtype=np.int64, count=len(per_example))  # segments per example
-    example_of = np.repeat(np.arange(len(per_example)), per)
-    offsets = np.zeros(len(per_example) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(example_of, weights=seg_len, minlength=len(per_example)).astype(np.int64), out=offsets[1:])
+    per = np.fromiter(map(len, ranges_of), dtype=np.int64, count=len(ranges_of))
+    bounds = np.fromiter(chain.from_iterable(chain.from_iterable(ranges_of)), dtype=np.int64,
+                         count=2 * int(per.sum())).reshape(-1, 2) + np.repeat(offsets[:-1], per)[:, None]
+    edges = np.zeros(total + 1, dtype=np.int64)  # +1 where a trained range starts, -1 where it ends
+    np.add.at(edges, bounds[:, 0], 1)
+    np.add.at(edges, bounds[:, 1], -1)
+    trained = np.cumsum(edges[:-1]) > 0
+    labels = np.where(trained, input_ids, np.int32(IGNORE_INDEX)).astype(np.int32)
     return TokenizedBatch(input_ids, labels, offsets)
 
 
-def tokenize_batch(tokenizer, examples: list[Example]) -> tuple[TokenizedBatch, dict[int, Problem]]:
+def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | None = None,
+                   notes: Counter | None = None) -> tuple[TokenizedBatch, dict[int, Problem]]:
     """Untruncated ids and labels for each example, and the problem of each
-    conversation the chat template refuses (by index; it gets no tokens).
+    conversation that cannot train (by index; it gets no tokens): the chat
+    template refuses it, or one of its assistant turns is not in its render.
 
-    Chat examples train on assistant turns only (chat template, as a server
-    renders it); raw text trains on every token and ends with the EOS token.
+    Chat examples train on their assistant turns as the chat template renders
+    the whole conversation (`data.template_labels`); raw text trains on every
+    token and ends with the EOS token.
+
+    Args:
+        template_kwargs: extra chat template variables (e.g. enable_thinking),
+            the ones a server renders prompts with.
+        notes: a Counter, if given, for the dataset's report: conversations
+            whose serving prompt is not a prefix of their render, the turn-end
+            token of each turn, and so on (`data.template_labels`).
     """
-    from jinja2 import TemplateError
-
     convs = [(i, ex.messages) for i, ex in enumerate(examples) if ex.messages is not None]
-    render = _prompt_renderer(tokenizer, [convs[0][1][:-1], convs[-1][1][:-1]]) if convs else None
-    chats, problems = [], {}
-    for i, messages in convs:
-        try:
-            chats.append((i, _pieces(tokenizer, messages, render)))
-        except TemplateError as exc:  # the template's raise_exception: e.g. a role it does not take
-            problems[i] = Problem("template_error", f"the chat template refused the conversation: {exc}")
-    flat = [p for _, pieces in chats for p in pieces]
-    encode = _encoder(tokenizer, add_special_tokens=False)
-    prompts, answers = encode([p[0] for p in flat]), encode([p[1] for p in flat])
-    eos = tokenizer.eos_token_id if tokenizer.eos_token in tokenizer.all_special_tokens else None
-    trained = [_trained_count(eos, a) for a in answers]
-    missing = [j for j, t in enumerate(trained) if t is None]
-    for j, ids in zip(missing, encode([flat[j][2] for j in missing])):
-        trained[j] = len(ids)
-    per_example: list[list[tuple[list[int], int]]] = [[] for _ in examples]
-    pos = 0
-    for i, pieces in chats:
-        n = len(pieces)
-        per_example[i] = _segments(list(zip(prompts[pos:pos + n], answers[pos:pos + n], trained[pos:pos + n])))
-        pos += n
-    texts = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
-    if texts:
-        for (i, _), ids in zip(texts, _encoder(tokenizer, add_special_tokens=True)([t for _, t in texts])):
-            per_example[i] = [(ids, len(ids))]
-    return _flatten(per_example), problems
+    problems: dict[int, Problem] = {}
+    ids_of: list[list[int]] = [[] for _ in examples]
+    ranges_of: list[list[tuple[int, int]]] = [[] for _ in examples]
+    if convs:
+        samples = [convs[0][1], convs[-1][1]]
+        render_full = _renderer(tokenizer, samples, False, template_kwargs)
+        render_prompt = _prompt_renderer(tokenizer, [m[:-1] for m in samples], template_kwargs)
+        profile = template_profile(tokenizer, render_full, template_kwargs)
+        chats, texts = [], []
+        for i, messages in convs:
+            out = render_conversation(messages, render_full, render_prompt, profile, notes)
+            if isinstance(out, Problem):
+                problems[i] = out
+            else:
+                chats.append((i, out[1]))
+                texts.append(out[0])
+        if texts:
+            encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+            for (i, spans), enc in zip(chats, encodings):
+                ids_of[i] = enc.ids
+                ranges_of[i] = token_ranges(enc, spans, notes)
+    raw = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
+    if raw:
+        for (i, _), ids in zip(raw, _encoder(tokenizer, add_special_tokens=True)([t for _, t in raw])):
+            ids_of[i], ranges_of[i] = ids, [(0, len(ids))]
+    return _flatten(ids_of, ranges_of), problems
