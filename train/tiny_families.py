@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from foundation import StrictConfig
+from train.config import ALL_LINEAR
 from train.tiny_model import TinyModelConfig
 
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
@@ -39,6 +40,8 @@ class FamilySpec(StrictConfig):
     generation: dict[str, Any] = Field(default_factory=dict,
                                        description="generation_config.json: `eos` as tokens, sampling settings.")
     tool_call_parser: str | None = Field(None, description="vLLM's tool-call parser for the family, if any.")
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR),
+                                           description="The family's linear layers a LoRA adapts.")
 
 
 def load_family(path: str | Path) -> tuple[FamilySpec, dict]:
