@@ -50,6 +50,7 @@ class Accounting:
     sources: list[dict] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     dedup_index_bytes: int = 0
+    template: Counter = field(default_factory=Counter)  # what labelling noted (`data.template_labels`)
     log: IO[str] | None = None  # dropped.jsonl, one line per dropped row
 
     def drop(self, error: RowError, invalid: bool = False) -> None:
@@ -157,6 +158,7 @@ class ProcessedBatch:
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32
     pii: Counter = field(default_factory=Counter)
+    template: Counter = field(default_factory=Counter)  # tokenize_batch's notes
 
     def __len__(self) -> int:
         return len(self.where)
@@ -177,7 +179,7 @@ class RowProcessor:
     def __call__(self, rows: list[RawRow] | JsonlChunk) -> ProcessedBatch:
         if isinstance(rows, JsonlChunk):
             rows = rows.rows()
-        cfg, pii = self.cfg, Counter()
+        cfg, pii, notes = self.cfg, Counter(), Counter()
         n = len(rows)
         errors: list[RowError | None] = [None] * n
         valid: list[tuple[int, Example]] = []
@@ -203,7 +205,7 @@ class RowProcessor:
             exact[at] = [exact_key(k) for k in keys]
             is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
             band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])
-            tokens, refused = tokenize_batch(self.tokenizer, [ex for _, ex in valid])
+            tokens, refused = tokenize_batch(self.tokenizer, [ex for _, ex in valid], notes=notes)
             tokens, problems = length_filter(cfg, tokens)
             for k, problem in {**problems, **refused}.items():
                 i, ex = valid[k]
@@ -215,7 +217,7 @@ class RowProcessor:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return ProcessedBatch([(r.file, r.line, r.unit) for r in rows], errors, exact, band_keys, is_eval,
-                              has_tokens, offsets, input_ids, labels, pii)
+                              has_tokens, offsets, input_ids, labels, pii, notes)
 
 
 def length_filter(cfg: DatasetConfig, batch: TokenizedBatch) -> tuple[TokenizedBatch, dict[int, Problem]]:
@@ -354,6 +356,7 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir
     for batch in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
         trim()
         acc.pii.update(batch.pii)
+        acc.template.update(batch.template)
         tokenized = np.flatnonzero(batch.has_tokens).tolist()
         verdicts = dedup.check_batch(batch.exact_keys, batch.band_keys, tokenized)
         is_eval = batch.is_eval.tolist()

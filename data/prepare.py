@@ -12,6 +12,7 @@ never leaves a half-written dataset that looks complete.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from collections import Counter
@@ -28,6 +29,7 @@ from data.pipeline import Accounting, processed_rows
 from foundation import UserError
 
 __all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
+logger = logging.getLogger("sekisho.data")
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
 # How and where the work runs, not what comes out: left out of the version.
 LAYOUT_SETTINGS = {"name": True, "path": True, "workers": True, "executor": True, "shard_tokens": True,
@@ -197,8 +199,43 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
         w.commit()
     os.replace(log_path, out / "dropped.jsonl")
     manifest = build_manifest(cfg, acc, writers, examples, tokenizer_dir)
+    manifest["chat_template"] = template_report(acc.template, tokenizer, tokenizer_dir)
+    for warning in manifest["chat_template"].get("warnings", []):
+        logger.warning("%s: %s", cfg.name, warning)
     write_manifest(manifest, out)
     return manifest
+
+
+def template_report(notes: Counter, tokenizer, tokenizer_dir: str | Path) -> dict:
+    """How the chat template labelled the dataset's conversations (`data.template_labels`):
+    the turn-end tokens trained and how often, the conversations whose serving
+    prompt is not a prefix of their training render, and a warning for each
+    thing a server must know (a turn-end token generation does not stop at).
+    Empty for a dataset with no conversation."""
+    from data.template_labels import (
+        NOTE_CONTENT_DROPPED,
+        NOTE_MISMATCH,
+        NOTE_SPLIT_TOKEN,
+        NOTE_TURN_END,
+        turn_end_warnings,
+    )
+
+    ends = {k[len(NOTE_TURN_END):]: n for k, n in sorted(notes.items()) if k.startswith(NOTE_TURN_END)}
+    if not ends:
+        return {}
+    warnings = turn_end_warnings(tokenizer, tokenizer_dir, used=ends)
+    if notes[NOTE_MISMATCH]:
+        warnings.append(f"{notes[NOTE_MISMATCH]} conversation(s) render differently for serving than for training: "
+                        f"the prompt a server sends (the chat template with add_generation_prompt) is not a prefix "
+                        f"of the render trained on (Mistral renders the system prompt only before a last user "
+                        f"turn; gpt-oss drops analysis before a later answer), so the model sees those prompts "
+                        f"differently when served")
+    if notes[NOTE_SPLIT_TOKEN]:
+        warnings.append(f"{notes[NOTE_SPLIT_TOKEN]} assistant turn(s) start inside a token of the render (the "
+                        f"serving prompt does not end on a token boundary); that token is not trained")
+    return {"turn_end_tokens": ends, NOTE_MISMATCH: notes[NOTE_MISMATCH],
+            NOTE_CONTENT_DROPPED: notes[NOTE_CONTENT_DROPPED], NOTE_SPLIT_TOKEN: notes[NOTE_SPLIT_TOKEN],
+            "warnings": warnings}
 
 
 def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, SplitWriter],

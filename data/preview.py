@@ -64,4 +64,8 @@ def manifest_rows(manifest: dict) -> list[tuple[str, str]]:
     rows += [("packing", f"{packing['length']} tokens" if packing.get("enabled") else "off"),
              ("max_length", str(manifest["max_length"])),
              ("tokenizer sha256", manifest["tokenizer_sha256"][:16])]
+    template = manifest.get("chat_template", {})
+    if template.get("turn_end_tokens"):
+        rows += [("turns end with", ", ".join(f"{t} ({n})" for t, n in template["turn_end_tokens"].items()))]
+    rows += [("warning", w) for w in template.get("warnings", [])]
     return rows

@@ -102,6 +102,7 @@ class RowStage:
             "input_ids": [t["input_ids"] if t else None for t in tokens],
             "labels": [t["labels"] if t else None for t in tokens],
             "pii": [json.dumps(b.pii)] + [""] * (len(b) - 1),  # the batch's counts ride on its first row
+            "template": [json.dumps(b.template)] + [""] * (len(b) - 1),
         }
         types = {"band_keys": pa.list_(pa.uint64()), "input_ids": pa.list_(pa.int32()),
                  "labels": pa.list_(pa.int32()), "line": pa.int64()}
@@ -122,15 +123,17 @@ def _results(batch):
     ids = [x or [] for x in c["input_ids"]]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([len(x) for x in ids], out=offsets[1:])
-    pii = Counter()
-    for p in c["pii"]:
+    pii, template = Counter(), Counter()
+    for p, t in zip(c["pii"], c["template"]):
         if p:
             pii.update(json.loads(p))
+        if t:
+            template.update(json.loads(t))
     return ProcessedBatch(where, errors, np.array(c["exact_key"], dtype=np.uint64),
                           np.array(c["band_keys"], dtype=np.uint64).reshape(n, -1),
                           np.array(c["is_eval"], dtype=bool), np.array([x is not None for x in c["input_ids"]]),
                           offsets, np.array([t for x in ids for t in x], dtype=np.int32),
-                          np.array([t for x in c["labels"] if x for t in x], dtype=np.int32), pii)
+                          np.array([t for x in c["labels"] if x for t in x], dtype=np.int32), pii, template)
 
 
 def ray_batch_results(cfg: DatasetConfig, tokenizer_dir: str | Path, files: list[Path],

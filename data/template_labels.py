@@ -61,6 +61,13 @@ class TemplateProfile:
     specials: re.Pattern  # any special token's text
     turn_ends: frozenset[str]  # the special tokens that end an assistant turn
     probed: frozenset[str]  # those seen ending the probe answers (turn_ends less the EOS when unseen)
+    generation_prompt: str = ""  # what add_generation_prompt appends ("" when not found)
+    header: str = ""  # the same without the template kwargs (Qwen3's, without enable_thinking's empty think block)
+
+    def continues(self, text: str, end: re.Match) -> bool:
+        """Whether the turn-end token `end` is followed by the generation prompt:
+        the assistant goes on (gpt-oss's analysis message, then its answer or call)."""
+        return bool(self.generation_prompt) and text.startswith(self.generation_prompt, end.end())
 
 
 _PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -92,24 +99,28 @@ def special_tokens(tokenizer) -> list[str]:
     return sorted((t for t in found if t), key=len, reverse=True)
 
 
-def template_profile(tokenizer, render=None, template_kwargs: dict | None = None) -> TemplateProfile:
-    """The tokenizer's `TemplateProfile` (cached per tokenizer, template and kwargs).
-
-    Args:
-        render: messages -> full render (add_generation_prompt=False); by default
-            `apply_chat_template`.
-    """
-    key = (tokenizer.get_chat_template(), json.dumps(template_kwargs or {}, sort_keys=True, default=str))
+def template_profile(tokenizer, template_kwargs: dict | None = None) -> TemplateProfile:
+    """The tokenizer's `TemplateProfile` (cached per tokenizer, template and kwargs)."""
+    kwargs = template_kwargs or {}
+    key = (tokenizer.get_chat_template(), json.dumps(kwargs, sort_keys=True, default=str))
     try:
         cache = _PROFILES.setdefault(tokenizer, {})
     except TypeError:  # not weak-referenceable: no cache
         cache = {}
     if key in cache:
         return cache[key]
-    if render is None:
-        def render(messages):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
-                                                 **(template_kwargs or {}))
+
+    def render(messages, prompt=False, kwargs=kwargs):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt, **kwargs)
+
+    def generation_prompt(kwargs):
+        try:
+            question = _probes()[0][0][:1]
+            with_prompt, without = render(question, True, kwargs), render(question, False, kwargs)
+        except Exception:  # noqa: BLE001
+            return ""
+        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+
     specials = re.compile("|".join(map(re.escape, special_tokens(tokenizer))) or r"(?!)")
     probed = set()
     for messages, after in _probes():
@@ -124,7 +135,9 @@ def template_profile(tokenizer, render=None, template_kwargs: dict | None = None
                 probed.add(token.group())
     eos = tokenizer.eos_token
     ends = probed | ({eos} if eos and specials.fullmatch(eos) else set())
-    cache[key] = TemplateProfile(specials, frozenset(ends), frozenset(probed))
+    gen = generation_prompt(kwargs)
+    cache[key] = TemplateProfile(specials, frozenset(ends), frozenset(probed), gen,
+                                 generation_prompt({}) if kwargs else gen)
     return cache[key]
 
 
@@ -142,12 +155,18 @@ def _needles(message: dict) -> tuple[str, list[str]]:
 
 
 def _turn_end(profile: TemplateProfile, text: str, pos: int, limit: int | None = None) -> re.Match | None:
-    """The first turn-end token at or after `pos` (before `limit`)."""
-    search = profile.specials.search
+    """The first turn-end token at or after `pos` that ends the turn: one the
+    generation prompt follows is passed over (the assistant goes on), unless
+    that would pass `limit` (where the next assistant turn's prompt ends)."""
+    search, first = profile.specials.search, None
     while True:
-        m = search(text, pos) if limit is None else search(text, pos, limit)
-        if m is None or m.group() in profile.turn_ends:
-            return m
+        m = search(text, pos)
+        if m is None or (limit is not None and m.start() >= limit):
+            return first
+        if m.group() in profile.turn_ends:
+            if not profile.continues(text, m):
+                return m
+            first = first or m
         pos = m.end()
 
 
@@ -168,18 +187,21 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
     spans: list[tuple[int, int]] = []
     cursor, mismatch = 0, False
     turns = [(i, m) for i, m in enumerate(messages) if m["role"] == "assistant"]
-    for (i, message), prompt in zip(turns, prompts):
+    for k, ((i, message), prompt) in enumerate(zip(turns, prompts)):
         exact = len(prompt) >= cursor and full.startswith(prompt)
         mismatch |= not exact
+        nxt = prompts[k + 1] if k + 1 < len(prompts) else ""
+        limit = len(nxt) if nxt and full.startswith(nxt) else None
         pos = len(prompt) if exact else cursor
-        start = pos if exact else None  # found by content alone: where the content or call starts
+        first = None  # where the turn's first content or call is
         content, calls = _needles(message)
         if content:
-            first_end = _turn_end(profile, full, pos)
             at = _find_content(full, content, pos, profile, exact)
-            if at >= 0 and (first_end is None or at < first_end.start()):
-                start = at if start is None else start
-                pos = at + len(content)
+            if exact:  # within this turn: before its first turn-end token
+                first_end = _turn_end(profile, full, pos, limit)
+                at = at if first_end is None or at < first_end.start() else -1
+            if at >= 0:
+                first, pos = at, at + len(content)
             elif calls:  # the template renders only the tool call: that is what is trained
                 if notes is not None:
                     notes[NOTE_CONTENT_DROPPED] += 1
@@ -187,16 +209,17 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
                 raise SpanError(f"messages[{i}]: the assistant content is not in the chat template's rendering of "
                                 f"the conversation{' after the serving prompt' if exact else ''}, so its labels "
                                 f"cannot be placed (the template drops or rewrites it)")
-        for k, needle in enumerate(calls):
+        for j, needle in enumerate(calls):
             at = full.find(needle, pos)
             if at < 0:
-                what = "name" if k % 2 == 0 else "arguments"
-                raise SpanError(f"messages[{i}].tool_calls[{k // 2}]: the chat template does not render the tool "
+                what = "name" if j % 2 == 0 else "arguments"
+                raise SpanError(f"messages[{i}].tool_calls[{j // 2}]: the chat template does not render the tool "
                                 f"call's {what} where it belongs, so its labels cannot be placed (does the template "
                                 f"support tool calls?)")
-            start = at if start is None else start
+            first = at if first is None else first
             pos = at + len(needle)
-        end = _turn_end(profile, full, pos)
+        start = len(prompt) if exact else _fallback_start(full, cursor, first, message, profile)
+        end = _turn_end(profile, full, pos, limit)
         if end is None:
             raise SpanError(f"messages[{i}]: no turn-end token ({', '.join(sorted(profile.turn_ends)) or 'none known'}) "
                             f"after the assistant turn in the chat template's rendering, so its labels cannot end")
@@ -208,6 +231,25 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
     if mismatch and notes is not None:
         notes[NOTE_MISMATCH] += 1
     return spans
+
+
+def _fallback_start(full: str, cursor: int, first: int, message: dict, profile: TemplateProfile) -> int:
+    """Where a turn whose serving prompt is not a prefix of the render starts,
+    given where its first content or call is: just after the generation prompt
+    when the render has it before the content (gpt-oss: then
+    `<|channel|>final<|message|>` is part of the turn), or after the generation
+    prompt as the template writes it without the template kwargs (Qwen3 with
+    enable_thinking off: the prompt's empty think block is not in the render);
+    else where the content starts, with the leading whitespace the template kept."""
+    for gen in dict.fromkeys((profile.generation_prompt, profile.header)):
+        if gen and (j := full.rfind(gen, cursor, first)) >= 0:
+            return j + len(gen)
+    raw = message["content"] or ""
+    raw = raw.rsplit("</think>", 1)[1] if "</think>" in raw else raw
+    lead = raw[:len(raw) - len(raw.lstrip())]
+    if lead and first - len(lead) >= cursor and full.startswith(lead, first - len(lead)):
+        return first - len(lead)
+    return first
 
 
 def _find_content(full: str, content: str, pos: int, profile: TemplateProfile, exact: bool) -> int:

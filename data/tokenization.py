@@ -194,7 +194,7 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
         samples = [convs[0][1], convs[-1][1]]
         render_full = _renderer(tokenizer, samples, False, template_kwargs)
         render_prompt = _prompt_renderer(tokenizer, [m[:-1] for m in samples], template_kwargs)
-        profile = template_profile(tokenizer, render_full, template_kwargs)
+        profile = template_profile(tokenizer, template_kwargs)
         chats, texts = [], []
         for i, messages in convs:
             out = render_conversation(messages, render_full, render_prompt, profile, notes)
