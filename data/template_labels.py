@@ -59,6 +59,7 @@ class TemplateProfile:
     """What labelling needs to know of one tokenizer's template, learnt once."""
 
     specials: re.Pattern  # any special token's text
+    special_ids: tuple[int, ...]  # their ids
     turn_ends: frozenset[str]  # the special tokens that end an assistant turn
     probed: frozenset[str]  # those seen ending the probe answers (turn_ends less the EOS when unseen)
     generation_prompt: str = ""  # what add_generation_prompt appends ("" when not found)
@@ -121,7 +122,9 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
             return ""
         return with_prompt[len(without):] if with_prompt.startswith(without) else ""
 
-    specials = re.compile("|".join(map(re.escape, special_tokens(tokenizer))) or r"(?!)")
+    texts = special_tokens(tokenizer)
+    specials = re.compile("|".join(map(re.escape, texts)) or r"(?!)")
+    special_ids = tuple(sorted({i for i in tokenizer.convert_tokens_to_ids(texts) if i is not None}))
     probed = set()
     for messages, after in _probes():
         try:
@@ -136,7 +139,7 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
     eos = tokenizer.eos_token
     ends = probed | ({eos} if eos and specials.fullmatch(eos) else set())
     gen = generation_prompt(kwargs)
-    cache[key] = TemplateProfile(specials, frozenset(ends), frozenset(probed), gen,
+    cache[key] = TemplateProfile(specials, special_ids, frozenset(ends), frozenset(probed), gen,
                                  generation_prompt({}) if kwargs else gen)
     return cache[key]
 

@@ -13,7 +13,8 @@ listed, never the tokens.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import weakref
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
@@ -142,6 +143,72 @@ def token_ranges(encoding, spans: list[tuple[int, int]], notes: Counter | None =
     return ranges
 
 
+_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {text: ids}
+
+
+def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[tuple[int, int]]],
+                     ids_of: list[list[int]]) -> list[list[tuple[int, int]] | None]:
+    """The trained token ranges of each render from its ids alone (no offsets:
+    converting them costs a fifth of the tokenizer's time), or None where
+    this cannot be sure (then `token_ranges` decides, from offsets).
+
+    The tokenizer splits the text around special tokens, so the k-th special
+    token in the text is the k-th special id in the ids: a span ends just after
+    one (its turn-end token). A span starts a short tail after the last special
+    token before it (the header's "\n\n", say). That special token and the tail,
+    tokenised together (so that a SentencePiece metaspace sees the tail where it
+    is, not at the start of a text; cached: it is the same for most turns),
+    give ids whose text is exactly theirs; when the render's ids from that
+    special token on begin with exactly those ids, the span starts on a token
+    boundary, just after them.
+    """
+    lengths = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
+    offsets = np.zeros(len(ids_of) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(ids_of), dtype=np.int64, count=int(offsets[-1]))
+    where = np.flatnonzero(np.isin(flat, np.asarray(profile.special_ids, dtype=np.int64)))
+    cuts = np.searchsorted(where, offsets).tolist()
+    plans: list[list[tuple[int, str, int]] | None] = []
+    for k, (text, spans) in enumerate(zip(texts, spans_of)):
+        positions = (where[cuts[k]:cuts[k + 1]] - offsets[k]).tolist()
+        found = [(m.start(), m.end()) for m in profile.specials.finditer(text)]
+        if len(found) != len(positions):
+            plans.append(None)
+            continue
+        ends = [e for _, e in found]
+        plan = []
+        for a, b in spans:
+            last = bisect_right(ends, a) - 1
+            close = bisect_left(ends, b)
+            if close == len(ends) or ends[close] != b or (last >= 0 and found[last][0] >= a):
+                plan = None
+                break
+            if last >= 0:  # the tail with the special token before it (the context it is tokenised in)
+                plan.append((positions[last], text[found[last][0]:a], positions[close] + 1))
+            else:
+                plan.append((0, text[:a], positions[close] + 1))
+        plans.append(plan)
+    try:
+        known = _TAILS.setdefault(tokenizer, {})
+    except TypeError:
+        known = {}
+    missing = list({tail for plan in plans if plan for _, tail, _ in plan if tail and tail not in known})
+    tails = dict(zip(missing, _encoder(tokenizer, add_special_tokens=False)(missing)))
+    if len(known) < 4096:
+        known.update((t, ids) for t, ids in tails.items() if len(t) <= 96)
+    out: list[list[tuple[int, int]] | None] = []
+    for plan, ids in zip(plans, ids_of):
+        ranges = []
+        for base, tail, stop in plan or ():
+            head = (known.get(tail) or tails.get(tail) or []) if tail else []
+            if (tail and not head) or ids[base:base + len(head)] != head:
+                ranges = None
+                break
+            ranges.append((base + len(head), stop))
+        out.append(ranges if plan is not None else None)
+    return out
+
+
 def _encoder(tokenizer, add_special_tokens: bool):
     """texts -> ids lists, straight from the Rust tokenizer (no offsets, no
     per-encoding conversion): the ids `tokenizer(texts)` gives."""
@@ -204,10 +271,15 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
                 chats.append((i, out[1]))
                 texts.append(out[0])
         if texts:
-            encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-            for (i, spans), enc in zip(chats, encodings):
-                ids_of[i] = enc.ids
-                ranges_of[i] = token_ranges(enc, spans, notes)
+            encoded = _encoder(tokenizer, add_special_tokens=False)(texts)
+            ranges = _anchored_ranges(tokenizer, profile, texts, [spans for _, spans in chats], encoded)
+            slow = [k for k, r in enumerate(ranges) if r is None]
+            if slow:  # by the encodings' offsets
+                encodings = tokenizer.backend_tokenizer.encode_batch([texts[k] for k in slow], add_special_tokens=False)
+                for k, enc in zip(slow, encodings):
+                    ranges[k] = token_ranges(enc, chats[k][1], notes)
+            for (i, _), ids, r in zip(chats, encoded, ranges):
+                ids_of[i], ranges_of[i] = ids, r
     raw = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
     if raw:
         for (i, _), ids in zip(raw, _encoder(tokenizer, add_special_tokens=True)([t for _, t in raw])):

@@ -183,3 +183,20 @@ def test_a_prompt_that_ends_inside_a_token_is_counted():
     ex = batch.example(0)
     assert ex == tokenize_conversation(tok, conv, 1 << 30)
     assert tok.convert_ids_to_tokens([t for t in ex["labels"] if t != IGNORE_INDEX]) == ["<|end|>"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ranges_from_ids_alone_agree_with_offsets(family):
+    """The batched path places turns from the ids and special tokens alone (no
+    offsets); for every family it needs no fallback and agrees with the offsets."""
+    from data.tokenization import _anchored_ranges, _encoder, render_conversation, token_ranges
+
+    tok = build_family(family).tokenizer
+    profile = template_profile(tok)
+    renders = [render_conversation(canonical_messages(c), lambda m: tok.apply_chat_template(m, tokenize=False),
+                                   lambda m: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                                   profile) for c in conversations(family).values()]
+    texts, spans = zip(*[r for r in renders if isinstance(r, tuple)])
+    ranges = _anchored_ranges(tok, profile, list(texts), list(spans), _encoder(tok, False)(list(texts)))
+    encodings = tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    assert ranges == [token_ranges(e, s) for e, s in zip(encodings, spans)]
