@@ -25,9 +25,7 @@ def save_state(folder: str | Path, model, optimizer, state: dict[str, Any], rank
     import torch
     from safetensors.torch import save_file
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({"cpu": torch.get_rng_state()}, str(out / f"rng-rank{rank}.safetensors"))
+    out = save_rng(folder, rank)
     if rank != 0:
         return out
     trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -73,10 +71,29 @@ def load_state(folder: str | Path, model, optimizer, rank: int = 0) -> dict[str,
         idx, name = key.split(".", 1)
         per_param.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
-    rng = src / f"rng-rank{rank}.safetensors"
+    load_rng(src, rank)
+    return state
+
+
+def save_rng(folder: str | Path, rank: int) -> Path:
+    """Write this rank's torch CPU RNG state to `folder` (created if missing); returns it."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"cpu": torch.get_rng_state()}, str(out / f"rng-rank{rank}.safetensors"))
+    return out
+
+
+def load_rng(folder: str | Path, rank: int) -> None:
+    """Restore this rank's RNG state from `folder`, if `save_rng` wrote one for it."""
+    import torch
+    from safetensors.torch import load_file
+
+    rng = Path(folder) / f"rng-rank{rank}.safetensors"
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["cpu"])
-    return state
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:

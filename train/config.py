@@ -27,7 +27,7 @@ class OptimSettings(StrictConfig):
 
     lr: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    steps: int = Field(1000, ge=1, description="Optimizer steps to run.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps to run (leave out when the job gives `epochs`).")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch per worker.")
     grad_accum_steps: int = Field(1, ge=1, le=1024, description=(
         "Micro-batches whose gradients are summed before each optimizer step: an effective "
@@ -71,6 +71,9 @@ class JobFields(StrictConfig):
     seed: int = Field(0, description="Seed for initialisation and data order.")
     optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimiser settings.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train scaling.")
+    epochs: int | None = Field(None, ge=1, description=(
+        "Passes over the training split, instead of optim.steps (give at most one): the steps "
+        "follow from its size, batch size, grad_accum_steps and workers."))
     log_every: int = Field(10, ge=1, description="Log metrics to MLflow every N steps.")
     checkpoint_every: int = Field(0, ge=0, description=(
         "Save a resumable checkpoint every N steps (0: only at the end). Each one is also "
@@ -90,9 +93,18 @@ class JobFields(StrictConfig):
         "(default: H100 dense bf16). GPU jobs only."))
     plan: MemoryPlan | None = Field(None, description="Sizes for train.estimate_memory (shipped cluster configs).")
 
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_or_steps(cls, value: int | None, info) -> int | None:
+        optim = info.data.get("optim")
+        if value is not None and optim is not None and "steps" in optim.model_fields_set:
+            raise ValueError("give either epochs or optim.steps, not both (epochs derives the steps)")
+        return value
+
     @model_validator(mode="after")
     def _checkpoint_fits(self):
-        if self.checkpoint_every > self.optim.steps:
+        # With epochs the steps are known once the data is (train.loop.resolve_epochs checks then).
+        if self.epochs is None and self.checkpoint_every > self.optim.steps:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) exceeds optim.steps "
                              f"({self.optim.steps}); use 0 to checkpoint only at the end")
         return self

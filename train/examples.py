@@ -24,6 +24,13 @@ def read_examples(path: str | Path) -> list[tuple]:
     return list(zip(*columns))
 
 
+def count_examples(path: str | Path) -> int:
+    """Rows of a tokens file or shard folder, from the Parquet metadata (nothing decoded)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").count_rows()
+
+
 def read_eval(tokens_path: str | Path) -> list[tuple]:
     """The held-out split `data` wrote beside the training tokens; [] when there is none."""
     path = Path(tokens_path).with_name("eval.parquet")
@@ -33,6 +40,11 @@ def read_eval(tokens_path: str | Path) -> list[tuple]:
 def _batch_starts(n_examples: int, cfg, rank: int, world_size: int) -> list[int]:
     n, bs = len(range(rank, n_examples, world_size)), cfg.optim.batch_size
     return list(range(0, n - bs + 1 if n >= bs else 1, bs))
+
+
+def micro_batches_per_epoch(n_examples: int, cfg, world_size: int) -> int:
+    """Micro-batches in one pass over the smallest rank's shard (the same on every rank)."""
+    return len(_batch_starts(n_examples, cfg, world_size - 1, world_size))
 
 
 def data_position(index: int, n_examples: int, cfg, rank: int, world_size: int) -> tuple[int, int]:

@@ -36,25 +36,28 @@ class FullRecipe:
 
     def setup(self, base_model_dir: str | Path, tokens_path: str | Path,
               wrap_model: ModelWrapper | None = None) -> None:
-        """Load the base model and examples; wrap the model in a DeepSpeed engine
-        (which does data parallelism itself: `wrap_model` is not used)."""
+        """Load the base model (under ZeRO-3 partitioned as it loads: no rank holds
+        all of it) and the examples; wrap the model in a DeepSpeed engine (which does
+        data parallelism itself: `wrap_model` is not used)."""
         import torch
-        from transformers import AutoModelForCausalLM
 
         from train.utilisation import forward_params
 
         torch.set_num_threads(self.cfg.scaling.cpus_per_worker)
         torch.manual_seed(self.cfg.seed)
-        deepspeed_zero.ensure_process_group()
+        # First: with `epochs` the number of steps follows from the examples.
+        self.examples = examples.read_examples(tokens_path)
+        self.cfg = loop.resolve_epochs(self.cfg, len(self.examples), self.world_size)
+        self.eval_examples = examples.read_eval(tokens_path)
+        deepspeed_zero.ensure_process_group("nccl" if self.cfg.scaling.use_gpu and torch.cuda.is_available()
+                                            else "gloo")
         self.base_model_dir = Path(base_model_dir)
-        model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        model = deepspeed_zero.load_model(base_model_dir, self.cfg)
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = model.config.pad_token_id or 0
         self.engine = deepspeed_zero.start_engine(model, self.cfg)
         self.n_params = forward_params(self.engine.module)
-        self.examples = examples.read_examples(tokens_path)
-        self.eval_examples = examples.read_eval(tokens_path)
 
     def module(self):
         return self.engine

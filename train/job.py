@@ -21,6 +21,8 @@ from data import DatasetConfig, prepare
 from experiments import register_folder, tracking_uri, use_store
 from foundation import UserError, sekisho_home
 from train.config import JobFields
+from train.examples import count_examples
+from train.loop import resolve_epochs
 from train.registry import recipe_class, trains_on_raw_text
 from train.trainer import JobInputs, build_trainer
 
@@ -100,6 +102,8 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
         UserError: the base model or dataset is missing or invalid, the dataset does
             not suit the recipe, an unfinished run of this name was started with a
             different config, base or data, or training failed.
+        ConfigError: with `epochs`, the derived steps are fewer than warmup_steps
+            or checkpoint_every.
     """
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
@@ -107,6 +111,9 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
     check_job(cfg, data_cfg)
     base = load(cfg.base_model, work / "base")
     manifest = prepare(data_cfg, base.path, work / "data")
+    # From here on the job has its number of steps (derived from the data with `epochs`):
+    # what is logged, fingerprinted and trained.
+    cfg = resolve_epochs(cfg, count_examples(work / "data" / "tokens.parquet"), cfg.scaling.num_workers)
     fingerprint = training_fingerprint(cfg, base.sha256, manifest["version"])
 
     from mlflow import MlflowClient

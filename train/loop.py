@@ -55,6 +55,38 @@ def lr_at(step: int, cfg) -> float:
     return o.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def resolve_epochs(cfg, n_examples: int, world_size: int):
+    """`cfg` with its `epochs` turned into `optim.steps`, for a training split of
+    `n_examples` on `world_size` ranks; `cfg` itself when it gives steps.
+
+    steps = epochs x micro-batches per epoch (`examples.micro_batches_per_epoch`) //
+    grad_accum_steps, at least 1: rounded down, so no example is seen more than
+    `epochs` times. A function of the data and the config only, so every rank, and a
+    resumed run, derives the same number.
+
+    Raises:
+        ConfigError: the derived steps are fewer than optim.warmup_steps or checkpoint_every.
+    """
+    if cfg.epochs is None:
+        return cfg
+    from pydantic import ValidationError
+
+    from foundation import ConfigError
+    from train.examples import micro_batches_per_epoch
+
+    micro = micro_batches_per_epoch(n_examples, cfg, world_size)
+    steps = max(1, cfg.epochs * micro // cfg.optim.grad_accum_steps)
+    body = cfg.model_dump()
+    body["epochs"], body["optim"]["steps"] = None, steps
+    try:
+        return type(cfg).model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigError(f"job {cfg.name!r}: epochs: {cfg.epochs} epoch(s) of {n_examples} examples on "
+                          f"{world_size} worker(s) (optim.batch_size {cfg.optim.batch_size}, grad_accum_steps "
+                          f"{cfg.optim.grad_accum_steps}) is {steps} steps: {problems}.") from None
+
+
 def run(r: Steps, on_metrics: MetricsSink | None = None, log_every: int | None = None,
         on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
         ) -> dict[str, float]:

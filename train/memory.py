@@ -13,6 +13,14 @@ those of a Llama block with flash attention, saved in bf16:
 With gradient checkpointing only each layer's input (2h per token) stays, and one
 layer is recomputed at a time. A fixed allowance covers the CUDA context, NCCL
 buffers and allocator fragmentation.
+
+Host memory of one node is the larger of what loading and what training keep there,
+plus a fixed allowance per worker process (torch, CUDA and DeepSpeed libraries, the
+examples). Both as DeepSpeed's estimators count them (1.5 buffer factor), loading in
+the recipes' dtype (bf16 on GPUs, where DeepSpeed assumes fp32): without ZeRO-3 every
+worker of the node materialises the whole model before moving it to its GPU; under
+ZeRO-3 it is built partitioned (`deepspeed.zero.Init`) and only the largest layer is
+whole at a time. Training keeps the offloaded state there.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from train.registry import recipe_class
 
 GB = 1e9
 RUNTIME_OVERHEAD_GB = 4.0
+HOST_OVERHEAD_PER_WORKER_GB = 8.0
 
 
 @dataclass(frozen=True)
@@ -59,30 +68,47 @@ MODEL_SHAPES = {
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per GPU (and per node's host memory for offloaded state)."""
+    """Bytes per GPU, and per node of host memory (CPU RAM)."""
 
     weights: float
     gradients: float
     optimizer: float
     activations: float
     runtime: float
-    cpu_per_node: float
+    cpu_per_node: float     # offloaded model state of one node (DeepSpeed's figure)
     gpu_memory: float
     cpu_memory: float
+    host_loading: float = 0.0   # one node's copies of the model while it loads
+    host_runtime: float = 0.0   # one node's worker processes themselves
 
     @property
     def per_gpu(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
 
     @property
+    def host_per_node(self) -> float:
+        """Peak host memory of the busiest node: loading and training do not overlap."""
+        return max(self.host_loading, self.cpu_per_node) + self.host_runtime
+
+    @property
+    def fits_gpu(self) -> bool:
+        return self.per_gpu <= self.gpu_memory
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_per_node <= self.cpu_memory
+
+    @property
     def fits(self) -> bool:
-        return self.per_gpu <= self.gpu_memory and self.cpu_per_node <= self.cpu_memory
+        return self.fits_gpu and self.fits_host
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {getattr(self, k) / GB:.1f}" for k in
                           ("weights", "gradients", "optimizer", "activations", "runtime"))
+        host = ", ".join(f"{k} {v / GB:.0f}" for k, v in (
+            ("loading", self.host_loading), ("offloaded", self.cpu_per_node), ("processes", self.host_runtime)))
         return (f"{self.per_gpu / GB:.1f} GB per GPU ({parts}) of {self.gpu_memory / GB:.0f} GB; "
-                f"host {self.cpu_per_node / GB:.0f} GB per node of {self.cpu_memory / GB:.0f} GB")
+                f"host {self.host_per_node / GB:.0f} GB per node ({host}) of {self.cpu_memory / GB:.0f} GB")
 
 
 def lora_trainable_params(cfg: LoraJobConfig, shape: ModelShape) -> float:
@@ -155,8 +181,13 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
     host = offloaded * host_per_param / nodes * 1.5
     if stage == 2 and offload_opt:
         host = offloaded * max(4 * gpus, 16) * 1.5
+    workers_per_node = min(gpus, cfg.plan.gpus_per_node)
+    dtype_bytes = 2 if cfg.scaling.use_gpu else 4
+    whole_at_load = shape.largest_layer_params if stage == 3 else shape.params
+    loading = whole_at_load * dtype_bytes * workers_per_node * 1.5
     return MemoryEstimate(weights, grads, optim, activation_bytes(cfg, shape), RUNTIME_OVERHEAD_GB * GB,
-                          host, cfg.plan.gpu_memory_gb * GB, cfg.plan.cpu_memory_gb * GB)
+                          host, cfg.plan.gpu_memory_gb * GB, cfg.plan.cpu_memory_gb * GB,
+                          host_loading=loading, host_runtime=workers_per_node * HOST_OVERHEAD_PER_WORKER_GB * GB)
 
 
 def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimate:
@@ -168,6 +199,9 @@ def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimat
     est = estimate_memory(cfg, shape)
     if est.fits:
         return est
+    if est.fits_gpu:
+        raise UserError(f"job {cfg.name!r} does not fit in host memory: {est.describe()}. Try "
+                        f"{_host_hints(cfg, est)}.")
     hints = []
     if not cfg.gradient_checkpointing:
         hints.append("gradient_checkpointing: true")
@@ -182,3 +216,17 @@ def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimat
         hints.append("deepspeed.offload_params: true")
     hints.append("more scaling.num_workers")
     raise UserError(f"job {cfg.name!r} does not fit: {est.describe()}. Try {', or '.join(hints)}.")
+
+
+def _host_hints(cfg: JobFields, est: MemoryEstimate) -> str:
+    """What would shrink the host memory of a job whose GPUs have room."""
+    ds = cfg.deepspeed
+    if est.host_loading >= est.cpu_per_node and (ds is None or ds.zero_stage != 3):
+        return ("deepspeed.zero_stage: 3 (the model loads partitioned), or fewer workers per node "
+                "(plan.gpus_per_node)")
+    hints = []
+    if ds is not None and ds.offload_params:
+        hints.append("deepspeed.offload_params: false")
+    if ds is not None and ds.offload_optimizer:
+        hints.append("deepspeed.offload_optimizer: false")
+    return ", or ".join(hints + ["more scaling.num_workers (the offloaded state spreads over more nodes)"])

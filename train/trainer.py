@@ -105,8 +105,12 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.node_env import FULL_PRIORITY_ENV
+    from train.examples import count_examples
     from train.fault_injection import ENV
+    from train.loop import resolve_epochs
 
+    # The workers get the number of steps, not `epochs` (no need to count the data again).
+    cfg = resolve_epochs(cfg, count_examples(inputs.tokens_path), cfg.scaling.num_workers)
     s = cfg.scaling
     env_vars = dict(FULL_PRIORITY_ENV)   # not Ray's worker niceness (docs/design-notes.md)
     # Test hooks follow the driver's environment even onto a cluster started before it.

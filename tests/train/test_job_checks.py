@@ -1,6 +1,7 @@
 """run_job refuses, before any worker starts: a rerun whose config, base or data
 differs from the unfinished run of the same name; a dataset that doesn't suit the
-recipe; LoRA under ZeRO (not implemented yet). No Ray needed."""
+recipe; LoRA under a ZeRO that would shard nothing of the base (below stage 3, or
+one worker). No Ray needed."""
 
 import pytest
 
