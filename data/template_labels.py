@@ -161,13 +161,13 @@ def _turn_end(profile: TemplateProfile, text: str, pos: int, limit: int | None =
     """The first turn-end token at or after `pos` that ends the turn: one the
     generation prompt follows is passed over (the assistant goes on), unless
     that would pass `limit` (where the next assistant turn's prompt ends)."""
-    search, first = profile.specials.search, None
+    search, ends, gen, first = profile.specials.search, profile.turn_ends, profile.generation_prompt, None
     while True:
         m = search(text, pos)
         if m is None or (limit is not None and m.start() >= limit):
             return first
-        if m.group() in profile.turn_ends:
-            if not profile.continues(text, m):
+        if m.group() in ends:
+            if not (gen and text.startswith(gen, m.end())):  # profile.continues, inline: this is per turn
                 return m
             first = first or m
         pos = m.end()
@@ -198,11 +198,14 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
         pos = len(prompt) if exact else cursor
         first = None  # where the turn's first content or call is
         content, calls = _needles(message)
+        end = None
         if content:
             at = _find_content(full, content, pos, profile, exact)
             if exact:  # within this turn: before its first turn-end token
                 first_end = _turn_end(profile, full, pos, limit)
                 at = at if first_end is None or at < first_end.start() else -1
+                if at >= 0 and first_end is not None and first_end.start() >= at + len(content) and not calls:
+                    end = first_end  # the usual case: the turn ends with the first turn-end token after it
             if at >= 0:
                 first, pos = at, at + len(content)
             elif calls:  # the template renders only the tool call: that is what is trained
@@ -222,7 +225,7 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
             first = at if first is None else first
             pos = at + len(needle)
         start = len(prompt) if exact else _fallback_start(full, cursor, first, message, profile)
-        end = _turn_end(profile, full, pos, limit)
+        end = end or _turn_end(profile, full, pos, limit)
         if end is None:
             raise SpanError(f"messages[{i}]: no turn-end token ({', '.join(sorted(profile.turn_ends)) or 'none known'}) "
                             f"after the assistant turn in the chat template's rendering, so its labels cannot end")

@@ -147,7 +147,8 @@ _TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> 
 
 
 def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[tuple[int, int]]],
-                     ids_of: list[list[int]]) -> list[list[tuple[int, int]] | None]:
+                     ids_of: list[list[int]], flat: tuple[np.ndarray, np.ndarray] | None = None,
+                     ) -> list[list[tuple[int, int]] | None]:
     """The trained token ranges of each render from its ids alone (no offsets:
     converting them costs a fifth of the tokenizer's time), or None where
     this cannot be sure (then `token_ranges` decides, from offsets).
@@ -162,16 +163,15 @@ def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[t
     special token on begin with exactly those ids, the span starts on a token
     boundary, just after them.
     """
-    lengths = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
-    offsets = np.zeros(len(ids_of) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(chain.from_iterable(ids_of), dtype=np.int64, count=int(offsets[-1]))
-    where = np.flatnonzero(np.isin(flat, np.asarray(profile.special_ids, dtype=np.int64)))
-    cuts = np.searchsorted(where, offsets).tolist()
+    offsets, flat = flat if flat is not None else _flat_ids(ids_of)
+    where = np.flatnonzero(np.isin(flat, np.asarray(profile.special_ids, dtype=np.int32)))
+    cuts = np.searchsorted(where, offsets)
+    within = (where - np.repeat(offsets[:-1], np.diff(cuts))).tolist()  # each special id's index in its row
+    cuts = cuts.tolist()
     plans: list[list[tuple[int, str, int]] | None] = []
     for k, (text, spans) in enumerate(zip(texts, spans_of)):
-        positions = (where[cuts[k]:cuts[k + 1]] - offsets[k]).tolist()
-        found = [(m.start(), m.end()) for m in profile.specials.finditer(text)]
+        positions = within[cuts[k]:cuts[k + 1]]
+        found = [m.span() for m in profile.specials.finditer(text)]
         if len(found) != len(positions):
             plans.append(None)
             continue
@@ -217,14 +217,26 @@ def _encoder(tokenizer, add_special_tokens: bool):
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
 
 
-def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]]) -> TokenizedBatch:
-    """Each example's ids and trained token ranges -> flat ids and labels (tokens
-    outside the ranges get IGNORE_INDEX), a few numpy operations for the whole batch."""
+def _flat_ids(ids_of: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets: row i is [offsets[i], offsets[i + 1]), every row's ids one after another (int32))."""
     lengths = np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of))
     offsets = np.zeros(len(ids_of) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    return offsets, np.fromiter(chain.from_iterable(ids_of), dtype=np.int32, count=int(offsets[-1]))
+
+
+def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]],
+             flat: tuple[np.ndarray, np.ndarray] | None = None) -> TokenizedBatch:
+    """Each example's ids and trained token ranges -> flat ids and labels (tokens
+    outside the ranges get IGNORE_INDEX), a few numpy operations for the whole
+    batch. `flat`: `_flat_ids` of the rows with ids, when already made."""
+    if flat is None:
+        offsets, input_ids = _flat_ids(ids_of)
+    else:  # the same ids; the offsets are the examples' (some have none)
+        input_ids = flat[1]
+        offsets = np.zeros(len(ids_of) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of)), out=offsets[1:])
     total = int(offsets[-1])
-    input_ids = np.fromiter(chain.from_iterable(ids_of), dtype=np.int32, count=total)
     per = np.fromiter(map(len, ranges_of), dtype=np.int64, count=len(ranges_of))
     bounds = np.fromiter(chain.from_iterable(chain.from_iterable(ranges_of)), dtype=np.int64,
                          count=2 * int(per.sum())).reshape(-1, 2) + np.repeat(offsets[:-1], per)[:, None]
@@ -257,6 +269,7 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
     problems: dict[int, Problem] = {}
     ids_of: list[list[int]] = [[] for _ in examples]
     ranges_of: list[list[tuple[int, int]]] = [[] for _ in examples]
+    flat = None  # the chats' ids as flat arrays: the batch's, when it has no raw text
     if convs:
         samples = [convs[0][1], convs[-1][1]]
         render_full = _renderer(tokenizer, samples, False, template_kwargs)
@@ -272,7 +285,8 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
                 texts.append(out[0])
         if texts:
             encoded = _encoder(tokenizer, add_special_tokens=False)(texts)
-            ranges = _anchored_ranges(tokenizer, profile, texts, [spans for _, spans in chats], encoded)
+            flat = _flat_ids(encoded)
+            ranges = _anchored_ranges(tokenizer, profile, texts, [spans for _, spans in chats], encoded, flat)
             slow = [k for k, r in enumerate(ranges) if r is None]
             if slow:  # by the encodings' offsets
                 encodings = tokenizer.backend_tokenizer.encode_batch([texts[k] for k in slow], add_special_tokens=False)
@@ -282,6 +296,7 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
                 ids_of[i], ranges_of[i] = ids, r
     raw = [(i, ex.text + tokenizer.eos_token) for i, ex in enumerate(examples) if ex.messages is None]
     if raw:
+        flat = None
         for (i, _), ids in zip(raw, _encoder(tokenizer, add_special_tokens=True)([t for _, t in raw])):
             ids_of[i], ranges_of[i] = ids, [(0, len(ids))]
-    return _flatten(ids_of, ranges_of), problems
+    return _flatten(ids_of, ranges_of, flat), problems
