@@ -158,12 +158,13 @@ def run_recipe(kind: str, model_dir: Path, tokens: Path, args, on_gpu: bool) -> 
             "torch-adamw"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    windows: list[float] = []
+    windows: list[dict] = []
     recipe.setup(model_dir, tokens)
-    recipe.train(on_metrics=lambda m, step: windows.append(m["tokens_per_s"]))
-    peak = (torch.cuda.max_memory_allocated() / GB if on_gpu
+    recipe.train(on_metrics=lambda m, step: windows.append(m))
+    # The loop resets the CUDA peak at every logged step and logs each window's (GiB).
+    peak = (max(m["gpu_mem_max_allocated_gb"] for m in windows) * 2 ** 30 / GB if on_gpu
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
-    steady = windows[1:] or windows
+    steady = [m["tokens_per_s"] for m in windows[1:] or windows]
     out = {"tokens_per_s": sum(steady) / len(steady), "peak_gb": peak, "params": recipe.n_params, "path": path,
            "cfg": recipe.cfg}
     recipe.cleanup()

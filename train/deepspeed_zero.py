@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 from foundation.net import free_port
-from train.config import FullJobConfig
+from train.config import JobFields
 
 
-def deepspeed_config(cfg: FullJobConfig) -> dict:
-    """The DeepSpeed config a job config stands for."""
+def deepspeed_config(cfg: JobFields) -> dict:
+    """The DeepSpeed config a job config with `deepspeed:` stands for (full or LoRA)."""
     ds, o = cfg.deepspeed, cfg.optim
     zero: dict = {"stage": ds.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
     if ds.offload_optimizer:
@@ -52,7 +52,7 @@ def ensure_process_group(backend: str = "gloo") -> None:
     dist.init_process_group(backend, rank=0, world_size=1)
 
 
-def train_dtype(cfg: FullJobConfig):
+def train_dtype(cfg: JobFields):
     """The dtype the weights are loaded and trained in: bf16 on GPUs (DeepSpeed's bf16
     mode; the fp32 master copy lives in the sharded optimizer state), fp32 on CPU."""
     import torch
@@ -60,7 +60,7 @@ def train_dtype(cfg: FullJobConfig):
     return torch.bfloat16 if cfg.scaling.use_gpu else torch.float32
 
 
-def load_model(base_model_dir, cfg: FullJobConfig):
+def load_model(base_model_dir, cfg: JobFields):
     """The base model in `train_dtype(cfg)`. Under ZeRO-3 it is built inside
     `deepspeed.zero.Init`, so every parameter is partitioned as it is created and no
     rank ever holds the whole model: transformers then gathers one module at a time,
@@ -87,7 +87,7 @@ def load_model(base_model_dir, cfg: FullJobConfig):
         del hf_ds_config
 
 
-def start_engine(model, cfg: FullJobConfig):
+def start_engine(model, cfg: JobFields):
     """Wrap `model` in a DeepSpeed engine for `cfg` that trains the parameters with
     requires_grad (AdamW: torch's, or DeepSpeed's CPU Adam when the optimizer is
     offloaded); frozen ones (a LoRA base) are only sharded. Returns the engine."""
