@@ -208,7 +208,7 @@ def wait_http(url: str, timeout: float = 600) -> None:
 
 
 def arm_bare(model_dir: Path, out: dict, repeats: int) -> None:
-    from serve.engine import vllm_command
+    from serve.vllm_process import vllm_command
 
     port = free_port()
     cmd = vllm_command(str(model_dir), "tiny-base", {}, ENGINE, "127.0.0.1", port)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from experiments import tracking
+from experiments import mlflow_entities, tracking
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -36,9 +36,7 @@ class RunLogger:
     def log_config(self, config: dict[str, Any], yaml_text: str | None = None) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Param
-
-        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+        params = mlflow_entities.params(flatten(config))
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.client.log_dict(self.run_id, config, "config/resolved.json")
@@ -49,12 +47,7 @@ class RunLogger:
         """Buffer metrics for `step`; they are written in batches (or on flush)."""
         if not self.enabled:
             return
-        import time
-
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self._pending += mlflow_entities.metrics(metrics, step)
         if flush or len(self._pending) >= 500:
             self.flush()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foundation import UserError
+from foundation.net import free_port
 
 KEY_TTL_S = 2 * 3600
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts as --max-lora-rank
@@ -35,12 +35,6 @@ class TemporaryServe:
     served_as: str
     version: str  # NAME/VERSION evaluated
     base_version: str | None  # NAME/VERSION of its base when it is an adapter
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_config(model: str, served_as: str | None = None, name: str | None = None, port: int | None = None):
@@ -62,7 +56,7 @@ def app_config(model: str, served_as: str | None = None, name: str | None = None
     ref = f"{mv.name}/{mv.version}"
     served_as = served_as or mv.name
     name = name or f"eval-{secrets.token_hex(4)}"
-    port = port or _free_port()
+    port = port or free_port()
     if mv.tags.get("kind") == "adapter":
         base_ref = mv.tags.get("base_model_version")
         if not base_ref:
@@ -155,8 +149,9 @@ def serve_for_eval(model: str, home: Path, served_as: str | None = None,
 
 def _delete_app(name: str) -> None:
     from ray import serve
-    from ray.experimental import internal_kv
+
+    from serve.ray_state import forget_app_routes
 
     if name in serve.status().applications:
         serve.delete(name)
-    internal_kv._internal_kv_del(f"apps/{name}".encode(), namespace="sekisho")
+    forget_app_routes(name)

@@ -7,14 +7,14 @@ config or a changed model is refused with nothing half-started.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation import UserError
 from airlock import load
 from experiments import ResolvedModel, dir_sha256
+from foundation import UserError
+from serve import ray_state
 from serve.config import ModelSpec, ServeAppConfig
 
 
@@ -83,6 +83,7 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
     """One engine deployment (bound) for a base model and its adapters."""
     from ray import serve
 
+    from cluster.node_env import FULL_PRIORITY_ENV
     from experiments import tracking_uri
     from serve.autoscaling import ray_autoscaling_config
     from serve.engine import VLLMEngine
@@ -92,12 +93,9 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
               else {"num_replicas": spec.num_replicas or 1})
     deployment = serve.deployment(VLLMEngine).options(
         name=f"engine-{spec.name}", **sizing,
-        # Ray starts workers at niceness 15, below its own control plane and every
-        # other process of the node; an engine (and the vLLM processes it starts)
-        # owns its CPUs like a job driver does (Ray's job manager sets the same to 0).
         ray_actor_options={"num_cpus": spec.cpus_per_replica,
                            "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
-                           "runtime_env": {"env_vars": {"RAY_worker_niceness": "0"}}},
+                           "runtime_env": {"env_vars": dict(FULL_PRIORITY_ENV)}},  # a job driver's priority
         health_check_period_s=10, health_check_timeout_s=30,
         # A new base version rolls the replicas: each new one starts (and is
         # healthy) before an old one drains and stops (serve.follow.BaseFollower).
@@ -156,18 +154,6 @@ class AppIngress:
             self.follower.stop()
 
 
-def _engine_key(app_name: str) -> str:
-    """vLLM's own API key on every engine of the app, the same across redeploys so
-    that, during a roll, old and new replicas still reach each other."""
-    import secrets
-
-    from ray.experimental import internal_kv
-
-    key = f"engine-key/{app_name}".encode()
-    internal_kv._internal_kv_put(key, secrets.token_urlsafe(32).encode(), overwrite=False, namespace="sekisho")
-    return internal_kv._internal_kv_get(key, namespace="sekisho").decode()
-
-
 def build_app(app: ResolvedApp):
     """The Serve application: one engine deployment per base model and the gateway,
     embedded in each engine replica (default) or as its own deployment."""
@@ -182,7 +168,7 @@ def build_app(app: ResolvedApp):
     cfg = app.config
     # vLLM's own API key on every engine: only the gateway can reach /v1 there
     # (including runtime adapter loading).
-    engine_key = _engine_key(cfg.name)
+    engine_key = ray_state.engine_secret(cfg.name)
     db_url = cfg.gateway.db_url or default_url()
     opts = {"app": cfg.name, "db_url": db_url,
             "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
@@ -210,15 +196,10 @@ def deploy(app: ResolvedApp) -> str:
     point); returns the OpenAI base URL."""
     from ray import serve
 
-    from ray.experimental import internal_kv
-
     cfg = app.config
     serve.start(proxy_location="Disabled")
     serve.run(build_app(app), name=cfg.name, route_prefix=None)
-    # What each model serves, for `sekisho serve status`.
-    internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
-                                 overwrite=True, namespace="sekisho")
-    _publish_sizing(cfg)
+    _publish_for_status(app)
     return f"http://{cfg.host}:{cfg.port}/v1"
 
 
@@ -234,24 +215,16 @@ def engine_sizing(cfg: ServeAppConfig) -> dict[str, dict]:
     return out
 
 
-def _publish_sizing(cfg: ServeAppConfig) -> None:
-    """For `sekisho serve status`: each engine's fixed count or autoscaling bounds."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(f"apps/{cfg.name}/sizing".encode(), json.dumps(engine_sizing(cfg)).encode(),
-                                 overwrite=True, namespace="sekisho")
+def _publish_for_status(app: ResolvedApp) -> None:
+    """For `sekisho serve status`: what each model serves, and each engine's
+    fixed count or autoscaling bounds."""
+    ray_state.set_app_routes(app.config.name, model_routes(app))
+    ray_state.set_app_sizing(app.config.name, engine_sizing(app.config))
 
 
 def redeploy(app: ResolvedApp) -> None:
     """Deploy a re-resolved app over the running one without waiting (called from
     inside the app, which the update replaces): Serve rolls every deployment, the
     engines one new replica before each old one (max_surge_percent)."""
-    from ray import serve
-
-    from ray.experimental import internal_kv
-
-    cfg = app.config
-    serve._run(build_app(app), name=cfg.name, route_prefix=None, _blocking=False)
-    internal_kv._internal_kv_put(f"apps/{cfg.name}".encode(), json.dumps(model_routes(app)).encode(),
-                                 overwrite=True, namespace="sekisho")
-    _publish_sizing(cfg)
+    ray_state.deploy_nowait(build_app(app), app.config.name)
+    _publish_for_status(app)

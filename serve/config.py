@@ -46,16 +46,12 @@ class EngineSettings(StrictConfig):
     tool_call_parser: str | None = Field(None, description="vLLM tool-call parser for this model's format "
                                          "(e.g. hermes, llama3_json, pythonic); enables tools with tool_choice "
                                          "'auto'. Without it, requests that offer tools are refused by vLLM.")
-    enforce_eager: bool = Field(False, description="Run the model eagerly: no torch.compile warm-up and "
-                                "no CUDA graphs. The engine starts sooner (on CPU about 20 s sooner alone, "
-                                "over a minute on busy cores) but decodes slower: for quick bring-up, "
-                                "debugging, or engines whose speed does not matter.")
+    enforce_eager: bool = Field(False, description="Run the model eagerly (no torch.compile warm-up, no CUDA "
+                                "graphs): the engine starts sooner but decodes slower. For bring-up, debugging, "
+                                "or engines whose speed does not matter.")
     niceness: int = Field(0, ge=-20, le=19, description="Scheduling priority of the engine's processes "
-                          "(vLLM's server, engine core and workers). Ray starts its workers at niceness 15 so "
-                          "its own daemons always win the CPU; an engine left there also loses the CPU to "
-                          "every other process of the node, clients and agents included. Lowering it needs "
-                          "root or CAP_SYS_NICE; without them the engine keeps Ray's and the replica logs a "
-                          "warning.")
+                          "(vLLM's server, engine core, workers) instead of Ray's worker niceness 15. "
+                          "Lowering it needs root or CAP_SYS_NICE, else the replica logs a warning.")
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
 
 
@@ -69,8 +65,7 @@ class AutoscalingSettings(StrictConfig):
     max_replicas: int = Field(ge=1, description="Most engine replicas (GPU plans reserve this many).")
     target_ongoing_requests: float | None = Field(
         None, gt=0, description="Load each replica should carry: vLLM's running + waiting requests, "
-        "averaged over look_back_s. Replicas = ceil(total load / this). Default: engine.max_num_seqs "
-        "(add a replica once requests start to wait for a batch slot).")
+        "averaged over look_back_s; replicas = ceil(total load / this). Default: engine.max_num_seqs.")
     upscale_delay_s: float = Field(30.0, ge=0, description="How long the load must call for more "
                                    "replicas before one is added.")
     downscale_delay_s: float = Field(300.0, ge=0, description="How long the load must call for fewer "
@@ -137,9 +132,8 @@ class GatewaySettings(StrictConfig):
     """The gateway in front of the app's engines."""
 
     placement: Literal["embedded", "separate"] = Field(
-        "embedded", description="embedded: the gateway runs inside every engine replica's vLLM server and "
-        "answers its models in-process (no extra hop per token; the fastest). separate: its own Serve "
-        "deployment relaying to the engines over HTTP (engines never face clients).")
+        "embedded", description="embedded: inside every engine replica's vLLM server, answering its models "
+        "in-process (the fastest). separate: its own Serve deployment, relaying to the engines over HTTP.")
     num_replicas: int = Field(1, ge=1, description="Gateway replicas when placement is separate "
                                                    "(they share the app's port on a node).")
     cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per gateway replica "
@@ -160,10 +154,8 @@ class ServeAppConfig(StrictConfig):
     models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
     follow_aliases_every_s: float = Field(10.0, ge=0.5, le=300, description="How often engines re-read the "
-                                          "aliases their adapters follow (registry:NAME@ALIAS); a moved alias "
-                                          "is served within this time (`sekisho serve reload`: at once). A "
-                                          "moved base-model alias starts a rolling update of the engines "
-                                          "(embedded gateway placement).")
+                                          "registry aliases they follow (`sekisho serve reload`: at once). A "
+                                          "moved base-model alias rolls the engines (embedded placement).")
 
     @model_validator(mode="after")
     def _unique_across_models(self):

@@ -7,20 +7,19 @@ The class is plain: `serve.builder` wraps it with `serve.deployment` at build ti
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from foundation import offline
+from foundation.net import free_port
+from serve.vllm_process import engine_preexec, take_niceness, vllm_command
 
 ROUTES_REFRESH_S = 1.0
 # Leaving (scale-down, roll, delete): after the replica withdraws from the route
@@ -30,64 +29,6 @@ ROUTES_REFRESH_S = 1.0
 WITHDRAW_GRACE_S = 3.0
 IDLE_WAIT_S = 15.0
 logger = logging.getLogger("sekisho.serve")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Kill the engine if the replica process dies, even by SIGKILL (Linux prctl)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _take_niceness(niceness: int) -> None:
-    """Run the calling thread (and what it starts from now on) at `niceness`; where
-    lowering it is not allowed, keep the current one (the replica warns)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    except OSError:
-        pass
-
-
-def _engine_preexec(niceness: int):
-    """What runs in the engine's process before vLLM: die with the replica, and
-    take the engine's own scheduling priority (its children inherit it)."""
-    def setup() -> None:  # pragma: no cover - runs in the child
-        _die_with_parent()
-        _take_niceness(niceness)
-    return setup
-
-
-def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], engine: dict,
-                 host: str, port: int, embedded_gateway: bool = False) -> list[str]:
-    """The command line of vLLM's OpenAI server for one model and its adapters."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", model_dir, "--served-model-name", served_name,
-           "--host", host, "--port", str(port),
-           "--max-model-len", str(engine["max_model_len"]),
-           "--max-num-seqs", str(engine["max_num_seqs"]),
-           "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
-           "--dtype", engine["dtype"], "--generation-config", "vllm",
-           "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
-    if embedded_gateway:
-        cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
-    if engine.get("autoscaling"):
-        cmd += ["--middleware", "serve.autoscaling.EngineLoadEndpoint"]  # the load Serve scales by
-    if engine.get("enforce_eager"):
-        cmd += ["--enforce-eager"]
-    if engine.get("task") == "embed":
-        cmd += ["--runner", "pooling", "--convert", "embed"]
-    if engine.get("tool_call_parser"):
-        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"]]
-    if adapters:
-        cmd += ["--enable-lora", "--max-loras", str(engine["max_loras"]),
-                "--max-lora-rank", str(engine["max_lora_rank"]), "--lora-modules"]
-        cmd += [f"{name}={path}" for name, path in adapters.items()]
-    return cmd
 
 
 class VLLMEngine:
@@ -103,7 +44,7 @@ class VLLMEngine:
                 replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
         offline.apply()
-        _take_niceness(engine["niceness"])  # what the constructor still imports keeps up with the engine
+        take_niceness(engine["niceness"])  # what the constructor still imports keeps up with the engine
         import ray.util
         from ray import serve
 
@@ -119,7 +60,7 @@ class VLLMEngine:
         # The node's cluster address (loopback on the embedded default), so a
         # gateway on another node can reach this engine.
         self.host = ray.util.get_node_ip_address()
-        self.port = _free_port()
+        self.port = free_port()
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine["kv_cache_gb"]))
         env["VLLM_API_KEY"] = engine_key
@@ -145,7 +86,7 @@ class VLLMEngine:
         cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port,
                            embedded_gateway=gateway is not None)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
-                                     stderr=subprocess.STDOUT, preexec_fn=_engine_preexec(engine["niceness"]))
+                                     stderr=subprocess.STDOUT, preexec_fn=engine_preexec(engine["niceness"]))
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
         self.publish()

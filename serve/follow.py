@@ -16,13 +16,12 @@ then rolls the engines, starting each new replica before an old one drains
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RELOAD_KEY = "reload/{app}"
+from serve.ray_state import claim_roll, reload_requested
 
 
 def internal_name(served: str, version: str | None) -> str:
@@ -52,21 +51,6 @@ class ServedAdapter:
         if self.ref and self.version:
             return f"{self.ref.split('@')[0]}/{self.version}"
         return self.path
-
-
-def reload_requested(app: str) -> float:
-    from ray.experimental import internal_kv
-
-    raw = internal_kv._internal_kv_get(RELOAD_KEY.format(app=app).encode(), namespace="sekisho")
-    return float(raw) if raw else 0.0
-
-
-def request_reload(app: str) -> None:
-    """`sekisho serve reload`: every engine of `app` re-reads its aliases at once."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(RELOAD_KEY.format(app=app).encode(), str(time.time()).encode(),
-                                 overwrite=True, namespace="sekisho")
 
 
 def _follow_loop(stop: threading.Event, app: str, interval_s: float, sync, on_error) -> None:
@@ -113,8 +97,6 @@ class BaseFollower:
 
     def sync(self) -> bool:
         """Redeploy if a followed base alias moved. Returns True if it did."""
-        from ray.experimental import internal_kv
-
         from experiments import get_version
         from serve.builder import resolve_app
 
@@ -124,11 +106,10 @@ class BaseFollower:
         if now == self.bases:
             return False
         app = resolve_app(self.config, self.cache_dir)  # downloads and verifies before anything moves
-        key = f"rolled/{self.config.name}/{self.generation}".encode()
-        if internal_kv._internal_kv_put(key, json.dumps(now).encode(), overwrite=False, namespace="sekisho"):
-            self.rolled_to = now  # this generation already rolled
-            return False
+        first = claim_roll(self.config.name, self.generation, now)
         self.rolled_to = now
+        if not first:
+            return False  # this generation already rolled
         self.redeploy(app)
         return True
 

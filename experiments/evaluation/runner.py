@@ -9,8 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundation import UserError
-from experiments import tracking
+from experiments import mlflow_entities, tracking
 from experiments.evaluation import metrics as m
 from experiments.evaluation.config import (
     EvalConfig,
@@ -20,6 +19,7 @@ from experiments.evaluation.config import (
     read_rows,
 )
 from experiments.evaluation.safety import is_refusal, leaked_secrets
+from foundation import UserError
 
 EVAL_EXPERIMENT = "sekisho-eval"
 TAG_MODEL_VERSION = "sekisho.eval.model_version"
@@ -172,7 +172,6 @@ def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text
         The run id.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
     exp_id = tracking.use_store(experiment=EVAL_EXPERIMENT)
     client = MlflowClient()
@@ -183,8 +182,7 @@ def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text
         "sekisho.eval.dataset_sha256": digest, "mlflow.note.content":
             f"Evaluation of {result.model_version} on {cfg.name}."})
     run_id = run.info.run_id
-    ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in result.metrics.items()])
+    client.log_batch(run_id, metrics=mlflow_entities.metrics(result.metrics, step=0))
     client.log_dict(run_id, cfg.model_dump(mode="json"), "eval/config.json")
     if config_text is not None:
         client.log_text(run_id, config_text, "eval/config.yaml")
@@ -216,11 +214,5 @@ def _log_tables(client, run_id: str, rows: list[dict]) -> None:
 
 def _log_eval_input(client, run_id: str, cfg: EvalConfig, digest: str) -> None:
     """Record the eval set as the run's input (MLflow dataset tracking, context evaluation)."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-    from mlflow.entities import DatasetInput, InputTag
-
-    ds = MetaDataset(source=LocalArtifactDatasetSource(str(Path(cfg.dataset).resolve())),
-                     name=cfg.name, digest=digest[:16])
-    client.log_inputs(run_id, datasets=[DatasetInput(
-        ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "evaluation")])])
+    client.log_inputs(run_id, datasets=[mlflow_entities.dataset_input(
+        str(Path(cfg.dataset).resolve()), cfg.name, digest[:16], "evaluation")])

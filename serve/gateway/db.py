@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import (BigInteger, Column, Float, Integer, MetaData, String, Table, Text,
-                        create_engine, event)
+from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text, create_engine, event
 from sqlalchemy.engine import Engine
 
 metadata = MetaData()

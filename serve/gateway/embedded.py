@@ -115,8 +115,9 @@ class EmbeddedGateway:
         _log_to_stderr()
         from aiohttp import web
 
+        from serve.gateway.context import ModelRoute
         from serve.gateway.limits import RequestLimits
-        from serve.gateway.server import Gateway, GatewayOptions, ModelRoute
+        from serve.gateway.server import Gateway, GatewayOptions
 
         opts = cfg["opts"]
         options = GatewayOptions(**{**opts, "limits": RequestLimits(**opts["limits"]),

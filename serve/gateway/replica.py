@@ -17,8 +17,9 @@ class GatewayReplica:
         # `engines` are bound so that Serve deploys them with this app; requests
         # reach them over HTTP (see routing), not through their handles.
         offline.apply()
+        from serve.gateway.context import ModelRoute
         from serve.gateway.limits import RequestLimits
-        from serve.gateway.server import Gateway, GatewayOptions, ModelRoute
+        from serve.gateway.server import Gateway, GatewayOptions
 
         options = GatewayOptions(**{**opts, "limits": RequestLimits(**opts["limits"])})
         self.gateway = Gateway(options, {k: ModelRoute(**v) for k, v in routes.items()}, engine_key)

@@ -1,7 +1,7 @@
 """Where the engines are. Each engine replica publishes its URL in Ray's
-internal KV store and refreshes it on every Serve health check; the gateway
-reads the table every couple of seconds and sends each request to the live
-replica with the fewest requests in flight."""
+internal KV store (serve.ray_state) and refreshes it on every Serve health
+check; the gateway reads the table every couple of seconds and sends each
+request to the live replica with the fewest requests in flight."""
 
 from __future__ import annotations
 
@@ -9,45 +9,28 @@ import json
 import time
 from dataclasses import dataclass, field
 
-NAMESPACE = "sekisho"
+from serve import ray_state
+
 STALE_AFTER_S = 45.0
-
-
-def engine_key(app: str, deployment: str, replica: str) -> bytes:
-    return f"engines/{app}/{deployment}/{replica}".encode()
 
 
 def publish(app: str, deployment: str, replica: str, url: str, names: dict | None = None) -> None:
     """Called by an engine replica (at start, at each health check, after an alias
     moved). `names`: served model name -> {"internal", "version", "sha256"}."""
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(engine_key(app, deployment, replica),
-                                 json.dumps({"url": url, "ts": time.time(), "names": names or {}}).encode(),
-                                 overwrite=True, namespace=NAMESPACE)
+    ray_state.publish_engine(app, deployment, replica, {"url": url, "ts": time.time(), "names": names or {}})
 
 
 def withdraw(app: str, deployment: str, replica: str) -> None:
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_del(engine_key(app, deployment, replica), namespace=NAMESPACE)
+    ray_state.withdraw_engine(app, deployment, replica)
 
 
 def read_table(app: str) -> dict[str, list[dict]]:
     """deployment -> entries ({"url", "names"}) of its replicas that reported in
     the last STALE_AFTER_S."""
-    from ray.experimental import internal_kv
-
-    prefix = f"engines/{app}/".encode()
-    table: dict[str, list[str]] = {}
+    table: dict[str, list[dict]] = {}
     now = time.time()
-    for key in internal_kv._internal_kv_list(prefix, namespace=NAMESPACE):
-        raw = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
-        if not raw:
-            continue
-        entry = json.loads(raw)
+    for deployment, entry in ray_state.engine_entries(app):
         if now - entry["ts"] <= STALE_AFTER_S:
-            deployment = key.decode()[len(prefix):].split("/", 1)[0]
             table.setdefault(deployment, []).append(entry)
     return table
 

@@ -13,8 +13,15 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from foundation import ConfigError
 from serve import ServeAppConfig
-from serve.autoscaling import (LOAD_METRIC, LOAD_PATH, EngineLoadEndpoint, engine_load_policy, gauge_load, parse_load,
-                               ray_autoscaling_config)
+from serve.autoscaling import (
+    LOAD_METRIC,
+    LOAD_PATH,
+    EngineLoadEndpoint,
+    engine_load_policy,
+    gauge_load,
+    parse_load,
+    ray_autoscaling_config,
+)
 
 
 def _app(tmp_path, model_yaml: str):

@@ -27,7 +27,7 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
 
     from airlock import import_model, load
     from experiments import get_version, set_alias
-    from serve.follow import request_reload
+    from serve.ray_state import request_reload
 
     _hand_over_queued_connections()
     question, answer = qa[0]

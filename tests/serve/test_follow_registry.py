@@ -21,7 +21,7 @@ def adapter_v2(main_job, train_prefixed_adapter):
 
 def test_promotion_and_rollback_without_a_failed_request(main_job, qa, adapter_v2):
     from experiments import get_version, set_alias
-    from serve.follow import request_reload
+    from serve.ray_state import request_reload
 
     question, v1_answer = qa[0]
     v2_answer = V2_PREFIX + v1_answer

@@ -41,21 +41,19 @@ def _gone() -> dict:
 
 @pytest.fixture(scope="module")
 def failover(main_job, tmp_path_factory):
-    from ray.experimental import internal_kv
-
-    from serve.builder import _engine_key
+    from serve import ray_state
     from serve.gateway import KeyStore, RequestLimits, routing
     from serve.gateway.db import default_url
     from serve.gateway.replica import GatewayReplica
 
     live = routing.read_table("demo")[DEPLOYMENT]
-    routes = {MODEL: json.loads(internal_kv._internal_kv_get(b"apps/demo", namespace="sekisho"))[MODEL]}
+    routes = {MODEL: ray_state.app_routes("demo")[MODEL]}
     routes_file = tmp_path_factory.mktemp("failover") / "routes.json"
     stamp = str(int(time.time() * 1000))
     chain, port = f"failover-{stamp}", free_port()
     opts = {"app": chain, "db_url": default_url(), "limits": RequestLimits().model_dump(),
             "routes_file": str(routes_file), "route_refresh_s": 0.5}
-    gw = GatewayReplica("127.0.0.1", port, opts, routes, _engine_key("demo"))
+    gw = GatewayReplica("127.0.0.1", port, opts, routes, ray_state.engine_secret("demo"))
 
     def table(*entries: dict) -> None:
         """Replace the gateway's route table and wait until it has read it."""

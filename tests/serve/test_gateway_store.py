@@ -172,8 +172,8 @@ def _append_many(args):
 
 def test_eight_processes_append_to_one_chain(db_url):
     """Like eight gateway replicas on different nodes: one chain, nothing lost."""
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     AuditLog("multi", db_url)
     with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -1,0 +1,81 @@
+"""Each request's outcome, written once: its audit record (through the ledger,
+which also counts its tokens against the key's quota) and its metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from serve.gateway.context import RequestContext
+from serve.gateway.errors import GatewayError
+from serve.gateway.ledger import Ledger
+from serve.gateway.metrics import GatewayMetrics
+
+
+class Recorder:
+    """Audit records and metrics of one gateway.
+
+    Args:
+        ledger: where audit records and token counts go.
+        metrics: the gateway's Prometheus metrics.
+        record_text: also keep prompt and response text (else only their SHA-256).
+    """
+
+    def __init__(self, ledger: Ledger, metrics: GatewayMetrics, record_text: bool = False):
+        self.ledger, self.metrics, self.record_text = ledger, metrics, record_text
+
+    def open(self, ctx: RequestContext) -> None:
+        """Start the audit record of a request about to be forwarded (ctx.key, ctx.route
+        and ctx.body set)."""
+        ctx.record = {"request_id": ctx.request_id, "key": ctx.key.name, "client": ctx.client,
+                      "route": ctx.path, "model": ctx.model, "model_version": ctx.route.version,
+                      "model_sha256": ctx.route.sha256, "stream": ctx.stream,
+                      "prompt_sha256": hashlib.sha256(ctx.body).hexdigest()}
+        if self.record_text:
+            ctx.record["request_body"] = ctx.body.decode("utf-8", "replace")
+
+    def served_by(self, ctx: RequestContext, version: str | None, sha256: str | None) -> None:
+        """The replica about to answer serves this version (else the route's)."""
+        ctx.record.update(model_version=version or ctx.route.version, model_sha256=sha256 or ctx.route.sha256)
+
+    async def finish(self, ctx: RequestContext, status: int, usage: tuple[int, int] = (0, 0), digest=None,
+                     error: str | None = None, text: bytes | None = None) -> None:
+        """Complete and commit the audit record, count the tokens, observe the metrics.
+
+        Args:
+            usage: (prompt_tokens, completion_tokens).
+            digest: the SHA-256 (hashlib object) of what the client got.
+            error: the error code the client got, if any.
+            text: the response body, kept only with record_text.
+        """
+        prompt_tokens, completion_tokens = usage
+        latency = time.perf_counter() - ctx.started
+        record = ctx.record
+        record.update(ts=time.time(), status=status, prompt_tokens=prompt_tokens,
+                      completion_tokens=completion_tokens, latency_ms=round(latency * 1000, 2))
+        if digest is not None:
+            record["response_sha256"] = digest.hexdigest()
+        if error:
+            record["error"] = error
+        if text is not None and self.record_text:
+            record["response_body"] = text.decode("utf-8", "replace")
+        tokens = None
+        key = ctx.key
+        if key is not None and key.tpm is not None and (prompt_tokens or completion_tokens):
+            tokens = (key.name, prompt_tokens + completion_tokens)
+        await self.ledger.audit(record, tokens)
+        self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
+
+    async def reject(self, ctx: RequestContext, err: GatewayError) -> None:
+        """Audit a request the gateway answered itself with `err`."""
+        ctx.record = {"request_id": ctx.request_id, "key": ctx.key.name if ctx.key else None,
+                      "client": ctx.client, "route": ctx.path, "model": ctx.model,
+                      "model_version": None, "model_sha256": None, "stream": None}
+        self.metrics.rejections.labels(err.code or str(err.status)).inc()
+        await self.finish(ctx, err.status, error=err.code)
+
+    def first_token(self, ctx: RequestContext) -> None:
+        self.metrics.ttft.labels(ctx.model).observe(time.perf_counter() - ctx.started)
+
+    def failed_over(self, ctx: RequestContext) -> None:
+        self.metrics.failovers.labels(ctx.model).inc()
