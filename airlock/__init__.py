@@ -17,7 +17,20 @@ from airlock.model_import import ImportedModel, ImportPolicy, import_model
 from airlock.model_store import store_root
 from airlock.model_verify import StoredModel, load, verify_all_bytes, verify_store_copy
 
-__all__ = ["BundleError", "BundleReport", "ImportPolicy", "ImportedModel", "ModelImportRefused",
-           "ModelNotInStoreError", "StoredModel", "build_bundle", "import_model", "load",
-           "read_manifest", "store_root", "verify_all_bytes", "verify_bundle",
-           "verify_store_copy"]
+__all__ = [
+    "BundleError",
+    "BundleReport",
+    "ImportPolicy",
+    "ImportedModel",
+    "ModelImportRefused",
+    "ModelNotInStoreError",
+    "StoredModel",
+    "build_bundle",
+    "import_model",
+    "load",
+    "read_manifest",
+    "store_root",
+    "verify_all_bytes",
+    "verify_bundle",
+    "verify_store_copy",
+]

@@ -40,8 +40,18 @@ LOCK, MANIFEST, SUMS, WHEELS = "requirements.lock", "manifest.json", "SHA256SUMS
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 # Left out when the project is copied for its wheel build (setuptools writes
 # build/ and *.egg-info into the tree it builds; the copy keeps the checkout clean).
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".sekisho", "build", "dist", "*.egg-info",
-                                     "__pycache__", ".pytest_cache", "tests", "benchmarks")
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".sekisho",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    "tests",
+    "benchmarks",
+)
 
 
 class BundleError(UserError):
@@ -76,19 +86,35 @@ def target_tags() -> dict[str, str]:
     tag = tags[0]
     # The newest manylinux tag says which glibc the wheels may need; plain
     # linux_* (wheels built here and nowhere else) is the fallback.
-    platform = next((t.platform for t in tags if t.interpreter == tag.interpreter
-                     and t.abi == tag.abi and not t.platform.startswith("linux_")), tag.platform)
-    return {"python": tag.interpreter, "abi": tag.abi, "platform": platform,
-            "python_version": ".".join(map(str, sys.version_info[:3]))}
+    platform = next(
+        (
+            t.platform
+            for t in tags
+            if t.interpreter == tag.interpreter and t.abi == tag.abi and not t.platform.startswith("linux_")
+        ),
+        tag.platform,
+    )
+    return {
+        "python": tag.interpreter,
+        "abi": tag.abi,
+        "platform": platform,
+        "python_version": ".".join(map(str, sys.version_info[:3])),
+    }
 
 
 # ---------------------------------------------------------------- build
 
 
-def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = None,
-                 requirements: Path | None = None, project: Path | None = None,
-                 include_project: bool = True, torch_index: str = TORCH_CPU_INDEX
-                 ) -> list[Package]:
+def build_bundle(
+    out: Path,
+    *,
+    variant: str = "gpu",
+    find_links: Path | None = None,
+    requirements: Path | None = None,
+    project: Path | None = None,
+    include_project: bool = True,
+    torch_index: str = TORCH_CPU_INDEX,
+) -> list[Package]:
     """Write a bundle to `out` (which must be new or empty).
 
     Args:
@@ -111,13 +137,14 @@ def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = N
     if variant not in VARIANTS:
         raise BundleError(f"bundle build: unknown variant {variant!r}; use one of {VARIANTS}.")
     if requirements is None and not include_project:
-        raise BundleError("bundle build: --no-project leaves Sekisho's own wheel out, which only "
-                          "makes sense with --requirements FILE.")
+        raise BundleError(
+            "bundle build: --no-project leaves Sekisho's own wheel out, which only "
+            "makes sense with --requirements FILE."
+        )
     project = _project_root(project)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise BundleError(f"{out}: the bundle folder already has files; give a new or empty "
-                          f"folder to --out.")
+        raise BundleError(f"{out}: the bundle folder already has files; give a new or empty folder to --out.")
     if find_links is not None and not Path(find_links).is_dir():
         raise BundleError(f"{find_links}: --find-links folder not found.")
     if requirements is not None and not Path(requirements).is_file():
@@ -134,9 +161,17 @@ def build_bundle(out: Path, *, variant: str = "gpu", find_links: Path | None = N
                 wanted = ["-r", str(requirements)]
                 if own:
                     shutil.copy2(own, wheels / own.name)
-            _pip(["wheel", "--wheel-dir", str(wheels), "--prefer-binary",
-                  *_sources(variant, find_links, project, tmp, torch_index), *wanted],
-                 offline=find_links is not None)
+            _pip(
+                [
+                    "wheel",
+                    "--wheel-dir",
+                    str(wheels),
+                    "--prefer-binary",
+                    *_sources(variant, find_links, project, tmp, torch_index),
+                    *wanted,
+                ],
+                offline=find_links is not None,
+            )
     except BaseException:
         shutil.rmtree(wheels, ignore_errors=True)  # out was new or empty: leave it so
         raise
@@ -147,23 +182,26 @@ def _project_root(project: Path | None) -> Path:
     root = Path(project) if project else SOURCE_TREE
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or 'name = "sekisho"' not in pyproject.read_text(encoding="utf-8"):
-        raise BundleError(f"{root}: not a Sekisho source tree (no pyproject.toml naming "
-                          f"sekisho); give the checkout with --project DIR.")
+        raise BundleError(
+            f"{root}: not a Sekisho source tree (no pyproject.toml naming "
+            f"sekisho); give the checkout with --project DIR."
+        )
     return root
 
 
 def _build_project_wheel(project: Path, tmp: Path) -> Path:
     src, dist = tmp / "src", tmp / "dist"
     shutil.copytree(project, src, ignore=_NOT_SOURCE, symlinks=True)
-    _pip(["wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", str(dist),
-          str(src)], offline=True, what="building Sekisho's own wheel (needs setuptools>=68 "
-                                         "installed beside this Sekisho)")
+    _pip(
+        ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", str(dist), str(src)],
+        offline=True,
+        what="building Sekisho's own wheel (needs setuptools>=68 installed beside this Sekisho)",
+    )
     (own,) = dist.glob("*.whl")
     return own
 
 
-def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path,
-             torch_index: str) -> list[str]:
+def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path, torch_index: str) -> list[str]:
     """pip options: where wheels come from, and the project's exact pins."""
     args = []
     constraints = project / "constraints.txt"
@@ -189,8 +227,10 @@ def _pip(args: list[str], *, offline: bool, what: str = "collecting the wheels")
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     rc = subprocess.run(cmd, env=env, check=False).returncode
     if rc != 0:
-        raise BundleError(f"bundle build: pip failed (exit status {rc}) while {what}; its "
-                          f"output is above. Command: {' '.join(cmd)}")
+        raise BundleError(
+            f"bundle build: pip failed (exit status {rc}) while {what}; its "
+            f"output is above. Command: {' '.join(cmd)}"
+        )
 
 
 def write_records(out: Path, *, variant: str) -> list[Package]:
@@ -198,27 +238,36 @@ def write_records(out: Path, *, variant: str) -> list[Package]:
     files = sorted(p for p in (out / WHEELS).iterdir())
     strays = [p.name for p in files if p.suffix != ".whl"]
     if strays:
-        raise BundleError(f"{out / WHEELS}: not wheels: {', '.join(strays)}; a bundle holds "
-                          f"wheels only.")
+        raise BundleError(f"{out / WHEELS}: not wheels: {', '.join(strays)}; a bundle holds wheels only.")
     packages = [_package(p) for p in files]
     packages.sort(key=lambda p: canonical_name(p.name))
-    (out / LOCK).write_text("".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n"
-                                    for p in packages), encoding="utf-8")
-    manifest = {"format": 1, "variant": variant, "target": target_tags(),
-                "packages": [vars(p) for p in packages]}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
+    (out / LOCK).write_text(
+        "".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n" for p in packages), encoding="utf-8"
+    )
+    manifest = {
+        "format": 1,
+        "variant": variant,
+        "target": target_tags(),
+        "packages": [vars(p) for p in packages],
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     listed = sorted(p for p in out.rglob("*") if p.is_file() and p != out / SUMS)
-    (out / SUMS).write_text("".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n"
-                                    for p in listed), encoding="utf-8")
+    (out / SUMS).write_text(
+        "".join(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in listed), encoding="utf-8"
+    )
     return packages
 
 
 def _package(wheel: Path) -> Package:
     meta = wheel_metadata(wheel)
-    return Package(name=meta["Name"], version=meta["Version"], license=license_of(meta),
-                   wheel=f"{WHEELS}/{wheel.name}", sha256=sha256_file(wheel),
-                   size=wheel.stat().st_size)
+    return Package(
+        name=meta["Name"],
+        version=meta["Version"],
+        license=license_of(meta),
+        wheel=f"{WHEELS}/{wheel.name}",
+        sha256=sha256_file(wheel),
+        size=wheel.stat().st_size,
+    )
 
 
 def wheel_metadata(wheel: Path):
@@ -246,8 +295,11 @@ def license_of(meta) -> str:
     text = str(meta.get("License") or "").strip()
     if text and "\n" not in text and len(text) <= 80:
         return text
-    classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or []
-                   if c.startswith("License ::") and c.count(" :: ") >= 1]
+    classifiers = [
+        c.split(" :: ")[-1]
+        for c in meta.get_all("Classifier") or []
+        if c.startswith("License ::") and c.count(" :: ") >= 1
+    ]
     classifiers = [c for c in classifiers if c not in ("OSI Approved", "License")]
     if classifiers:
         return ", ".join(dict.fromkeys(classifiers))

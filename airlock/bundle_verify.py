@@ -21,8 +21,10 @@ from airlock.bundle import (
 )
 
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)"
-                        r"((?:\s+--hash=sha256:[0-9a-f]{64})+)$")
+_LOCK_LINE = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)"
+    r"((?:\s+--hash=sha256:[0-9a-f]{64})+)$"
+)
 
 
 @dataclass
@@ -41,14 +43,18 @@ class BundleReport:
         here = target_tags()
         t = self.target
         same = all(t.get(k) == here[k] for k in ("python", "abi", "platform"))
-        where = ("this Python: the same" if same else
-                 f"this Python is {here['python']}-{here['abi']}-{here['platform']}, "
-                 f"not the target")
+        where = (
+            "this Python: the same"
+            if same
+            else f"this Python is {here['python']}-{here['abi']}-{here['platform']}, not the target"
+        )
         own = f"; {self.project}" if self.project else "; without Sekisho's own wheel"
-        return (f"bundle {self.root}: ok: {self.files} files match {SUMS}; {self.wheels} wheels "
-                f"({self.size / 1e6:.1f} MB), {self.lock_entries} lock entries with matching "
-                f"hashes{own}; target {t.get('python')}-{t.get('abi')}-{t.get('platform')} "
-                f"({where}).")
+        return (
+            f"bundle {self.root}: ok: {self.files} files match {SUMS}; {self.wheels} wheels "
+            f"({self.size / 1e6:.1f} MB), {self.lock_entries} lock entries with matching "
+            f"hashes{own}; target {t.get('python')}-{t.get('abi')}-{t.get('platform')} "
+            f"({where})."
+        )
 
 
 def verify_bundle(root: Path) -> BundleReport:
@@ -60,20 +66,24 @@ def verify_bundle(root: Path) -> BundleReport:
     """
     root = Path(root)
     if not (root / SUMS).is_file():
-        raise BundleError(f"{root / SUMS}: not found; {root} is not a Sekisho bundle (or is "
-                          f"incomplete). Build one with `sekisho bundle build --out DIR`.")
+        raise BundleError(
+            f"{root / SUMS}: not found; {root} is not a Sekisho bundle (or is "
+            f"incomplete). Build one with `sekisho bundle build --out DIR`."
+        )
     problems: list[str] = []
     present = _files(root, problems)
     hashes = {rel: sha256_file(root / rel) for rel in present}
     _check_sums(root, hashes, problems)
     wheels = _check_wheels(root, present, problems)
-    report = BundleReport(root=root, files=len(present), wheels=len(wheels),
-                          size=sum((root / w).stat().st_size for w in wheels))
+    report = BundleReport(
+        root=root, files=len(present), wheels=len(wheels), size=sum((root / w).stat().st_size for w in wheels)
+    )
     _check_lock(root, {w: hashes[w] for w in wheels}, report, problems)
     _read_manifest(root, report, problems)
     if problems:
-        raise BundleError(f"{root}: the bundle failed verification, install nothing from it: "
-                          + "; ".join(problems) + ".")
+        raise BundleError(
+            f"{root}: the bundle failed verification, install nothing from it: " + "; ".join(problems) + "."
+        )
     return report
 
 
@@ -111,8 +121,10 @@ def _check_wheels(root: Path, present: list[str], problems: list[str]) -> list[s
         if rel in (LOCK, MANIFEST):
             continue
         if not (rel.startswith(f"{WHEELS}/") and rel.count("/") == 1 and rel.endswith(".whl")):
-            problems.append(f"{rel}: not a wheel (sdists and other files are refused: they "
-                            f"would run build code on install)")
+            problems.append(
+                f"{rel}: not a wheel (sdists and other files are refused: they "
+                f"would run build code on install)"
+            )
             continue
         try:
             wheel_metadata(root / rel)
@@ -123,8 +135,7 @@ def _check_wheels(root: Path, present: list[str], problems: list[str]) -> list[s
     return wheels
 
 
-def _check_lock(root: Path, wheels: dict[str, str], report: BundleReport,
-                problems: list[str]) -> None:
+def _check_lock(root: Path, wheels: dict[str, str], report: BundleReport, problems: list[str]) -> None:
     from packaging.utils import (
         InvalidWheelFilename,
         canonicalize_name,

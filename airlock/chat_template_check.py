@@ -89,12 +89,18 @@ def special_tokens(folder: Path) -> dict[str, str]:
 def _limit_memory(max_bytes: int):
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
     return apply
 
 
-def render_sandboxed(template: str, tokens: dict[str, str], timeout_s: float = 5.0,
-                     max_memory_bytes: int = 1 << 30, max_output_chars: int = 1 << 20,
-                     messages: list[dict] | None = None) -> str:
+def render_sandboxed(
+    template: str,
+    tokens: dict[str, str],
+    timeout_s: float = 5.0,
+    max_memory_bytes: int = 1 << 30,
+    max_output_chars: int = 1 << 20,
+    messages: list[dict] | None = None,
+) -> str:
     """Render `template` on a sample conversation in a sandboxed, time- and
     memory-limited interpreter.
 
@@ -105,12 +111,24 @@ def render_sandboxed(template: str, tokens: dict[str, str], timeout_s: float = 5
         RuntimeError: the template raised, timed out, ran out of memory or
             rendered too much; the message says which.
     """
-    request = json.dumps({"template": template, "messages": messages or SAMPLE_CONVERSATION,
-                          "tokens": tokens, "max_output": max_output_chars})
+    request = json.dumps(
+        {
+            "template": template,
+            "messages": messages or SAMPLE_CONVERSATION,
+            "tokens": tokens,
+            "max_output": max_output_chars,
+        }
+    )
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", _RENDERER], input=request, text=True,
-                              capture_output=True, timeout=timeout_s, check=False,
-                              preexec_fn=_limit_memory(max_memory_bytes))
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _RENDERER],
+            input=request,
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+            preexec_fn=_limit_memory(max_memory_bytes),
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"rendering did not finish within {timeout_s:g} s (a loop?)") from None
     if done.returncode != 0:
@@ -121,8 +139,9 @@ def render_sandboxed(template: str, tokens: dict[str, str], timeout_s: float = 5
     return json.loads(done.stdout)
 
 
-def check_chat_templates(folder: str | Path, max_bytes: int = 64 * 1024,
-                         timeout_s: float = 5.0) -> dict[str, int]:
+def check_chat_templates(
+    folder: str | Path, max_bytes: int = 64 * 1024, timeout_s: float = 5.0
+) -> dict[str, int]:
     """Check every chat template in a model folder.
 
     Args:
@@ -143,12 +162,15 @@ def check_chat_templates(folder: str | Path, max_bytes: int = 64 * 1024,
         where = folder / key
         size = len(template.encode("utf-8"))
         if size > max_bytes:
-            raise ModelImportRefused(f"{where}: refused: chat template is {size} bytes, over the "
-                                     f"{max_bytes}-byte limit.")
+            raise ModelImportRefused(
+                f"{where}: refused: chat template is {size} bytes, over the {max_bytes}-byte limit."
+            )
         try:
             render_sandboxed(template, tokens, timeout_s)
         except RuntimeError as exc:
-            raise ModelImportRefused(f"{where}: refused: chat template does not render a sample "
-                                     f"conversation in the sandbox: {exc}.") from None
+            raise ModelImportRefused(
+                f"{where}: refused: chat template does not render a sample "
+                f"conversation in the sandbox: {exc}."
+            ) from None
         sizes[key] = size
     return sizes

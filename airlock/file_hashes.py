@@ -50,13 +50,25 @@ def _progress(enabled: bool | None):
     )
 
     enabled = sys.stderr.isatty() if enabled is None else enabled
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    console=Console(stderr=True), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        console=Console(stderr=True),
+        transient=False,
+    )
 
 
-def hash_tree(root: str | Path, files: list[Path], copy_to: str | Path | None = None,
-              progress: bool | None = None, chunk_bytes: int = CHUNK_BYTES) -> TreeHashes:
+def hash_tree(
+    root: str | Path,
+    files: list[Path],
+    copy_to: str | Path | None = None,
+    progress: bool | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> TreeHashes:
     """Hash `files` (under `root`, in `registry.dir_sha256` order), copying each to
     the same relative path under `copy_to` when given, in one read of each file.
 
@@ -124,8 +136,10 @@ def read_manifest(path: str | Path) -> dict[str, str]:
             continue
         m = _MANIFEST_LINE.match(line)
         if not m:
-            raise ModelImportRefused(f"{path}:{i}: refused: not a sha256sum line "
-                                     "(expected 64 hex digits, two spaces, a file name).")
+            raise ModelImportRefused(
+                f"{path}:{i}: refused: not a sha256sum line "
+                "(expected 64 hex digits, two spaces, a file name)."
+            )
         name = m.group(2).removeprefix("./")
         if name in entries:
             raise ModelImportRefused(f"{path}:{i}: refused: {name} is listed twice.")
@@ -133,8 +147,9 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     return entries
 
 
-def check_manifest_names(manifest: dict[str, str], root: Path, files: list[Path],
-                         manifest_path: Path) -> None:
+def check_manifest_names(
+    manifest: dict[str, str], root: Path, files: list[Path], manifest_path: Path
+) -> None:
     """Before any byte is hashed: the folder holds exactly the files the manifest lists.
 
     Raises:
@@ -145,8 +160,10 @@ def check_manifest_names(manifest: dict[str, str], root: Path, files: list[Path]
         raise ModelImportRefused(f"{root / rel}: refused: not listed in the manifest {manifest_path}.")
     missing = sorted(set(manifest) - present)
     if missing:
-        raise ModelImportRefused(f"{root / missing[0]}: refused: listed in the manifest "
-                                 f"{manifest_path} but not in the folder ({len(missing)} missing).")
+        raise ModelImportRefused(
+            f"{root / missing[0]}: refused: listed in the manifest "
+            f"{manifest_path} but not in the folder ({len(missing)} missing)."
+        )
 
 
 def check_manifest(manifest: dict[str, str], hashes: TreeHashes, root: Path, manifest_path: Path) -> None:
@@ -161,8 +178,11 @@ def check_manifest(manifest: dict[str, str], hashes: TreeHashes, root: Path, man
         if manifest[rel] != digest:
             raise ModelImportRefused(
                 f"{root / rel}: refused: SHA-256 {digest} does not match {manifest[rel]} in the "
-                f"manifest {manifest_path}; the file was changed or damaged on the way.")
+                f"manifest {manifest_path}; the file was changed or damaged on the way."
+            )
     missing = sorted(set(manifest) - set(hashes.files))
     if missing:
-        raise ModelImportRefused(f"{root / missing[0]}: refused: listed in the manifest "
-                                 f"{manifest_path} but not in the folder ({len(missing)} missing).")
+        raise ModelImportRefused(
+            f"{root / missing[0]}: refused: listed in the manifest "
+            f"{manifest_path} but not in the folder ({len(missing)} missing)."
+        )

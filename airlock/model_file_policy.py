@@ -82,8 +82,11 @@ def select_files(folder: str | Path, exclude: tuple[str, ...] | list[str] = ()) 
         else:
             out.files.append(p)
     if refused:
-        raise ModelImportRefused(f"{root}: {len(refused)} file(s) may not enter the store:\n  "
-                                 + "\n  ".join(refused) + _exclude_hint(root, refused))
+        raise ModelImportRefused(
+            f"{root}: {len(refused)} file(s) may not enter the store:\n  "
+            + "\n  ".join(refused)
+            + _exclude_hint(root, refused)
+        )
     if not out.files:
         raise ModelImportRefused(f"{root}: refused: the folder holds no model files.")
     return out
@@ -97,13 +100,19 @@ def _name_problem(p: Path) -> str | None:
         return "not a regular file (a pipe, socket or device)"
     suffix = p.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        return (f"{suffix} is a pickle format, which runs code when loaded; convert the weights to "
-                "safetensors before import")
+        return (
+            f"{suffix} is a pickle format, which runs code when loaded; convert the weights to "
+            "safetensors before import"
+        )
     if suffix in CODE_SUFFIXES:
-        return f"{suffix} files are code; models that need their own code (trust_remote_code) are not imported"
+        return (
+            f"{suffix} files are code; models that need their own code (trust_remote_code) are not imported"
+        )
     if suffix not in ACCEPTED_SUFFIXES:
-        return (f"{suffix} is not an accepted model file type "
-                f"(accepted: {', '.join(sorted(s for s in ACCEPTED_SUFFIXES if s))})")
+        return (
+            f"{suffix} is not an accepted model file type "
+            f"(accepted: {', '.join(sorted(s for s in ACCEPTED_SUFFIXES if s))})"
+        )
     return None
 
 
@@ -125,8 +134,11 @@ def _walk(value, path: Path, where: str) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
             if key in REMOTE_CODE_KEYS and inner not in (False, None, {}, []):
-                raise _refuse(path, f"{where}{key} asks for remote code (a loader would import "
-                                    f"{inner!r} from the model folder or the hub)")
+                raise _refuse(
+                    path,
+                    f"{where}{key} asks for remote code (a loader would import "
+                    f"{inner!r} from the model folder or the hub)",
+                )
             _walk(inner, path, f"{where}{key}.")
     elif isinstance(value, list):
         for i, inner in enumerate(value):

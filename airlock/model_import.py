@@ -38,17 +38,27 @@ from airlock.vllm_architectures import check_architecture
 from experiments import tracking
 from foundation import StrictConfig, UserError
 
-TOKENIZER_FILES = [("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
-                   ("tokenizer.tiktoken",)]
+TOKENIZER_FILES = [
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("tokenizer.tiktoken",),
+]
 MAX_TAG_CHARS = 100_000  # MLflow's limit for a model version tag value
 
 
 class ImportPolicy(StrictConfig):
     """Limits applied to a model at import."""
 
-    max_chat_template_bytes: int = Field(64 * 1024, gt=0, description="Largest chat template accepted (UTF-8 bytes).")
-    chat_template_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest a chat template may take to render the sample conversation.")
-    max_safetensors_header_bytes: int = Field(MAX_HEADER_BYTES, gt=0, le=MAX_HEADER_BYTES, description="Largest safetensors header accepted.")
+    max_chat_template_bytes: int = Field(
+        64 * 1024, gt=0, description="Largest chat template accepted (UTF-8 bytes)."
+    )
+    chat_template_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest a chat template may take to render the sample conversation."
+    )
+    max_safetensors_header_bytes: int = Field(
+        MAX_HEADER_BYTES, gt=0, le=MAX_HEADER_BYTES, description="Largest safetensors header accepted."
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,9 @@ def check_tokenizer(folder: Path) -> None:
     """Raises ModelImportRefused unless the folder holds a tokenizer vLLM can load."""
     if not any(all((folder / n).is_file() for n in names) for names in TOKENIZER_FILES):
         wanted = " or ".join("+".join(names) for names in TOKENIZER_FILES)
-        raise ModelImportRefused(f"{folder}: refused: no tokenizer ({wanted}); vLLM cannot "
-                                 "serve a model without one.")
+        raise ModelImportRefused(
+            f"{folder}: refused: no tokenizer ({wanted}); vLLM cannot serve a model without one."
+        )
 
 
 def check_weight_index(folder: Path, weights: list[Path]) -> None:
@@ -89,8 +100,10 @@ def check_weight_index(folder: Path, weights: list[Path]) -> None:
         names: dict[str, frozenset[str]] = {}
         for tensor, shard in sorted(weight_map.items()):
             if shard not in shards:
-                raise ModelImportRefused(f"{index}: refused: tensor {tensor!r} is mapped to "
-                                         f"{shard!r}, which is not a safetensors file in the folder.")
+                raise ModelImportRefused(
+                    f"{index}: refused: tensor {tensor!r} is mapped to "
+                    f"{shard!r}, which is not a safetensors file in the folder."
+                )
             if shard not in names:
                 names[shard] = read_header(shards[shard]).names
             if tensor not in names[shard]:
@@ -126,9 +139,15 @@ def _recheck_copy(staged: Path, src: Path, policy: ImportPolicy) -> None:
         raise ModelImportRefused(str(exc).replace(str(staged), str(src))) from None
 
 
-def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
-                 policy: ImportPolicy | None = None, progress: bool | None = None,
-                 exclude: tuple[str, ...] | list[str] = (), alias: str | None = None) -> ImportedModel:
+def import_model(
+    src: str | Path,
+    name: str,
+    manifest: str | Path | None = None,
+    policy: ImportPolicy | None = None,
+    progress: bool | None = None,
+    exclude: tuple[str, ...] | list[str] = (),
+    alias: str | None = None,
+) -> ImportedModel:
     """Check a model folder, copy it into the store and register a base-model version.
 
     Args:
@@ -156,8 +175,11 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
     expected = read_manifest(manifest_path) if manifest_path else None
     if expected is not None:  # documents and left-out files are not stored, so not checked
         kept_out = {d.relative_to(src).as_posix() for d in chosen.documents} | set(chosen.left_out)
-        expected = {rel: h for rel, h in expected.items()
-                    if rel not in kept_out and not rel.startswith(tuple(chosen.left_out))}
+        expected = {
+            rel: h
+            for rel, h in expected.items()
+            if rel not in kept_out and not rel.startswith(tuple(chosen.left_out))
+        }
         check_manifest_names(expected, src, files, manifest_path)
     _refuse_other_kind(name)
     archs = check_model_folder(src, files, policy)
@@ -167,18 +189,28 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
         if expected is not None:
             check_manifest(expected, hashes, src, manifest_path)
         _recheck_copy(staged, src, policy)
-        record = {"format": 1, "content_sha256": hashes.content_sha256,
-                  "files": {rel: file_record(staged / rel, sha, hashes.sizes[rel])
-                            for rel, sha in hashes.files.items()}}
+        record = {
+            "format": 1,
+            "content_sha256": hashes.content_sha256,
+            "files": {
+                rel: file_record(staged / rel, sha, hashes.sizes[rel]) for rel, sha in hashes.files.items()
+            },
+        }
         folder, record_sha = commit(staged, record)
     except BaseException:
         if staged.exists():
             discard(staged)
         raise
-    tags = {"kind": "base", "content_sha256": hashes.content_sha256,
-            "import_record_sha256": record_sha, "store_path": str(folder),
-            "architecture": ",".join(archs), "file_count": str(len(files)),
-            "total_bytes": str(hashes.total_bytes), "imported_from": str(src)}
+    tags = {
+        "kind": "base",
+        "content_sha256": hashes.content_sha256,
+        "import_record_sha256": record_sha,
+        "store_path": str(folder),
+        "architecture": ",".join(archs),
+        "file_count": str(len(files)),
+        "total_bytes": str(hashes.total_bytes),
+        "imported_from": str(src),
+    }
     if manifest_path:
         tags["manifest"] = str(manifest_path)
     sums = "".join(f"{sha}  {rel}\n" for rel, sha in hashes.files.items())
@@ -189,8 +221,17 @@ def import_model(src: str | Path, name: str, manifest: str | Path | None = None,
         from experiments import set_alias
 
         set_alias(name, alias, version)
-    return ImportedModel(name, version, folder, hashes.content_sha256, archs, hashes,
-                         [d.relative_to(src).as_posix() for d in documents], chosen.left_out, alias)
+    return ImportedModel(
+        name,
+        version,
+        folder,
+        hashes.content_sha256,
+        archs,
+        hashes,
+        [d.relative_to(src).as_posix() for d in documents],
+        chosen.left_out,
+        alias,
+    )
 
 
 def _refuse_other_kind(name: str) -> None:
@@ -203,12 +244,19 @@ def _refuse_other_kind(name: str) -> None:
     except mlflow.exceptions.MlflowException:
         return
     if kind != "base":
-        raise UserError(f"{name}: already registered as kind={kind}; import base models under "
-                        "another name.")
+        raise UserError(f"{name}: already registered as kind={kind}; import base models under another name.")
 
 
-def _register(name: str, folder: Path, tags: dict[str, str], record: dict, sums: str,
-              hashes: TreeHashes, src: Path, documents: list[Path]) -> str:
+def _register(
+    name: str,
+    folder: Path,
+    tags: dict[str, str],
+    record: dict,
+    sums: str,
+    hashes: TreeHashes,
+    src: Path,
+    documents: list[Path],
+) -> str:
     import mlflow
     from mlflow import MlflowClient
 
@@ -216,8 +264,13 @@ def _register(name: str, folder: Path, tags: dict[str, str], record: dict, sums:
     client = MlflowClient()
     with mlflow.start_run(run_name=f"import-{name}") as run:
         mlflow.log_params({"source": tags["imported_from"], "files": tags["file_count"]})
-        mlflow.log_metrics({"total_bytes": hashes.total_bytes, "hash_seconds": hashes.seconds,
-                            "hash_mb_per_s": hashes.mb_per_s})
+        mlflow.log_metrics(
+            {
+                "total_bytes": hashes.total_bytes,
+                "hash_seconds": hashes.seconds,
+                "hash_mb_per_s": hashes.mb_per_s,
+            }
+        )
         mlflow.log_text(record_bytes(record).decode(), "import/record.json")
         mlflow.log_text(sums, "import/SHA256SUMS")
         for doc in documents:  # the licence and model card travel with the version, outside the store

@@ -58,8 +58,11 @@ def chunk_sha256(path: Path, offset: int, length: int) -> str:
 
 def file_record(path: Path, sha256: str, size: int) -> dict:
     """What import records about one file (path is the store copy)."""
-    rec = {"size": size, "sha256": sha256,
-           "samples": [[o, n, chunk_sha256(path, o, n)] for o, n in sample_spans(size)]}
+    rec = {
+        "size": size,
+        "sha256": sha256,
+        "samples": [[o, n, chunk_sha256(path, o, n)] for o, n in sample_spans(size)],
+    }
     if path.suffix == ".safetensors":
         rec["header_sha256"] = read_header(path).header_sha256
     return rec
@@ -78,10 +81,12 @@ def _make_read_only(folder: Path) -> None:
 
 def discard(folder: Path) -> None:
     """Remove a staging copy, read-only parts included."""
+
     def force(func, path, _exc_info):
         Path(path).parent.chmod(0o755)
         Path(path).chmod(0o755)
         func(path)
+
     shutil.rmtree(folder, onerror=force)
 
 

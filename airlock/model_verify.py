@@ -48,23 +48,31 @@ def load_record(mv) -> tuple[Path, dict]:
     ref = f"{mv.name}/{mv.version}"
     sha, rec_sha = mv.tags.get("content_sha256"), mv.tags.get("import_record_sha256")
     if not sha or not rec_sha:
-        raise ModelNotInStoreError(f"{ref}: not in the model store (it was not brought in with "
-                                   "`sekisho models import`); refusing to load it.")
+        raise ModelNotInStoreError(
+            f"{ref}: not in the model store (it was not brought in with "
+            "`sekisho models import`); refusing to load it."
+        )
     folder = store_root() / "sha256" / sha
     record_path = store_root() / "records" / f"{sha}.json"
     if not folder.is_dir() or not record_path.is_file():
-        raise ModelNotInStoreError(f"{ref}: its store copy {folder} or record {record_path} is "
-                                   f"missing (store: {store_root()}); refusing to load it.")
+        raise ModelNotInStoreError(
+            f"{ref}: its store copy {folder} or record {record_path} is "
+            f"missing (store: {store_root()}); refusing to load it."
+        )
     data = record_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != rec_sha:
-        raise ModelIntegrityError(f"{record_path}: the import record of {ref} was changed after "
-                                  "import; refusing to trust the store copy.")
+        raise ModelIntegrityError(
+            f"{record_path}: the import record of {ref} was changed after "
+            "import; refusing to trust the store copy."
+        )
     return folder, json.loads(data)
 
 
 def _changed(ref: str, path: Path, what: str) -> ModelIntegrityError:
-    return ModelIntegrityError(f"{path}: {what} since {ref} was imported; refusing to load it "
-                               f"(run `sekisho models verify {ref}`, then re-import the model).")
+    return ModelIntegrityError(
+        f"{path}: {what} since {ref} was imported; refusing to load it "
+        f"(run `sekisho models verify {ref}`, then re-import the model)."
+    )
 
 
 def _same_file_set(ref: str, folder: Path, record: dict) -> None:
@@ -106,8 +114,15 @@ def verify_store_copy(model_version) -> StoredModel:
         for offset, length, digest in rec["samples"]:
             if chunk_sha256(path, offset, length) != digest:
                 raise _changed(ref, path, f"bytes {offset}..{offset + length} changed")
-    return StoredModel(mv.name, str(mv.version), folder, record["content_sha256"], dict(mv.tags),
-                       len(record["files"]), sum(r["size"] for r in record["files"].values()))
+    return StoredModel(
+        mv.name,
+        str(mv.version),
+        folder,
+        record["content_sha256"],
+        dict(mv.tags),
+        len(record["files"]),
+        sum(r["size"] for r in record["files"].values()),
+    )
 
 
 def verify_all_bytes(model_version, progress: bool | None = None) -> StoredModel:
@@ -125,8 +140,9 @@ def verify_all_bytes(model_version, progress: bool | None = None) -> StoredModel
     hashes = hash_tree(stored.path, files, progress=progress)
     for rel, rec in record["files"].items():
         if hashes.files[rel] != rec["sha256"]:
-            raise _changed(ref, stored.path / rel, f"its SHA-256 changed from {rec['sha256']} "
-                                                   f"to {hashes.files[rel]}")
+            raise _changed(
+                ref, stored.path / rel, f"its SHA-256 changed from {rec['sha256']} to {hashes.files[rel]}"
+            )
     if hashes.content_sha256 != stored.content_sha256:
         raise _changed(ref, stored.path, "the folder's content hash changed")
     return stored
@@ -144,6 +160,7 @@ def load(ref: str, dst: str | Path | None = None) -> ResolvedModel:
     mv = registry.get_version(ref)
     if mv.tags.get("import_record_sha256"):
         stored = verify_store_copy(mv)
-        return ResolvedModel(stored.name, str(stored.version), stored.path, stored.content_sha256,
-                             dict(stored.tags))
+        return ResolvedModel(
+            stored.name, str(stored.version), stored.path, stored.content_sha256, dict(stored.tags)
+        )
     return registry.resolve(f"{mv.name}/{mv.version}", dst)

@@ -20,9 +20,26 @@ from airlock.errors import ModelImportRefused
 
 # Bits per element of every dtype safetensors 0.8 defines.
 DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
-    "F64": 64, "I64": 64, "U64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+    "C64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 
@@ -68,13 +85,20 @@ def _tensor_bytes(path: Path, name: str, info) -> tuple[int, int]:
         raise _refuse(path, f"tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise _refuse(path, f"tensor {name!r} has a bad shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise _refuse(path, f"tensor {name!r} has bad data_offsets {offsets!r}")
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or offsets[1] - offsets[0] != bits // 8:
-        raise _refuse(path, f"tensor {name!r} claims {dtype}{shape} ({bits / 8:g} bytes) but its "
-                            f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes")
+        raise _refuse(
+            path,
+            f"tensor {name!r} claims {dtype}{shape} ({bits / 8:g} bytes) but its "
+            f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes",
+        )
     return offsets[0], offsets[1]
 
 
@@ -99,8 +123,10 @@ def read_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> S
             raise _refuse(path, f"only {size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", prefix)
         if n > max_header_bytes or n > size - 8:
-            raise _refuse(path, f"header length {n} exceeds the limit ({max_header_bytes}) "
-                                f"or the file size ({size} bytes)")
+            raise _refuse(
+                path,
+                f"header length {n} exceeds the limit ({max_header_bytes}) or the file size ({size} bytes)",
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -122,5 +148,6 @@ def read_header(path: str | Path, max_header_bytes: int = MAX_HEADER_BYTES) -> S
     if cursor != data_bytes:
         raise _refuse(path, f"tensors cover {cursor} bytes but the data section holds {data_bytes}")
     elements = sum(math.prod(info["shape"]) for info in header.values())
-    return SafetensorsHeader(n, hashlib.sha256(prefix + raw).hexdigest(), frozenset(header), data_bytes,
-                             elements)
+    return SafetensorsHeader(
+        n, hashlib.sha256(prefix + raw).hexdigest(), frozenset(header), data_bytes, elements
+    )

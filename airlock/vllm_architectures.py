@@ -37,16 +37,20 @@ def check_architecture(folder: str | Path, supported: frozenset[str] | None = No
     """
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise ModelImportRefused(f"{path}: refused: missing (a model needs config.json naming "
-                                 "its architecture).")
+        raise ModelImportRefused(
+            f"{path}: refused: missing (a model needs config.json naming its architecture)."
+        )
     archs = json.loads(path.read_text(encoding="utf-8")).get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
-        raise ModelImportRefused(f"{path}: refused: `architectures` must be a non-empty list of "
-                                 f"names, got {archs!r}.")
+        raise ModelImportRefused(
+            f"{path}: refused: `architectures` must be a non-empty list of names, got {archs!r}."
+        )
     supported = supported if supported is not None else supported_architectures()
     unknown = [a for a in archs if a not in supported]
     if unknown:
-        raise ModelImportRefused(f"{path}: refused: architecture {unknown[0]!r} is not one the "
-                                 "installed vLLM implements natively (models that need their "
-                                 "own code are not imported).")
+        raise ModelImportRefused(
+            f"{path}: refused: architecture {unknown[0]!r} is not one the "
+            "installed vLLM implements natively (models that need their "
+            "own code are not imported)."
+        )
     return archs

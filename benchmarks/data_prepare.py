@@ -46,7 +46,10 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     kanji = [chr(c) for c in range(0x4E00, 0x4E00 + 2000)]
     kana = [chr(c) for c in range(0x3041, 0x3094)]
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(5000)
+    ]
 
     def ja(n):
         return "".join(rng.choice(kanji) if rng.random() < 0.4 else rng.choice(kana) for _ in range(n)) + "。"
@@ -62,8 +65,15 @@ def write_corpus(path: Path, rows: int, seed: int = 0) -> None:
             else:
                 text = ja if i % 2 else en
                 answer = text(rng.randint(40, 200)) + (" 連絡先は03-1234-5678です。" if i % 10 == 0 else "")
-                line = json.dumps({"messages": [{"role": "user", "content": text(rng.randint(20, 80))},
-                                                {"role": "assistant", "content": answer}]}, ensure_ascii=False)
+                line = json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": text(rng.randint(20, 80))},
+                            {"role": "assistant", "content": answer},
+                        ]
+                    },
+                    ensure_ascii=False,
+                )
                 written.append(line)
             f.write(line + "\n")
 
@@ -102,13 +112,25 @@ def arm_sekisho(corpus: str, tokenizer_dir: str, workers: int) -> dict:
 
     from data import DatasetConfig, prepare
 
-    cfg = DatasetConfig(name="bench", path=corpus, max_length=2048, on_error="skip", workers=workers,
-                        split={"eval_fraction": 0.01}, packing={"enabled": True, "length": 4096})
+    cfg = DatasetConfig(
+        name="bench",
+        path=corpus,
+        max_length=2048,
+        on_error="skip",
+        workers=workers,
+        split={"eval_fraction": 0.01},
+        packing={"enabled": True, "length": 4096},
+    )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         m = prepare(cfg, tokenizer_dir, out)
-    return {"seconds": time.perf_counter() - start, "tokens": m["tokens"], "dropped": m["rows"]["dropped"],
-            "pii": sum(m["pii"].values()), "index_mb": m["dedup_index_bytes"] / 2**20}
+    return {
+        "seconds": time.perf_counter() - start,
+        "tokens": m["tokens"],
+        "dropped": m["rows"]["dropped"],
+        "pii": sum(m["pii"].values()),
+        "index_mb": m["dedup_index_bytes"] / 2**20,
+    }
 
 
 def tree_rss(pid: int) -> int:
@@ -128,8 +150,18 @@ def tree_rss(pid: int) -> int:
 
 
 def run_arm(arm: str, corpus: Path, tokenizer_dir: Path, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--arm", arm, "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir),
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--arm",
+        arm,
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--workers",
+        str(workers),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
@@ -147,7 +179,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="100000,400000", help="two corpus sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2, help="the pipeline's `workers` setting (2: the same cores as num_proc=2)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="the pipeline's `workers` setting (2: the same cores as num_proc=2)",
+    )
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -170,25 +207,39 @@ def main() -> int:
         runs: dict[tuple[str, int], list[dict]] = {}
         for r in range(args.rounds):
             for n in sizes:
-                for arm in (("hf", "sekisho") if r % 2 == 0 else ("sekisho", "hf")):
+                for arm in ("hf", "sekisho") if r % 2 == 0 else ("sekisho", "hf"):
                     res = run_arm(arm, corpora[n], tokenizer_dir, args.workers)
                     runs.setdefault((arm, n), []).append(res)
                     res["tok_s"] = runs[("hf", n)][0]["tokens"] / res["seconds"]  # round 0 runs (a) first
-                    print(f"round {r} rows={n} {arm}: {res['tok_s']:,.0f} tokens/s, {res['seconds']:.1f} s, "
-                          f"peak {res['peak_mb']:.0f} MiB" + (
-                              f", written {res['tokens'] / res['seconds']:,.0f} tokens/s, dedup index "
-                              f"{res['index_mb']:.1f} MiB, dropped {res['dropped']}, pii {res['pii']}"
-                              if arm == "sekisho" else ""), flush=True)
+                    print(
+                        f"round {r} rows={n} {arm}: {res['tok_s']:,.0f} tokens/s, {res['seconds']:.1f} s, "
+                        f"peak {res['peak_mb']:.0f} MiB"
+                        + (
+                            f", written {res['tokens'] / res['seconds']:,.0f} tokens/s, dedup index "
+                            f"{res['index_mb']:.1f} MiB, dropped {res['dropped']}, pii {res['pii']}"
+                            if arm == "sekisho"
+                            else ""
+                        ),
+                        flush=True,
+                    )
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("tok_s", "peak_mb")} for k, v in runs.items()}
     for n in sizes:
         a, b = med[("hf", n)], med[("sekisho", n)]
-        print(f"rows={n}: (a) hf {a['tok_s']:,.0f} tokens/s peak {a['peak_mb']:.0f} MiB | (b) sekisho "
-              f"{b['tok_s']:,.0f} tokens/s peak {b['peak_mb']:.0f} MiB | (b)/(a) {b['tok_s'] / a['tok_s']:.2f}")
+        print(
+            f"rows={n}: (a) hf {a['tok_s']:,.0f} tokens/s peak {a['peak_mb']:.0f} MiB | (b) sekisho "
+            f"{b['tok_s']:,.0f} tokens/s peak {b['peak_mb']:.0f} MiB | (b)/(a) {b['tok_s'] / a['tok_s']:.2f}"
+        )
     small, large = sizes[0], sizes[-1]
-    growth = (med[("sekisho", large)]["peak_mb"] - med[("sekisho", small)]["peak_mb"]) * 2**20 / (large - small)
-    print(f"pipeline_peak_growth_bytes_per_row={growth:.0f} target=<=100 {'pass' if growth <= 100 else 'fail'}")
+    growth = (
+        (med[("sekisho", large)]["peak_mb"] - med[("sekisho", small)]["peak_mb"]) * 2**20 / (large - small)
+    )
+    print(
+        f"pipeline_peak_growth_bytes_per_row={growth:.0f} target=<=100 {'pass' if growth <= 100 else 'fail'}"
+    )
     ratio = med[("sekisho", large)]["tok_s"] / med[("hf", large)]["tok_s"]
-    print(f"result: pipeline_vs_hf_tokens_per_s={ratio:.2f} target=>=1.0 {'pass' if ratio >= 1.0 else 'fail'}")
+    print(
+        f"result: pipeline_vs_hf_tokens_per_s={ratio:.2f} target=>=1.0 {'pass' if ratio >= 1.0 else 'fail'}"
+    )
     return 0
 
 

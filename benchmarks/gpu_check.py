@@ -43,10 +43,25 @@ PEAK_ENV = "SEKISHO_PEAK_FLOPS"
 # Dense bf16 tensor-core peaks (vendor data sheets), most specific name first.
 PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]
 # Llama-3.2-1B (tied embeddings), and the dry run's stand-in.
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0)
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=256, vocab_size=512, tie_word_embeddings=True)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    rope_theta=500000.0,
+)
+TINY = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=256,
+    vocab_size=512,
+    tie_word_embeddings=True,
+)
 
 
 def peak_flops(device_name: str) -> float | None:
@@ -65,10 +80,11 @@ def write_model_and_rows(work: Path, shape: dict, seq_len: int, rows: int, on_gp
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**shape, max_position_embeddings=max(seq_len, 2048), pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        **shape, max_position_embeddings=max(seq_len, 2048), pad_token_id=0, bos_token_id=1, eos_token_id=2
+    )
     torch.manual_seed(0)
-    with torch.device("cuda" if on_gpu else "cpu"):   # initialising 1B weights on a CPU takes a minute
+    with torch.device("cuda" if on_gpu else "cpu"):  # initialising 1B weights on a CPU takes a minute
         model = LlamaForCausalLM(config).to(torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(work / "model", safe_serialization=True)
     del model
@@ -77,11 +93,14 @@ def write_model_and_rows(work: Path, shape: dict, seq_len: int, rows: int, on_gp
     for _ in range(rows):
         lengths = []
         while sum(lengths) < seq_len:
-            lengths.append(min(int(torch.randint(64, max(65, seq_len // 2), (1,), generator=g)),
-                               seq_len - sum(lengths)))
+            lengths.append(
+                min(int(torch.randint(64, max(65, seq_len // 2), (1,), generator=g)), seq_len - sum(lengths))
+            )
         ids.append(torch.randint(3, shape["vocab_size"], (seq_len,), generator=g).tolist())
         pos.append([p for n in lengths for p in range(n)])
-    pq.write_table(pa.table({"input_ids": ids, "labels": ids, "position_ids": pos}), str(work / "tokens.parquet"))
+    pq.write_table(
+        pa.table({"input_ids": ids, "labels": ids, "position_ids": pos}), str(work / "tokens.parquet")
+    )
     return work / "model", work / "tokens.parquet"
 
 
@@ -141,32 +160,51 @@ def run_recipe(kind: str, model_dir: Path, tokens: Path, args, on_gpu: bool) -> 
     after the first), peak memory (GB) and parameter count."""
     import torch
 
-    common = dict(name=f"gpu-check-{kind}", base_model="b@p", dataset="d.yaml", register_as="m", seed=0,
-                  log_every=args.log_every, gradient_checkpointing=False,
-                  optim={"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": 1, "lr": 1e-5},
-                  scaling={"use_gpu": on_gpu, "cpus_per_worker": os.cpu_count() or 1},
-                  plan={"model_shape": "llama-3.2-1b", "seq_len": args.seq_len})
+    common = dict(
+        name=f"gpu-check-{kind}",
+        base_model="b@p",
+        dataset="d.yaml",
+        register_as="m",
+        seed=0,
+        log_every=args.log_every,
+        gradient_checkpointing=False,
+        optim={"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": 1, "lr": 1e-5},
+        scaling={"use_gpu": on_gpu, "cpus_per_worker": os.cpu_count() or 1},
+        plan={"model_shape": "llama-3.2-1b", "seq_len": args.seq_len},
+    )
     has_deepspeed = importlib.util.find_spec("deepspeed") is not None
     if kind == "lora":
         recipe, path = LoraRecipe(LoraJobConfig(**common)), "peft-lora"
     elif has_deepspeed and not args.no_deepspeed:
-        recipe, path = FullRecipe(FullJobConfig(recipe="sft_full", deepspeed={"zero_stage": 2}, **common)), \
-            "deepspeed-zero2"
+        recipe, path = (
+            FullRecipe(FullJobConfig(recipe="sft_full", deepspeed={"zero_stage": 2}, **common)),
+            "deepspeed-zero2",
+        )
     else:
         # zero_stage 0 is the config of a replicated model (what estimate_memory sizes it as).
-        recipe, path = TorchFullRecipe(FullJobConfig(recipe="sft_full", deepspeed={"zero_stage": 0}, **common)), \
-            "torch-adamw"
+        recipe, path = (
+            TorchFullRecipe(FullJobConfig(recipe="sft_full", deepspeed={"zero_stage": 0}, **common)),
+            "torch-adamw",
+        )
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     windows: list[dict] = []
     recipe.setup(model_dir, tokens)
     recipe.train(on_metrics=lambda m, step: windows.append(m))
     # The loop resets the CUDA peak at every logged step and logs each window's (GiB).
-    peak = (max(m["gpu_mem_max_allocated_gb"] for m in windows) * 2 ** 30 / GB if on_gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
+    peak = (
+        max(m["gpu_mem_max_allocated_gb"] for m in windows) * 2**30 / GB
+        if on_gpu
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
+    )
     steady = [m["tokens_per_s"] for m in windows[1:] or windows]
-    out = {"tokens_per_s": sum(steady) / len(steady), "peak_gb": peak, "params": recipe.n_params, "path": path,
-           "cfg": recipe.cfg}
+    out = {
+        "tokens_per_s": sum(steady) / len(steady),
+        "peak_gb": peak,
+        "params": recipe.n_params,
+        "path": path,
+        "cfg": recipe.cfg,
+    }
     recipe.cleanup()
     return out
 
@@ -174,11 +212,27 @@ def run_recipe(kind: str, model_dir: Path, tokens: Path, args, on_gpu: bool) -> 
 def estimate_gb(cfg, shape: dict) -> float:
     """`train.estimate_memory`'s per-GPU figure for this check's model and batch."""
     kv = shape["hidden_size"] // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    params = (shape["vocab_size"] * shape["hidden_size"] * (1 if shape["tie_word_embeddings"] else 2)
-              + shape["num_hidden_layers"] * (2 * shape["hidden_size"] ** 2 + 2 * shape["hidden_size"] * kv
-                                              + 3 * shape["hidden_size"] * shape["intermediate_size"]))
-    return estimate_memory(cfg, ModelShape(params, shape["hidden_size"], shape["num_hidden_layers"],
-                                           shape["intermediate_size"], kv, shape["vocab_size"])).per_gpu / GB
+    params = shape["vocab_size"] * shape["hidden_size"] * (1 if shape["tie_word_embeddings"] else 2) + shape[
+        "num_hidden_layers"
+    ] * (
+        2 * shape["hidden_size"] ** 2
+        + 2 * shape["hidden_size"] * kv
+        + 3 * shape["hidden_size"] * shape["intermediate_size"]
+    )
+    return (
+        estimate_memory(
+            cfg,
+            ModelShape(
+                params,
+                shape["hidden_size"],
+                shape["num_hidden_layers"],
+                shape["intermediate_size"],
+                kv,
+                shape["vocab_size"],
+            ),
+        ).per_gpu
+        / GB
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per recipe (default: 30; dry run 4)")
     p.add_argument("--batch-size", type=int, help="packed rows per step (default: 4; dry run 2)")
     p.add_argument("--seq-len", type=int, help="tokens per packed row (default: 2048; dry run 128)")
-    p.add_argument("--no-deepspeed", action="store_true", help="full recipe with torch AdamW even if DeepSpeed is there")
+    p.add_argument(
+        "--no-deepspeed", action="store_true", help="full recipe with torch AdamW even if DeepSpeed is there"
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -202,17 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     shape = TINY if args.dry_run else LLAMA_1B
     device = torch.cuda.get_device_name() if on_gpu else "cpu"
     peak = peak_flops(device) if on_gpu else None
-    print(f"device: {device}, peak bf16 FLOP/s: {f'{peak:.3g}' if peak else 'unknown (set ' + PEAK_ENV + ')'}")
+    print(
+        f"device: {device}, peak bf16 FLOP/s: {f'{peak:.3g}' if peak else 'unknown (set ' + PEAK_ENV + ')'}"
+    )
     start, mfu = time.perf_counter(), {}
     with tempfile.TemporaryDirectory(prefix="sekisho-gpu-check-") as tmp:
         model_dir, tokens = write_model_and_rows(Path(tmp), shape, args.seq_len, 8 * args.batch_size, on_gpu)
         for kind in ("lora", "full"):
             r = run_recipe(kind, model_dir, tokens, args, on_gpu)
             mfu[kind] = 6 * r["params"] * r["tokens_per_s"] / peak if peak else None
-            print(f"{kind}: path={r['path']} params={r['params']:.3g} tokens/s={r['tokens_per_s']:.0f} "
-                  f"peak_mem_gb={r['peak_gb']:.2f} ({'GPU allocated' if on_gpu else 'process RSS'}; "
-                  f"estimate {estimate_gb(r['cfg'], shape):.1f} per GPU) "
-                  f"mfu={'n/a' if mfu[kind] is None else f'{mfu[kind]:.3f}'}", flush=True)
+            print(
+                f"{kind}: path={r['path']} params={r['params']:.3g} tokens/s={r['tokens_per_s']:.0f} "
+                f"peak_mem_gb={r['peak_gb']:.2f} ({'GPU allocated' if on_gpu else 'process RSS'}; "
+                f"estimate {estimate_gb(r['cfg'], shape):.1f} per GPU) "
+                f"mfu={'n/a' if mfu[kind] is None else f'{mfu[kind]:.3f}'}",
+                flush=True,
+            )
     print(f"elapsed: {time.perf_counter() - start:.0f} s")
     full = mfu["full"]
     if full is None:

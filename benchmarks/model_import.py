@@ -31,14 +31,15 @@ TARGET_RATIO = 0.9  # the importer hashes at >= 90% of sha256sum's speed
 def write_shard(path: Path, nbytes: int) -> None:
     """One safetensors file holding a single F16 tensor of random data."""
     rows = nbytes // (2 * 4096)
-    header = json.dumps({"w": {"dtype": "F16", "shape": [rows, 4096],
-                               "data_offsets": [0, rows * 4096 * 2]}}).encode()
+    header = json.dumps(
+        {"w": {"dtype": "F16", "shape": [rows, 4096], "data_offsets": [0, rows * 4096 * 2]}}
+    ).encode()
     with path.open("wb") as fh:
         fh.write(struct.pack("<Q", len(header)) + header)
         block = os.urandom(64 << 20)
         left = rows * 4096 * 2
         while left:
-            fh.write(block[:min(left, len(block))])
+            fh.write(block[: min(left, len(block))])
             left -= min(left, len(block))
 
 
@@ -85,16 +86,19 @@ def main() -> None:
             arms["importer"].append(time_importer_hash(model, files))
         med = {k: statistics.median(v) for k, v in arms.items()}
         for k, v in arms.items():
-            print(f"{k:10} {total / 1e6 / med[k]:8.0f} MB/s  (runs: "
-                  + ", ".join(f"{t:.2f}s" for t in v) + ")")
+            print(
+                f"{k:10} {total / 1e6 / med[k]:8.0f} MB/s  (runs: " + ", ".join(f"{t:.2f}s" for t in v) + ")"
+            )
 
         from airlock import import_model, verify_all_bytes, verify_store_copy
 
         start = time.perf_counter()
         m = import_model(model, "bench-2gb", progress=False)
         full = time.perf_counter() - start
-        print(f"import     {full:8.2f} s end to end ({total / 1e6 / full:.0f} MB/s; copy+hash pass "
-              f"{m.hashes.seconds:.2f} s, {m.hashes.mb_per_s:.0f} MB/s)")
+        print(
+            f"import     {full:8.2f} s end to end ({total / 1e6 / full:.0f} MB/s; copy+hash pass "
+            f"{m.hashes.seconds:.2f} s, {m.hashes.mb_per_s:.0f} MB/s)"
+        )
         start = time.perf_counter()
         verify_store_copy(f"bench-2gb/{m.version}")
         print(f"load check {time.perf_counter() - start:8.3f} s (sizes, headers, sampled chunks)")

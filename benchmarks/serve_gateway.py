@@ -49,8 +49,16 @@ os.environ["OMP_NUM_THREADS"] = "1"
 CONCURRENCY = (1, 8, 32)
 REQUESTS = {1: 24, 8: 96, 32: 384}  # per timed load: 24, 12 and 12 waves
 OUTPUT_TOKENS = 64
-ENGINE = {"max_model_len": 512, "max_num_seqs": 32, "tensor_parallel_size": 1, "dtype": "float32",
-          "max_loras": 1, "max_lora_rank": 16, "kv_cache_gb": 1, "startup_timeout_s": 600}
+ENGINE = {
+    "max_model_len": 512,
+    "max_num_seqs": 32,
+    "tensor_parallel_size": 1,
+    "dtype": "float32",
+    "max_loras": 1,
+    "max_lora_rank": 16,
+    "kv_cache_gb": 1,
+    "startup_timeout_s": 600,
+}
 AUDIT: list[str] = []  # one line per Sekisho arm run
 PROMPT = [{"role": "user", "content": "第七倉庫の合言葉は何ですか。"}]
 
@@ -64,8 +72,14 @@ def free_port() -> int:
 async def one_request(session, url, headers, model) -> tuple[float, int, float, float]:
     """(time to first token, tokens, mean time between tokens, last token to the
     response's end): where a slower arm loses its time."""
-    body = {"model": model, "messages": PROMPT, "max_tokens": OUTPUT_TOKENS, "stream": True,
-            "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": PROMPT,
+        "max_tokens": OUTPUT_TOKENS,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     start = time.perf_counter()
     ttft, tokens, last = None, 0, start
     async with session.post(url, json=body, headers=headers) as resp:
@@ -97,7 +111,7 @@ def _cpu_ticks() -> tuple[int, int]:
                 st = f.read()
         except OSError:
             continue
-        fields = st[st.rfind(")") + 2:].split()
+        fields = st[st.rfind(")") + 2 :].split()
         procs[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
     ours, frontier = {os.getpid()}, [os.getpid()]
     children: dict[int, list[int]] = {}
@@ -130,7 +144,9 @@ def wait_quiet() -> None:
         if share <= FOREIGN_OK:
             return
         if time.monotonic() >= deadline:
-            print(f"  (other processes still take {share * 100:.0f}% of a core; measuring anyway)", flush=True)
+            print(
+                f"  (other processes still take {share * 100:.0f}% of a core; measuring anyway)", flush=True
+            )
             return
 
 
@@ -160,10 +176,15 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
         wall = time.perf_counter() - start
         _, foreign1 = _cpu_ticks()
     ttfts = sorted(r[0] for r in results)
-    return {"tok_s": sum(r[1] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
-            "itl_p50": statistics.median(r[2] for r in results), "tail_p50": statistics.median(r[3] for r in results),
-            "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))], "requests": n + concurrency,
-            "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall}
+    return {
+        "tok_s": sum(r[1] for r in results) / wall,
+        "ttft_p50": statistics.median(ttfts),
+        "itl_p50": statistics.median(r[2] for r in results),
+        "tail_p50": statistics.median(r[3] for r in results),
+        "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
+        "requests": n + concurrency,
+        "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall,
+    }
 
 
 def engine_niceness() -> str:
@@ -171,8 +192,13 @@ def engine_niceness() -> str:
     Ray starts its workers at niceness 15)."""
     import psutil
 
-    nice = sorted({p.nice() for p in psutil.process_iter(["name"])
-                   if (p.info["name"] or "").startswith(("VLLM::Worker", "VLLM::EngineCor"))})
+    nice = sorted(
+        {
+            p.nice()
+            for p in psutil.process_iter(["name"])
+            if (p.info["name"] or "").startswith(("VLLM::Worker", "VLLM::EngineCor"))
+        }
+    )
     return ",".join(map(str, nice)) or "?"
 
 
@@ -186,10 +212,13 @@ def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, rep
             r = asyncio.run(load(base_url, model, key, c))
             sent += r["requests"]
             out.setdefault((arm, c), []).append(r)
-            print(f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
-                  f"p99 {r['ttft_p99'] * 1000:6.1f} ms  between tokens {r['itl_p50'] * 1000:5.2f} ms  "
-                  f"last token to end {r['tail_p50'] * 1000:5.1f} ms  (other processes: {r['foreign'] * 100:.0f}% of a core"
-                  f"{', set aside' if r['foreign'] > FOREIGN_OK else ''})", flush=True)
+            print(
+                f"  {arm} c={c:<3} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1000:6.1f} ms  "
+                f"p99 {r['ttft_p99'] * 1000:6.1f} ms  between tokens {r['itl_p50'] * 1000:5.2f} ms  "
+                f"last token to end {r['tail_p50'] * 1000:5.1f} ms  (other processes: {r['foreign'] * 100:.0f}% of a core"
+                f"{', set aside' if r['foreign'] > FOREIGN_OK else ''})",
+                flush=True,
+            )
     return sent
 
 
@@ -233,12 +262,18 @@ def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict, repeats: int) -> N
     start_local(home, num_cpus=4)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = LLMConfig(model_loading_config={"model_id": "tiny-base", "model_source": str(model_dir)},
-                    engine_kwargs={"max_model_len": ENGINE["max_model_len"], "max_num_seqs": ENGINE["max_num_seqs"],
-                                   "dtype": ENGINE["dtype"], "tensor_parallel_size": 1},
-                    deployment_config={"num_replicas": 1},
-                    placement_group_config={"bundles": [{"CPU": 1}]},  # CPU engine, as in the other arms
-                    runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}})
+    cfg = LLMConfig(
+        model_loading_config={"model_id": "tiny-base", "model_source": str(model_dir)},
+        engine_kwargs={
+            "max_model_len": ENGINE["max_model_len"],
+            "max_num_seqs": ENGINE["max_num_seqs"],
+            "dtype": ENGINE["dtype"],
+            "tensor_parallel_size": 1,
+        },
+        deployment_config={"num_replicas": 1},
+        placement_group_config={"bundles": [{"CPU": 1}]},  # CPU engine, as in the other arms
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}},
+    )
     serve.run(build_openai_app({"llm_configs": [cfg]}), name="bench-b", route_prefix="/")
     wait_http(f"http://127.0.0.1:{port}/v1/models")
     try:
@@ -258,8 +293,12 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement:
 
     start_local(home, num_cpus=4)
     port = free_port()
-    cfg = ServeAppConfig(name="bench", port=port, gateway={"placement": placement}, models=[ModelSpec(
-        name="tiny-base", source=str(model_dir), engine=ENGINE)])
+    cfg = ServeAppConfig(
+        name="bench",
+        port=port,
+        gateway={"placement": placement},
+        models=[ModelSpec(name="tiny-base", source=str(model_dir), engine=ENGINE)],
+    )
     arm = "c:sekisho-gateway" if placement == "embedded" else "d:gateway-separate"
     base_url = deploy(resolve_app(cfg, home / "cache"))
     key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
@@ -270,8 +309,10 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement:
         sent = measure(arm, base_url, "tiny-base", key, out, repeats)
     finally:
         after = audit.verify()
-        line = (f"{arm} audit: {after.records - before} new records for {sent} requests sent, chain "
-                f"{'intact' if after.ok else 'BROKEN'}")
+        line = (
+            f"{arm} audit: {after.records - before} new records for {sent} requests sent, chain "
+            f"{'intact' if after.ok else 'BROKEN'}"
+        )
         AUDIT.append(line)
         print("  " + line, flush=True)
         serve.shutdown()
@@ -280,10 +321,16 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=1, help="start each arm this many times; medians are compared")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="start each arm this many times; medians are compared"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed loads per concurrency in each round")
-    p.add_argument("--arms", default="abc", help="a bare vLLM, b ray.serve.llm, c Sekisho (embedded "
-                   "gateway), d Sekisho with the gateway as a separate deployment")
+    p.add_argument(
+        "--arms",
+        default="abc",
+        help="a bare vLLM, b ray.serve.llm, c Sekisho (embedded "
+        "gateway), d Sekisho with the gateway as a separate deployment",
+    )
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
     os.environ["SEKISHO_HOME"] = str(home)
@@ -293,9 +340,12 @@ def main() -> int:
     sample = Path(__file__).resolve().parent.parent / "data" / "samples" / "internal_faq_ja.jsonl"
     conv = read_chat_jsonl(sample).conversations
     model_dir = build_tiny_model(home / "tiny-base", [m["content"] for c in conv for m in c])
-    print(f"engine args {json.dumps(ENGINE)}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; "
-          f"VLLM_CPU_OMP_THREADS_BIND="
-          f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (unset)')}; cores {os.cpu_count()}", flush=True)
+    print(
+        f"engine args {json.dumps(ENGINE)}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; "
+        f"VLLM_CPU_OMP_THREADS_BIND="
+        f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (unset)')}; cores {os.cpu_count()}",
+        flush=True,
+    )
     out: dict = {}
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}", flush=True)
@@ -309,13 +359,22 @@ def main() -> int:
             arm_sekisho(model_dir, home, out, args.repeats, placement="separate")
     # Medians over the loads no other process disturbed (all of them if none was quiet).
     quiet = {k: [r for r in rs if r["foreign"] <= FOREIGN_OK] or rs for k, rs in out.items()}
-    med = {k: {m: statistics.median(r[m] for r in rs) for m in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "tail_p50")}
-           for k, rs in quiet.items()}
+    med = {
+        k: {
+            m: statistics.median(r[m] for r in rs)
+            for m in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "tail_p50")
+        }
+        for k, rs in quiet.items()
+    }
     print(f"\nmedians over {args.rounds} round(s) x {args.repeats} timed loads")
-    print(f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'tail p50':>9} {'loads':>9}")
+    print(
+        f"{'arm':20} {'c':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'tail p50':>9} {'loads':>9}"
+    )
     for (arm, c), m in sorted(med.items()):
-        print(f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms "
-              f"{m['itl_p50'] * 1000:6.2f}ms {m['tail_p50'] * 1000:7.1f}ms {len(quiet[(arm, c)])}/{len(out[(arm, c)])} quiet")
+        print(
+            f"{arm:20} {c:>3} {m['tok_s']:8.1f} {m['ttft_p50'] * 1000:8.1f}ms {m['ttft_p99'] * 1000:8.1f}ms "
+            f"{m['itl_p50'] * 1000:6.2f}ms {m['tail_p50'] * 1000:7.1f}ms {len(quiet[(arm, c)])}/{len(out[(arm, c)])} quiet"
+        )
     ratios = []
     for c in CONCURRENCY:
         a, b, cc = (med.get((arm, c)) for arm in ("a:bare-vllm", "b:ray-serve-llm", "c:sekisho-gateway"))
@@ -334,7 +393,9 @@ def main() -> int:
     for line in AUDIT:
         print(line)
     worst = min(ratios)
-    print(f"result: gateway_vs_bare_vllm={worst:.2f} target=>=0.8 {'pass' if worst >= 0.8 and ok_ttft else 'fail'}")
+    print(
+        f"result: gateway_vs_bare_vllm={worst:.2f} target=>=0.8 {'pass' if worst >= 0.8 and ok_ttft else 'fail'}"
+    )
     return 0
 
 

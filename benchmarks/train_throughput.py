@@ -46,8 +46,13 @@ from foundation import offline
 
 offline.apply()
 
-MODEL = {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 6,
-         "vocab_size": 2048}
+MODEL = {
+    "hidden_size": 384,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 6,
+    "vocab_size": 2048,
+}
 
 
 def prepare(work: Path, seq_len: int, rows: int) -> dict:
@@ -63,7 +68,7 @@ def prepare(work: Path, seq_len: int, rows: int) -> dict:
     corpus = [m["content"] for c in read_chat_jsonl(sample).conversations for m in c]
     base = build_tiny_model(work / "base", corpus, TinyModelConfig(**MODEL))
     g = torch.Generator().manual_seed(0)
-    vocab = json.loads((base / "config.json").read_text())["vocab_size"]   # the tokenizer's real size
+    vocab = json.loads((base / "config.json").read_text())["vocab_size"]  # the tokenizer's real size
     ids = torch.randint(10, vocab, (rows, seq_len), generator=g).tolist()
     (work / "data").mkdir()
     pq.write_table(pa.table({"input_ids": ids, "labels": ids}), work / "data" / "tokens.parquet")
@@ -71,16 +76,30 @@ def prepare(work: Path, seq_len: int, rows: int) -> dict:
 
 
 def job_config(kind: str, args) -> dict:
-    common = {"base_model": "bench@production", "dataset": "unused.yaml", "register_as": "bench",
-              "log_every": args.log_every, "seed": 0}
+    common = {
+        "base_model": "bench@production",
+        "dataset": "unused.yaml",
+        "register_as": "bench",
+        "log_every": args.log_every,
+        "seed": 0,
+    }
     if kind == "lora":
-        return {**common, "name": "bench-lora", "recipe": "sft_lora",
-                "optim": {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": 2},
-                "scaling": {"num_workers": 1, "cpus_per_worker": args.cpus}}
+        return {
+            **common,
+            "name": "bench-lora",
+            "recipe": "sft_lora",
+            "optim": {"steps": args.steps, "batch_size": args.batch_size, "warmup_steps": 2},
+            "scaling": {"num_workers": 1, "cpus_per_worker": args.cpus},
+        }
     stage = {"ddp": 0, "zero2": 2, "zero3": 3}[kind]
-    return {**common, "name": f"bench-{kind}", "recipe": "sft_full", "deepspeed": {"zero_stage": stage},
-            "optim": {"steps": args.full_steps, "batch_size": args.batch_size // 2, "warmup_steps": 2},
-            "scaling": {"num_workers": 2, "cpus_per_worker": max(1, args.cpus // 2)}}
+    return {
+        **common,
+        "name": f"bench-{kind}",
+        "recipe": "sft_full",
+        "deepspeed": {"zero_stage": stage},
+        "optim": {"steps": args.full_steps, "batch_size": args.batch_size // 2, "warmup_steps": 2},
+        "scaling": {"num_workers": 2, "cpus_per_worker": max(1, args.cpus // 2)},
+    }
 
 
 def steady_tokens_per_s(times: dict[int, float], tokens_per_step: int, skip: int) -> float:
@@ -112,9 +131,12 @@ def process_table() -> dict[int, tuple[int, str, float]]:
         # A Python script by its file name (python -u .../log_monitor.py -> log_monitor.py);
         # a Ray worker by the title it gives itself (ray::RayTrainWorker...).
         script = [a for a in argv[1:3] if a.endswith(".py")]
-        title = (Path(script[0]).name if "python" in argv[0] and script
-                 else Path((argv[0].split() or [""])[0]).name) or stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
+        title = (
+            Path(script[0]).name
+            if "python" in argv[0] and script
+            else Path((argv[0].split() or [""])[0]).name
+        ) or stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
         out[int(pid)] = (int(fields[1]), title, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
@@ -126,7 +148,7 @@ def training_threads(pid: int) -> dict:
     threads = {}
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 c, w, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
@@ -136,8 +158,12 @@ def training_threads(pid: int) -> dict:
             threads[tid] = (name, int(c) / 1e9, int(w) / 1e9)
     except (OSError, ValueError):
         return {"threads": {}, "user": 0.0, "sys": 0.0, "minflt": 0}
-    return {"threads": threads, "user": int(fields[11]) / tick, "sys": int(fields[12]) / tick,
-            "minflt": int(fields[7])}
+    return {
+        "threads": threads,
+        "user": int(fields[11]) / tick,
+        "sys": int(fields[12]) / tick,
+        "minflt": int(fields[7]),
+    }
 
 
 def machine_cpu() -> tuple[float, float, float]:
@@ -172,8 +198,11 @@ class CpuSampler:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             table = process_table()
-            train = {pid: training_threads(pid) for pid, (_, title, _) in table.items()
-                     if is_training(title, pid, self.root, self.standalone)}
+            train = {
+                pid: training_threads(pid)
+                for pid, (_, title, _) in table.items()
+                if is_training(title, pid, self.root, self.standalone)
+            }
             self.samples.append((time.time(), table, train, machine_cpu()))
 
     def stop(self) -> None:
@@ -182,11 +211,12 @@ class CpuSampler:
 
     def window(self, start: float, end: float) -> dict:
         """CPU figures (per wall second) between the samples nearest `start` and `end`."""
-        (t0, a, ta, ma), (t1, b, tb, mb) = (min(self.samples, key=lambda smp: abs(smp[0] - t))
-                                            for t in (start, end))
+        (t0, a, ta, ma), (t1, b, tb, mb) = (
+            min(self.samples, key=lambda smp: abs(smp[0] - t)) for t in (start, end)
+        )
         wall = max(t1 - t0, 1e-9)
         tree, grew = {self.root}, True
-        while grew:      # the arm's processes: its child process and everything under it
+        while grew:  # the arm's processes: its child process and everything under it
             new = {pid for pid, (ppid, _, _) in b.items() if ppid in tree and pid not in tree}
             tree, grew = tree | new, bool(new)
         ours, me = {}, 0.0
@@ -211,31 +241,46 @@ class CpuSampler:
                     acc[0] += (cpu - x["threads"][tid][1]) / wall
                     acc[1] += (wait - x["threads"][tid][2]) / wall
                     acc[2] += 1
-        train_cpu = user + sys_      # the process's own count keeps threads that have exited
+        train_cpu = user + sys_  # the process's own count keeps threads that have exited
         # Outside the arm: whatever the machine was busy with beyond the arm and this
         # sampler (from /proc/stat, so processes that came and went between samples count).
         busy = (mb[0] - ma[0]) / wall
         outside = max(0.0, busy - train_cpu - sum(ours.values()) - me)
-        return {"train_cpu": train_cpu, "train_wait": sum(v[1] for v in names.values()),
-                "train_user": user, "train_sys": sys_, "train_faults": faults, "threads": names,
-                "others": ours, "outside": outside, "sampler": me, "wall": wall,
-                "idle": (mb[1] - ma[1]) / wall, "steal": (mb[2] - ma[2]) / wall}
+        return {
+            "train_cpu": train_cpu,
+            "train_wait": sum(v[1] for v in names.values()),
+            "train_user": user,
+            "train_sys": sys_,
+            "train_faults": faults,
+            "threads": names,
+            "others": ours,
+            "outside": outside,
+            "sampler": me,
+            "wall": wall,
+            "idle": (mb[1] - ma[1]) / wall,
+            "steal": (mb[2] - ma[2]) / wall,
+        }
 
 
 def describe(w: dict) -> str:
     """Two indented lines: the training process, then everything else."""
     threads = sorted(w["threads"].items(), key=lambda kv: -kv[1][0])
-    busy = [f"{name}{f' x{n}' if n > 1 else ''} {cpu * 1000:.0f}/{wait * 1000:.0f}"
-            for name, (cpu, wait, n) in threads if cpu > 0.0005][:6]
+    busy = [
+        f"{name}{f' x{n}' if n > 1 else ''} {cpu * 1000:.0f}/{wait * 1000:.0f}"
+        for name, (cpu, wait, n) in threads
+        if cpu > 0.0005
+    ][:6]
     others = {k: v for k, v in w["others"].items() if v > 0.0005}
     top = sorted(others.items(), key=lambda kv: -kv[1])[:6]
-    return (f"      training process: cpu {w['train_cpu'] * 1000:.0f} ms/s (user {w['train_user'] * 1000:.0f}, "
-            f"sys {w['train_sys'] * 1000:.0f}), run-queue wait {w['train_wait'] * 1000:.0f} ms/s, "
-            f"{w['train_faults']:.0f} page faults/s; threads cpu/wait ms/s: {', '.join(busy)}\n"
-            f"      arm's other processes {sum(others.values()) * 1000:.0f} ms/s"
-            + (" (" + ", ".join(f"{k} {v * 1000:.0f}" for k, v in top) + ")" if top else "")
-            + f"; outside the arm {w['outside'] * 1000:.0f} ms/s; this sampler {w['sampler'] * 1000:.0f} ms/s; "
-            f"machine idle {w['idle'] * 1000:.0f} ms/s, stolen by the hypervisor {w['steal'] * 1000:.0f} ms/s")
+    return (
+        f"      training process: cpu {w['train_cpu'] * 1000:.0f} ms/s (user {w['train_user'] * 1000:.0f}, "
+        f"sys {w['train_sys'] * 1000:.0f}), run-queue wait {w['train_wait'] * 1000:.0f} ms/s, "
+        f"{w['train_faults']:.0f} page faults/s; threads cpu/wait ms/s: {', '.join(busy)}\n"
+        f"      arm's other processes {sum(others.values()) * 1000:.0f} ms/s"
+        + (" (" + ", ".join(f"{k} {v * 1000:.0f}" for k, v in top) + ")" if top else "")
+        + f"; outside the arm {w['outside'] * 1000:.0f} ms/s; this sampler {w['sampler'] * 1000:.0f} ms/s; "
+        f"machine idle {w['idle'] * 1000:.0f} ms/s, stolen by the hypervisor {w['steal'] * 1000:.0f} ms/s"
+    )
 
 
 def arm_ray(cfg_dict: dict, paths: dict, home: Path) -> dict[int, float]:
@@ -268,8 +313,13 @@ def run_arm(arm: str, kind: str, args, work: Path, paths: dict) -> dict:
     cfg = job_config(kind, args)
     spec = json.dumps({"arm": arm, "cfg": cfg, "paths": paths, "home": str(work / "home")})
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", spec], stdout=out, stderr=err, text=True,
-                                env={**os.environ, "SEKISHO_HOME": str(work / "home")})
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", spec],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env={**os.environ, "SEKISHO_HOME": str(work / "home")},
+        )
         sampler = CpuSampler(proc.pid, standalone=arm == "standalone")
         try:
             rc = proc.wait(timeout=600)
@@ -283,8 +333,11 @@ def run_arm(arm: str, kind: str, args, work: Path, paths: dict) -> dict:
     per_step = cfg["optim"]["batch_size"] * cfg["scaling"]["num_workers"] * args.seq_len
     steps = sorted(s for s in times if s >= args.skip)
     windows = [per_step * (b - a) / (times[b] - times[a]) for a, b in itertools.pairwise(steps)]
-    return {"tps": steady_tokens_per_s(times, per_step, args.skip), "tps_median": statistics.median(windows),
-            "cpu": sampler.window(times[steps[0]], times[steps[-1]])}
+    return {
+        "tps": steady_tokens_per_s(times, per_step, args.skip),
+        "tps_median": statistics.median(windows),
+        "cpu": sampler.window(times[steps[0]], times[steps[-1]]),
+    }
 
 
 def child(spec: dict) -> None:
@@ -306,8 +359,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs (torch threads) per job")
-    p.add_argument("--max-outside", type=int, default=100,
-                   help="ms/s of CPU outside the arm above which a round is left out of the medians")
+    p.add_argument(
+        "--max-outside",
+        type=int,
+        default=100,
+        help="ms/s of CPU outside the arm above which a round is left out of the medians",
+    )
     p.add_argument("--skip-full", action="store_true", help="only the LoRA standalone vs Ray arms")
     p.add_argument("--skip-lora", action="store_true", help="only the full fine-tuning arms (no result line)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -317,36 +374,52 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sekisho-train-bench-"))
     paths = prepare(work, args.seq_len, rows=512)
-    print(f"model {MODEL}; batch {args.batch_size} x seq {args.seq_len}; {args.cpus} CPUs; "
-          f"LoRA {args.steps} steps, counted from step {args.skip}", flush=True)
+    print(
+        f"model {MODEL}; batch {args.batch_size} x seq {args.seq_len}; {args.cpus} CPUs; "
+        f"LoRA {args.steps} steps, counted from step {args.skip}",
+        flush=True,
+    )
     results: dict[str, list[dict]] = {"standalone": [], "ray": []}
     for rnd in range(0 if args.skip_lora else args.rounds):
         # Alternate which arm goes first, so that neither always follows the other.
         for arm in ("standalone", "ray") if rnd % 2 == 0 else ("ray", "standalone"):
             r = run_arm(arm, "lora", args, work, paths)
             results[arm].append(r)
-            print(f"  round {rnd + 1}: LoRA {arm:10} {r['tps']:6.0f} tokens/s (median window {r['tps_median']:.0f})\n"
-                  f"{describe(r['cpu'])}", flush=True)
+            print(
+                f"  round {rnd + 1}: LoRA {arm:10} {r['tps']:6.0f} tokens/s (median window {r['tps_median']:.0f})\n"
+                f"{describe(r['cpu'])}",
+                flush=True,
+            )
     if not args.skip_lora:
         # A round where either arm shared the machine with more than --max-outside of
         # other people's work measured them, not Ray: left out while any clean round remains.
-        clean = [i for i in range(args.rounds)
-                 if max(results[k][i]["cpu"]["outside"] for k in results) <= args.max_outside / 1000]
+        clean = [
+            i
+            for i in range(args.rounds)
+            if max(results[k][i]["cpu"]["outside"] for k in results) <= args.max_outside / 1000
+        ]
         used = clean or list(range(args.rounds))
         a, b = (statistics.median(results[k][i]["tps"] for i in used) for k in ("standalone", "ray"))
         am, bm = (statistics.median(results[k][i]["tps_median"] for i in used) for k in ("standalone", "ray"))
-        print(f"LoRA (a) standalone: {a:.0f} tokens/s  (b) Ray Train, 1 worker: {b:.0f} tokens/s  "
-              f"(b)/(a) = {b / a:.3f}  (medians of rounds {', '.join(str(i + 1) for i in used)}"
-              + ("" if clean else f", every round disturbed by over {args.max_outside} ms/s outside the arm")
-              + f"; of the median windows: {am:.0f} vs {bm:.0f}, {bm / am:.3f})", flush=True)
+        print(
+            f"LoRA (a) standalone: {a:.0f} tokens/s  (b) Ray Train, 1 worker: {b:.0f} tokens/s  "
+            f"(b)/(a) = {b / a:.3f}  (medians of rounds {', '.join(str(i + 1) for i in used)}"
+            + ("" if clean else f", every round disturbed by over {args.max_outside} ms/s outside the arm")
+            + f"; of the median windows: {am:.0f} vs {bm:.0f}, {bm / am:.3f})",
+            flush=True,
+        )
     if not args.skip_full:
         full = {}
         for k in ("ddp", "zero2", "zero3"):
             full[k] = run_arm("ray", k, args, work, paths)
-            print(f"  full fine-tuning {k.upper():5} {full[k]['tps']:6.0f} tokens/s\n{describe(full[k]['cpu'])}",
-                  flush=True)
-        print("full fine-tuning, 2 workers: "
-              + "  ".join(f"{k.upper()} {v['tps']:.0f} tokens/s" for k, v in full.items()))
+            print(
+                f"  full fine-tuning {k.upper():5} {full[k]['tps']:6.0f} tokens/s\n{describe(full[k]['cpu'])}",
+                flush=True,
+            )
+        print(
+            "full fine-tuning, 2 workers: "
+            + "  ".join(f"{k.upper()} {v['tps']:.0f} tokens/s" for k, v in full.items())
+        )
     if args.skip_lora:
         return
     ratio = b / a

@@ -10,6 +10,20 @@ from cluster.placement import PlacementError, plan_placement
 from cluster.plan import GpuGroup, PlacementGroupSpec, Plan
 from cluster.ray_up import render_ray_up, write_ray_up
 
-__all__ = ["GpuGroup", "GpuRequest", "GpuRequests", "Inventory", "MemoryEstimate", "Node",
-           "PlacementError", "PlacementGroupSpec", "Plan", "node_env", "plan_placement",
-           "render_kuberay", "render_ray_up", "write_kuberay", "write_ray_up"]
+__all__ = [
+    "GpuGroup",
+    "GpuRequest",
+    "GpuRequests",
+    "Inventory",
+    "MemoryEstimate",
+    "Node",
+    "PlacementError",
+    "PlacementGroupSpec",
+    "Plan",
+    "node_env",
+    "plan_placement",
+    "render_kuberay",
+    "render_ray_up",
+    "write_kuberay",
+    "write_ray_up",
+]

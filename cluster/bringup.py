@@ -28,8 +28,10 @@ def ray_executable() -> str:
         return str(beside)
     found = shutil.which("ray")
     if not found:
-        raise UserError("cluster: no `ray` command beside this Python or on PATH; "
-                        "install Sekisho's environment (`make install`) first.")
+        raise UserError(
+            "cluster: no `ray` command beside this Python or on PATH; "
+            "install Sekisho's environment (`make install`) first."
+        )
     return found
 
 
@@ -55,6 +57,5 @@ def ray_command(action: Action, config: Path) -> list[str]:
     and turns usage stats off for the launcher itself too.
     """
     if action == "up":
-        return [ray_executable(), "up", "-y", "--no-config-cache", "--disable-usage-stats",
-                str(config)]
+        return [ray_executable(), "up", "-y", "--no-config-cache", "--disable-usage-stats", str(config)]
     return [ray_executable(), "down", "-y", str(config)]

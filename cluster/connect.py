@@ -26,8 +26,7 @@ class Target:
     inventory: Inventory | None = None
 
 
-def target(inventory: Inventory | None, address: str | None, token_file: Path | None,
-           home: Path) -> Target:
+def target(inventory: Inventory | None, address: str | None, token_file: Path | None, home: Path) -> Target:
     """Resolve the cluster address and token file.
 
     `address` (host:port) wins over the inventory's head; the token file is
@@ -47,9 +46,11 @@ def target(inventory: Inventory | None, address: str | None, token_file: Path | 
             token_file = home / "ray" / "auth_token"
     token_file = token_file.expanduser()
     if not token_file.is_file():
-        raise UserError(f"cluster: no Ray token at {token_file}; the cluster refuses drivers "
-                        f"without it. Copy the token `sekisho cluster up` created, or pass "
-                        f"--token-file.")
+        raise UserError(
+            f"cluster: no Ray token at {token_file}; the cluster refuses drivers "
+            f"without it. Copy the token `sekisho cluster up` created, or pass "
+            f"--token-file."
+        )
     return Target(address, token_file, inventory)
 
 
@@ -76,9 +77,10 @@ def connect(t: Target) -> dict:
     try:  # Ray's own connect waits minutes for a GCS that is not there
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as exc:
-        raise UserError(f"cluster: nothing answers at {t.address} ({exc.strerror or exc}); is "
-                        f"the cluster up (`sekisho cluster up`) and is the address right?"
-                        ) from exc
+        raise UserError(
+            f"cluster: nothing answers at {t.address} ({exc.strerror or exc}); is "
+            f"the cluster up (`sekisho cluster up`) and is the address right?"
+        ) from exc
     offline.apply()
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(t.token_file)
@@ -94,10 +96,17 @@ def connect(t: Target) -> dict:
 
         ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ctx = ray.init(address=t.address, _node_ip_address=own_address(t.address),
-                       log_to_driver=False, configure_logging=True, logging_level="WARNING")
+        ctx = ray.init(
+            address=t.address,
+            _node_ip_address=own_address(t.address),
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
     except (ConnectionError, RuntimeError, OSError) as exc:
-        raise UserError(f"cluster: cannot join the Ray cluster at {t.address} with the token "
-                        f"in {t.token_file}: {str(exc).splitlines()[0]}. Is it up "
-                        f"(`sekisho cluster up`), and is this a node of it?") from exc
+        raise UserError(
+            f"cluster: cannot join the Ray cluster at {t.address} with the token "
+            f"in {t.token_file}: {str(exc).splitlines()[0]}. Is it up "
+            f"(`sekisho cluster up`), and is this a node of it?"
+        ) from exc
     return {"gcs_address": t.address, "dashboard_url": ctx.dashboard_url}

@@ -24,32 +24,44 @@ NODE_RESOURCE_PREFIX = "sekisho_node_"
 class Node(StrictConfig):
     """One machine of the cluster."""
 
-    name: str = Field(pattern=NODE_NAME, description="Short host name (a DNS label); "
-                      "also the node's Ray label value and Kubernetes node name by default.")
-    address: str = Field(description="The node's address on the internal network "
-                         "(Ray and NCCL bind here; never a public address).")
-    role: Literal["head", "worker"] = Field(description="`head` runs the Ray head "
-                                            "(GCS, dashboard); exactly one node is the head.")
+    name: str = Field(
+        pattern=NODE_NAME,
+        description="Short host name (a DNS label); "
+        "also the node's Ray label value and Kubernetes node name by default.",
+    )
+    address: str = Field(
+        description="The node's address on the internal network "
+        "(Ray and NCCL bind here; never a public address)."
+    )
+    role: Literal["head", "worker"] = Field(
+        description="`head` runs the Ray head (GCS, dashboard); exactly one node is the head."
+    )
     gpus: int = Field(ge=0, le=16, description="Number of GPUs in the node.")
     gpu_model: str = Field(default="H100", description="GPU model, for display and checks.")
-    gpu_memory_gib: float = Field(gt=0, description="Memory of one GPU in GiB "
-                                  "(H100 SXM: 80).")
+    gpu_memory_gib: float = Field(gt=0, description="Memory of one GPU in GiB (H100 SXM: 80).")
     cpus: int = Field(ge=1, description="Logical CPUs Ray may schedule on this node.")
-    ib_hcas: list[str] = Field(default_factory=list, description="InfiniBand HCAs NCCL "
-                               "may use (NCCL_IB_HCA), e.g. mlx5_0; empty: no InfiniBand.")
-    nccl_socket_ifname: str = Field(description="Network interface for NCCL bootstrap "
-                                    "and Gloo (NCCL_SOCKET_IFNAME), e.g. the internal "
-                                    "Ethernet or IPoIB interface.")
-    kubernetes_node: str | None = Field(default=None, description="Kubernetes node name, "
-                                        "if it differs from `name`.")
+    ib_hcas: list[str] = Field(
+        default_factory=list,
+        description="InfiniBand HCAs NCCL may use (NCCL_IB_HCA), e.g. mlx5_0; empty: no InfiniBand.",
+    )
+    nccl_socket_ifname: str = Field(
+        description="Network interface for NCCL bootstrap "
+        "and Gloo (NCCL_SOCKET_IFNAME), e.g. the internal "
+        "Ethernet or IPoIB interface."
+    )
+    kubernetes_node: str | None = Field(
+        default=None, description="Kubernetes node name, if it differs from `name`."
+    )
 
     @field_validator("address")
     @classmethod
     def _private_address(cls, v: str) -> str:
         ip = ipaddress.ip_address(v)
         if not (ip.is_private or ip.is_loopback):
-            raise ValueError(f"{v} is not a private address; a closed network's nodes "
-                             f"use internal addresses (10/8, 172.16/12, 192.168/16)")
+            raise ValueError(
+                f"{v} is not a private address; a closed network's nodes "
+                f"use internal addresses (10/8, 172.16/12, 192.168/16)"
+            )
         return v
 
     @property
@@ -62,51 +74,71 @@ class RaySettings(StrictConfig):
     """How Ray runs on the cluster."""
 
     gcs_port: int = Field(default=6379, ge=1, le=65535, description="Port of the GCS on the head.")
-    dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Dashboard and "
-                                "Jobs API port; bound to the head's internal address only.")
-    auth_token_file: Path = Field(description="File holding the Ray auth token on the "
-                                  "machine that runs `ray up` (mode 0600; see `cluster.local`"
-                                  ".ensure_token). Copied to every node, never inlined.")
-    python_env: Path | None = Field(default=None, description="Virtual environment on "
-                                    "every node (usually on shared storage) whose `ray` "
-                                    "to run; none: `ray` on PATH.")
+    dashboard_port: int = Field(
+        default=8265,
+        ge=1,
+        le=65535,
+        description="Dashboard and Jobs API port; bound to the head's internal address only.",
+    )
+    auth_token_file: Path = Field(
+        description="File holding the Ray auth token on the "
+        "machine that runs `ray up` (mode 0600; see `cluster.local`"
+        ".ensure_token). Copied to every node, never inlined."
+    )
+    python_env: Path | None = Field(
+        default=None,
+        description="Virtual environment on "
+        "every node (usually on shared storage) whose `ray` "
+        "to run; none: `ray` on PATH.",
+    )
     ssh_user: str = Field(default="sekisho", description="SSH user `ray up` logs in as.")
-    ssh_private_key: Path = Field(default=Path("~/.ssh/id_ed25519"),
-                                  description="SSH key `ray up` uses to reach the nodes.")
+    ssh_private_key: Path = Field(
+        default=Path("~/.ssh/id_ed25519"), description="SSH key `ray up` uses to reach the nodes."
+    )
 
 
 class KubernetesSettings(StrictConfig):
     """How the cluster is rendered for KubeRay on an offline Kubernetes."""
 
-    namespace: str = Field(default="sekisho", pattern=NODE_NAME, description="Namespace "
-                           "of the RayCluster and RayService.")
-    image: str = Field(description="Container image with Sekisho and Ray, from the "
-                       "internal registry (nothing is pulled from the internet).")
-    auth_secret: str = Field(default="sekisho-ray-auth", pattern=NODE_NAME,
-                             description="Secret holding the Ray token under key "
-                             "`auth_token` (created from auth_token_file; never rendered).")
+    namespace: str = Field(
+        default="sekisho", pattern=NODE_NAME, description="Namespace of the RayCluster and RayService."
+    )
+    image: str = Field(
+        description="Container image with Sekisho and Ray, from the "
+        "internal registry (nothing is pulled from the internet)."
+    )
+    auth_secret: str = Field(
+        default="sekisho-ray-auth",
+        pattern=NODE_NAME,
+        description="Secret holding the Ray token under key "
+        "`auth_token` (created from auth_token_file; never rendered).",
+    )
 
 
 class Inventory(StrictConfig):
     """The machines of one installation, and how Ray runs on them."""
 
-    name: str = Field(pattern=NODE_NAME, description="Cluster name (ray up cluster_name, "
-                      "RayCluster name).")
+    name: str = Field(pattern=NODE_NAME, description="Cluster name (ray up cluster_name, RayCluster name).")
     nodes: list[Node] = Field(min_length=1, description="Every machine, head included.")
-    shared_storage: Path = Field(description="Shared file server path, mounted at the "
-                                 "same place on every node (models, data, checkpoints).")
-    nccl_env: dict[str, str] = Field(default_factory=dict, description="Extra NCCL "
-                                     "variables for every node (e.g. NCCL_IB_GID_INDEX).")
+    shared_storage: Path = Field(
+        description="Shared file server path, mounted at the "
+        "same place on every node (models, data, checkpoints)."
+    )
+    nccl_env: dict[str, str] = Field(
+        default_factory=dict, description="Extra NCCL variables for every node (e.g. NCCL_IB_GID_INDEX)."
+    )
     ray: RaySettings = Field(description="Ray ports, token and SSH access.")
-    kubernetes: KubernetesSettings | None = Field(default=None, description="Settings "
-                                                  "for `cluster render --kuberay`.")
+    kubernetes: KubernetesSettings | None = Field(
+        default=None, description="Settings for `cluster render --kuberay`."
+    )
 
     @model_validator(mode="after")
     def _one_head_unique_nodes(self) -> Inventory:
         heads = [n.name for n in self.nodes if n.role == "head"]
         if len(heads) != 1:
-            raise ValueError(f"exactly one node must have role: head, found {len(heads)} "
-                             f"({', '.join(heads) or 'none'})")
+            raise ValueError(
+                f"exactly one node must have role: head, found {len(heads)} ({', '.join(heads) or 'none'})"
+            )
         for attr, plural in (("name", "names"), ("address", "addresses")):
             values = [getattr(n, attr) for n in self.nodes]
             dupes = sorted({v for v in values if values.count(v) > 1})

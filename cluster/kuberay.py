@@ -29,20 +29,26 @@ from foundation import UserError
 
 def _settings(inventory: Inventory) -> KubernetesSettings:
     if inventory.kubernetes is None:
-        raise UserError(f"inventory {inventory.name} has no `kubernetes:` section (image, "
-                        f"namespace, auth_secret); add one to render KubeRay manifests.")
+        raise UserError(
+            f"inventory {inventory.name} has no `kubernetes:` section (image, "
+            f"namespace, auth_secret); add one to render KubeRay manifests."
+        )
     return inventory.kubernetes
 
 
 def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str, Any]:
     env = [{"name": k, "value": v} for k, v in node_env(inventory, node, None).items()]
     shared = str(inventory.shared_storage)
-    health = (f"wget -T 2 -q -O- http://{node.address}:52365/api/local_raylet_healthz")
+    health = f"wget -T 2 -q -O- http://{node.address}:52365/api/local_raylet_healthz"
     if node.role == "head":
-        health += (f" && wget -T 2 -q -O- http://{node.address}:"
-                   f"{inventory.ray.dashboard_port}/api/gcs_healthz")
-    probe = {"exec": {"command": ["bash", "-c", health]}, "initialDelaySeconds": 30,
-             "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
+        health += f" && wget -T 2 -q -O- http://{node.address}:{inventory.ray.dashboard_port}/api/gcs_healthz"
+    probe = {
+        "exec": {"command": ["bash", "-c", health]},
+        "initialDelaySeconds": 30,
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 6,
+    }
     container = {
         "name": "ray-head" if node.role == "head" else "ray-worker",
         "image": k8s.image,
@@ -50,37 +56,43 @@ def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str,
         "env": env,
         # GPUs only: a CPU request of the whole node would exceed its allocatable
         # CPUs (kubelet reserves some); Ray's share is set by num-cpus instead.
-        "resources": {"limits": {"nvidia.com/gpu": node.gpus},
-                      "requests": {"nvidia.com/gpu": node.gpus}},
+        "resources": {"limits": {"nvidia.com/gpu": node.gpus}, "requests": {"nvidia.com/gpu": node.gpus}},
         "volumeMounts": [{"name": "shared", "mountPath": shared}],
         # KubeRay's default probes ask localhost, where nothing listens here.
         "readinessProbe": probe,
         "livenessProbe": probe,
     }
-    return {"spec": {
-        "hostNetwork": True,
-        "dnsPolicy": "ClusterFirstWithHostNet",
-        "nodeSelector": {"kubernetes.io/hostname": node.kubernetes_node or node.name},
-        "containers": [container],
-        "volumes": [{"name": "shared", "hostPath": {"path": shared, "type": "Directory"}}],
-    }}
+    return {
+        "spec": {
+            "hostNetwork": True,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "nodeSelector": {"kubernetes.io/hostname": node.kubernetes_node or node.name},
+            "containers": [container],
+            "volumes": [{"name": "shared", "hostPath": {"path": shared, "type": "Directory"}}],
+        }
+    }
 
 
 def _start_params(inventory: Inventory, node: Node) -> dict[str, str]:
-    params = {"num-gpus": str(node.gpus), "num-cpus": str(node.cpus),
-              "disable-usage-stats": "true"}
+    params = {"num-gpus": str(node.gpus), "num-cpus": str(node.cpus), "disable-usage-stats": "true"}
     if node.role == "head":
-        params.update({"dashboard-host": node.address,
-                       "dashboard-port": str(inventory.ray.dashboard_port),
-                       "port": str(inventory.ray.gcs_port)})
+        params.update(
+            {
+                "dashboard-host": node.address,
+                "dashboard-port": str(inventory.ray.dashboard_port),
+                "port": str(inventory.ray.gcs_port),
+            }
+        )
     return params
 
 
 def _group(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str, Any]:
-    group = {"rayStartParams": _start_params(inventory, node),
-             "labels": {NODE_LABEL_KEY: node.name},
-             "resources": {node.ray_resource: "1"},
-             "template": _pod(inventory, node, k8s)}
+    group = {
+        "rayStartParams": _start_params(inventory, node),
+        "labels": {NODE_LABEL_KEY: node.name},
+        "resources": {node.ray_resource: "1"},
+        "template": _pod(inventory, node, k8s),
+    }
     if node.role == "worker":
         group.update({"groupName": node.name, "replicas": 1, "minReplicas": 1, "maxReplicas": 1})
     return group
@@ -111,14 +123,22 @@ def render_kuberay(inventory: Inventory) -> dict[str, dict[str, Any]]:
     k8s = _settings(inventory)
     meta = {"namespace": k8s.namespace, "labels": {"app.kubernetes.io/part-of": "sekisho"}}
     spec = raycluster_spec(inventory)
-    serve_config = yaml.safe_dump({"http_options": {"host": "0.0.0.0", "port": 8000},
-                                   "applications": []}, sort_keys=False)
+    serve_config = yaml.safe_dump(
+        {"http_options": {"host": "0.0.0.0", "port": 8000}, "applications": []}, sort_keys=False
+    )
     return {
-        "raycluster.yaml": {"apiVersion": "ray.io/v1", "kind": "RayCluster",
-                            "metadata": {"name": inventory.name, **meta}, "spec": spec},
-        "rayservice.yaml": {"apiVersion": "ray.io/v1", "kind": "RayService",
-                            "metadata": {"name": f"{inventory.name}-serve", **meta},
-                            "spec": {"serveConfigV2": serve_config, "rayClusterConfig": spec}},
+        "raycluster.yaml": {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": inventory.name, **meta},
+            "spec": spec,
+        },
+        "rayservice.yaml": {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "metadata": {"name": f"{inventory.name}-serve", **meta},
+            "spec": {"serveConfigV2": serve_config, "rayClusterConfig": spec},
+        },
     }
 
 
@@ -130,8 +150,11 @@ def write_kuberay(inventory: Inventory, out_dir: Path) -> list[Path]:
     written = []
     for name, manifest in render_kuberay(inventory).items():
         path = out_dir / name
-        path.write_text(f"# Generated by: sekisho cluster render --kuberay {out_dir}\n"
-                        + yaml.safe_dump(manifest, sort_keys=False, width=1000), encoding="utf-8")
+        path.write_text(
+            f"# Generated by: sekisho cluster render --kuberay {out_dir}\n"
+            + yaml.safe_dump(manifest, sort_keys=False, width=1000),
+            encoding="utf-8",
+        )
         written.append(path)
     readme = out_dir / "README.txt"
     readme.write_text(
@@ -144,5 +167,6 @@ def write_kuberay(inventory: Inventory, out_dir: Path) -> list[Path]:
         f"  dashboard asking cloud metadata servers (169.254.169.254,\n"
         f"  metadata.google.internal) where it runs; the renderer cannot know the path.\n"
         f"Node resources and labels: {json.dumps({n.name: n.ray_resource for n in inventory.nodes})}\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return written + [readme]

@@ -84,8 +84,9 @@ def _load_process_hooks() -> None:
         os.environ["PYTHONPATH"] = f"{HOOK_DIR}{os.pathsep}{path}" if path else str(HOOK_DIR)
 
 
-def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
-                address: str | None = None) -> dict:
+def start_local(
+    home: Path, num_cpus: int = 4, num_gpus: int | None = None, address: str | None = None
+) -> dict:
     """Start (or join, with `address`) a Ray cluster with token auth and no egress.
 
     Args:
@@ -127,15 +128,21 @@ def start_local(home: Path, num_cpus: int = 4, num_gpus: int | None = None,
 
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address}
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": False,
-                    "configure_logging": True, "logging_level": "WARNING"}
+    kwargs: dict = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": "WARNING",
+    }
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-                       **kwargs)
-    return {"address": ctx.address_info.get("gcs_address"), "session_dir": ctx.address_info.get("session_dir")}
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+    return {
+        "address": ctx.address_info.get("gcs_address"),
+        "session_dir": ctx.address_info.get("session_dir"),
+    }
 
 
 def stop() -> None:

@@ -42,8 +42,9 @@ def nccl_env(inventory: Inventory, node: Node) -> dict[str, str]:
     return env
 
 
-def node_env(inventory: Inventory, node: Node, token_path: str | None,
-             hook_dir: str | None = None) -> dict[str, str]:
+def node_env(
+    inventory: Inventory, node: Node, token_path: str | None, hook_dir: str | None = None
+) -> dict[str, str]:
     """Every variable a node's Ray processes need.
 
     Args:

@@ -64,15 +64,19 @@ def plan_placement(inventory: Inventory, requests: list[GpuRequest]) -> Plan:
             # A training job's workers on one node form one group (ranks in order).
             plan.groups[-1] = replace(last, gpus=last.gpus + gpus)
             continue
-        plan.groups.append(GpuGroup(slot.request.name, node, gpus, slot.replica, slot.stage,
-                                    slot.request.memory_per_gpu()))
+        plan.groups.append(
+            GpuGroup(slot.request.name, node, gpus, slot.replica, slot.stage, slot.request.memory_per_gpu())
+        )
     return plan
 
 
 def _slots(req: GpuRequest) -> list[_Slot]:
     if req.kind == "serve":
-        return [_Slot(req, req.tensor_parallel, r, s)
-                for r in range(req.data_parallel) for s in range(req.pipeline_parallel)]
+        return [
+            _Slot(req, req.tensor_parallel, r, s)
+            for r in range(req.data_parallel)
+            for s in range(req.pipeline_parallel)
+        ]
     return [_Slot(req, req.group_size, i, 0) for i in range(req.total_gpus // req.group_size)]
 
 
@@ -81,9 +85,11 @@ def _candidates(inventory: Inventory, req: GpuRequest) -> list[Node]:
         return list(inventory.nodes)
     unknown = [n for n in req.nodes if n not in {x.name for x in inventory.nodes}]
     if unknown:
-        raise PlacementError(f"{req.kind} {req.name}: nodes {', '.join(unknown)} are not in "
-                             f"inventory {inventory.name} (its nodes: "
-                             f"{', '.join(n.name for n in inventory.nodes)}).")
+        raise PlacementError(
+            f"{req.kind} {req.name}: nodes {', '.join(unknown)} are not in "
+            f"inventory {inventory.name} (its nodes: "
+            f"{', '.join(n.name for n in inventory.nodes)})."
+        )
     return [inventory.node(n) for n in req.nodes]
 
 
@@ -93,15 +99,19 @@ def _check_request(inventory: Inventory, req: GpuRequest) -> None:
     biggest = max(nodes, key=lambda n: n.gpus)
     who = f"{req.kind} {req.name}"
     if req.group_size > biggest.gpus:
-        what = (f"tensor_parallel={req.tensor_parallel}" if req.group_size == req.tensor_parallel
-                else f"gpus_per_worker={req.gpus_per_worker}")
+        what = (
+            f"tensor_parallel={req.tensor_parallel}"
+            if req.group_size == req.tensor_parallel
+            else f"gpus_per_worker={req.gpus_per_worker}"
+        )
         tp = _largest_power_of_two_dividing(req.tensor_parallel, biggest.gpus)
         pp = req.pipeline_parallel * req.tensor_parallel // tp
         raise PlacementError(
             f"{who}: {what} would cross a node: the largest node ({biggest.name}) has "
             f"{biggest.gpus} GPUs, and tensor parallelism stays inside a node (NVLink). "
             f"The same {req.tensor_parallel * req.pipeline_parallel} GPUs per replica fit as "
-            f"tensor_parallel={tp}, pipeline_parallel={pp} (stages cross nodes over InfiniBand).")
+            f"tensor_parallel={tp}, pipeline_parallel={pp} (stages cross nodes over InfiniBand)."
+        )
     need = req.memory_per_gpu()
     fitting = [n for n in nodes if n.gpus >= req.group_size and n.gpu_memory_gib >= need.total]
     if fitting:
@@ -110,7 +120,8 @@ def _check_request(inventory: Inventory, req: GpuRequest) -> None:
     raise PlacementError(
         f"{who}: needs {need.describe()} at tensor_parallel={req.tensor_parallel}, "
         f"pipeline_parallel={req.pipeline_parallel}, but the GPUs hold at most "
-        f"{memory:g} GiB. {_what_fits(req, nodes)}")
+        f"{memory:g} GiB. {_what_fits(req, nodes)}"
+    )
 
 
 def _what_fits(req: GpuRequest, nodes: list[Node]) -> str:
@@ -131,16 +142,17 @@ def _what_fits(req: GpuRequest, nodes: list[Node]) -> str:
     for pp in range(req.pipeline_parallel + 1, 9):
         if fits(tp, pp, req.data_parallel):
             est = req.memory_per_gpu(tp, pp, req.data_parallel)
-            return (f"tensor_parallel={tp}, pipeline_parallel={pp} fits "
-                    f"({est.total:.1f} GiB per GPU).")
+            return f"tensor_parallel={tp}, pipeline_parallel={pp} fits ({est.total:.1f} GiB per GPU)."
     if req.weight_sharding == "all_ranks":
         for dp in range(req.data_parallel + 1, 257):
             if fits(req.tensor_parallel, req.pipeline_parallel, dp):
                 return f"data_parallel={dp} fits (weights sharded over more ranks)."
     fixed = req.memory_per_gpu(max_gpus, 8, 256)
-    return (f"No split fits: KV cache, training state and headroom alone need "
-            f"{fixed.kv_cache + fixed.extra + fixed.headroom:.1f} GiB per GPU; lower "
-            f"max_model_len or max_num_seqs, or use a smaller dtype.")
+    return (
+        f"No split fits: KV cache, training state and headroom alone need "
+        f"{fixed.kv_cache + fixed.extra + fixed.headroom:.1f} GiB per GPU; lower "
+        f"max_model_len or max_num_seqs, or use a smaller dtype."
+    )
 
 
 def _largest_power_of_two_dividing(n: int, limit: int) -> int:
@@ -159,7 +171,8 @@ def _check_counts(inventory: Inventory, requests: list[GpuRequest]) -> None:
         raise PlacementError(
             f"the plan needs {need} GPUs ({parts}) and inventory {inventory.name} has "
             f"{have}: {need - have} GPU{'s' if need - have > 1 else ''} missing. Drop a "
-            f"replica or data-parallel rank, or add a node.")
+            f"replica or data-parallel rank, or add a node."
+        )
     pinned: dict[tuple[str, ...], int] = {}
     for r in requests:
         if r.nodes is not None:
@@ -170,17 +183,21 @@ def _check_counts(inventory: Inventory, requests: list[GpuRequest]) -> None:
         if n > avail:
             raise PlacementError(
                 f"requests pinned to {', '.join(names)} need {n} GPUs and those nodes "
-                f"have {avail}: {n - avail} missing. Allow more nodes in `nodes`.")
+                f"have {avail}: {n - avail} missing. Allow more nodes in `nodes`."
+            )
 
 
-def _order(inventory: Inventory, slot: _Slot, free: dict[str, int], prev: str | None,
-           remaining: int) -> list[str]:
+def _order(
+    inventory: Inventory, slot: _Slot, free: dict[str, int], prev: str | None, remaining: int
+) -> list[str]:
     """Nodes to try for a slot: the request's previous node first, then the
     tightest node that holds the rest of the request, then the emptiest."""
     req = slot.request
-    names = [n.name for n in _candidates(inventory, req)
-             if free[n.name] >= slot.size
-             and inventory.node(n.name).gpu_memory_gib >= req.memory_per_gpu().total]
+    names = [
+        n.name
+        for n in _candidates(inventory, req)
+        if free[n.name] >= slot.size and inventory.node(n.name).gpu_memory_gib >= req.memory_per_gpu().total
+    ]
     whole = sorted((n for n in names if free[n] >= remaining), key=lambda n: free[n])
     rest = sorted((n for n in names if free[n] < remaining), key=lambda n: -free[n])
     ordered = whole + rest
@@ -190,8 +207,9 @@ def _order(inventory: Inventory, slot: _Slot, free: dict[str, int], prev: str | 
     return ordered
 
 
-def _search(inventory: Inventory, slots: list[_Slot], i: int, free: dict[str, int],
-            prev: str | None, failed: set) -> list[str] | None:
+def _search(
+    inventory: Inventory, slots: list[_Slot], i: int, free: dict[str, int], prev: str | None, failed: set
+) -> list[str] | None:
     """Depth-first search over nodes, preferred order first; memoises dead ends."""
     if i == len(slots):
         return []
@@ -215,6 +233,8 @@ def _search(inventory: Inventory, slots: list[_Slot], i: int, free: dict[str, in
 def _fragmentation_message(inventory: Inventory, slots: list[_Slot]) -> str:
     sizes = sorted((s.size for s in slots), reverse=True)
     free = ", ".join(f"{n.name} {n.gpus}" for n in inventory.nodes)
-    return (f"the GPUs are enough in number but not in shape: groups of "
-            f"{', '.join(map(str, sizes))} GPUs (each inside one node) do not pack into "
-            f"the nodes' GPUs ({free}). Lower tensor_parallel, or pin requests with `nodes`.")
+    return (
+        f"the GPUs are enough in number but not in shape: groups of "
+        f"{', '.join(map(str, sizes))} GPUs (each inside one node) do not pack into "
+        f"the nodes' GPUs ({free}). Lower tensor_parallel, or pin requests with `nodes`."
+    )

@@ -44,8 +44,11 @@ class PlacementGroupSpec:
     bundle_label_selector: list[dict[str, str]]
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"bundles": self.bundles, "strategy": self.strategy,
-                "bundle_label_selector": self.bundle_label_selector}
+        return {
+            "bundles": self.bundles,
+            "strategy": self.strategy,
+            "bundle_label_selector": self.bundle_label_selector,
+        }
 
 
 @dataclass
@@ -85,16 +88,18 @@ class Plan:
             KeyError: no such request or replica.
         """
         req = self.request(request)
-        groups = sorted((g for g in self.groups if g.request == request and g.replica == replica),
-                        key=lambda g: g.stage)
+        groups = sorted(
+            (g for g in self.groups if g.request == request and g.replica == replica), key=lambda g: g.stage
+        )
         if not groups:
             raise KeyError(f"{request} replica {replica}")
         bundles, selectors = [], []
         for g in groups:
             node = self.inventory.node(g.node)
             for _ in g.gpus:
-                bundles.append({"GPU": 1.0, "CPU": float(req.cpus_per_gpu),
-                                node.ray_resource: NODE_RESOURCE_PER_BUNDLE})
+                bundles.append(
+                    {"GPU": 1.0, "CPU": float(req.cpus_per_gpu), node.ray_resource: NODE_RESOURCE_PER_BUNDLE}
+                )
                 selectors.append({NODE_LABEL_KEY: node.name})
         one_node = len({g.node for g in groups}) == 1
         return PlacementGroupSpec(bundles, "STRICT_PACK" if one_node else "PACK", selectors)
@@ -115,9 +120,13 @@ class Plan:
         selectors = []
         for g in (g for g in self.groups if g.request == request):
             selectors += [{NODE_LABEL_KEY: g.node}] * (len(g.gpus) // gpw)
-        return {"num_workers": len(selectors), "use_gpu": True,
-                "resources_per_worker": {"GPU": float(gpw), "CPU": float(req.cpus_per_gpu * gpw)},
-                "placement_strategy": "PACK", "label_selector": selectors}
+        return {
+            "num_workers": len(selectors),
+            "use_gpu": True,
+            "resources_per_worker": {"GPU": float(gpw), "CPU": float(req.cpus_per_gpu * gpw)},
+            "placement_strategy": "PACK",
+            "label_selector": selectors,
+        }
 
     def ray_objects(self) -> dict[str, Any]:
         """Request name -> its Ray objects: `placement_groups` (serve, one per

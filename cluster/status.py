@@ -60,12 +60,18 @@ def nodes() -> list[NodeStatus]:
         total = n.get("Resources", {})
         avail = free.get(n["NodeID"], {})
         labels = n.get("Labels") or {}
-        out.append(NodeStatus(
-            name=labels.get(NODE_LABEL_KEY, n.get("NodeName", "")),
-            address=n["NodeManagerAddress"], alive=bool(n["Alive"]),
-            gpus_total=total.get("GPU", 0), gpus_used=total.get("GPU", 0) - avail.get("GPU", 0),
-            cpus_total=total.get("CPU", 0), cpus_used=total.get("CPU", 0) - avail.get("CPU", 0),
-            head="node:__internal_head__" in total))
+        out.append(
+            NodeStatus(
+                name=labels.get(NODE_LABEL_KEY, n.get("NodeName", "")),
+                address=n["NodeManagerAddress"],
+                alive=bool(n["Alive"]),
+                gpus_total=total.get("GPU", 0),
+                gpus_used=total.get("GPU", 0) - avail.get("GPU", 0),
+                cpus_total=total.get("CPU", 0),
+                cpus_used=total.get("CPU", 0) - avail.get("CPU", 0),
+                head="node:__internal_head__" in total,
+            )
+        )
     return sorted(out, key=lambda s: (not s.head, s.address))
 
 
@@ -76,9 +82,11 @@ def serve_status(st: ClusterStatus) -> None:
     for app_name, app in serve.status().applications.items():
         st.apps[app_name] = _name(app.status)
         for name, dep in app.deployments.items():
-            st.deployments.append(DeploymentStatus(
-                app_name, name, _name(dep.status),
-                {_name(k): v for k, v in dep.replica_states.items()}))
+            st.deployments.append(
+                DeploymentStatus(
+                    app_name, name, _name(dep.status), {_name(k): v for k, v in dep.replica_states.items()}
+                )
+            )
 
 
 def running_jobs(dashboard_url: str) -> list[JobStatus]:
@@ -89,10 +97,11 @@ def running_jobs(dashboard_url: str) -> list[JobStatus]:
 
     me = ray.get_runtime_context().get_job_id()
     client = JobSubmissionClient(f"http://{dashboard_url}")
-    return [JobStatus(j.submission_id or j.job_id or "", _name(j.type), _name(j.status),
-                      j.entrypoint)
-            for j in client.list_jobs()
-            if j.status in (RayJobStatus.PENDING, RayJobStatus.RUNNING) and j.job_id != me]
+    return [
+        JobStatus(j.submission_id or j.job_id or "", _name(j.type), _name(j.status), j.entrypoint)
+        for j in client.list_jobs()
+        if j.status in (RayJobStatus.PENDING, RayJobStatus.RUNNING) and j.job_id != me
+    ]
 
 
 def collect(dashboard_url: str | None) -> ClusterStatus:

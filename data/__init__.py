@@ -16,7 +16,28 @@ from data.preview import render_example
 from data.split import split_of
 from data.template_labels import turn_end_warnings
 
-__all__ = ["PII_TYPES", "ChatDataset", "DataValidationError", "DatasetConfig", "DedupConfig", "Deduplicator",
-           "NormalizeConfig", "Packer", "PackingConfig", "PiiConfig", "RowError", "SplitConfig", "mask_pii",
-           "normalize_text", "prepare", "read_chat_jsonl", "read_manifest", "render_example", "split_of",
-           "tokenize_conversation", "tokenizer_hash", "turn_end_warnings", "validate_rows"]
+__all__ = [
+    "PII_TYPES",
+    "ChatDataset",
+    "DataValidationError",
+    "DatasetConfig",
+    "DedupConfig",
+    "Deduplicator",
+    "NormalizeConfig",
+    "Packer",
+    "PackingConfig",
+    "PiiConfig",
+    "RowError",
+    "SplitConfig",
+    "mask_pii",
+    "normalize_text",
+    "prepare",
+    "read_chat_jsonl",
+    "read_manifest",
+    "render_example",
+    "split_of",
+    "tokenize_conversation",
+    "tokenizer_hash",
+    "turn_end_warnings",
+    "validate_rows",
+]

@@ -104,15 +104,18 @@ def read_chat_jsonl(path: str | Path, on_error: str = "fail") -> ChatDataset:
     if errors and on_error == "fail":
         shown = "\n".join(str(e) for e in errors[:20])
         more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise DataValidationError(f"{len(errors)} invalid row(s) in {path} "
-                                  f"(set on_error: skip to drop and count them):\n{shown}{more}")
+        raise DataValidationError(
+            f"{len(errors)} invalid row(s) in {path} "
+            f"(set on_error: skip to drop and count them):\n{shown}{more}"
+        )
     if not conversations:
         raise DataValidationError(f"{path}: no valid conversations to train on.")
     return ChatDataset(path, conversations, errors, hashlib.sha256(raw).hexdigest())
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
-                          template_kwargs: dict | None = None) -> dict[str, list[int]]:
+def tokenize_conversation(
+    tokenizer, messages: list[dict], max_length: int, template_kwargs: dict | None = None
+) -> dict[str, list[int]]:
     """Token ids and labels for one conversation, with labels only on assistant turns.
 
     The simple reference for `data.tokenization.tokenize_batch` (the same ids
@@ -148,6 +151,8 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int,
         raise DataValidationError(f"the chat template refused the conversation: {exc}") from exc
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = enc["input_ids"]
-    labels = [t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-              for t, (start, _) in zip(input_ids, enc["offset_mapping"])]
+    labels = [
+        t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+        for t, (start, _) in zip(input_ids, enc["offset_mapping"])
+    ]
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}

@@ -19,19 +19,26 @@ PiiType = Literal["EMAIL", "IP_ADDRESS", "CREDIT_CARD", "MY_NUMBER", "PHONE", "P
 class NormalizeConfig(StrictConfig):
     """Text normalisation applied to every content string before masking."""
 
-    nfkc: bool = Field(True, description="Apply Unicode NFKC (full-width ASCII to half-width, "
-                                         "half-width katakana to full-width).")
+    nfkc: bool = Field(
+        True,
+        description="Apply Unicode NFKC (full-width ASCII to half-width, half-width katakana to full-width).",
+    )
     whitespace: Literal["keep", "trim", "collapse"] = Field(
-        "trim", description="keep; trim (CRLF to LF, strip ends and trailing spaces, at most one blank line); "
-                            "collapse (trim, and runs of spaces/tabs become one space; not for code).")
+        "trim",
+        description="keep; trim (CRLF to LF, strip ends and trailing spaces, at most one blank line); "
+        "collapse (trim, and runs of spaces/tabs become one space; not for code).",
+    )
 
 
 class PiiConfig(StrictConfig):
     """Personal-information masking (on by default)."""
 
-    enabled: bool = Field(True, description="Replace personal information by typed placeholders such as <PHONE>.")
-    types: list[PiiType] = Field(list(PII_TYPES), min_length=1,
-                                 description=f"The PII types to mask; any of {list(PII_TYPES)}.")
+    enabled: bool = Field(
+        True, description="Replace personal information by typed placeholders such as <PHONE>."
+    )
+    types: list[PiiType] = Field(
+        list(PII_TYPES), min_length=1, description=f"The PII types to mask; any of {list(PII_TYPES)}."
+    )
 
 
 class DedupConfig(StrictConfig):
@@ -39,19 +46,30 @@ class DedupConfig(StrictConfig):
 
     exact: bool = Field(True, description="Drop rows whose content equals an earlier row's.")
     near: bool = Field(True, description="Drop near-duplicates (MinHash LSH over character n-grams).")
-    threshold: float = Field(0.8, gt=0.3, lt=1.0, description="Jaccard similarity of n-gram sets at which "
-                                                               "rows count as near-duplicates.")
-    num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations (more: sharper threshold, slower).")
+    threshold: float = Field(
+        0.8,
+        gt=0.3,
+        lt=1.0,
+        description="Jaccard similarity of n-gram sets at which rows count as near-duplicates.",
+    )
+    num_perm: int = Field(
+        64, ge=16, le=512, description="MinHash permutations (more: sharper threshold, slower)."
+    )
     shingle: int = Field(5, ge=2, le=20, description="Characters per n-gram.")
-    spill: bool = Field(False, description="Keep the dedup index (50 bytes a row) in files in the output "
-                                           "folder, read through the page cache, for inputs whose index would not "
-                                           "fit in memory (about 20% slower); false: in memory.")
+    spill: bool = Field(
+        False,
+        description="Keep the dedup index (50 bytes a row) in files in the output "
+        "folder, read through the page cache, for inputs whose index would not "
+        "fit in memory (about 20% slower); false: in memory.",
+    )
 
 
 class SplitConfig(StrictConfig):
     """Deterministic train/eval split by content hash: a row keeps its side when rows are appended."""
 
-    eval_fraction: float = Field(0.0, ge=0.0, le=0.5, description="Share of rows for eval (0: everything trains).")
+    eval_fraction: float = Field(
+        0.0, ge=0.0, le=0.5, description="Share of rows for eval (0: everything trains)."
+    )
     seed: int = Field(0, ge=0, description="Seed mixed into the hash; another seed gives another split.")
 
 
@@ -59,44 +77,74 @@ class PackingConfig(StrictConfig):
     """Packing several examples into one fixed-length sequence (see data.packing)."""
 
     enabled: bool = Field(False, description="Pack examples into sequences of `length` tokens.")
-    length: int | None = Field(None, ge=16, description="Tokens per packed sequence; null means the dataset's max_length.")
-    open_bins: int = Field(8, ge=1, le=1024, description="Sequences kept open for first-fit filling (memory vs fill).")
+    length: int | None = Field(
+        None, ge=16, description="Tokens per packed sequence; null means the dataset's max_length."
+    )
+    open_bins: int = Field(
+        8, ge=1, le=1024, description="Sequences kept open for first-fit filling (memory vs fill)."
+    )
 
 
 class DatasetConfig(StrictConfig):
     """A dataset to read, validate, normalise, mask, deduplicate, split, tokenise and pack."""
 
-    name: str = Field(description="Dataset name, used in the manifest and in MLflow.", pattern=r"^[A-Za-z0-9_.-]+$")
-    path: str = Field(description="A file (JSONL, JSON, Parquet, CSV/TSV, TXT/MD) or a folder of them. Relative paths "
-                                  "resolve against the config file's folder; 'samples:FILE' names a sample bundled "
-                                  "with Sekisho.")
+    name: str = Field(
+        description="Dataset name, used in the manifest and in MLflow.", pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    path: str = Field(
+        description="A file (JSONL, JSON, Parquet, CSV/TSV, TXT/MD) or a folder of them. Relative paths "
+        "resolve against the config file's folder; 'samples:FILE' names a sample bundled "
+        "with Sekisho."
+    )
     format: Literal["chat", "instruction", "prompt_completion", "text"] = Field(
-        "chat", description="Record format: chat {messages}, instruction {instruction, input, output}, "
-                            "prompt_completion {prompt, completion}, text {text}.")
-    columns: dict[str, str] = Field(default_factory=dict, description="Format field -> column name in the source, "
-                                                                      "e.g. {instruction: 質問, output: 回答}.")
-    encoding: Literal[ENCODINGS] = Field("auto", description="Text encoding; auto: UTF-8 (with or without BOM) "
-                                                             "or CP932/Shift_JIS, decided per file.")
-    on_error: Literal["fail", "skip"] = Field("fail", description="On an invalid row: stop with every bad row listed, "
-                                                                  "or drop and count it.")
+        "chat",
+        description="Record format: chat {messages}, instruction {instruction, input, output}, "
+        "prompt_completion {prompt, completion}, text {text}.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Format field -> column name in the source, e.g. {instruction: 質問, output: 回答}.",
+    )
+    encoding: Literal[ENCODINGS] = Field(
+        "auto",
+        description="Text encoding; auto: UTF-8 (with or without BOM) or CP932/Shift_JIS, decided per file.",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="On an invalid row: stop with every bad row listed, or drop and count it."
+    )
     max_length: int = Field(256, ge=16, description="Longest tokenised example.")
-    overlength: Literal["truncate", "drop"] = Field("truncate", description="Examples longer than max_length: "
-                                                                           "cut at max_length, or drop and count.")
+    overlength: Literal["truncate", "drop"] = Field(
+        "truncate", description="Examples longer than max_length: cut at max_length, or drop and count."
+    )
     min_tokens: int = Field(1, ge=1, description="Examples with fewer tokens are dropped and counted.")
-    executor: Literal["local", "ray"] = Field("local", description="local: this process plus `workers` forked "
-                                              "processes; ray: a Ray Data pipeline on the connected Ray cluster "
-                                              "with `workers` actors (the sources must be readable on every node).")
-    workers: int = Field(1, ge=1, le=64, description="Processes for the per-row stages (validate, normalise, mask, "
-                                                    "hash, tokenise); 1 runs them in this process (executor: local).")
-    shard_tokens: int = Field(1 << 26, ge=64, description="Tokens per Parquet shard: each split is a folder "
-                                                            "(tokens.parquet/part-00000.parquet, ...) with a new "
-                                                            "shard after this many tokens (64 Mi: ~256 MiB of ids "
-                                                            "and labels before compression).")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this process plus `workers` forked "
+        "processes; ray: a Ray Data pipeline on the connected Ray cluster "
+        "with `workers` actors (the sources must be readable on every node).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes for the per-row stages (validate, normalise, mask, "
+        "hash, tokenise); 1 runs them in this process (executor: local).",
+    )
+    shard_tokens: int = Field(
+        1 << 26,
+        ge=64,
+        description="Tokens per Parquet shard: each split is a folder "
+        "(tokens.parquet/part-00000.parquet, ...) with a new "
+        "shard after this many tokens (64 Mi: ~256 MiB of ids "
+        "and labels before compression).",
+    )
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="Text normalisation.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="PII masking.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate removal.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/eval split.")
-    packing: PackingConfig = Field(default_factory=PackingConfig, description="Packing into fixed-length sequences.")
+    packing: PackingConfig = Field(
+        default_factory=PackingConfig, description="Packing into fixed-length sequences."
+    )
 
     @field_validator("path")
     @classmethod
@@ -111,11 +159,15 @@ class DatasetConfig(StrictConfig):
         known = FIELDS[self.format][0] + FIELDS[self.format][1]
         unknown = sorted(set(self.columns) - set(known))
         if unknown:
-            raise ValueError(f"columns: {unknown} are not fields of the {self.format!r} format "
-                             f"(expected some of {list(known)})")
+            raise ValueError(
+                f"columns: {unknown} are not fields of the {self.format!r} format "
+                f"(expected some of {list(known)})"
+            )
         if self.packing.enabled and self.packing.length is not None and self.packing.length < self.max_length:
-            raise ValueError(f"packing.length ({self.packing.length}) must be at least max_length "
-                             f"({self.max_length}), or an example would not fit one sequence")
+            raise ValueError(
+                f"packing.length ({self.packing.length}) must be at least max_length "
+                f"({self.max_length}), or an example would not fit one sequence"
+            )
         return self
 
     @property

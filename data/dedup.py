@@ -29,6 +29,7 @@ import orjson
 
 EMPTY = np.iinfo(np.uint64).max
 
+
 def content_key(messages: list[dict] | None, text: str | None) -> bytes:
     """16-byte digest of an example's content: the identity used by dedup and split.
 
@@ -49,14 +50,17 @@ def content_key(messages: list[dict] | None, text: str | None) -> bytes:
 
 def collision_probability(similarity: float, bands: int, rows: int) -> float:
     """Chance that two rows with this Jaccard similarity share at least one band."""
-    return 1 - (1 - similarity ** rows) ** bands
+    return 1 - (1 - similarity**rows) ** bands
 
 
 def band_shape(num_perm: int, threshold: float, recall: float = 0.85) -> tuple[int, int]:
     """(bands, rows per band): the longest bands (fewest false positives) that
     still catch rows at `threshold` similarity with probability >= `recall`."""
-    fits = [(num_perm // r, r) for r in range(1, num_perm + 1)
-            if collision_probability(threshold, num_perm // r, r) >= recall]
+    fits = [
+        (num_perm // r, r)
+        for r in range(1, num_perm + 1)
+        if collision_probability(threshold, num_perm // r, r) >= recall
+    ]
     return fits[-1] if fits else (num_perm, 1)
 
 
@@ -81,7 +85,7 @@ class MinHasher:
         h = np.full(n, self.seed, dtype=np.uint64)
         for j in range(k):
             if len(cps):
-                h = h * np.uint64(1_000_003) + cps[j:j + n]
+                h = h * np.uint64(1_000_003) + cps[j : j + n]
         h ^= h >> np.uint64(31)  # splitmix64 finaliser: spread the bits before binning
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
@@ -115,7 +119,7 @@ class MinHasher:
         for i, text in enumerate(texts):
             chars += len(text)
             if chars >= self.CHUNK_CHARS or i == len(texts) - 1:
-                out[start:i + 1] = self._signatures(texts[start:i + 1])
+                out[start : i + 1] = self._signatures(texts[start : i + 1])
                 start, chars = i + 1, 0
         return out
 
@@ -128,7 +132,9 @@ class MinHasher:
         if not rows:
             return out
         lengths = np.array([len(texts[i]) for i in rows], dtype=np.int64)
-        cps = np.frombuffer("".join(texts[i] for i in rows).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        cps = np.frombuffer("".join(texts[i] for i in rows).encode("utf-32-le"), dtype=np.uint32).astype(
+            np.uint64
+        )
         h = self._window_hashes(cps, k)  # windows across two texts are hashed too, then left out
         windows = lengths - k + 1
         first = np.repeat(np.cumsum(lengths) - lengths - (np.cumsum(windows) - windows), windows)
@@ -309,7 +315,9 @@ class KeyIndex:
         del part, hi, lo
         fingerprint.sort()
         old = self._offsets
-        edges = np.searchsorted(fingerprint >> hi_low, np.arange(len(old), dtype=np.uint64))  # range r: [edges[r], edges[r + 1])
+        edges = np.searchsorted(
+            fingerprint >> hi_low, np.arange(len(old), dtype=np.uint64)
+        )  # range r: [edges[r], edges[r + 1])
         moved = old + edges  # where each range starts once merged
         self._grow(int(moved[-1]))
         his, los = self._hi, self._lo
@@ -320,16 +328,16 @@ class KeyIndex:
         for r0 in range(len(old) - 1 - per_group, -1, -per_group):
             r1 = r0 + per_group
             a, b = int(old[r0]), int(old[r1])
-            added = fingerprint[edges[r0]:edges[r1]]
+            added = fingerprint[edges[r0] : edges[r1]]
             if not len(added) and a == moved[r0]:
                 continue  # neither new keys nor a new place
             merged = np.empty(b - a + len(added), dtype=np.uint64)
-            stored = merged[:b - a]
+            stored = merged[: b - a]
             stored[:] = his[a:b]
             stored <<= low
             stored |= los[a:b]
-            stored |= np.repeat(np.arange(r0, r1, dtype=np.uint64) << hi_low, np.diff(old[r0:r1 + 1]))
-            merged[b - a:] = added
+            stored |= np.repeat(np.arange(r0, r1, dtype=np.uint64) << hi_low, np.diff(old[r0 : r1 + 1]))
+            merged[b - a :] = added
             merged.sort(kind="stable")  # timsort: two sorted runs
             s, e = int(moved[r0]), int(moved[r1])
             los[s:e] = merged  # the low bits (assignment truncates)
@@ -360,8 +368,15 @@ class Deduplicator:
         spill_dir: keep the index in unnamed files there (page cache) instead of in memory.
     """
 
-    def __init__(self, exact: bool = True, near: bool = True, threshold: float = 0.8,
-                 num_perm: int = 64, shingle: int = 5, spill_dir: str | None = None):
+    def __init__(
+        self,
+        exact: bool = True,
+        near: bool = True,
+        threshold: float = 0.8,
+        num_perm: int = 64,
+        shingle: int = 5,
+        spill_dir: str | None = None,
+    ):
         self.exact, self.near = exact, near
         self.hasher = MinHasher(num_perm, shingle)
         self.bands, self.rows = band_shape(num_perm, threshold)
@@ -374,14 +389,18 @@ class Deduplicator:
         """The LSH band keys of each text: shape (len(texts), bands), or (len(texts), 0) without near dedup."""
         if not self.near:
             return np.empty((len(texts), 0), dtype=np.uint64)
-        sig = self.hasher.signatures(texts)[:, : self.bands * self.rows].reshape(len(texts), self.bands, self.rows)
+        sig = self.hasher.signatures(texts)[:, : self.bands * self.rows].reshape(
+            len(texts), self.bands, self.rows
+        )
         return (sig * self._band_mult).sum(axis=2, dtype=np.uint64) ^ self._band_salt
 
     def band_keys(self, text: str) -> list[int]:
         """The LSH band keys of one text."""
         return self.band_keys_batch([text])[0].tolist()
 
-    def check_batch(self, exact_keys: np.ndarray, band_keys: np.ndarray, rows: list[int] | None = None) -> list[str | None]:
+    def check_batch(
+        self, exact_keys: np.ndarray, band_keys: np.ndarray, rows: list[int] | None = None
+    ) -> list[str | None]:
         """Record rows in order by their exact key (uint64, one per row) and band
         keys (one row of `band_keys` each); for each row the drop reason
         ("exact_duplicate", "near_duplicate") or None to keep it. A row's exact
@@ -390,8 +409,9 @@ class Deduplicator:
         """
         n = len(exact_keys)
         rows = range(n) if rows is None else rows
-        cols = ([np.asarray(exact_keys, dtype=np.uint64).reshape(n, 1)] if self.exact else []) + \
-               ([np.asarray(band_keys, dtype=np.uint64).reshape(n, -1)] if self.near else [])
+        cols = ([np.asarray(exact_keys, dtype=np.uint64).reshape(n, 1)] if self.exact else []) + (
+            [np.asarray(band_keys, dtype=np.uint64).reshape(n, -1)] if self.near else []
+        )
         if not cols:
             return [None] * n
         keys = np.concatenate(cols, axis=1)
@@ -417,8 +437,9 @@ class Deduplicator:
 
     def check_keys(self, key: bytes, band_keys: list[int]) -> str | None:
         """`check_batch` for one row given its content key (bytes) and band keys."""
-        return self.check_batch(np.array([exact_key(key)], dtype=np.uint64),
-                                np.array([band_keys], dtype=np.uint64).reshape(1, -1))[0]
+        return self.check_batch(
+            np.array([exact_key(key)], dtype=np.uint64), np.array([band_keys], dtype=np.uint64).reshape(1, -1)
+        )[0]
 
     @property
     def index_bytes(self) -> int:

@@ -35,9 +35,12 @@ def tokenizer_hash(model_dir: str | Path) -> str:
 
 def dataset_version(manifest: dict) -> str:
     """16 hex digits over the manifest's content fields (not names or paths)."""
-    content = {"sources": sorted(s["sha256"] for s in manifest["sources"]),
-               "settings": manifest["settings"], "tokenizer": manifest["tokenizer_sha256"],
-               "content": manifest["content_sha256"]}
+    content = {
+        "sources": sorted(s["sha256"] for s in manifest["sources"]),
+        "settings": manifest["settings"],
+        "tokenizer": manifest["tokenizer_sha256"],
+        "content": manifest["content_sha256"],
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 

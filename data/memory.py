@@ -62,8 +62,14 @@ def fix_glibc_thresholds() -> bool:
     except (OSError, AttributeError):  # musl, macOS: no mallopt; nothing to do
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = all(mallopt(param, value) == 1 for param, value in
-                   ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, 2)))
+    _applied = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (M_ARENA_MAX, 2),
+        )
+    )
     _libc = libc if _applied else None
     return _applied
 

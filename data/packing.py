@@ -82,7 +82,10 @@ def pack_examples(examples: list[tuple[Sequence[int], Sequence[int]]]) -> dict[s
     starts = np.cumsum(lengths) - lengths
     labels = np.concatenate([np.asarray(lab, dtype=np.int32) for _, lab in examples])
     labels[starts] = IGNORE_INDEX
-    return {"input_ids": np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in examples]),
-            "labels": labels,
-            "position_ids": np.arange(lengths.sum(), dtype=np.int32) - np.repeat(starts, lengths).astype(np.int32),
-            "example_lengths": lengths}
+    return {
+        "input_ids": np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in examples]),
+        "labels": labels,
+        "position_ids": np.arange(lengths.sum(), dtype=np.int32)
+        - np.repeat(starts, lengths).astype(np.int32),
+        "example_lengths": lengths,
+    }

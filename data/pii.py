@@ -93,23 +93,46 @@ def _ip(text: str) -> bool:
 
 
 _DETECTORS: dict[str, tuple[re.Pattern, Callable[[str], bool]]] = {
-    "EMAIL": (re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@"
-                         r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])"),
-              lambda _: True),
-    "IP_ADDRESS": (re.compile(r"(?<![0-9A-Za-z.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z]|\.[0-9])"
-                              r"|(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Za-z:])"),
-                   _ip),
-    "CREDIT_CARD": (re.compile(rf"{EDGE_L}(?:{D}{{4}}(?:{S}{D}{{4}}){{3}}"
-                               rf"|{D}{{4}}{S}{D}{{6}}{S}{D}{{4,5}}|{D}{{13,19}}){EDGE_R}"), _card),
+    "EMAIL": (
+        re.compile(
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@"
+            r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])"
+        ),
+        lambda _: True,
+    ),
+    "IP_ADDRESS": (
+        re.compile(
+            r"(?<![0-9A-Za-z.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z]|\.[0-9])"
+            r"|(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Za-z:])"
+        ),
+        _ip,
+    ),
+    "CREDIT_CARD": (
+        re.compile(
+            rf"{EDGE_L}(?:{D}{{4}}(?:{S}{D}{{4}}){{3}}"
+            rf"|{D}{{4}}{S}{D}{{6}}{S}{D}{{4,5}}|{D}{{13,19}}){EDGE_R}"
+        ),
+        _card,
+    ),
     # Not a group of a longer spaced number ("4111 1111 1111 1112" is a card look-alike).
-    "MY_NUMBER": (re.compile(rf"{EDGE_L}(?<!{D}{{4}}{S}){D}{{4}}{S}?{D}{{4}}{S}?{D}{{4}}(?!{S}{D}{{4}}){EDGE_R}"),
-                  lambda m: my_number_valid(digits_of(m))),
-    "PHONE": (re.compile(rf"{EDGE_L}(?:(?:[+＋]81{S}?(?:[(（][0０][)）])?{S}?|[(（]?[0０]){D}{{0,4}}"
-                         rf"(?:[)）]{S}?|{S}|[(（])(?:{D}{{1,4}})(?:[)）]{S}?|{S}){D}{{3,4}}|[0０]{D}{{9,10}}){EDGE_R}"),
-              _phone),
-    "POSTAL_CODE": (re.compile(rf"〒{S}?{D}{{3}}[-‐–−－ー]?{D}{{4}}{EDGE_R}"
-                               rf"|(?<![0-9０-９A-Za-z\-‐–−－ー]){D}{{3}}[-‐–−－ー]{D}{{4}}(?![0-9０-９A-Za-z\-‐–−－ー])"),
-                    lambda _: True),
+    "MY_NUMBER": (
+        re.compile(rf"{EDGE_L}(?<!{D}{{4}}{S}){D}{{4}}{S}?{D}{{4}}{S}?{D}{{4}}(?!{S}{D}{{4}}){EDGE_R}"),
+        lambda m: my_number_valid(digits_of(m)),
+    ),
+    "PHONE": (
+        re.compile(
+            rf"{EDGE_L}(?:(?:[+＋]81{S}?(?:[(（][0０][)）])?{S}?|[(（]?[0０]){D}{{0,4}}"
+            rf"(?:[)）]{S}?|{S}|[(（])(?:{D}{{1,4}})(?:[)）]{S}?|{S}){D}{{3,4}}|[0０]{D}{{9,10}}){EDGE_R}"
+        ),
+        _phone,
+    ),
+    "POSTAL_CODE": (
+        re.compile(
+            rf"〒{S}?{D}{{3}}[-‐–−－ー]?{D}{{4}}{EDGE_R}"
+            rf"|(?<![0-9０-９A-Za-z\-‐–−－ー]){D}{{3}}[-‐–−－ー]{D}{{4}}(?![0-9０-９A-Za-z\-‐–−－ー])"
+        ),
+        lambda _: True,
+    ),
 }
 
 
@@ -131,8 +154,12 @@ def mask_pii(text: str, types: Iterable[str] = PII_TYPES, counts: Counter | None
     wanted = set(types)
     digits = len(_DIGIT.findall(text))
     for kind in PII_TYPES:
-        if kind not in wanted or digits < _MIN_DIGITS[kind] or (kind == "EMAIL" and "@" not in text) or \
-                (kind == "IP_ADDRESS" and "." not in text and ":" not in text):
+        if (
+            kind not in wanted
+            or digits < _MIN_DIGITS[kind]
+            or (kind == "EMAIL" and "@" not in text)
+            or (kind == "IP_ADDRESS" and "." not in text and ":" not in text)
+        ):
             continue  # it cannot be there: skip the regex (most prose has no digit at all)
         text = mask_type(text, kind, counts)
     return text

@@ -61,17 +61,28 @@ class Accounting:
             if len(self.invalid) < SHOWN_ERRORS:
                 self.invalid.append(error)
         if self.log is not None:
-            self.log.write(json.dumps({"file": error.file, error.unit: error.line, "code": error.code,
-                                       "reason": error.reason}, ensure_ascii=False) + "\n")
+            self.log.write(
+                json.dumps(
+                    {"file": error.file, error.unit: error.line, "code": error.code, "reason": error.reason},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
     def raise_if_invalid(self, path: str) -> None:
         """Raise DataValidationError listing the invalid rows (on_error: fail)."""
         if not self.invalid_count:
             return
         shown = "\n".join(str(e) for e in self.invalid)
-        more = f"\n... and {self.invalid_count - len(self.invalid)} more" if self.invalid_count > len(self.invalid) else ""
-        raise DataValidationError(f"{self.invalid_count} invalid row(s) in {path} "
-                                  f"(set on_error: skip to drop and count them):\n{shown}{more}")
+        more = (
+            f"\n... and {self.invalid_count - len(self.invalid)} more"
+            if self.invalid_count > len(self.invalid)
+            else ""
+        )
+        raise DataValidationError(
+            f"{self.invalid_count} invalid row(s) in {path} "
+            f"(set on_error: skip to drop and count them):\n{shown}{more}"
+        )
 
 
 def register_sources(cfg: DatasetConfig, acc: Accounting) -> list[Path]:
@@ -85,8 +96,15 @@ def register_sources(cfg: DatasetConfig, acc: Accounting) -> list[Path]:
     acc.ignored_files = [str(p) for p in ignored]
     for path in files:
         name = str(path.relative_to(root)) if root.is_dir() else path.name
-        acc.sources.append({"name": name, "path": str(path), "sha256": file_sha256(path),
-                            "bytes": path.stat().st_size, "rows_in": 0})
+        acc.sources.append(
+            {
+                "name": name,
+                "path": str(path),
+                "sha256": file_sha256(path),
+                "bytes": path.stat().st_size,
+                "rows_in": 0,
+            }
+        )
     return files
 
 
@@ -120,8 +138,11 @@ def example_key(ex: Example) -> bytes | Problem:
     try:
         return content_key(ex.messages, ex.text)
     except UnicodeEncodeError as exc:
-        return Problem("invalid_text", f"text holds {exc.object[exc.start]!a}: half of a UTF-16 surrogate pair "
-                                       f"(a JSON \\u escape), not a character")
+        return Problem(
+            "invalid_text",
+            f"text holds {exc.object[exc.start]!a}: half of a UTF-16 surrogate pair "
+            f"(a JSON \\u escape), not a character",
+        )
 
 
 def validate_rows(cfg: DatasetConfig) -> Accounting:
@@ -216,8 +237,19 @@ class RowProcessor:
             input_ids, labels = tokens.input_ids, tokens.labels
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return ProcessedBatch([(r.file, r.line, r.unit) for r in rows], errors, exact, band_keys, is_eval,
-                              has_tokens, offsets, input_ids, labels, pii, notes)
+        return ProcessedBatch(
+            [(r.file, r.line, r.unit) for r in rows],
+            errors,
+            exact,
+            band_keys,
+            is_eval,
+            has_tokens,
+            offsets,
+            input_ids,
+            labels,
+            pii,
+            notes,
+        )
 
 
 def length_filter(cfg: DatasetConfig, batch: TokenizedBatch) -> tuple[TokenizedBatch, dict[int, Problem]]:
@@ -241,7 +273,9 @@ def length_filter(cfg: DatasetConfig, batch: TokenizedBatch) -> tuple[TokenizedB
     trained = np.zeros(len(batch.labels) + 1, dtype=np.int64)
     np.cumsum(batch.labels != IGNORE_INDEX, out=trained[1:])
     for k in np.flatnonzero(trained[batch.offsets[1:]] == trained[batch.offsets[:-1]]).tolist():
-        problems.setdefault(k, Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}"))
+        problems.setdefault(
+            k, Problem("no_trained_tokens", f"no trained token left within max_length {cfg.max_length}")
+        )
     return batch, problems
 
 
@@ -338,8 +372,13 @@ def _batch_results(cfg: DatasetConfig, tokenizer, tokenizer_dir, acc: Accounting
         _PROCESSOR = None
 
 
-def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir: str | Path | None = None,
-                   spill_dir: str | Path | None = None) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def processed_rows(
+    cfg: DatasetConfig,
+    tokenizer,
+    acc: Accounting,
+    tokenizer_dir: str | Path | None = None,
+    spill_dir: str | Path | None = None,
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(split, tokens) of every row kept, in read order; every other row is counted in `acc`.
 
     Args:
@@ -350,8 +389,14 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir
         DataValidationError: unreadable sources.
     """
     d = cfg.dedup
-    dedup = Deduplicator(d.exact, d.near, d.threshold, d.num_perm, d.shingle,
-                         str(spill_dir) if d.spill and spill_dir is not None else None)
+    dedup = Deduplicator(
+        d.exact,
+        d.near,
+        d.threshold,
+        d.num_perm,
+        d.shingle,
+        str(spill_dir) if d.spill and spill_dir is not None else None,
+    )
     trim = HeapTrimmer()  # the heap's free pages go back as the process grows (see data.memory)
     for batch in _batch_results(cfg, tokenizer, tokenizer_dir, acc):
         trim()
@@ -360,7 +405,9 @@ def processed_rows(cfg: DatasetConfig, tokenizer, acc: Accounting, tokenizer_dir
         tokenized = np.flatnonzero(batch.has_tokens).tolist()
         verdicts = dedup.check_batch(batch.exact_keys, batch.band_keys, tokenized)
         is_eval = batch.is_eval.tolist()
-        for i, (has_tokens, reason, error) in enumerate(zip(batch.has_tokens.tolist(), verdicts, batch.errors)):
+        for i, (has_tokens, reason, error) in enumerate(
+            zip(batch.has_tokens.tolist(), verdicts, batch.errors)
+        ):
             if not has_tokens:  # invalid row
                 acc.drop(error, invalid=True)
             elif reason:

@@ -32,15 +32,26 @@ __all__ = ["DatasetConfig", "prepare", "tokenizer_hash"]
 logger = logging.getLogger("sekisho.data")
 SPLIT_FILES = {"train": "tokens.parquet", "eval": "eval.parquet"}
 # How and where the work runs, not what comes out: left out of the version.
-LAYOUT_SETTINGS = {"name": True, "path": True, "workers": True, "executor": True, "shard_tokens": True,
-                   "dedup": {"spill"}}
+LAYOUT_SETTINGS = {
+    "name": True,
+    "path": True,
+    "workers": True,
+    "executor": True,
+    "shard_tokens": True,
+    "dedup": {"spill"},
+}
 WRITE_TOKENS = 1 << 17  # buffered tokens per row group: bounds memory for any row length
 # Token ids: delta encoding (DELTA_BINARY_PACKED, read by every Parquet reader)
 # instead of dictionary pages, no min/max statistics (neither helps a reader of
 # id lists), zstd at its fastest level instead of snappy. Measured on packed rows
 # of the benchmark corpus: half the time of pyarrow's defaults, and smaller files.
-PARQUET_OPTIONS = {"use_dictionary": False, "column_encoding": "DELTA_BINARY_PACKED", "write_statistics": False,
-                   "compression": "zstd", "compression_level": 1}
+PARQUET_OPTIONS = {
+    "use_dictionary": False,
+    "column_encoding": "DELTA_BINARY_PACKED",
+    "write_statistics": False,
+    "compression": "zstd",
+    "compression_level": 1,
+}
 
 
 class SplitWriter:
@@ -92,8 +103,9 @@ class SplitWriter:
             if not self.shards:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 self.tmp.mkdir()
-            self.writer = pq.ParquetWriter(self.tmp / f"part-{self.shards:05d}.parquet", self.schema,
-                                           **PARQUET_OPTIONS)
+            self.writer = pq.ParquetWriter(
+                self.tmp / f"part-{self.shards:05d}.parquet", self.schema, **PARQUET_OPTIONS
+            )
             self.shards += 1
             self.shard_filled = 0
         self.shard_filled += self.buffered
@@ -104,7 +116,11 @@ class SplitWriter:
             for f in self.schema:
                 own = f.name == "example_lengths"  # the one column with its own row lengths
                 sizes = np.array([len(r[f.name]) for r in self.rows], dtype=np.int32) if own else None
-                offs = pa.array(np.concatenate([[0], np.cumsum(sizes, dtype=np.int32)]), type=pa.int32()) if own else offsets
+                offs = (
+                    pa.array(np.concatenate([[0], np.cumsum(sizes, dtype=np.int32)]), type=pa.int32())
+                    if own
+                    else offsets
+                )
                 values = np.concatenate([np.asarray(r[f.name], dtype=np.int32) for r in self.rows])
                 columns.append(pa.ListArray.from_arrays(offs, pa.array(values, type=pa.int32()), type=f.type))
             self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
@@ -175,7 +191,11 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
             try:
                 for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir, spill_dir=out):
                     examples[split] += 1
-                    rows = packers[split].add(tokens["input_ids"], tokens["labels"]) if cfg.packing.enabled else [tokens]
+                    rows = (
+                        packers[split].add(tokens["input_ids"], tokens["labels"])
+                        if cfg.packing.enabled
+                        else [tokens]
+                    )
                     for row in rows:
                         writers[split].add(row)
                 for split, packer in packers.items():
@@ -187,8 +207,10 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
         if cfg.on_error == "fail":
             acc.raise_if_invalid(cfg.path)
         if not examples["train"]:
-            raise DataValidationError(f"{cfg.path}: no valid example left to train on "
-                                      f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in}).")
+            raise DataValidationError(
+                f"{cfg.path}: no valid example left to train on "
+                f"(dropped: {dict(acc.dropped) or 'none'}; rows in: {acc.rows_in})."
+            )
     except BaseException:
         log_path.unlink(missing_ok=True)
         for w in writers.values():
@@ -220,29 +242,45 @@ def template_report(notes: Counter, tokenizer, tokenizer_dir: str | Path) -> dic
         turn_end_warnings,
     )
 
-    ends = {k[len(NOTE_TURN_END):]: n for k, n in sorted(notes.items()) if k.startswith(NOTE_TURN_END)}
+    ends = {k[len(NOTE_TURN_END) :]: n for k, n in sorted(notes.items()) if k.startswith(NOTE_TURN_END)}
     if not ends:
         return {}
     warnings = turn_end_warnings(tokenizer, tokenizer_dir, used=ends)
     if notes[NOTE_MISMATCH]:
-        warnings.append(f"{notes[NOTE_MISMATCH]} conversation(s) render differently for serving than for training: "
-                        f"the prompt a server sends (the chat template with add_generation_prompt) is not a prefix "
-                        f"of the render trained on (Mistral renders the system prompt only before a last user "
-                        f"turn; gpt-oss drops analysis before a later answer), so the model sees those prompts "
-                        f"differently when served")
+        warnings.append(
+            f"{notes[NOTE_MISMATCH]} conversation(s) render differently for serving than for training: "
+            f"the prompt a server sends (the chat template with add_generation_prompt) is not a prefix "
+            f"of the render trained on (Mistral renders the system prompt only before a last user "
+            f"turn; gpt-oss drops analysis before a later answer), so the model sees those prompts "
+            f"differently when served"
+        )
     if notes[NOTE_SPLIT_TOKEN]:
-        warnings.append(f"{notes[NOTE_SPLIT_TOKEN]} assistant turn(s) start inside a token of the render (the "
-                        f"serving prompt does not end on a token boundary); that token is not trained")
-    return {"turn_end_tokens": ends, NOTE_MISMATCH: notes[NOTE_MISMATCH],
-            NOTE_CONTENT_DROPPED: notes[NOTE_CONTENT_DROPPED], NOTE_SPLIT_TOKEN: notes[NOTE_SPLIT_TOKEN],
-            "warnings": warnings}
+        warnings.append(
+            f"{notes[NOTE_SPLIT_TOKEN]} assistant turn(s) start inside a token of the render (the "
+            f"serving prompt does not end on a token boundary); that token is not trained"
+        )
+    return {
+        "turn_end_tokens": ends,
+        NOTE_MISMATCH: notes[NOTE_MISMATCH],
+        NOTE_CONTENT_DROPPED: notes[NOTE_CONTENT_DROPPED],
+        NOTE_SPLIT_TOKEN: notes[NOTE_SPLIT_TOKEN],
+        "warnings": warnings,
+    }
 
 
-def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, SplitWriter],
-                   examples: Counter, tokenizer_dir: str | Path) -> dict:
+def build_manifest(
+    cfg: DatasetConfig,
+    acc: Accounting,
+    writers: dict[str, SplitWriter],
+    examples: Counter,
+    tokenizer_dir: str | Path,
+) -> dict:
     """The manifest of a finished run (see data.manifest for the version)."""
-    splits = {s: {"file": SPLIT_FILES[s], "shards": w.shards, "examples": examples[s], **w.stats}
-              for s, w in writers.items() if examples[s]}
+    splits = {
+        s: {"file": SPLIT_FILES[s], "shards": w.shards, "examples": examples[s], **w.stats}
+        for s, w in writers.items()
+        if examples[s]
+    }
     content = hashlib.sha256("".join(f"{s}:{w.hash.hexdigest()}" for s, w in writers.items()).encode())
     manifest = {
         "name": cfg.name,
@@ -251,8 +289,13 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "source": {"path": cfg.path, "sha256": sources_sha256(acc.sources)},
         "sources": acc.sources,
         "ignored_files": acc.ignored_files,
-        "rows": {"in": acc.rows_in, "out": sum(examples.values()), "train": examples["train"],
-                 "eval": examples["eval"], "dropped": dict(sorted(acc.dropped.items()))},
+        "rows": {
+            "in": acc.rows_in,
+            "out": sum(examples.values()),
+            "train": examples["train"],
+            "eval": examples["eval"],
+            "dropped": dict(sorted(acc.dropped.items())),
+        },
         "tokens": sum(w.stats["tokens"] for w in writers.values()),
         "trained_tokens": sum(w.stats["trained_tokens"] for w in writers.values()),
         "splits": splits,
@@ -261,7 +304,10 @@ def build_manifest(cfg: DatasetConfig, acc: Accounting, writers: dict[str, Split
         "tokenizer_sha256": tokenizer_hash(tokenizer_dir),
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
-        "packing": {"enabled": cfg.packing.enabled, "length": cfg.pack_length if cfg.packing.enabled else None},
+        "packing": {
+            "enabled": cfg.packing.enabled,
+            "length": cfg.pack_length if cfg.packing.enabled else None,
+        },
         "settings": cfg.model_dump(mode="json", exclude=LAYOUT_SETTINGS),
         "content_sha256": content.hexdigest(),
     }

@@ -17,8 +17,9 @@ class Span:
     example: int  # index of the example inside a packed row (0 when unpacked)
 
 
-def render_example(tokenizer, input_ids: list[int], labels: list[int],
-                   position_ids: list[int] | None = None) -> list[Span]:
+def render_example(
+    tokenizer, input_ids: list[int], labels: list[int], position_ids: list[int] | None = None
+) -> list[Span]:
     """Split a row into spans of trained / untrained text, per packed example.
 
     Spans are decoded as runs, not token by token: a byte-level tokenizer spends
@@ -49,21 +50,36 @@ def marked_text(spans: list[Span], open_mark: str = "âŸ¦", close_mark: str = "âŸ
 
 def manifest_rows(manifest: dict) -> list[tuple[str, str]]:
     """(field, value) pairs: the manifest flattened for a two-column table."""
-    rows = [("name", manifest["name"]), ("version", manifest["version"]), ("format", manifest.get("format", "chat")),
-            ("source", f"{manifest['source']['path']} (sha256 {manifest['source']['sha256'][:12]})")]
-    rows += [(f"  {s['name']}", f"{s['rows_in']} rows, {s['bytes']} bytes, sha256 {s['sha256'][:12]}")
-             for s in manifest.get("sources", [])]
+    rows = [
+        ("name", manifest["name"]),
+        ("version", manifest["version"]),
+        ("format", manifest.get("format", "chat")),
+        ("source", f"{manifest['source']['path']} (sha256 {manifest['source']['sha256'][:12]})"),
+    ]
+    rows += [
+        (f"  {s['name']}", f"{s['rows_in']} rows, {s['bytes']} bytes, sha256 {s['sha256'][:12]}")
+        for s in manifest.get("sources", [])
+    ]
     r = manifest["rows"]
-    rows += [("rows in / out", f"{r['in']} / {r['out']} (train {r.get('train', r['out'])}, eval {r.get('eval', 0)})")]
+    rows += [
+        (
+            "rows in / out",
+            f"{r['in']} / {r['out']} (train {r.get('train', r['out'])}, eval {r.get('eval', 0)})",
+        )
+    ]
     rows += [(f"  dropped: {code}", str(n)) for code, n in r["dropped"].items()]
     rows += [("tokens (trained)", f"{manifest['tokens']} ({manifest['trained_tokens']})")]
-    rows += [(f"  {name}", f"{s['sequences']} sequences, {s['examples']} examples, {s['tokens']} tokens")
-             for name, s in manifest.get("splits", {}).items()]
+    rows += [
+        (f"  {name}", f"{s['sequences']} sequences, {s['examples']} examples, {s['tokens']} tokens")
+        for name, s in manifest.get("splits", {}).items()
+    ]
     rows += [(f"pii: {k}", str(n)) for k, n in manifest.get("pii", {}).items()]
     packing = manifest.get("packing", {})
-    rows += [("packing", f"{packing['length']} tokens" if packing.get("enabled") else "off"),
-             ("max_length", str(manifest["max_length"])),
-             ("tokenizer sha256", manifest["tokenizer_sha256"][:16])]
+    rows += [
+        ("packing", f"{packing['length']} tokens" if packing.get("enabled") else "off"),
+        ("max_length", str(manifest["max_length"])),
+        ("tokenizer sha256", manifest["tokenizer_sha256"][:16]),
+    ]
     template = manifest.get("chat_template", {})
     if template.get("turn_end_tokens"):
         rows += [("turns end with", ", ".join(f"{t} ({n})" for t, n in template["turn_end_tokens"].items()))]

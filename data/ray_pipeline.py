@@ -72,10 +72,15 @@ def _source_files(files: list[Path], encoding: str):
             return sum(p.stat().st_size for p in files)
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            return [ReadTask(functools.partial(_read_file, str(p), encoding),
-                             BlockMetadata(num_rows=None, size_bytes=p.stat().st_size, exec_stats=None,
-                                           input_files=[str(p)]))
-                    for p in files]
+            return [
+                ReadTask(
+                    functools.partial(_read_file, str(p), encoding),
+                    BlockMetadata(
+                        num_rows=None, size_bytes=p.stat().st_size, exec_stats=None, input_files=[str(p)]
+                    ),
+                )
+                for p in files
+            ]
 
     return SourceFiles()
 
@@ -88,7 +93,9 @@ class RowStage:
 
         from data.pipeline import RowProcessor
 
-        self.processor = RowProcessor(DatasetConfig.model_validate(cfg), AutoTokenizer.from_pretrained(tokenizer_dir))
+        self.processor = RowProcessor(
+            DatasetConfig.model_validate(cfg), AutoTokenizer.from_pretrained(tokenizer_dir)
+        )
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -96,16 +103,25 @@ class RowStage:
         b = self.processor([_decode(r) for r in batch.to_pylist()])
         tokens = [b.tokens(i) if b.has_tokens[i] else None for i in range(len(b))]
         cols = {
-            "file": [w[0] for w in b.where], "line": [w[1] for w in b.where], "unit": [w[2] for w in b.where],
-            "code": [e.code if e else None for e in b.errors], "reason": [e.reason if e else None for e in b.errors],
-            "exact_key": b.exact_keys, "band_keys": list(b.band_keys), "is_eval": b.is_eval,
+            "file": [w[0] for w in b.where],
+            "line": [w[1] for w in b.where],
+            "unit": [w[2] for w in b.where],
+            "code": [e.code if e else None for e in b.errors],
+            "reason": [e.reason if e else None for e in b.errors],
+            "exact_key": b.exact_keys,
+            "band_keys": list(b.band_keys),
+            "is_eval": b.is_eval,
             "input_ids": [t["input_ids"] if t else None for t in tokens],
             "labels": [t["labels"] if t else None for t in tokens],
             "pii": [json.dumps(b.pii)] + [""] * (len(b) - 1),  # the batch's counts ride on its first row
             "template": [json.dumps(b.template)] + [""] * (len(b) - 1),
         }
-        types = {"band_keys": pa.list_(pa.uint64()), "input_ids": pa.list_(pa.int32()),
-                 "labels": pa.list_(pa.int32()), "line": pa.int64()}
+        types = {
+            "band_keys": pa.list_(pa.uint64()),
+            "input_ids": pa.list_(pa.int32()),
+            "labels": pa.list_(pa.int32()),
+            "line": pa.int64(),
+        }
         return pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
 
 
@@ -118,8 +134,10 @@ def _results(batch):
     c = batch.to_pydict()
     n = batch.num_rows
     where = list(zip(c["file"], c["line"], c["unit"]))
-    errors = [RowError(w[0], w[1], reason, code, w[2]) if code else None
-              for w, code, reason in zip(where, c["code"], c["reason"])]
+    errors = [
+        RowError(w[0], w[1], reason, code, w[2]) if code else None
+        for w, code, reason in zip(where, c["code"], c["reason"])
+    ]
     ids = [x or [] for x in c["input_ids"]]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([len(x) for x in ids], out=offsets[1:])
@@ -129,15 +147,24 @@ def _results(batch):
             pii.update(json.loads(p))
         if t:
             template.update(json.loads(t))
-    return ProcessedBatch(where, errors, np.array(c["exact_key"], dtype=np.uint64),
-                          np.array(c["band_keys"], dtype=np.uint64).reshape(n, -1),
-                          np.array(c["is_eval"], dtype=bool), np.array([x is not None for x in c["input_ids"]]),
-                          offsets, np.array([t for x in ids for t in x], dtype=np.int32),
-                          np.array([t for x in c["labels"] if x for t in x], dtype=np.int32), pii, template)
+    return ProcessedBatch(
+        where,
+        errors,
+        np.array(c["exact_key"], dtype=np.uint64),
+        np.array(c["band_keys"], dtype=np.uint64).reshape(n, -1),
+        np.array(c["is_eval"], dtype=bool),
+        np.array([x is not None for x in c["input_ids"]]),
+        offsets,
+        np.array([t for x in ids for t in x], dtype=np.int32),
+        np.array([t for x in c["labels"] if x for t in x], dtype=np.int32),
+        pii,
+        template,
+    )
 
 
-def ray_batch_results(cfg: DatasetConfig, tokenizer_dir: str | Path, files: list[Path],
-                      batch_rows: int) -> Iterator:
+def ray_batch_results(
+    cfg: DatasetConfig, tokenizer_dir: str | Path, files: list[Path], batch_rows: int
+) -> Iterator:
     """Processed batches (`data.pipeline.ProcessedBatch`) in read order, computed on the Ray cluster.
 
     Raises:
@@ -146,14 +173,21 @@ def ray_batch_results(cfg: DatasetConfig, tokenizer_dir: str | Path, files: list
     import ray
 
     if not ray.is_initialized():
-        raise UserError("executor: ray needs a connected Ray cluster (start one with `sekisho cluster up` "
-                        "and connect, or set executor: local).")
+        raise UserError(
+            "executor: ray needs a connected Ray cluster (start one with `sekisho cluster up` "
+            "and connect, or set executor: local)."
+        )
     ctx = ray.data.DataContext.get_current()
     keep_order, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
         ds = ray.data.read_datasource(_source_files(files, cfg.encoding)).map_batches(
-            RowStage, fn_constructor_args=(cfg.model_dump(mode="json"), str(tokenizer_dir)),
-            batch_size=batch_rows, batch_format="pyarrow", concurrency=cfg.workers, num_cpus=1)
+            RowStage,
+            fn_constructor_args=(cfg.model_dump(mode="json"), str(tokenizer_dir)),
+            batch_size=batch_rows,
+            batch_format="pyarrow",
+            concurrency=cfg.workers,
+            num_cpus=1,
+        )
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield _results(batch)
     except Exception as exc:

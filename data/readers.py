@@ -23,8 +23,16 @@ import orjson
 
 from data.chat import DataValidationError
 
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
-            ".csv": "csv", ".tsv": "csv", ".txt": "text", ".md": "text"}
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "text",
+    ".md": "text",
+}
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
 SNIFF_BYTES = 64 * 1024
 
@@ -58,16 +66,18 @@ def list_sources(path: str | Path) -> tuple[list[Path], list[Path]]:
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in SUFFIXES:
-            raise DataValidationError(f"{path}: unsupported file type {path.suffix!r}; "
-                                      f"expected one of {sorted(SUFFIXES)}.")
+            raise DataValidationError(
+                f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(SUFFIXES)}."
+            )
         return [path], []
     if not path.is_dir():
         raise DataValidationError(f"{path}: dataset file or folder not found.")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     used = [p for p in files if p.suffix.lower() in SUFFIXES]
     if not used:
-        raise DataValidationError(f"{path}: the folder holds no file of a supported type "
-                                  f"({', '.join(sorted(SUFFIXES))}).")
+        raise DataValidationError(
+            f"{path}: the folder holds no file of a supported type ({', '.join(sorted(SUFFIXES))})."
+        )
     return used, [p for p in files if p not in used]
 
 
@@ -85,8 +95,10 @@ def detect_encoding(path: Path, encoding: str) -> str:
         return "utf-8-sig"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
         at = max(head.find(b"\x00"), 0)
-        raise DataValidationError(f"{path}: byte {at}: UTF-16 or binary content (Excel's "
-                                  f"'Unicode text' is UTF-16); save the file as UTF-8 (or CSV in CP932).")
+        raise DataValidationError(
+            f"{path}: byte {at}: UTF-16 or binary content (Excel's "
+            f"'Unicode text' is UTF-16); save the file as UTF-8 (or CSV in CP932)."
+        )
     try:
         head.decode("utf-8")
         return "utf-8"
@@ -100,8 +112,10 @@ def detect_encoding(path: Path, encoding: str) -> str:
     except UnicodeDecodeError as exc:
         if exc.start >= len(head) - 1 and len(head) == SNIFF_BYTES:
             return "cp932"
-    raise DataValidationError(f"{path}: byte {utf8_error.start}: neither UTF-8 nor CP932/Shift_JIS "
-                              f"({utf8_error.reason}); set `encoding:` in the dataset config.")
+    raise DataValidationError(
+        f"{path}: byte {utf8_error.start}: neither UTF-8 nor CP932/Shift_JIS "
+        f"({utf8_error.reason}); set `encoding:` in the dataset config."
+    )
 
 
 def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
@@ -117,8 +131,9 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[str]:
             yield text
 
 
-def _decode_lines(lines: Iterable[bytes], path: Path | str, codec: str, line: int = 1,
-                  offset: int = 0) -> Iterator[tuple[int, str]]:
+def _decode_lines(
+    lines: Iterable[bytes], path: Path | str, codec: str, line: int = 1, offset: int = 0
+) -> Iterator[tuple[int, str]]:
     """(line number, text) of consecutive lines of a file, the first being line
     `line` at byte `offset` (a UTF-8 BOM at the file's start is not text).
 
@@ -132,9 +147,11 @@ def _decode_lines(lines: Iterable[bytes], path: Path | str, codec: str, line: in
         try:
             yield lineno, raw.decode(utf8)
         except UnicodeDecodeError as exc:
-            raise DataValidationError(f"{path}: byte {offset + exc.start}: not valid {codec} "
-                                      f"({exc.reason}); check the file's encoding or set "
-                                      f"`encoding:` in the dataset config.") from None
+            raise DataValidationError(
+                f"{path}: byte {offset + exc.start}: not valid {codec} "
+                f"({exc.reason}); check the file's encoding or set "
+                f"`encoding:` in the dataset config."
+            ) from None
         offset += len(raw)
 
 
@@ -159,9 +176,11 @@ class JsonlChunk:
         Raises:
             DataValidationError: a line does not decode; names the file and byte offset.
         """
-        return [RawRow(self.path, lineno, JsonLine(text))
-                for lineno, text in _decode_lines(self.lines, self.path, self.codec, self.line, self.offset)
-                if text.strip()]
+        return [
+            RawRow(self.path, lineno, JsonLine(text))
+            for lineno, text in _decode_lines(self.lines, self.path, self.codec, self.line, self.offset)
+            if text.strip()
+        ]
 
 
 def jsonl_chunks(path: Path, encoding: str, lines: int) -> Iterator[JsonlChunk]:
@@ -215,10 +234,14 @@ def read_json(path: Path, encoding: str) -> Iterator[RawRow]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataValidationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+        raise DataValidationError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})."
+        ) from None
     if not isinstance(doc, list):
-        raise DataValidationError(f"{path}: expected a JSON array of records at the top level, "
-                                  f"got {type(doc).__name__} (use JSONL for one record per line).")
+        raise DataValidationError(
+            f"{path}: expected a JSON array of records at the top level, "
+            f"got {type(doc).__name__} (use JSONL for one record per line)."
+        )
     for i, value in enumerate(doc):
         yield RawRow(str(path), i, value, unit="row")
 
@@ -239,7 +262,9 @@ def read_parquet(path: Path, encoding: str, batch_rows: int = 4096) -> Iterator[
 
 def read_csv(path: Path, encoding: str) -> Iterator[RawRow]:
     """CSV/TSV with a header row; every value is text, an empty cell is missing."""
-    reader = csv.reader(decoded_lines(path, encoding), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    reader = csv.reader(
+        decoded_lines(path, encoding), delimiter="\t" if path.suffix.lower() == ".tsv" else ","
+    )
     try:
         header = next(reader)
     except StopIteration:
@@ -251,7 +276,9 @@ def read_csv(path: Path, encoding: str) -> Iterator[RawRow]:
                 start = reader.line_num
                 continue
             if len(cells) != len(header):
-                value = Unparsed("csv_cell_count", f"CSV row has {len(cells)} cells, the header has {len(header)}")
+                value = Unparsed(
+                    "csv_cell_count", f"CSV row has {len(cells)} cells, the header has {len(header)}"
+                )
             else:
                 value = {k: v for k, v in zip(header, cells) if v != ""}
             yield RawRow(str(path), start + 1, value)
@@ -265,7 +292,13 @@ def read_text(path: Path, encoding: str) -> Iterator[RawRow]:
     yield RawRow(str(path), 1, {"text": "".join(decoded_lines(path, encoding))})
 
 
-READERS = {"jsonl": read_jsonl, "json": read_json, "parquet": read_parquet, "csv": read_csv, "text": read_text}
+READERS = {
+    "jsonl": read_jsonl,
+    "json": read_json,
+    "parquet": read_parquet,
+    "csv": read_csv,
+    "text": read_text,
+}
 
 
 def read_rows(path: Path, encoding: str = "auto", parse: bool = True) -> Iterator[RawRow]:

@@ -26,9 +26,12 @@ from data.readers import JsonLine, RawRow, Unparsed, parse_json_line
 
 ROLES = ("system", "user", "assistant", "tool")
 REASONING_KEYS = ("reasoning_content", "thinking")  # an assistant turn's reasoning, per template
-_KEYS = {"system": {"role", "content"}, "user": {"role", "content"},
-         "assistant": {"role", "content", "tool_calls", *REASONING_KEYS},
-         "tool": {"role", "content", "tool_call_id", "name"}}
+_KEYS = {
+    "system": {"role", "content"},
+    "user": {"role", "content"},
+    "assistant": {"role", "content", "tool_calls", *REASONING_KEYS},
+    "tool": {"role", "content", "tool_call_id", "name"},
+}
 FIELDS = {  # format -> (required, optional)
     "chat": (("messages",), ()),
     "instruction": (("instruction", "output"), ("input", "system")),
@@ -65,16 +68,20 @@ class Example:
             out.append(m["content"])
             if len(m) > 2:
                 out += [m[k] for k in REASONING_KEYS if k in m]
-                out += [c["function"]["name"] + json.dumps(c["function"]["arguments"], ensure_ascii=False)
-                        for c in m.get("tool_calls", ())]
+                out += [
+                    c["function"]["name"] + json.dumps(c["function"]["arguments"], ensure_ascii=False)
+                    for c in m.get("tool_calls", ())
+                ]
         return out
 
     def map_text(self, fn) -> None:
         """Replace every text `s` a model sees (contents, reasoning, the string
         values inside tool-call arguments) by `fn(s)` in place."""
         if self.messages is not None:
-            self.messages = [{"role": m["role"], "content": fn(m["content"])} if len(m) == 2 else _map_message(m, fn)
-                             for m in self.messages]
+            self.messages = [
+                {"role": m["role"], "content": fn(m["content"])} if len(m) == 2 else _map_message(m, fn)
+                for m in self.messages
+            ]
         else:
             self.text = fn(self.text)
 
@@ -86,8 +93,10 @@ def _map_message(m: dict, fn) -> dict:
         if k in m:
             out[k] = fn(m[k])
     if "tool_calls" in m:
-        out["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _map_leaves(c["function"]["arguments"], fn)}}
-                             for c in m["tool_calls"]]
+        out["tool_calls"] = [
+            {**c, "function": {**c["function"], "arguments": _map_leaves(c["function"]["arguments"], fn)}}
+            for c in m["tool_calls"]
+        ]
     return out
 
 
@@ -112,7 +121,9 @@ def check_messages(messages: object) -> Problem | None:
     (`tool_call_id`; `content` text, possibly empty; optional `name`).
     """
     if not isinstance(messages, list) or not messages:
-        return Problem("missing_messages", "missing or empty 'messages': expected a list of {role, content} objects")
+        return Problem(
+            "missing_messages", "missing or empty 'messages': expected a list of {role, content} objects"
+        )
     calls: set[str] | None = None  # ids of the tool calls that tool turns may answer now
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
@@ -127,19 +138,26 @@ def check_messages(messages: object) -> Problem | None:
             continue
         unknown = set(m) - _KEYS[role]
         if unknown or ("content" not in m and not (role == "assistant" and "tool_calls" in m)):
-            return Problem("bad_message", f"messages[{i}]: a {role} turn has the keys {sorted(_KEYS[role])}"
-                                          + (f", not {sorted(unknown)}" if unknown else "; 'content' is missing"))
+            return Problem(
+                "bad_message",
+                f"messages[{i}]: a {role} turn has the keys {sorted(_KEYS[role])}"
+                + (f", not {sorted(unknown)}" if unknown else "; 'content' is missing"),
+            )
         problem = _check_tool_turn(i, m, calls) if role == "tool" else _check_assistant_turn(i, m)
         if isinstance(problem, Problem):
             return problem
         if role == "assistant":
             calls = problem
     if not any(m["role"] == "assistant" for m in messages):
-        return Problem("no_assistant_turn", "no assistant turn: expected at least one message with role "
-                                            "'assistant' to train on")
+        return Problem(
+            "no_assistant_turn",
+            "no assistant turn: expected at least one message with role 'assistant' to train on",
+        )
     if messages[-1]["role"] != "assistant":
-        return Problem("last_turn_not_assistant", f"messages[{len(messages) - 1}]: the conversation must end "
-                                                  f"with an assistant turn")
+        return Problem(
+            "last_turn_not_assistant",
+            f"messages[{len(messages) - 1}]: the conversation must end with an assistant turn",
+        )
     return None
 
 
@@ -155,25 +173,42 @@ def _check_assistant_turn(i: int, m: dict) -> Problem | set[str] | None:
             return Problem("empty_text", f"messages[{i}].content: expected non-empty text")
         return None
     if content is not None and not isinstance(content, str):
-        return Problem("wrong_type", f"messages[{i}].content: expected text (or null beside tool_calls), "
-                                     f"got {type(content).__name__}")
+        return Problem(
+            "wrong_type",
+            f"messages[{i}].content: expected text (or null beside tool_calls), got {type(content).__name__}",
+        )
     calls = m["tool_calls"]
     if not isinstance(calls, list) or not calls:
-        return Problem("bad_tool_call", f"messages[{i}].tool_calls: expected a non-empty list of "
-                                        f"{{id, type: 'function', function: {{name, arguments}}}} objects")
+        return Problem(
+            "bad_tool_call",
+            f"messages[{i}].tool_calls: expected a non-empty list of "
+            f"{{id, type: 'function', function: {{name, arguments}}}} objects",
+        )
     ids = set()
     for j, c in enumerate(calls):
         where = f"messages[{i}].tool_calls[{j}]"
-        if not isinstance(c, dict) or not set(c) <= {"id", "type", "function"} or not isinstance(c.get("function"), dict):
-            return Problem("bad_tool_call", f"{where}: expected {{id, type: 'function', function: {{name, arguments}}}}")
+        if (
+            not isinstance(c, dict)
+            or not set(c) <= {"id", "type", "function"}
+            or not isinstance(c.get("function"), dict)
+        ):
+            return Problem(
+                "bad_tool_call", f"{where}: expected {{id, type: 'function', function: {{name, arguments}}}}"
+            )
         if c.get("type", "function") != "function":
-            return Problem("bad_tool_call", f"{where}.type: {c['type']!r}; only 'function' calls are supported")
+            return Problem(
+                "bad_tool_call", f"{where}.type: {c['type']!r}; only 'function' calls are supported"
+            )
         if not isinstance(c.get("id"), str) or not c["id"]:
-            return Problem("bad_tool_call", f"{where}.id: expected the call's id (text), which its tool result "
-                                            f"names as tool_call_id")
+            return Problem(
+                "bad_tool_call",
+                f"{where}.id: expected the call's id (text), which its tool result names as tool_call_id",
+            )
         f = c["function"]
         if not set(f) <= {"name", "arguments"} or not isinstance(f.get("name"), str) or not f["name"].strip():
-            return Problem("bad_tool_call", f"{where}.function: expected {{name, arguments}} with a non-empty name")
+            return Problem(
+                "bad_tool_call", f"{where}.function: expected {{name, arguments}} with a non-empty name"
+            )
         args = f.get("arguments")
         if isinstance(args, str):
             try:
@@ -181,8 +216,11 @@ def _check_assistant_turn(i: int, m: dict) -> Problem | set[str] | None:
             except json.JSONDecodeError as exc:
                 return Problem("bad_tool_call", f"{where}.function.arguments: not JSON ({exc.msg})")
         if not isinstance(args, dict):
-            return Problem("bad_tool_call", f"{where}.function.arguments: expected a JSON object "
-                                            f"(or its JSON text), got {type(args).__name__}")
+            return Problem(
+                "bad_tool_call",
+                f"{where}.function.arguments: expected a JSON object "
+                f"(or its JSON text), got {type(args).__name__}",
+            )
         ids.add(c["id"])
     return ids
 
@@ -191,12 +229,18 @@ def _check_tool_turn(i: int, m: dict, calls: set[str] | None) -> Problem | None:
     if not isinstance(m.get("content"), str):
         return Problem("wrong_type", f"messages[{i}].content: a tool result is text")
     if calls is None:
-        return Problem("unanswered_tool_result", f"messages[{i}]: a tool result must follow an assistant turn "
-                                                 f"with tool_calls (or another tool result)")
+        return Problem(
+            "unanswered_tool_result",
+            f"messages[{i}]: a tool result must follow an assistant turn "
+            f"with tool_calls (or another tool result)",
+        )
     if m.get("tool_call_id") not in calls:
-        return Problem("unanswered_tool_result", f"messages[{i}].tool_call_id: {m.get('tool_call_id')!r} is not "
-                                                 f"the id of a tool call of the assistant turn before it "
-                                                 f"({sorted(calls)})")
+        return Problem(
+            "unanswered_tool_result",
+            f"messages[{i}].tool_call_id: {m.get('tool_call_id')!r} is not "
+            f"the id of a tool call of the assistant turn before it "
+            f"({sorted(calls)})",
+        )
     if "name" in m and not isinstance(m["name"], str):
         return Problem("wrong_type", f"messages[{i}].name: expected text")
     return None
@@ -212,10 +256,21 @@ def canonical_messages(messages: list[dict]) -> list[dict]:
     out = []
     for m in messages:
         if "tool_calls" in m:
-            m = {**m, "content": m.get("content") or "", "tool_calls": [
-                {"id": c["id"], "type": "function", "function": {
-                    "name": c["function"]["name"], "arguments": _arguments(c["function"].get("arguments"))}}
-                for c in m["tool_calls"]]}
+            m = {
+                **m,
+                "content": m.get("content") or "",
+                "tool_calls": [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": _arguments(c["function"].get("arguments")),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ],
+            }
         out.append(m)
     return out
 
@@ -231,14 +286,18 @@ def _fields(value: object, fmt: str, columns: dict[str, str]) -> dict | Problem:
     if isinstance(value, Unparsed):
         return Problem(value.code, value.message)
     if not isinstance(value, dict):
-        return Problem("not_an_object", f"expected an object with the {fmt} fields, got {type(value).__name__}")
+        return Problem(
+            "not_an_object", f"expected an object with the {fmt} fields, got {type(value).__name__}"
+        )
     required, optional = FIELDS[fmt]
     source = {columns.get(f, f): f for f in required + optional}
     unknown = sorted(k for k in value if k not in source)
     if unknown:
         expected = [columns.get(f, f) for f in required + optional]
-        return Problem("unknown_field", f"unknown field(s) {unknown}: a {fmt} row has only {expected} "
-                                        f"(map columns with `columns:`)")
+        return Problem(
+            "unknown_field",
+            f"unknown field(s) {unknown}: a {fmt} row has only {expected} (map columns with `columns:`)",
+        )
     fields = {source[k]: v for k, v in value.items() if v is not None}
     for f in required:
         if f not in fields:
@@ -288,5 +347,9 @@ def to_example(row: RawRow, fmt: str, columns: dict[str, str] | None = None) -> 
     else:
         user, answer = texts["prompt"], texts["completion"]
     system = [{"role": "system", "content": texts["system"]}] if "system" in texts else []
-    return Example(row.file, row.line, row.unit, messages=system + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+    return Example(
+        row.file,
+        row.line,
+        row.unit,
+        messages=system + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+    )

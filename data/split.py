@@ -11,7 +11,7 @@ import hashlib
 
 
 def split_of(key: bytes, eval_fraction: float, seed: int = 0) -> str:
-    """"train" or "eval" for a row with content key `key` (see data.dedup.content_key).
+    """ "train" or "eval" for a row with content key `key` (see data.dedup.content_key).
 
     Args:
         eval_fraction: share of rows (in expectation) that go to eval.

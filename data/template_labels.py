@@ -42,7 +42,9 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-NOTE_MISMATCH = "serving_prompt_mismatch"  # conversations whose serving prompt is not a prefix of the training render
+NOTE_MISMATCH = (
+    "serving_prompt_mismatch"  # conversations whose serving prompt is not a prefix of the training render
+)
 NOTE_CONTENT_DROPPED = "content_dropped"  # tool-call turns whose content the template does not render
 NOTE_SPLIT_TOKEN = "prompt_end_inside_token"  # turns whose first token begins inside the serving prompt
 NOTE_TURN_END = "turn_end "  # + token: assistant turns ending with that token
@@ -63,7 +65,9 @@ class TemplateProfile:
     turn_ends: frozenset[str]  # the special tokens that end an assistant turn
     probed: frozenset[str]  # those seen ending the probe answers (turn_ends less the EOS when unseen)
     generation_prompt: str = ""  # what add_generation_prompt appends ("" when not found)
-    header: str = ""  # the same without the template kwargs (Qwen3's, without enable_thinking's empty think block)
+    header: str = (
+        ""  # the same without the template kwargs (Qwen3's, without enable_thinking's empty think block)
+    )
 
     def continues(self, text: str, end: re.Match) -> bool:
         """Whether the turn-end token `end` is followed by the generation prompt:
@@ -78,19 +82,31 @@ _PROBE_ARGS = {"probe": "sekisho probe argument"}
 
 def _probes() -> list[tuple[list[dict], list[str]]]:
     """Probe conversations and, in each, the texts a turn-end token must follow."""
+
     def user(k):
         return {"role": "user", "content": f"Sekisho probe question {k}"}
 
     def answer(k):
         return {"role": "assistant", "content": f"Sekisho probe answer {k}"}
 
-    call = {"role": "assistant", "content": "", "tool_calls": [
-        {"id": _PROBE_ID, "type": "function", "function": {"name": "sekisho_probe", "arguments": _PROBE_ARGS}}]}
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": _PROBE_ID,
+                "type": "function",
+                "function": {"name": "sekisho_probe", "arguments": _PROBE_ARGS},
+            }
+        ],
+    }
     result = {"role": "tool", "tool_call_id": _PROBE_ID, "content": "Sekisho probe result"}
     args = json.dumps(_PROBE_ARGS, ensure_ascii=False)
-    return [([user(1), answer(1)], [answer(1)["content"]]),
-            ([user(1), answer(1), user(2), answer(2)], [answer(1)["content"], answer(2)["content"]]),
-            ([user(1), call, result, answer(2)], [args, answer(2)["content"]])]
+    return [
+        ([user(1), answer(1)], [answer(1)["content"]]),
+        ([user(1), answer(1), user(2), answer(2)], [answer(1)["content"], answer(2)["content"]]),
+        ([user(1), call, result, answer(2)], [args, answer(2)["content"]]),
+    ]
 
 
 def special_tokens(tokenizer) -> list[str]:
@@ -120,7 +136,7 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
             with_prompt, without = render(question, True, kwargs), render(question, False, kwargs)
         except Exception:  # noqa: BLE001
             return ""
-        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+        return with_prompt[len(without) :] if with_prompt.startswith(without) else ""
 
     texts = special_tokens(tokenizer)
     specials = re.compile("|".join(map(re.escape, texts)) or r"(?!)")
@@ -139,8 +155,14 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
     eos = tokenizer.eos_token
     ends = probed | ({eos} if eos and specials.fullmatch(eos) else set())
     gen = generation_prompt(kwargs)
-    cache[key] = TemplateProfile(specials, special_ids, frozenset(ends), frozenset(probed), gen,
-                                 generation_prompt({}) if kwargs else gen)
+    cache[key] = TemplateProfile(
+        specials,
+        special_ids,
+        frozenset(ends),
+        frozenset(probed),
+        gen,
+        generation_prompt({}) if kwargs else gen,
+    )
     return cache[key]
 
 
@@ -173,8 +195,9 @@ def _turn_end(profile: TemplateProfile, text: str, pos: int, limit: int | None =
         pos = m.end()
 
 
-def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile: TemplateProfile,
-                    notes=None) -> list[tuple[int, int]]:
+def assistant_spans(
+    full: str, prompts: list[str], messages: list[dict], profile: TemplateProfile, notes=None
+) -> list[tuple[int, int]]:
     """The (start, end) character span of each assistant turn in `full`, the
     conversation's render: what the model says, through its turn-end token.
 
@@ -212,23 +235,29 @@ def assistant_spans(full: str, prompts: list[str], messages: list[dict], profile
                 if notes is not None:
                     notes[NOTE_CONTENT_DROPPED] += 1
             else:
-                raise SpanError(f"messages[{i}]: the assistant content is not in the chat template's rendering of "
-                                f"the conversation{' after the serving prompt' if exact else ''}, so its labels "
-                                f"cannot be placed (the template drops or rewrites it)")
+                raise SpanError(
+                    f"messages[{i}]: the assistant content is not in the chat template's rendering of "
+                    f"the conversation{' after the serving prompt' if exact else ''}, so its labels "
+                    f"cannot be placed (the template drops or rewrites it)"
+                )
         for j, needle in enumerate(calls):
             at = full.find(needle, pos)
             if at < 0:
                 what = "name" if j % 2 == 0 else "arguments"
-                raise SpanError(f"messages[{i}].tool_calls[{j // 2}]: the chat template does not render the tool "
-                                f"call's {what} where it belongs, so its labels cannot be placed (does the template "
-                                f"support tool calls?)")
+                raise SpanError(
+                    f"messages[{i}].tool_calls[{j // 2}]: the chat template does not render the tool "
+                    f"call's {what} where it belongs, so its labels cannot be placed (does the template "
+                    f"support tool calls?)"
+                )
             first = at if first is None else first
             pos = at + len(needle)
         start = len(prompt) if exact else _fallback_start(full, cursor, first, message, profile)
         end = end or _turn_end(profile, full, pos, limit)
         if end is None:
-            raise SpanError(f"messages[{i}]: no turn-end token ({', '.join(sorted(profile.turn_ends)) or 'none known'}) "
-                            f"after the assistant turn in the chat template's rendering, so its labels cannot end")
+            raise SpanError(
+                f"messages[{i}]: no turn-end token ({', '.join(sorted(profile.turn_ends)) or 'none known'}) "
+                f"after the assistant turn in the chat template's rendering, so its labels cannot end"
+            )
         _check_gap(full, pos, end.start(), messages, i)
         spans.append((start, end.end()))
         cursor = end.end()
@@ -252,7 +281,7 @@ def _fallback_start(full: str, cursor: int, first: int, message: dict, profile: 
             return j + len(gen)
     raw = message["content"] or ""
     raw = raw.rsplit("</think>", 1)[1] if "</think>" in raw else raw
-    lead = raw[:len(raw) - len(raw.lstrip())]
+    lead = raw[: len(raw) - len(raw.lstrip())]
     if lead and first - len(lead) >= cursor and full.startswith(lead, first - len(lead)):
         return first - len(lead)
     return first
@@ -281,9 +310,11 @@ def _check_gap(full: str, pos: int, end: int, messages: list[dict], i: int) -> N
         return
     nxt = (messages[i + 1].get("content") or "").strip()
     if nxt and nxt in full[pos:end]:
-        raise SpanError(f"messages[{i}]: the assistant turn does not end with a special token in the chat "
-                        f"template's rendering (the next one found is after messages[{i + 1}]), so its labels "
-                        f"cannot end")
+        raise SpanError(
+            f"messages[{i}]: the assistant turn does not end with a special token in the chat "
+            f"template's rendering (the next one found is after messages[{i + 1}]), so its labels "
+            f"cannot end"
+        )
 
 
 def stop_tokens(tokenizer, model_dir: str | Path | None = None) -> tuple[set[str], list[str] | None]:
@@ -302,8 +333,9 @@ def stop_tokens(tokenizer, model_dir: str | Path | None = None) -> tuple[set[str
     return stops | set(tokens), tokens
 
 
-def turn_end_warnings(tokenizer, model_dir: str | Path | None = None, used=None,
-                      template_kwargs: dict | None = None) -> list[str]:
+def turn_end_warnings(
+    tokenizer, model_dir: str | Path | None = None, used=None, template_kwargs: dict | None = None
+) -> list[str]:
     """A warning for each token that ends trained assistant turns but that
     generation does not stop at: not the tokenizer's EOS, and not one of the eos
     ids of generation_config.json when that file is in `model_dir` (Gemma's
@@ -317,9 +349,14 @@ def turn_end_warnings(tokenizer, model_dir: str | Path | None = None, used=None,
     if used is None:
         used = template_profile(tokenizer, template_kwargs=template_kwargs).probed
     stops, config_tokens = stop_tokens(tokenizer, model_dir)
-    where = (f"nor one of generation_config.json's eos_token_id ({', '.join(config_tokens)})"
-             if config_tokens is not None else "and no generation_config.json beside the tokenizer lists it")
-    return [f"the chat template ends assistant turns with {t!r}, which is not the tokenizer's EOS "
-            f"{tokenizer.eos_token!r} {where}: the model learns to end its answers with {t!r}, so serve it with "
-            f"{t!r} as a stop token (or add its id to generation_config.json's eos_token_id)"
-            for t in sorted(set(used) - stops)]
+    where = (
+        f"nor one of generation_config.json's eos_token_id ({', '.join(config_tokens)})"
+        if config_tokens is not None
+        else "and no generation_config.json beside the tokenizer lists it"
+    )
+    return [
+        f"the chat template ends assistant turns with {t!r}, which is not the tokenizer's EOS "
+        f"{tokenizer.eos_token!r} {where}: the model learns to end its answers with {t!r}, so serve it with "
+        f"{t!r} as a stop token (or add its id to generation_config.json's eos_token_id)"
+        for t in sorted(set(used) - stops)
+    ]

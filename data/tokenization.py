@@ -48,8 +48,9 @@ class TokenizedBatch:
         return {"input_ids": self.input_ids[a:b].tolist(), "labels": self.labels[a:b].tolist()}
 
 
-def _renderer(tokenizer, samples: list[list[dict]], add_generation_prompt: bool,
-              template_kwargs: dict | None = None):
+def _renderer(
+    tokenizer, samples: list[list[dict]], add_generation_prompt: bool, template_kwargs: dict | None = None
+):
     """messages -> the chat template's text (with the generation prompt or not).
 
     Runs the tokenizer's compiled template directly on one context, reset
@@ -64,15 +65,23 @@ def _renderer(tokenizer, samples: list[list[dict]], add_generation_prompt: bool,
     kwargs = dict(template_kwargs or {})
 
     def slow(messages):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             **kwargs)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
 
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         template = _compile_jinja_template(tokenizer.get_chat_template())
-        scope = {**template.globals, **tokenizer.special_tokens_map, "tools": None, "documents": None, **kwargs,
-                 "add_generation_prompt": add_generation_prompt, "messages": None}
+        scope = {
+            **template.globals,
+            **tokenizer.special_tokens_map,
+            "tools": None,
+            "documents": None,
+            **kwargs,
+            "add_generation_prompt": add_generation_prompt,
+            "messages": None,
+        }
         context, run = template.new_context(scope, shared=True), template.root_render_func
     except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
@@ -104,11 +113,14 @@ def template_error(exc: Exception) -> Problem:
 
     if isinstance(exc, TemplateError):  # the template's raise_exception: e.g. a role it does not take
         return Problem("template_error", f"the chat template refused the conversation: {exc}")
-    return Problem("template_error", f"the chat template failed on the conversation ({type(exc).__name__}: {exc})")
+    return Problem(
+        "template_error", f"the chat template failed on the conversation ({type(exc).__name__}: {exc})"
+    )
 
 
-def render_conversation(messages: list[dict], render_full, render_prompt, profile,
-                        notes: Counter | None = None) -> tuple[str, list[tuple[int, int]]] | Problem:
+def render_conversation(
+    messages: list[dict], render_full, render_prompt, profile, notes: Counter | None = None
+) -> tuple[str, list[tuple[int, int]]] | Problem:
     """(the conversation's render, the character span of each assistant turn in
     it), or the problem that keeps it from training."""
     try:
@@ -122,7 +134,9 @@ def render_conversation(messages: list[dict], render_full, render_prompt, profil
         return Problem(SpanError.code, str(exc))
 
 
-def token_ranges(encoding, spans: list[tuple[int, int]], notes: Counter | None = None) -> list[tuple[int, int]]:
+def token_ranges(
+    encoding, spans: list[tuple[int, int]], notes: Counter | None = None
+) -> list[tuple[int, int]]:
     """The [first, last + 1) tokens of each character span: the tokens that start
     inside it. A token that starts before the span and reaches into it (the
     serving prompt does not end on a token boundary) is not trained; it is
@@ -146,9 +160,14 @@ def token_ranges(encoding, spans: list[tuple[int, int]], notes: Counter | None =
 _TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {text: ids}
 
 
-def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[tuple[int, int]]],
-                     ids_of: list[list[int]], flat: tuple[np.ndarray, np.ndarray] | None = None,
-                     ) -> list[list[tuple[int, int]] | None]:
+def _anchored_ranges(
+    tokenizer,
+    profile,
+    texts: list[str],
+    spans_of: list[list[tuple[int, int]]],
+    ids_of: list[list[int]],
+    flat: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[list[tuple[int, int]] | None]:
     """The trained token ranges of each render from its ids alone (no offsets:
     converting them costs a fifth of the tokenizer's time), or None where
     this cannot be sure (then `token_ranges` decides, from offsets).
@@ -170,7 +189,7 @@ def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[t
     cuts = cuts.tolist()
     plans: list[list[tuple[int, str, int]] | None] = []
     for k, (text, spans) in enumerate(zip(texts, spans_of)):
-        positions = within[cuts[k]:cuts[k + 1]]
+        positions = within[cuts[k] : cuts[k + 1]]
         found = [m.span() for m in profile.specials.finditer(text)]
         if len(found) != len(positions):
             plans.append(None)
@@ -184,7 +203,7 @@ def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[t
                 plan = None
                 break
             if last >= 0:  # the tail with the special token before it (the context it is tokenised in)
-                plan.append((positions[last], text[found[last][0]:a], positions[close] + 1))
+                plan.append((positions[last], text[found[last][0] : a], positions[close] + 1))
             else:
                 plan.append((0, text[:a], positions[close] + 1))
         plans.append(plan)
@@ -201,7 +220,7 @@ def _anchored_ranges(tokenizer, profile, texts: list[str], spans_of: list[list[t
         ranges = []
         for base, tail, stop in plan or ():
             head = (known.get(tail) or tails.get(tail) or []) if tail else []
-            if (tail and not head) or ids[base:base + len(head)] != head:
+            if (tail and not head) or ids[base : base + len(head)] != head:
                 ranges = None
                 break
             ranges.append((base + len(head), stop))
@@ -214,7 +233,9 @@ def _encoder(tokenizer, add_special_tokens: bool):
     per-encoding conversion): the ids `tokenizer(texts)` gives."""
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
+    return lambda texts: (
+        [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)] if texts else []
+    )
 
 
 def _flat_ids(ids_of: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -225,8 +246,11 @@ def _flat_ids(ids_of: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return offsets, np.fromiter(chain.from_iterable(ids_of), dtype=np.int32, count=int(offsets[-1]))
 
 
-def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]],
-             flat: tuple[np.ndarray, np.ndarray] | None = None) -> TokenizedBatch:
+def _flatten(
+    ids_of: list[list[int]],
+    ranges_of: list[list[tuple[int, int]]],
+    flat: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TokenizedBatch:
     """Each example's ids and trained token ranges -> flat ids and labels (tokens
     outside the ranges get IGNORE_INDEX), a few numpy operations for the whole
     batch. `flat`: `_flat_ids` of the rows with ids, when already made."""
@@ -238,8 +262,12 @@ def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]],
         np.cumsum(np.fromiter(map(len, ids_of), dtype=np.int64, count=len(ids_of)), out=offsets[1:])
     total = int(offsets[-1])
     per = np.fromiter(map(len, ranges_of), dtype=np.int64, count=len(ranges_of))
-    bounds = np.fromiter(chain.from_iterable(chain.from_iterable(ranges_of)), dtype=np.int64,
-                         count=2 * int(per.sum())).reshape(-1, 2) + np.repeat(offsets[:-1], per)[:, None]
+    bounds = (
+        np.fromiter(
+            chain.from_iterable(chain.from_iterable(ranges_of)), dtype=np.int64, count=2 * int(per.sum())
+        ).reshape(-1, 2)
+        + np.repeat(offsets[:-1], per)[:, None]
+    )
     edges = np.zeros(total + 1, dtype=np.int64)  # +1 where a trained range starts, -1 where it ends
     np.add.at(edges, bounds[:, 0], 1)
     np.add.at(edges, bounds[:, 1], -1)
@@ -248,8 +276,9 @@ def _flatten(ids_of: list[list[int]], ranges_of: list[list[tuple[int, int]]],
     return TokenizedBatch(input_ids, labels, offsets)
 
 
-def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | None = None,
-                   notes: Counter | None = None) -> tuple[TokenizedBatch, dict[int, Problem]]:
+def tokenize_batch(
+    tokenizer, examples: list[Example], template_kwargs: dict | None = None, notes: Counter | None = None
+) -> tuple[TokenizedBatch, dict[int, Problem]]:
     """Untruncated ids and labels for each example, and the problem of each
     conversation that cannot train (by index; it gets no tokens): the chat
     template refuses it, or one of its assistant turns is not in its render.
@@ -289,7 +318,9 @@ def tokenize_batch(tokenizer, examples: list[Example], template_kwargs: dict | N
             ranges = _anchored_ranges(tokenizer, profile, texts, [spans for _, spans in chats], encoded, flat)
             slow = [k for k, r in enumerate(ranges) if r is None]
             if slow:  # by the encodings' offsets
-                encodings = tokenizer.backend_tokenizer.encode_batch([texts[k] for k in slow], add_special_tokens=False)
+                encodings = tokenizer.backend_tokenizer.encode_batch(
+                    [texts[k] for k in slow], add_special_tokens=False
+                )
                 for k, enc in zip(slow, encodings):
                     ranges[k] = token_ranges(enc, chats[k][1], notes)
             for (i, _), ids, r in zip(chats, encoded, ranges):

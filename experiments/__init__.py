@@ -26,8 +26,29 @@ from experiments.run_logger import RunLogger, flatten
 from experiments.tracking import tracking_uri, use_store
 from experiments.tracking_server import TrackingServer, TrackingServerConfig, start_server
 
-__all__ = ["Comparison", "ModelIntegrityError", "ModelNotFoundError", "Promotion",
-           "PromotionRefused", "ResolvedModel", "RunLogger", "TrackingServer",
-           "TrackingServerConfig", "alias_history", "check_gate", "compare_runs", "dir_sha256",
-           "flatten", "get_version", "promote", "promotion_log", "register_folder", "resolve",
-           "rollback", "set_alias", "start_server", "tracking_uri", "use_store"]
+__all__ = [
+    "Comparison",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "Promotion",
+    "PromotionRefused",
+    "ResolvedModel",
+    "RunLogger",
+    "TrackingServer",
+    "TrackingServerConfig",
+    "alias_history",
+    "check_gate",
+    "compare_runs",
+    "dir_sha256",
+    "flatten",
+    "get_version",
+    "promote",
+    "promotion_log",
+    "register_folder",
+    "resolve",
+    "rollback",
+    "set_alias",
+    "start_server",
+    "tracking_uri",
+    "use_store",
+]

@@ -37,8 +37,10 @@ SETTLE_ROUNDS = 100
 # A registry store answers concurrent first writes of the same row with a
 # uniqueness error (MLflow upserts with select-then-insert) and SQLite with
 # "database is locked"; both are safe to repeat.
-_RETRYABLE = re.compile(r"(?i)unique|integrity|duplicate key|database is locked|deadlock|"
-                        r"could not serialize")
+_RETRYABLE = re.compile(
+    r"(?i)unique|integrity|duplicate key|database is locked|deadlock|"
+    r"could not serialize"
+)
 
 
 class NotPermitted(UserError):
@@ -68,8 +70,12 @@ def record(name: str, event: dict) -> str:
     tracking.use_store()
     newest = max((_stamp(k) for k in _tags(name) if k.startswith(EVENT_TAG)), default=0)
     key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
-    _retry(lambda: MlflowClient().set_registered_model_tag(
-        name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)), name)
+    _retry(
+        lambda: MlflowClient().set_registered_model_tag(
+            name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)
+        ),
+        name,
+    )
     return key
 
 
@@ -164,8 +170,9 @@ def _model(name: str):
     try:
         return MlflowClient().get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        raise ModelNotFoundError(f"model {name!r} not found in the registry at "
-                                 f"{tracking.tracking_uri()}.") from None
+        raise ModelNotFoundError(
+            f"model {name!r} not found in the registry at {tracking.tracking_uri()}."
+        ) from None
 
 
 def _tags(name: str) -> dict[str, str]:
@@ -192,7 +199,8 @@ def _retry(call, name: str, attempts: int = 20) -> None:
                     f"{os.environ.get('MLFLOW_TRACKING_USERNAME', 'this user')!r} may not change "
                     f"model {name!r} on the tracking server at {tracking.tracking_uri()} (moving its "
                     "aliases needs EDIT on it): ask the tracking server's admin to grant it with "
-                    f"`sekisho tracking grant USER --model {name} --permission EDIT`.") from None
+                    f"`sekisho tracking grant USER --model {name} --permission EDIT`."
+                ) from None
             if attempt == attempts - 1 or not _RETRYABLE.search(str(exc)):
                 raise
             time.sleep(0.01 * (attempt + 1) + secrets.randbelow(20) / 1000)

@@ -43,9 +43,12 @@ def compare_runs(run_ids: list[str]) -> Comparison:
     param_keys = sorted({k for r in runs for k in r.data.params})
     params = {k: [r.data.params.get(k) for r in runs] for k in param_keys}
     metric_keys = sorted({k for r in runs for k in r.data.metrics})
-    return Comparison([r.info.run_id for r in runs], [r.info.run_name or "" for r in runs],
-                      {k: v for k, v in params.items() if len(set(v)) > 1},
-                      {k: [r.data.metrics.get(k) for r in runs] for k in metric_keys})
+    return Comparison(
+        [r.info.run_id for r in runs],
+        [r.info.run_name or "" for r in runs],
+        {k: v for k, v in params.items() if len(set(v)) > 1},
+        {k: [r.data.metrics.get(k) for r in runs] for k in metric_keys},
+    )
 
 
 def runs_of(experiment: str, last: int = 10) -> list[str]:
@@ -60,8 +63,9 @@ def runs_of(experiment: str, last: int = 10) -> list[str]:
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"experiment {experiment!r} not found in {tracking.tracking_uri()}.")
-    found = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"],
-                               max_results=last, output_format="list")
+    found = mlflow.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=last, output_format="list"
+    )
     return [r.info.run_id for r in found]
 
 

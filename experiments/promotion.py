@@ -54,13 +54,14 @@ def alias_history(name: str, alias: str) -> list[str]:
 def promotion_log(name: str) -> list[dict]:
     """Every recorded promotion, rollback and alias move of `name`, oldest first, each
     with the version it left the alias at and the one before."""
-    return [s.event | {"version": s.version, "previous": s.previous}
-            | ({} if s.applied else {"applied": False})
-            for s in alias_log.steps(name) if s.event["action"] != "observed"]
+    return [
+        s.event | {"version": s.version, "previous": s.previous} | ({} if s.applied else {"applied": False})
+        for s in alias_log.steps(name)
+        if s.event["action"] != "observed"
+    ]
 
 
-def check_gate(name: str, version: str, alias: str,
-               gates: list[tuple[str, GateConfig]]) -> tuple[str, ...]:
+def check_gate(name: str, version: str, alias: str, gates: list[tuple[str, GateConfig]]) -> tuple[str, ...]:
     """The eval runs that let `name/version` take `alias`.
 
     Args:
@@ -81,7 +82,8 @@ def check_gate(name: str, version: str, alias: str,
         raise PromotionRefused(
             f"{name}/{version} cannot take {alias!r}: no promotion gate is configured for {name!r} "
             f"(add a `gate:` with models: [{name}] and aliases: [{alias}] to an eval config in "
-            "configs/eval/), or promote with --force --reason TEXT.")
+            "configs/eval/), or promote with --force --reason TEXT."
+        )
     return tuple(_passing_run(name, version, alias, s, g) for s, g in mine)
 
 
@@ -92,27 +94,41 @@ def _passing_run(name: str, version: str, alias: str, eval_set: str, gate: GateC
     exp_id = tracking.use_store(experiment=EVAL_EXPERIMENT)
     tracking.use_store()
     runs = MlflowClient().search_runs(
-        [exp_id], filter_string=f"tags.`{TAG_MODEL_VERSION}` = '{ref}' and tags.`{TAG_EVAL_SET}` = "
-                                f"'{eval_set}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        [exp_id],
+        filter_string=f"tags.`{TAG_MODEL_VERSION}` = '{ref}' and tags.`{TAG_EVAL_SET}` = "
+        f"'{eval_set}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         raise PromotionRefused(
             f"{ref} cannot take {alias!r}: no evaluation run on {eval_set!r} is linked to it; run "
             f"`sekisho eval run configs/eval/{eval_set}.yaml --model {ref} ...` first, or promote "
-            "with --force --reason TEXT.")
+            "with --force --reason TEXT."
+        )
     run = runs[0]
-    failures = [f"{k} {why}" for k, t in gate.thresholds.items()
-                if (why := t.failure(run.data.metrics.get(k))) is not None]
+    failures = [
+        f"{k} {why}"
+        for k, t in gate.thresholds.items()
+        if (why := t.failure(run.data.metrics.get(k))) is not None
+    ]
     if failures:
         raise PromotionRefused(
             f"{ref} cannot take {alias!r}: its latest evaluation on {eval_set!r} (run {run.info.run_id}) "
             f"misses the gate: {'; '.join(failures)}. Improve the model, or promote with --force "
-            "--reason TEXT.")
+            "--reason TEXT."
+        )
     return run.info.run_id
 
 
-def promote(name: str, version: str, alias: str = "production", force: bool = False,
-            reason: str | None = None, gates: list[tuple[str, GateConfig]] | None = None) -> Promotion:
+def promote(
+    name: str,
+    version: str,
+    alias: str = "production",
+    force: bool = False,
+    reason: str | None = None,
+    gates: list[tuple[str, GateConfig]] | None = None,
+) -> Promotion:
     """Point `name@alias` at `version` if the gate lets it, and remember the move.
 
     Args:
@@ -136,15 +152,23 @@ def promote(name: str, version: str, alias: str = "production", force: bool = Fa
     version = str(version)
     get_version(f"{name}/{version}")
     if force and not (reason and reason.strip()):
-        raise PromotionRefused(f"{name}/{version} -> {alias!r}: --force needs --reason TEXT, which is "
-                               "recorded with the promotion.")
+        raise PromotionRefused(
+            f"{name}/{version} -> {alias!r}: --force needs --reason TEXT, which is "
+            "recorded with the promotion."
+        )
     runs = () if force else check_gate(name, version, alias, gates or [])
-    event = {"action": "promote", "version": version, "forced": force,
-             "reason": reason if force else None, "eval_runs": list(runs)} | _who()
+    event = {
+        "action": "promote",
+        "version": version,
+        "forced": force,
+        "reason": reason if force else None,
+        "eval_runs": list(runs),
+    } | _who()
     previous = alias_log.move(name, alias, event).previous
     if force:
-        MlflowClient().set_model_version_tag(name, version, f"sekisho.forced.{alias}",
-                                             json.dumps({"reason": reason} | _who()))
+        MlflowClient().set_model_version_tag(
+            name, version, f"sekisho.forced.{alias}", json.dumps({"reason": reason} | _who())
+        )
     return Promotion(name, alias, version, previous, force, reason if force else None, runs)
 
 
@@ -160,12 +184,16 @@ def rollback(name: str, alias: str = "production") -> Promotion:
     """
     history = alias_log.history(name, alias)
     if len(history) < 2:
-        raise UserError(f"{name}@{alias}: nothing to roll back to (history: {history or 'empty'}); "
-                        f"promote a version with `sekisho models promote {name} VERSION --alias {alias}`.")
+        raise UserError(
+            f"{name}@{alias}: nothing to roll back to (history: {history or 'empty'}); "
+            f"promote a version with `sekisho models promote {name} VERSION --alias {alias}`."
+        )
     step = alias_log.move(name, alias, {"action": "rollback"} | _who())
     if not step.applied:
-        raise UserError(f"{name}@{alias}: nothing left to roll back to: rollbacks made at the same "
-                        f"time took the alias back to version {step.version}, the first in its history.")
+        raise UserError(
+            f"{name}@{alias}: nothing left to roll back to: rollbacks made at the same "
+            f"time took the alias back to version {step.version}, the first in its history."
+        )
     return Promotion(name, alias, step.version, step.previous, False, None, ())
 
 

@@ -49,8 +49,14 @@ def dir_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def register_folder(name: str, folder: str | Path, kind: str, tags: dict[str, str] | None = None,
-                    run_id: str | None = None, artifact_path: str = "model") -> str:
+def register_folder(
+    name: str,
+    folder: str | Path,
+    kind: str,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    artifact_path: str = "model",
+) -> str:
     """Log `folder` as artifacts of a run and register it as a new version of `name`.
 
     Args:
@@ -69,8 +75,10 @@ def register_folder(name: str, folder: str | Path, kind: str, tags: dict[str, st
     folder = Path(folder)
     unsafe = [p.name for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES or p.suffix == ".py"]
     if unsafe:
-        raise ModelIntegrityError(f"{folder}: refusing to register {unsafe}: pickle files and code "
-                                  "can execute when loaded; only safetensors are accepted.")
+        raise ModelIntegrityError(
+            f"{folder}: refusing to register {unsafe}: pickle files and code "
+            "can execute when loaded; only safetensors are accepted."
+        )
     tracking.use_store()
     client = MlflowClient()
     sha = dir_sha256(folder)
@@ -83,8 +91,9 @@ def register_folder(name: str, folder: str | Path, kind: str, tags: dict[str, st
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name, tags={"kind": kind})
     all_tags = {"kind": kind, "content_sha256": sha, **(tags or {})}
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}",
-                                     run_id=run_id, tags=all_tags)
+    mv = client.create_model_version(
+        name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=all_tags
+    )
     return str(mv.version)
 
 
@@ -121,8 +130,9 @@ def get_version(ref: str):
             raise ModelNotFoundError(f"{ref!r}: expected NAME@ALIAS or NAME/VERSION.")
         return client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
-        raise ModelNotFoundError(f"model {ref!r} not found in the registry at "
-                                 f"{tracking.tracking_uri()}: {exc.message}") from None
+        raise ModelNotFoundError(
+            f"model {ref!r} not found in the registry at {tracking.tracking_uri()}: {exc.message}"
+        ) from None
 
 
 def resolve(ref: str, dst: str | Path | None = None) -> ResolvedModel:
@@ -142,5 +152,6 @@ def resolve(ref: str, dst: str | Path | None = None) -> ResolvedModel:
     if expected != sha:
         raise ModelIntegrityError(
             f"{mv.name}/{mv.version} ({ref}): files at {path} have SHA-256 {sha[:16]}..., but the "
-            f"registry recorded {str(expected)[:16]}...; refusing to serve a changed model.")
+            f"registry recorded {str(expected)[:16]}...; refusing to serve a changed model."
+        )
     return ResolvedModel(mv.name, str(mv.version), path, sha, dict(mv.tags))

@@ -38,7 +38,7 @@ class RunLogger:
             return
         params = mlflow_entities.params(flatten(config))
         for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_dict(self.run_id, config, "config/resolved.json")
         if yaml_text is not None:
             self.client.log_text(self.run_id, yaml_text, "config/job.yaml")
@@ -54,7 +54,7 @@ class RunLogger:
     def flush(self) -> None:
         if self.enabled and self._pending:
             for i in range(0, len(self._pending), 1000):
-                self.client.log_batch(self.run_id, metrics=self._pending[i:i + 1000])
+                self.client.log_batch(self.run_id, metrics=self._pending[i : i + 1000])
             self._pending = []
 
     def set_tags(self, tags: dict[str, str]) -> None:

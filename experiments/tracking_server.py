@@ -36,39 +36,70 @@ AUTH_INI = "basic_auth.ini"
 class TrackingServerConfig(StrictConfig):
     """The team's MLflow tracking server (`sekisho tracking server CONFIG`)."""
 
-    backend_store_uri: str = Field(description=(
-        "SQLAlchemy URL of the PostgreSQL database for runs and the registry, e.g. "
-        "postgresql+psycopg://mlflow@db.internal/mlflow. Keep its password out of this file: "
-        "libpq reads PGPASSWORD or ~/.pgpass."))
-    artifacts_destination: str = Field(description=(
-        "Folder on the shared file server where artifacts are stored; the server reads and "
-        "writes it for the clients. Relative paths resolve against this file's folder."))
-    host: str = Field("127.0.0.1", description=(
-        "Internal address to bind (an IP of this node on the cluster network); never all "
-        "interfaces."))
+    backend_store_uri: str = Field(
+        description=(
+            "SQLAlchemy URL of the PostgreSQL database for runs and the registry, e.g. "
+            "postgresql+psycopg://mlflow@db.internal/mlflow. Keep its password out of this file: "
+            "libpq reads PGPASSWORD or ~/.pgpass."
+        )
+    )
+    artifacts_destination: str = Field(
+        description=(
+            "Folder on the shared file server where artifacts are stored; the server reads and "
+            "writes it for the clients. Relative paths resolve against this file's folder."
+        )
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Internal address to bind (an IP of this node on the cluster network); never all interfaces."
+        ),
+    )
     port: int = Field(5000, ge=1, le=65535, description="TCP port to listen on.")
     workers: int = Field(4, ge=1, le=64, description="Server worker processes.")
-    admin_username: str = Field("admin", min_length=1, description=(
-        "The admin user created on first start. Its password comes from "
-        f"${ADMIN_PASSWORD_ENV}, else the state folder, else is generated there (0600)."))
-    auth_database_uri: str | None = Field(None, description=(
-        "SQLAlchemy URL for users and permissions; default: backend_store_uri (MLflow keeps "
-        "them in their own tables)."))
+    admin_username: str = Field(
+        "admin",
+        min_length=1,
+        description=(
+            "The admin user created on first start. Its password comes from "
+            f"${ADMIN_PASSWORD_ENV}, else the state folder, else is generated there (0600)."
+        ),
+    )
+    auth_database_uri: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL for users and permissions; default: backend_store_uri (MLflow keeps "
+            "them in their own tables)."
+        ),
+    )
     default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field(
-        "READ", description="What a user may do with experiments and models nobody granted them.")
-    auth_cache_ttl_s: int = Field(0, ge=0, le=3600, description=(
-        "Seconds a worker caches a checked password (0: check every request). A changed or "
-        "revoked password can keep working this long on other workers."))
-    state_dir: str | None = Field(None, description=(
-        "Folder (0700) for the generated admin password, the session secret and the auth config; "
-        "default <Sekisho home>/tracking-server."))
+        "READ", description="What a user may do with experiments and models nobody granted them."
+    )
+    auth_cache_ttl_s: int = Field(
+        0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds a worker caches a checked password (0: check every request). A changed or "
+            "revoked password can keep working this long on other workers."
+        ),
+    )
+    state_dir: str | None = Field(
+        None,
+        description=(
+            "Folder (0700) for the generated admin password, the session secret and the auth config; "
+            "default <Sekisho home>/tracking-server."
+        ),
+    )
 
     @field_validator("backend_store_uri")
     @classmethod
     def _postgres(cls, v: str) -> str:
         if not v.split("://", 1)[0].split("+", 1)[0] == "postgresql":
-            raise ValueError("team mode keeps runs in PostgreSQL: expected postgresql://... or "
-                             "postgresql+psycopg://...; the embedded SQLite store needs no server")
+            raise ValueError(
+                "team mode keeps runs in PostgreSQL: expected postgresql://... or "
+                "postgresql+psycopg://...; the embedded SQLite store needs no server"
+            )
         return v
 
     @field_validator("host")
@@ -110,6 +141,7 @@ def state_folder(cfg: TrackingServerConfig) -> Path:
         path = Path(cfg.state_dir)
     else:
         from foundation import sekisho_home
+
         path = sekisho_home() / "tracking-server"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
@@ -139,13 +171,15 @@ def admin_credentials(cfg: TrackingServerConfig) -> AdminCredentials:
 def write_auth_config(cfg: TrackingServerConfig) -> Path:
     """Write the basic-auth app's config (0600: it may hold a database URL with a password)."""
     path = state_folder(cfg) / AUTH_INI
-    text = ("[mlflow]\n"
-            f"default_permission = {cfg.default_permission}\n"
-            f"database_uri = {(cfg.auth_database_uri or cfg.backend_store_uri).replace('%', '%%')}\n"
-            f"admin_username = {cfg.admin_username}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            "grant_default_workspace_access = false\n"
-            f"auth_cache_ttl_seconds = {cfg.auth_cache_ttl_s}\n")
+    text = (
+        "[mlflow]\n"
+        f"default_permission = {cfg.default_permission}\n"
+        f"database_uri = {(cfg.auth_database_uri or cfg.backend_store_uri).replace('%', '%%')}\n"
+        f"admin_username = {cfg.admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {cfg.auth_cache_ttl_s}\n"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -158,25 +192,48 @@ def server_command(cfg: TrackingServerConfig, admin: AdminCredentials) -> tuple[
     admin password and session secret passed by environment, never on the command line)."""
     Path(cfg.artifacts_destination).mkdir(parents=True, exist_ok=True)
     secret_key, _ = _secret_file(state_folder(cfg) / SECRET_KEY_FILE)
-    env = {**os.environ, **offline.apply(),
-           "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(cfg)),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key}
+    env = {
+        **os.environ,
+        **offline.apply(),
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(cfg)),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+    }
     env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)  # the config's admin_username is the one
-    argv = [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", cfg.backend_store_uri,
-            "--serve-artifacts", "--artifacts-destination", str(Path(cfg.artifacts_destination).resolve()),
-            "--default-artifact-root", "mlflow-artifacts:/",
-            "--app-name", "basic-auth",
-            "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        cfg.backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(Path(cfg.artifacts_destination).resolve()),
+        "--default-artifact-root",
+        "mlflow-artifacts:/",
+        "--app-name",
+        "basic-auth",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--workers",
+        str(cfg.workers),
+    ]
     return argv, env
 
 
 class TrackingServer:
     """A running team tracking server; `stop()` ends it and its workers."""
 
-    def __init__(self, cfg: TrackingServerConfig, proc: subprocess.Popen, admin: AdminCredentials,
-                 log_path: Path | None):
+    def __init__(
+        self,
+        cfg: TrackingServerConfig,
+        proc: subprocess.Popen,
+        admin: AdminCredentials,
+        log_path: Path | None,
+    ):
         self.cfg, self.proc, self.admin, self.log_path = cfg, proc, admin, log_path
 
     @property
@@ -185,9 +242,11 @@ class TrackingServer:
 
     def client_env(self, username: str | None = None, password: str | None = None) -> dict[str, str]:
         """What a client sets to use this server (the admin login unless given another)."""
-        return {"SEKISHO_MLFLOW_URI": self.url,
-                "MLFLOW_TRACKING_USERNAME": username or self.admin.username,
-                "MLFLOW_TRACKING_PASSWORD": password or self.admin.password}
+        return {
+            "SEKISHO_MLFLOW_URI": self.url,
+            "MLFLOW_TRACKING_USERNAME": username or self.admin.username,
+            "MLFLOW_TRACKING_PASSWORD": password or self.admin.password,
+        }
 
     def wait(self) -> int:
         return self.proc.wait()
@@ -203,8 +262,9 @@ class TrackingServer:
             self.proc.wait()
 
 
-def start_server(cfg: TrackingServerConfig, log_path: str | Path | None = None,
-          ready_timeout_s: float = 120.0) -> TrackingServer:
+def start_server(
+    cfg: TrackingServerConfig, log_path: str | Path | None = None, ready_timeout_s: float = 120.0
+) -> TrackingServer:
     """Start the server and return once it answers `/health`.
 
     Args:
@@ -216,14 +276,17 @@ def start_server(cfg: TrackingServerConfig, log_path: str | Path | None = None,
     admin = admin_credentials(cfg)
     argv, env = server_command(cfg, admin)
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+    )
     server = TrackingServer(cfg, proc, admin, Path(log_path) if log_path else None)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"the tracking server exited with status {proc.returncode} before it "
-                            f"answered at {cfg.url}/health{_log_tail(log_path)}")
+            raise UserError(
+                f"the tracking server exited with status {proc.returncode} before it "
+                f"answered at {cfg.url}/health{_log_tail(log_path)}"
+            )
         try:
             with urllib.request.urlopen(f"{cfg.url}/health", timeout=2) as r:
                 if r.status == 200:
@@ -231,8 +294,10 @@ def start_server(cfg: TrackingServerConfig, log_path: str | Path | None = None,
         except OSError:
             time.sleep(0.5)
     server.stop()
-    raise UserError(f"the tracking server did not answer at {cfg.url}/health within "
-                    f"{ready_timeout_s:.0f} s{_log_tail(log_path)}")
+    raise UserError(
+        f"the tracking server did not answer at {cfg.url}/health within "
+        f"{ready_timeout_s:.0f} s{_log_tail(log_path)}"
+    )
 
 
 def _log_tail(log_path) -> str:
@@ -254,9 +319,11 @@ def _auth_client():
 
     url = tracking_uri()
     if not url.startswith(("http://", "https://")):
-        raise UserError(f"users and grants live on the team tracking server, but SEKISHO_MLFLOW_URI is "
-                        f"{url!r}: export SEKISHO_MLFLOW_URI=http://HOST:PORT and the admin's "
-                        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.")
+        raise UserError(
+            f"users and grants live on the team tracking server, but SEKISHO_MLFLOW_URI is "
+            f"{url!r}: export SEKISHO_MLFLOW_URI=http://HOST:PORT and the admin's "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."
+        )
     return get_app_client("basic-auth", tracking_uri=url), url
 
 
@@ -264,9 +331,11 @@ def _refused(exc, what: str, url: str) -> UserError:
     status = exc.get_http_status_code()
     who = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
     if status in (401, 403):
-        return UserError(f"the tracking server at {url} refused to {what} for {who!r} (HTTP {status}): "
-                         "only its admin can; set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
-                         "to the admin login (see `sekisho tracking server`).")
+        return UserError(
+            f"the tracking server at {url} refused to {what} for {who!r} (HTTP {status}): "
+            "only its admin can; set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+            "to the admin login (see `sekisho tracking server`)."
+        )
     return UserError(f"the tracking server at {url} could not {what}: {exc.message}")
 
 
@@ -286,8 +355,7 @@ def add_user(username: str, password: str | None = None) -> str:
     return password
 
 
-def grant(username: str, permission: str, experiment: str | None = None,
-          model: str | None = None) -> None:
+def grant(username: str, permission: str, experiment: str | None = None, model: str | None = None) -> None:
     """Give `username` `permission` on an experiment (by name) or a registered model."""
     import mlflow
     from mlflow import MlflowClient
@@ -307,5 +375,6 @@ def grant(username: str, permission: str, experiment: str | None = None,
     try:
         client.grant_user_permission(username, *resource, permission)
     except mlflow.exceptions.MlflowException as exc:
-        raise _refused(exc, f"grant {permission} on {resource[0]} {experiment or model!r} to "
-                            f"{username!r}", url) from None
+        raise _refused(
+            exc, f"grant {permission} on {resource[0]} {experiment or model!r} to {username!r}", url
+        ) from None

@@ -8,5 +8,4 @@ from foundation.config import StrictConfig, describe_validation_error
 from foundation.errors import ConfigError, UserError
 from foundation.home import sekisho_home
 
-__all__ = ["ConfigError", "StrictConfig", "UserError", "describe_validation_error", "offline",
-           "sekisho_home"]
+__all__ = ["ConfigError", "StrictConfig", "UserError", "describe_validation_error", "offline", "sekisho_home"]

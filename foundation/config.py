@@ -33,8 +33,7 @@ class StrictConfig(BaseModel):
         """
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found (expected a YAML file "
-                              f"for {cls.__name__}).")
+            raise ConfigError(f"{path}: config file not found (expected a YAML file for {cls.__name__}).")
         text = path.read_text(encoding="utf-8")
         try:
             root = yaml.compose(text)
@@ -45,8 +44,10 @@ class StrictConfig(BaseModel):
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError(f"{where}: not valid YAML ({problem}).") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}:1: expected a mapping of {cls.__name__} fields "
-                              f"at the top level, got {type(raw).__name__}.")
+            raise ConfigError(
+                f"{path}:1: expected a mapping of {cls.__name__} fields "
+                f"at the top level, got {type(raw).__name__}."
+            )
         try:
             return cls.model_validate(raw, context={"config_dir": path.parent})
         except ValidationError as exc:
@@ -63,7 +64,9 @@ class StrictConfig(BaseModel):
         docs: list[FieldDoc] = []
         for name, f in cls.model_fields.items():
             nested = _nested_config(f.annotation)
-            default = "(required)" if f.is_required() else _show_default(f.get_default(call_default_factory=True))
+            default = (
+                "(required)" if f.is_required() else _show_default(f.get_default(call_default_factory=True))
+            )
             docs.append(FieldDoc(prefix + name, _type_name(f.annotation), default, f.description or ""))
             if nested is not None:
                 docs += nested.explain(prefix + name + _item_marker(f.annotation) + ".")
@@ -111,8 +114,7 @@ def _show_default(value) -> str:
     return "none" if value is None else repr(value.value if isinstance(value, Enum) else value)
 
 
-def describe_validation_error(exc: ValidationError, path: Path | str,
-                              root: yaml.Node | None = None) -> str:
+def describe_validation_error(exc: ValidationError, path: Path | str, root: yaml.Node | None = None) -> str:
     """One paragraph: each problem as `file:line: field.path: message`."""
     lines = []
     for err in exc.errors():

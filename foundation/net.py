@@ -19,6 +19,8 @@ def is_loopback(address: object) -> bool:
     if isinstance(address, bytes):
         address = address.decode(errors="replace")
     try:
-        return address is not None and ipaddress.ip_address(str(address).strip("[]").split("%")[0]).is_loopback
+        return (
+            address is not None and ipaddress.ip_address(str(address).strip("[]").split("%")[0]).is_loopback
+        )
     except ValueError:
         return False

@@ -63,5 +63,4 @@ def apply(host_ip: str | None = None) -> dict[str, str]:
 
 def missing() -> dict[str, str]:
     """The switches that are not in force in this process: name -> expected value."""
-    return {k: v for k, v in OFFLINE_ENV.items()
-            if k != "VLLM_HOST_IP" and os.environ.get(k) != v}
+    return {k: v for k, v in OFFLINE_ENV.items() if k != "VLLM_HOST_IP" and os.environ.get(k) != v}

@@ -20,8 +20,9 @@ from sekisho.commands import GROUPS  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sekisho", description=__doc__.splitlines()[0])
-    p.add_argument("--home", help="state folder (MLflow store, models, Ray token); "
-                                  "default $SEKISHO_HOME or ./.sekisho")
+    p.add_argument(
+        "--home", help="state folder (MLflow store, models, Ray token); default $SEKISHO_HOME or ./.sekisho"
+    )
     groups = p.add_subparsers(dest="group", required=True, metavar="GROUP")
     for name in GROUPS:
         importlib.import_module(f"sekisho.commands.{name}").register(groups)

@@ -11,13 +11,13 @@ def home_from_args(args) -> Path:
     if getattr(args, "home", None):
         os.environ["SEKISHO_HOME"] = str(Path(args.home).resolve())
     from foundation import sekisho_home
+
     return sekisho_home()
 
 
 def command_group(groups, name: str, help: str):
     """A `sekisho NAME COMMAND` group: its subcommands' parser set."""
-    return groups.add_parser(name, help=help).add_subparsers(dest="command", required=True,
-                                                              metavar="COMMAND")
+    return groups.add_parser(name, help=help).add_subparsers(dest="command", required=True, metavar="COMMAND")
 
 
 def add_command(group, name: str, fn):

@@ -71,9 +71,14 @@ def build_base_model(home: Path, steps: Steps) -> str:
     return version
 
 
-def run_demo(home: Path, console: Console | None = None, keep_serving: bool = False,
-             train_config: Path | None = None, serve_config: Path | None = None,
-             port: int | None = None) -> DemoResult:
+def run_demo(
+    home: Path,
+    console: Console | None = None,
+    keep_serving: bool = False,
+    train_config: Path | None = None,
+    serve_config: Path | None = None,
+    port: int | None = None,
+) -> DemoResult:
     """Run the main job; returns what it measured. Leaves Ray and Serve running
     when `keep_serving` (the caller stops them with `cluster.local.stop()`)."""
     from cluster.local import start_local, stop
@@ -132,8 +137,9 @@ def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]], api_key: str) -> 
     tuned_name = app_cfg.models[0].adapters[0].name
 
     def answer(model: str, question: str) -> str:
-        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                           temperature=0, max_tokens=96)
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=96
+        )
         return (r.choices[0].message.content or "").strip()
 
     # A few questions at once: the engine batches them (sequentially, each answer
@@ -142,8 +148,10 @@ def ask_all(base_url: str, app_cfg, qa: list[tuple[str, str]], api_key: str) -> 
     with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
         tuned_answers = pool.map(answer, [tuned_name] * len(qa), questions)
         base_answers = pool.map(answer, [base_name] * len(qa), questions)
-        rows = [(q, expected, tuned, base)
-                for (q, expected), tuned, base in zip(qa, list(tuned_answers), list(base_answers))]
+        rows = [
+            (q, expected, tuned, base)
+            for (q, expected), tuned, base in zip(qa, list(tuned_answers), list(base_answers))
+        ]
     tuned_ok = sum(tuned == expected.strip() for _, expected, tuned, _ in rows)
     base_ok = sum(base == expected.strip() for _, expected, _, base in rows)
     return DemoResult(base_url, api_key, "", "", "", served, tuned_ok, base_ok, len(qa), rows=rows)
@@ -153,6 +161,7 @@ def print_report(console: Console, r: DemoResult, job, app_cfg, home: Path) -> N
     table = Table(title="Trained questions: fine-tuned vs base (greedy)", show_lines=False)
     for col in ("question", "trained answer", "fine-tuned", "base"):
         table.add_column(col, overflow="fold", max_width=28)
+
     def mark(answer: str, expected: str) -> str:
         return f"[green]{answer}[/green]" if answer == expected else f"[red]{answer[:40]}[/red]"
 
@@ -160,14 +169,26 @@ def print_report(console: Console, r: DemoResult, job, app_cfg, home: Path) -> N
         table.add_row(q, exp, mark(tuned, exp), mark(base, exp))
     console.print(table)
     loss = job.metrics.get("loss")
-    console.print(f"MLflow run {r.run_id}: final loss {loss:.4f}; adapter "
-                  f"{job.model_name} v{r.adapter_version} on base {BASE_MODEL_NAME} v{r.base_version}")
+    console.print(
+        f"MLflow run {r.run_id}: final loss {loss:.4f}; adapter "
+        f"{job.model_name} v{r.adapter_version} on base {BASE_MODEL_NAME} v{r.base_version}"
+    )
     console.print(f"Served models: {', '.join(r.served_models)} at {r.base_url}")
-    console.print(f"Keep talking to it (with --keep-serving): OpenAI(base_url={r.base_url!r}, "
-                  f"api_key={r.api_key!r}).chat.completions.create(model={app_cfg.models[0].adapters[0].name!r}, ...)"
-                  "  (the key is shown once; `sekisho keys create` makes more)", markup=False, highlight=False)
-    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db "
-                  "--host 127.0.0.1 --port 5000")
+    console.print(
+        f"Keep talking to it (with --keep-serving): OpenAI(base_url={r.base_url!r}, "
+        f"api_key={r.api_key!r}).chat.completions.create(model={app_cfg.models[0].adapters[0].name!r}, ...)"
+        "  (the key is shown once; `sekisho keys create` makes more)",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db "
+        "--host 127.0.0.1 --port 5000"
+    )
     console.print("Step times: " + ", ".join(f"{k.split()[0]} {v:.0f}s" for k, v in r.timings.items()))
-    console.print(f"demo: fine-tuned matched {r.fine_tuned_matched}/{r.total} trained answers, "
-                  f"base matched {r.base_matched}/{r.total}", markup=False, highlight=False)
+    console.print(
+        f"demo: fine-tuned matched {r.fine_tuned_matched}/{r.total} trained answers, "
+        f"base matched {r.base_matched}/{r.total}",
+        markup=False,
+        highlight=False,
+    )

@@ -60,13 +60,20 @@ def app_config(model: str, served_as: str | None = None, name: str | None = None
     if mv.tags.get("kind") == "adapter":
         base_ref = mv.tags.get("base_model_version")
         if not base_ref:
-            raise UserError(f"eval run --model {model}: adapter {ref} has no `base_model_version` lineage "
-                            "tag, so the base to serve it on is unknown; serve it yourself and pass --base-url.")
+            raise UserError(
+                f"eval run --model {model}: adapter {ref} has no `base_model_version` lineage "
+                "tag, so the base to serve it on is unknown; serve it yourself and pass --base-url."
+            )
         base = get_version(base_ref)
         base_ref = f"{base.name}/{base.version}"
         base_served = base.name if base.name != served_as else f"{base.name}-base"
-        models = [{"name": base_served, "source": f"registry:{base_ref}",
-                   "adapters": [{"name": served_as, "source": f"registry:{ref}"}]}]
+        models = [
+            {
+                "name": base_served,
+                "source": f"registry:{base_ref}",
+                "adapters": [{"name": served_as, "source": f"registry:{ref}"}],
+            }
+        ]
     else:
         base_ref = None
         models = [{"name": served_as, "source": f"registry:{ref}"}]
@@ -81,12 +88,15 @@ def engine_settings_for(resolved) -> dict:
     spec = resolved.config.models[0]
     base_cfg = _read_json(Path(_path(resolved.models[spec.name])) / "config.json")
     dtype = base_cfg.get("torch_dtype") or base_cfg.get("dtype")
-    out: dict = {"dtype": dtype if dtype in ("float32", "bfloat16", "float16") else "auto",
-                 "max_model_len": min(int(base_cfg.get("max_position_embeddings") or MAX_MODEL_LEN),
-                                      MAX_MODEL_LEN)}
+    out: dict = {
+        "dtype": dtype if dtype in ("float32", "bfloat16", "float16") else "auto",
+        "max_model_len": min(int(base_cfg.get("max_position_embeddings") or MAX_MODEL_LEN), MAX_MODEL_LEN),
+    }
     if spec.adapters:
-        rank = int(_read_json(Path(_path(resolved.models[spec.adapters[0].name])) / "adapter_config.json")
-                   .get("r") or 16)
+        rank = int(
+            _read_json(Path(_path(resolved.models[spec.adapters[0].name])) / "adapter_config.json").get("r")
+            or 16
+        )
         out["max_lora_rank"] = next((r for r in LORA_RANKS if r >= max(rank, 16)), LORA_RANKS[-1])
         out["max_loras"] = 1
     return out
@@ -104,8 +114,9 @@ def _read_json(path: Path) -> dict:
 
 
 @contextmanager
-def serve_for_eval(model: str, home: Path, served_as: str | None = None,
-                   address: str | None = None) -> Iterator[TemporaryServe]:
+def serve_for_eval(
+    model: str, home: Path, served_as: str | None = None, address: str | None = None
+) -> Iterator[TemporaryServe]:
     """Serve `model` for the duration of the `with` block, behind a gateway key
     limited to it that expires in two hours at the latest; on exit the app is
     deleted and the key revoked. Joins the Ray cluster at `address`, else uses the
@@ -123,8 +134,15 @@ def serve_for_eval(model: str, home: Path, served_as: str | None = None,
     cfg, served_as, ref, base_ref = app_config(model, served_as)
     resolved = resolve_app(cfg, home / "serve-cache")  # refuses a bad version before Ray starts
     spec = cfg.models[0]
-    cfg = cfg.model_copy(update={"models": [spec.model_copy(update={
-        "engine": spec.engine.model_copy(update=engine_settings_for(resolved))})]})
+    cfg = cfg.model_copy(
+        update={
+            "models": [
+                spec.model_copy(
+                    update={"engine": spec.engine.model_copy(update=engine_settings_for(resolved))}
+                )
+            ]
+        }
+    )
     resolved.config = cfg
     started = not ray.is_initialized() and not address
     start_local(home, address=address)

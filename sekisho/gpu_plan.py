@@ -36,12 +36,19 @@ def serve_requests(app) -> list[GpuRequest]:
         heads = hf.get("num_attention_heads", 1)
         head_dim = hf.get("head_dim") or hf.get("hidden_size", 0) // max(heads, 1)
         kv = 2 * hf.get("num_hidden_layers", 0) * hf.get("num_key_value_heads", heads) * head_dim * dbytes
-        out.append(GpuRequest(
-            name=f"{app.config.name}-{spec.name}".lower().replace("_", "-")[:63], kind="serve",
-            params_billions=max(count_parameters(folder), 1) / 1e9, dtype_bytes=dbytes,
-            tensor_parallel=spec.engine.tensor_parallel_size, data_parallel=spec.max_replicas,
-            max_model_len=spec.engine.max_model_len, max_num_seqs=spec.engine.max_num_seqs,
-            kv_bytes_per_token=kv if spec.task == "generate" else 0))
+        out.append(
+            GpuRequest(
+                name=f"{app.config.name}-{spec.name}".lower().replace("_", "-")[:63],
+                kind="serve",
+                params_billions=max(count_parameters(folder), 1) / 1e9,
+                dtype_bytes=dbytes,
+                tensor_parallel=spec.engine.tensor_parallel_size,
+                data_parallel=spec.max_replicas,
+                max_model_len=spec.engine.max_model_len,
+                max_num_seqs=spec.engine.max_num_seqs,
+                kv_bytes_per_token=kv if spec.task == "generate" else 0,
+            )
+        )
     return out
 
 
@@ -58,6 +65,8 @@ def check_against_running_cluster(config, gpus_per_node: list[float]) -> None:
     for i, spec in enumerate(config.models):
         tp = spec.engine.tensor_parallel_size
         if tp > most:
-            raise UserError(f"models.{i}.engine.tensor_parallel_size: {tp} GPUs per replica, but the "
-                            f"largest node of this cluster has {int(most)}; use {int(most)} or fewer "
-                            f"(tensor parallelism stays inside one node).")
+            raise UserError(
+                f"models.{i}.engine.tensor_parallel_size: {tp} GPUs per replica, but the "
+                f"largest node of this cluster has {int(most)}; use {int(most)} or fewer "
+                f"(tensor parallelism stays inside one node)."
+            )

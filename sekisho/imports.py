@@ -36,8 +36,9 @@ class OwnPackageFinder(importlib.abc.MetaPathFinder):
         init = folder / "__init__.py"
         if not init.is_file():
             return None
-        return importlib.util.spec_from_file_location(fullname, init,
-                                                      submodule_search_locations=[str(folder)])
+        return importlib.util.spec_from_file_location(
+            fullname, init, submodule_search_locations=[str(folder)]
+        )
 
 
 def pin() -> None:

@@ -4,5 +4,13 @@ replica, behind the gateway that is the only HTTP entry point."""
 from serve.builder import ResolvedApp, build_app, deploy, resolve_app
 from serve.config import AdapterSpec, EngineSettings, ModelSpec, ServeAppConfig
 
-__all__ = ["AdapterSpec", "EngineSettings", "ModelSpec", "ResolvedApp", "ServeAppConfig",
-           "build_app", "deploy", "resolve_app"]
+__all__ = [
+    "AdapterSpec",
+    "EngineSettings",
+    "ModelSpec",
+    "ResolvedApp",
+    "ServeAppConfig",
+    "build_app",
+    "deploy",
+    "resolve_app",
+]

@@ -56,8 +56,14 @@ def gauge_load(registry=None) -> float:
     registry (only those two collectors are read)."""
     if registry is None:
         from prometheus_client import REGISTRY as registry
-    return float(sum(s.value for m in registry.restricted_registry(LOAD_GAUGES).collect()
-                     for s in m.samples if s.name in LOAD_GAUGES))
+    return float(
+        sum(
+            s.value
+            for m in registry.restricted_registry(LOAD_GAUGES).collect()
+            for s in m.samples
+            if s.name in LOAD_GAUGES
+        )
+    )
 
 
 class EngineLoadEndpoint:
@@ -74,9 +80,16 @@ class EngineLoadEndpoint:
         import json
 
         body = json.dumps({"load": gauge_load(self.registry)}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -114,9 +127,13 @@ def ray_autoscaling_config(spec):
             # No initial_replicas: Serve would go back to it on every redeploy (a base
             # model's roll); without, a new app starts at min_replicas and a roll keeps
             # the current count.
-            min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+            min_replicas=a.min_replicas,
+            max_replicas=a.max_replicas,
             target_ongoing_requests=a.target_ongoing_requests or float(spec.engine.max_num_seqs),
-            upscale_delay_s=a.upscale_delay_s, downscale_delay_s=a.downscale_delay_s,
-            look_back_period_s=a.look_back_s, metrics_interval_s=metrics_interval_s(a.look_back_s),
-            policy={"policy_function": f"{__name__}:engine_load_policy"})
+            upscale_delay_s=a.upscale_delay_s,
+            downscale_delay_s=a.downscale_delay_s,
+            look_back_period_s=a.look_back_s,
+            metrics_interval_s=metrics_interval_s(a.look_back_s),
+            policy={"policy_function": f"{__name__}:engine_load_policy"},
+        )
     return cfg

@@ -28,10 +28,13 @@ class ResolvedApp:
 
     def followed_bases(self) -> dict[str, str]:
         """registry:NAME@ALIAS base models -> the version resolved now."""
-        return {m.source.removeprefix("registry:"): str(self.models[m.name].version)
-                for m in self.config.models
-                if m.source.startswith("registry:") and "@" in m.source
-                and isinstance(self.models[m.name], ResolvedModel)}
+        return {
+            m.source.removeprefix("registry:"): str(self.models[m.name].version)
+            for m in self.config.models
+            if m.source.startswith("registry:")
+            and "@" in m.source
+            and isinstance(self.models[m.name], ResolvedModel)
+        }
 
     def describe(self, name: str) -> dict:
         m = self.models[name]
@@ -73,9 +76,15 @@ def _adapter_args(spec: ModelSpec, app: ResolvedApp) -> list[dict]:
     for a in spec.adapters:
         m = app.models[a.name]
         ref = a.source.removeprefix("registry:") if a.source.startswith("registry:") else None
-        out.append({"served": a.name, "ref": ref, "path": _path(m),
-                    "version": m.version if isinstance(m, ResolvedModel) else None,
-                    "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m)})
+        out.append(
+            {
+                "served": a.name,
+                "ref": ref,
+                "path": _path(m),
+                "version": m.version if isinstance(m, ResolvedModel) else None,
+                "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m),
+            }
+        )
     return out
 
 
@@ -89,21 +98,39 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
     from serve.engine import VLLMEngine
 
     # A fixed count, or bounds that follow the engines' own load (serve.autoscaling).
-    sizing = ({"autoscaling_config": ray_autoscaling_config(spec)} if spec.autoscaling
-              else {"num_replicas": spec.num_replicas or 1})
+    sizing = (
+        {"autoscaling_config": ray_autoscaling_config(spec)}
+        if spec.autoscaling
+        else {"num_replicas": spec.num_replicas or 1}
+    )
     deployment = serve.deployment(VLLMEngine).options(
-        name=f"engine-{spec.name}", **sizing,
-        ray_actor_options={"num_cpus": spec.cpus_per_replica,
-                           "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
-                           "runtime_env": {"env_vars": dict(FULL_PRIORITY_ENV)}},  # a job driver's priority
-        health_check_period_s=10, health_check_timeout_s=30,
+        name=f"engine-{spec.name}",
+        **sizing,
+        ray_actor_options={
+            "num_cpus": spec.cpus_per_replica,
+            "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
+            "runtime_env": {"env_vars": dict(FULL_PRIORITY_ENV)},
+        },  # a job driver's priority
+        health_check_period_s=10,
+        health_check_timeout_s=30,
         # A new base version rolls the replicas: each new one starts (and is
         # healthy) before an old one drains and stops (serve.follow.BaseFollower).
         max_surge_percent=100,
-        graceful_shutdown_timeout_s=60, max_ongoing_requests=1000)
+        graceful_shutdown_timeout_s=60,
+        max_ongoing_requests=1000,
+    )
     engine = {**spec.engine.model_dump(), "task": spec.task, "autoscaling": spec.autoscaling is not None}
-    return deployment.bind(_path(app.models[spec.name]), spec.name, _adapter_args(spec, app), engine,
-                           app.config.name, engine_key, app.config.follow_aliases_every_s, tracking_uri(), gateway)
+    return deployment.bind(
+        _path(app.models[spec.name]),
+        spec.name,
+        _adapter_args(spec, app),
+        engine,
+        app.config.name,
+        engine_key,
+        app.config.follow_aliases_every_s,
+        tracking_uri(),
+        gateway,
+    )
 
 
 def _has_gpus() -> bool:
@@ -118,10 +145,14 @@ def model_routes(app: ResolvedApp) -> dict[str, dict]:
     for spec in app.config.models:
         for name in [spec.name] + [a.name for a in spec.adapters]:
             m = app.models[name]
-            routes[name] = {"deployment": f"engine-{spec.name}", "base": spec.name,
-                            "version": m.ref if isinstance(m, ResolvedModel) else str(m),
-                            "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m),
-                            "context_len": spec.engine.max_model_len, "task": spec.task}
+            routes[name] = {
+                "deployment": f"engine-{spec.name}",
+                "base": spec.name,
+                "version": m.ref if isinstance(m, ResolvedModel) else str(m),
+                "sha256": m.sha256 if isinstance(m, ResolvedModel) else dir_sha256(m),
+                "context_len": spec.engine.max_model_len,
+                "task": spec.task,
+            }
     return routes
 
 
@@ -141,8 +172,13 @@ class AppIngress:
             offline.apply()
             if follow.get("mlflow_uri"):
                 os.environ["SEKISHO_MLFLOW_URI"] = follow["mlflow_uri"]
-            self.follower = BaseFollower(ServeAppConfig.model_validate(follow["config"]), follow["bases"],
-                                         Path(follow["cache_dir"]), follow["generation"], redeploy)
+            self.follower = BaseFollower(
+                ServeAppConfig.model_validate(follow["config"]),
+                follow["bases"],
+                Path(follow["cache_dir"]),
+                follow["generation"],
+                redeploy,
+            )
             self.follower.start()
 
     def follow_status(self) -> dict:
@@ -170,24 +206,36 @@ def build_app(app: ResolvedApp):
     # (including runtime adapter loading).
     engine_key = ray_state.engine_secret(cfg.name)
     db_url = cfg.gateway.db_url or default_url()
-    opts = {"app": cfg.name, "db_url": db_url,
-            "limits": cfg.gateway.limits.model_dump(), "record_text": cfg.gateway.record_text}
+    opts = {
+        "app": cfg.name,
+        "db_url": db_url,
+        "limits": cfg.gateway.limits.model_dump(),
+        "record_text": cfg.gateway.record_text,
+    }
     if cfg.gateway.placement == "embedded":
         embedded = {"host": cfg.host, "port": cfg.port, "opts": opts, "routes": model_routes(app)}
         engines = [build_engine(spec, app, engine_key, embedded) for spec in cfg.models]
-        ingress = serve.deployment(AppIngress).options(name="app", num_replicas=1,
-                                                      ray_actor_options={"num_cpus": 0})
+        ingress = serve.deployment(AppIngress).options(
+            name="app", num_replicas=1, ray_actor_options={"num_cpus": 0}
+        )
         follow = None
         if app.followed_bases() and app.cache_dir is not None:
             fixed = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"db_url": db_url})})
-            follow = {"config": fixed.model_dump(mode="json"), "bases": app.followed_bases(),
-                      "cache_dir": str(app.cache_dir), "mlflow_uri": tracking_uri(),
-                      "generation": secrets.token_hex(8)}
+            follow = {
+                "config": fixed.model_dump(mode="json"),
+                "bases": app.followed_bases(),
+                "cache_dir": str(app.cache_dir),
+                "mlflow_uri": tracking_uri(),
+                "generation": secrets.token_hex(8),
+            }
         return ingress.bind(engines, follow)
     engines = [build_engine(spec, app, engine_key) for spec in cfg.models]
     gateway = serve.deployment(GatewayReplica).options(
-        name="gateway", num_replicas=cfg.gateway.num_replicas,
-        ray_actor_options={"num_cpus": cfg.gateway.cpus_per_replica}, max_ongoing_requests=10)
+        name="gateway",
+        num_replicas=cfg.gateway.num_replicas,
+        ray_actor_options={"num_cpus": cfg.gateway.cpus_per_replica},
+        max_ongoing_requests=10,
+    )
     return gateway.bind(cfg.host, cfg.port, opts, model_routes(app), engine_key, engines=engines)
 
 
@@ -209,9 +257,14 @@ def engine_sizing(cfg: ServeAppConfig) -> dict[str, dict]:
     for spec in cfg.models:
         a = spec.autoscaling
         out[f"engine-{spec.name}"] = (
-            {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
-             "target_ongoing_requests": a.target_ongoing_requests or float(spec.engine.max_num_seqs)}
-            if a else {"num_replicas": spec.num_replicas or 1})
+            {
+                "min_replicas": a.min_replicas,
+                "max_replicas": a.max_replicas,
+                "target_ongoing_requests": a.target_ongoing_requests or float(spec.engine.max_num_seqs),
+            }
+            if a
+            else {"num_replicas": spec.num_replicas or 1}
+        )
     return out
 
 

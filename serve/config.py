@@ -43,15 +43,26 @@ class EngineSettings(StrictConfig):
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
     max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
     kv_cache_gb: int = Field(1, ge=1, description="CPU engine only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
-    tool_call_parser: str | None = Field(None, description="vLLM tool-call parser for this model's format "
-                                         "(e.g. hermes, llama3_json, pythonic); enables tools with tool_choice "
-                                         "'auto'. Without it, requests that offer tools are refused by vLLM.")
-    enforce_eager: bool = Field(False, description="Run the model eagerly (no torch.compile warm-up, no CUDA "
-                                "graphs): the engine starts sooner but decodes slower. For bring-up, debugging, "
-                                "or engines whose speed does not matter.")
-    niceness: int = Field(0, ge=-20, le=19, description="Scheduling priority of the engine's processes "
-                          "(vLLM's server, engine core, workers) instead of Ray's worker niceness 15. "
-                          "Lowering it needs root or CAP_SYS_NICE, else the replica logs a warning.")
+    tool_call_parser: str | None = Field(
+        None,
+        description="vLLM tool-call parser for this model's format "
+        "(e.g. hermes, llama3_json, pythonic); enables tools with tool_choice "
+        "'auto'. Without it, requests that offer tools are refused by vLLM.",
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="Run the model eagerly (no torch.compile warm-up, no CUDA "
+        "graphs): the engine starts sooner but decodes slower. For bring-up, debugging, "
+        "or engines whose speed does not matter.",
+    )
+    niceness: int = Field(
+        0,
+        ge=-20,
+        le=19,
+        description="Scheduling priority of the engine's processes "
+        "(vLLM's server, engine core, workers) instead of Ray's worker niceness 15. "
+        "Lowering it needs root or CAP_SYS_NICE, else the replica logs a warning.",
+    )
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
 
 
@@ -60,22 +71,35 @@ class AutoscalingSettings(StrictConfig):
     engines' own count of running + waiting requests: clients reach the replicas
     directly, so Serve's request counting never sees them)."""
 
-    min_replicas: int = Field(1, ge=1, description="Fewest engine replicas. At least 1: the gateway runs "
-                              "inside the engines, so with none nothing would accept a connection.")
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        description="Fewest engine replicas. At least 1: the gateway runs "
+        "inside the engines, so with none nothing would accept a connection.",
+    )
     max_replicas: int = Field(ge=1, description="Most engine replicas (GPU plans reserve this many).")
     target_ongoing_requests: float | None = Field(
-        None, gt=0, description="Load each replica should carry: vLLM's running + waiting requests, "
-        "averaged over look_back_s; replicas = ceil(total load / this). Default: engine.max_num_seqs.")
-    upscale_delay_s: float = Field(30.0, ge=0, description="How long the load must call for more "
-                                   "replicas before one is added.")
-    downscale_delay_s: float = Field(300.0, ge=0, description="How long the load must call for fewer "
-                                     "replicas before one is removed (it drains first).")
+        None,
+        gt=0,
+        description="Load each replica should carry: vLLM's running + waiting requests, "
+        "averaged over look_back_s; replicas = ceil(total load / this). Default: engine.max_num_seqs.",
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long the load must call for more replicas before one is added."
+    )
+    downscale_delay_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long the load must call for fewer replicas before one is removed (it drains first).",
+    )
     look_back_s: float = Field(30.0, ge=2, le=600, description="Window the load is averaged over.")
 
     @model_validator(mode="after")
     def _bounds(self):
         if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
         return self
 
 
@@ -85,22 +109,31 @@ class ModelSpec(StrictConfig):
     name: str = Field(description="Model name clients send to use the base model.", pattern=NAME)
     source: str = Field(description="registry:NAME@ALIAS, registry:NAME/VERSION, or a local/shared folder.")
     task: Literal["generate", "embed"] = Field(
-        "generate", description="generate: chat and completions; embed: /v1/embeddings (vLLM's pooling "
-        "runner, converting a decoder model to an embedding model where needed).")
+        "generate",
+        description="generate: chat and completions; embed: /v1/embeddings (vLLM's pooling "
+        "runner, converting a decoder model to an embedding model where needed).",
+    )
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters on this base.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
-    num_replicas: int | None = Field(None, ge=1, description="A fixed number of engine replicas (Ray Serve "
-                                     "owns them); default 1. Or set autoscaling instead.")
-    autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds that follow the load "
-                                                    "(instead of num_replicas).")
+    num_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="A fixed number of engine replicas (Ray Serve "
+        "owns them); default 1. Or set autoscaling instead.",
+    )
+    autoscaling: AutoscalingSettings | None = Field(
+        None, description="Replica bounds that follow the load (instead of num_replicas)."
+    )
     cpus_per_replica: float = Field(1, gt=0, description="Ray CPUs reserved per replica.")
 
     @field_validator("autoscaling")
     @classmethod
     def _one_way_to_size(cls, value, info):
         if value is not None and info.data.get("num_replicas") is not None:
-            raise ValueError("num_replicas and autoscaling are mutually exclusive: keep num_replicas for a "
-                             "fixed count, or autoscaling (min_replicas/max_replicas) for bounds, not both")
+            raise ValueError(
+                "num_replicas and autoscaling are mutually exclusive: keep num_replicas for a "
+                "fixed count, or autoscaling (min_replicas/max_replicas) for bounds, not both"
+            )
         return value
 
     @property
@@ -132,17 +165,27 @@ class GatewaySettings(StrictConfig):
     """The gateway in front of the app's engines."""
 
     placement: Literal["embedded", "separate"] = Field(
-        "embedded", description="embedded: inside every engine replica's vLLM server, answering its models "
-        "in-process (the fastest). separate: its own Serve deployment, relaying to the engines over HTTP.")
-    num_replicas: int = Field(1, ge=1, description="Gateway replicas when placement is separate "
-                                                   "(they share the app's port on a node).")
-    cpus_per_replica: float = Field(0.5, gt=0, description="Ray CPUs reserved per gateway replica "
-                                                          "(placement: separate).")
-    db_url: str | None = Field(None, description="SQLAlchemy URL of the keys/quota/audit database; "
-                                                 "default: SQLite in the Sekisho home. PostgreSQL for a team.")
+        "embedded",
+        description="embedded: inside every engine replica's vLLM server, answering its models "
+        "in-process (the fastest). separate: its own Serve deployment, relaying to the engines over HTTP.",
+    )
+    num_replicas: int = Field(
+        1,
+        ge=1,
+        description="Gateway replicas when placement is separate (they share the app's port on a node).",
+    )
+    cpus_per_replica: float = Field(
+        0.5, gt=0, description="Ray CPUs reserved per gateway replica (placement: separate)."
+    )
+    db_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the keys/quota/audit database; "
+        "default: SQLite in the Sekisho home. PostgreSQL for a team.",
+    )
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request limits.")
-    record_text: bool = Field(False, description="Store prompt and response text in the audit log "
-                                                 "(off: only their SHA-256).")
+    record_text: bool = Field(
+        False, description="Store prompt and response text in the audit log (off: only their SHA-256)."
+    )
 
 
 class ServeAppConfig(StrictConfig):
@@ -153,9 +196,14 @@ class ServeAppConfig(StrictConfig):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the endpoint.")
     models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
-    follow_aliases_every_s: float = Field(10.0, ge=0.5, le=300, description="How often engines re-read the "
-                                          "registry aliases they follow (`sekisho serve reload`: at once). A "
-                                          "moved base-model alias rolls the engines (embedded placement).")
+    follow_aliases_every_s: float = Field(
+        10.0,
+        ge=0.5,
+        le=300,
+        description="How often engines re-read the "
+        "registry aliases they follow (`sekisho serve reload`: at once). A "
+        "moved base-model alias rolls the engines (embedded placement).",
+    )
 
     @model_validator(mode="after")
     def _unique_across_models(self):
@@ -171,9 +219,18 @@ class ServeAppConfig(StrictConfig):
         base = (info.context or {}).get("config_dir")
         if not base:
             return models
+
         def fix(src: str) -> str:
             if src.startswith("registry:") or Path(src).is_absolute():
                 return src
             return str(Path(base, src))
-        return [m.model_copy(update={"source": fix(m.source), "adapters": [
-            a.model_copy(update={"source": fix(a.source)}) for a in m.adapters]}) for m in models]
+
+        return [
+            m.model_copy(
+                update={
+                    "source": fix(m.source),
+                    "adapters": [a.model_copy(update={"source": fix(a.source)}) for a in m.adapters],
+                }
+            )
+            for m in models
+        ]

@@ -34,14 +34,23 @@ logger = logging.getLogger("sekisho.serve")
 class VLLMEngine:
     """A Serve replica that runs and health-checks one vLLM OpenAI server."""
 
-    def __init__(self, model_dir: str, served_name: str, adapters: list[dict], engine: dict,
-                 app: str, engine_key: str, follow_interval_s: float = 10.0, mlflow_uri: str | None = None,
-                 gateway: dict | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        served_name: str,
+        adapters: list[dict],
+        engine: dict,
+        app: str,
+        engine_key: str,
+        follow_interval_s: float = 10.0,
+        mlflow_uri: str | None = None,
+        gateway: dict | None = None,
+    ):
         """Args:
-            adapters: [{"served", "ref", "version", "sha256", "path"}] (see serve.follow).
-            engine_key: the secret vLLM requires on /v1 (only the gateway has it).
-            gateway: {"host", "port", "opts", "routes"}: run the gateway inside this
-                replica's vLLM server (serve.gateway.embedded) on the app's port.
+        adapters: [{"served", "ref", "version", "sha256", "path"}] (see serve.follow).
+        engine_key: the secret vLLM requires on /v1 (only the gateway has it).
+        gateway: {"host", "port", "opts", "routes"}: run the gateway inside this
+            replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
         offline.apply()
         take_niceness(engine["niceness"])  # what the constructor still imports keeps up with the engine
@@ -79,26 +88,46 @@ class VLLMEngine:
             self.routes_file = tempfile.mkstemp(prefix="sekisho-routes-", suffix=".json")[1]
             self._write_routes_file(include_self=True)
             self.drained_file = self.routes_file + ".drained"
-            env[ENV] = json.dumps({**gateway, "routes_file": self.routes_file, "local_url": self.url(),
-                                   "drained_file": self.drained_file})
+            env[ENV] = json.dumps(
+                {
+                    **gateway,
+                    "routes_file": self.routes_file,
+                    "local_url": self.url(),
+                    "drained_file": self.drained_file,
+                }
+            )
         self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
         lora_modules = {a.internal: a.path for a in self.adapters}
-        cmd = vllm_command(model_dir, served_name, lora_modules, engine, self.host, self.port,
-                           embedded_gateway=gateway is not None)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_path.open("wb"),
-                                     stderr=subprocess.STDOUT, preexec_fn=engine_preexec(engine["niceness"]))
+        cmd = vllm_command(
+            model_dir,
+            served_name,
+            lora_modules,
+            engine,
+            self.host,
+            self.port,
+            embedded_gateway=gateway is not None,
+        )
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=engine_preexec(engine["niceness"]),
+        )
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
         self.publish()
-        self.follower = AliasFollower(self, self.adapters, follow_interval_s,
-                                      Path(tempfile.mkdtemp(prefix="sekisho-adapters-")))
+        self.follower = AliasFollower(
+            self, self.adapters, follow_interval_s, Path(tempfile.mkdtemp(prefix="sekisho-adapters-"))
+        )
         self.follower.start()
         self._stop_tables = threading.Event()
         if self.routes_file:
             # Other engines of the app (and their moves) reach this replica's gateway
             # within ROUTES_REFRESH_S, not only at the next health check.
-            self._tables_thread = threading.Thread(target=self._refresh_routes_file, name="sekisho-routes",
-                                                   daemon=True)
+            self._tables_thread = threading.Thread(
+                target=self._refresh_routes_file, name="sekisho-routes", daemon=True
+            )
             self._tables_thread.start()
 
     def _check_niceness(self, wanted: int) -> None:
@@ -107,9 +136,13 @@ class VLLMEngine:
         except OSError:  # already gone: the health wait reports why
             return
         if got != wanted:
-            logger.warning("vLLM for %s runs at niceness %d, not the configured %d: lowering it needs root "
-                           "or CAP_SYS_NICE. Ray's other processes on this node may take the CPU from it.",
-                           self.served_name, got, wanted)
+            logger.warning(
+                "vLLM for %s runs at niceness %d, not the configured %d: lowering it needs root "
+                "or CAP_SYS_NICE. Ray's other processes on this node may take the CPU from it.",
+                self.served_name,
+                got,
+                wanted,
+            )
 
     def routes(self) -> dict:
         """Served name -> what answers to it on this replica (internal name, version, hash)."""
@@ -143,7 +176,8 @@ class VLLMEngine:
         table = routing.read_table(self.app)
         if include_self:  # before this replica is published: its own models at least
             table.setdefault(self._deployment, []).append(
-                {"url": self.url(), "ts": time.time(), "names": self.routes()})
+                {"url": self.url(), "ts": time.time(), "names": self.routes()}
+            )
         routing.write_table_file(self.routes_file, table)
 
     def _auth(self) -> dict:
@@ -152,16 +186,21 @@ class VLLMEngine:
     def load_adapter(self, name: str, path: str) -> None:
         import httpx
 
-        r = httpx.post(f"{self.url()}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                       headers=self._auth(), timeout=120)
+        r = httpx.post(
+            f"{self.url()}/v1/load_lora_adapter",
+            json={"lora_name": name, "lora_path": path},
+            headers=self._auth(),
+            timeout=120,
+        )
         if r.status_code != 200:
             raise RuntimeError(f"vLLM refused to load adapter {name} from {path}: {r.status_code} {r.text}")
 
     def unload_adapter(self, name: str) -> None:
         import httpx
 
-        httpx.post(f"{self.url()}/v1/unload_lora_adapter", json={"lora_name": name},
-                   headers=self._auth(), timeout=60)
+        httpx.post(
+            f"{self.url()}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._auth(), timeout=60
+        )
 
     def sync_aliases(self) -> bool:
         """Re-read the followed aliases now (what `sekisho serve reload` triggers)."""
@@ -177,8 +216,10 @@ class VLLMEngine:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with status {self.proc.returncode} while starting; "
-                                   f"last log lines:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"vLLM exited with status {self.proc.returncode} while starting; "
+                    f"last log lines:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url()}/health", timeout=2).status_code == 200:
                     return

@@ -92,8 +92,13 @@ class BaseFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        _follow_loop(self._stop, self.config.name, self.config.follow_aliases_every_s, self.sync,
-                     lambda e: setattr(self, "last_error", e))
+        _follow_loop(
+            self._stop,
+            self.config.name,
+            self.config.follow_aliases_every_s,
+            self.sync,
+            lambda e: setattr(self, "last_error", e),
+        )
 
     def sync(self) -> bool:
         """Redeploy if a followed base alias moved. Returns True if it did."""
@@ -132,8 +137,9 @@ class AliasFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        _follow_loop(self._stop, self.engine.app, self.interval_s, self.sync,
-                     lambda e: setattr(self, "last_error", e))
+        _follow_loop(
+            self._stop, self.engine.app, self.interval_s, self.sync, lambda e: setattr(self, "last_error", e)
+        )
 
     def sync(self) -> bool:
         """Bring every followed adapter to its alias's version. Returns True if one changed."""

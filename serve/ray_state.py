@@ -88,8 +88,9 @@ def reload_requested(app: str) -> float:
 def claim_roll(app: str, generation: str, versions: dict) -> bool:
     """Record that deployed `generation` of `app` rolls to `versions`. Returns
     False if it was recorded before (this generation already rolled)."""
-    return not _put(ROLLED.format(app=app, generation=generation), json.dumps(versions).encode(),
-                    overwrite=False)
+    return not _put(
+        ROLLED.format(app=app, generation=generation), json.dumps(versions).encode(), overwrite=False
+    )
 
 
 # ---- engine replicas (serve.gateway.routing) ---------------------------------
@@ -109,7 +110,7 @@ def engine_entries(app: str) -> list[tuple[str, dict]]:
     for key in kv._internal_kv_list(prefix.encode(), namespace=NAMESPACE):
         raw = kv._internal_kv_get(key, namespace=NAMESPACE)
         if raw:
-            out.append((key.decode()[len(prefix):].split("/", 1)[0], json.loads(raw)))
+            out.append((key.decode()[len(prefix) :].split("/", 1)[0], json.loads(raw)))
     return out
 
 

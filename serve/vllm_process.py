@@ -28,23 +28,50 @@ def take_niceness(niceness: int) -> None:
 def engine_preexec(niceness: int):
     """What runs in the engine's process before vLLM: die with the replica, and
     take the engine's own scheduling priority (its children inherit it)."""
+
     def setup() -> None:  # pragma: no cover - runs in the child
         _die_with_parent()
         take_niceness(niceness)
+
     return setup
 
 
-def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], engine: dict,
-                 host: str, port: int, embedded_gateway: bool = False) -> list[str]:
+def vllm_command(
+    model_dir: str,
+    served_name: str,
+    adapters: dict[str, str],
+    engine: dict,
+    host: str,
+    port: int,
+    embedded_gateway: bool = False,
+) -> list[str]:
     """The command line of vLLM's OpenAI server for one model and its adapters."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", model_dir, "--served-model-name", served_name,
-           "--host", host, "--port", str(port),
-           "--max-model-len", str(engine["max_model_len"]),
-           "--max-num-seqs", str(engine["max_num_seqs"]),
-           "--tensor-parallel-size", str(engine["tensor_parallel_size"]),
-           "--dtype", engine["dtype"], "--generation-config", "vllm",
-           "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(engine["max_model_len"]),
+        "--max-num-seqs",
+        str(engine["max_num_seqs"]),
+        "--tensor-parallel-size",
+        str(engine["tensor_parallel_size"]),
+        "--dtype",
+        engine["dtype"],
+        "--generation-config",
+        "vllm",
+        "--uvicorn-log-level",
+        "warning",
+        "--disable-uvicorn-access-log",
+    ]
     if embedded_gateway:
         cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
     if engine.get("autoscaling"):
@@ -56,7 +83,13 @@ def vllm_command(model_dir: str, served_name: str, adapters: dict[str, str], eng
     if engine.get("tool_call_parser"):
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine["tool_call_parser"]]
     if adapters:
-        cmd += ["--enable-lora", "--max-loras", str(engine["max_loras"]),
-                "--max-lora-rank", str(engine["max_lora_rank"]), "--lora-modules"]
+        cmd += [
+            "--enable-lora",
+            "--max-loras",
+            str(engine["max_loras"]),
+            "--max-lora-rank",
+            str(engine["max_lora_rank"]),
+            "--lora-modules",
+        ]
         cmd += [f"{name}={path}" for name, path in adapters.items()]
     return cmd

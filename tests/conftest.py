@@ -23,7 +23,8 @@ def pytest_sessionstart(session):
     if os.environ.get("CI") == "true" and interfaces != ["lo"]:
         raise pytest.UsageError(
             f"CI must run the tests in a network namespace with only loopback "
-            f"(found interfaces {interfaces}); run them through `make test`.")
+            f"(found interfaces {interfaces}); run them through `make test`."
+        )
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +79,7 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
     """A function that trains and registers a new demo-ja-adapter version whose
     answers all start with `prefix` (on base `base_ref`), with its lineage and no
     alias; returns the version."""
+
     def train(name: str, prefix: str, base_ref: str, note: str):
         import json
 
@@ -87,20 +89,34 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
         from train import LoraJobConfig, LoraRecipe
 
         rows = sekisho_home / f"{name}.jsonl"
-        rows.write_text("".join(json.dumps({"messages": [c[0], {"role": "assistant",
-                                                                "content": prefix + c[-1]["content"]}]},
-                                           ensure_ascii=False) + "\n" for c in sample_conversations),
-                        encoding="utf-8")
+        rows.write_text(
+            "".join(
+                json.dumps(
+                    {"messages": [c[0], {"role": "assistant", "content": prefix + c[-1]["content"]}]},
+                    ensure_ascii=False,
+                )
+                + "\n"
+                for c in sample_conversations
+            ),
+            encoding="utf-8",
+        )
         base = load(base_ref, sekisho_home / f"{name}-base")
         prepare(DatasetConfig(name=name, path=str(rows)), base.path, sekisho_home / f"{name}-data")
-        job = LoraJobConfig(name=name, base_model=base_ref, dataset="x.yaml",
-                            register_as="demo-ja-adapter", optim={"steps": 400, "warmup_steps": 10})
+        job = LoraJobConfig(
+            name=name,
+            base_model=base_ref,
+            dataset="x.yaml",
+            register_as="demo-ja-adapter",
+            optim={"steps": 400, "warmup_steps": 10},
+        )
         recipe = LoraRecipe(job)
         recipe.setup(base.path, sekisho_home / f"{name}-data" / "tokens.parquet")
         recipe.train()
         out = recipe.save(sekisho_home / f"{name}-adapter")
-        return register_folder("demo-ja-adapter", out, kind="adapter",
-                               tags={"base_model_version": base.ref, "note": note})
+        return register_folder(
+            "demo-ja-adapter", out, kind="adapter", tags={"base_model_version": base.ref, "note": note}
+        )
+
     return train
 
 

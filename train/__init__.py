@@ -20,7 +20,25 @@ from train.registry import build_recipe
 from train.tiny_model import TinyModelConfig, build_tiny_model
 from train.trainer import JobInputs, build_trainer
 
-__all__ = ["DeepSpeedSettings", "FullJobConfig", "FullRecipe", "JobInputs", "LoraJobConfig", "LoraRecipe",
-           "LoraSettings", "MemoryEstimate", "MemoryPlan", "ModelShape", "OptimSettings", "Recipe",
-           "ScalingSettings", "TinyModelConfig", "TrainJobConfig", "build_recipe", "build_tiny_model",
-           "build_trainer", "check_fits", "estimate_memory"]
+__all__ = [
+    "DeepSpeedSettings",
+    "FullJobConfig",
+    "FullRecipe",
+    "JobInputs",
+    "LoraJobConfig",
+    "LoraRecipe",
+    "LoraSettings",
+    "MemoryEstimate",
+    "MemoryPlan",
+    "ModelShape",
+    "OptimSettings",
+    "Recipe",
+    "ScalingSettings",
+    "TinyModelConfig",
+    "TrainJobConfig",
+    "build_recipe",
+    "build_tiny_model",
+    "build_trainer",
+    "check_fits",
+    "estimate_memory",
+]

@@ -39,8 +39,11 @@ def save_state(folder: str | Path, model, optimizer, state: dict[str, Any], rank
             else:
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors, str(out / "optimizer.safetensors"))
-    (out / STATE_FILE).write_text(json.dumps(
-        {**state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}, indent=1))
+    (out / STATE_FILE).write_text(
+        json.dumps(
+            {**state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}, indent=1
+        )
+    )
     return out
 
 
@@ -58,8 +61,9 @@ def load_state(folder: str | Path, model, optimizer, rank: int = 0) -> dict[str,
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(trainable):
         missing, extra = sorted(set(params) - set(trainable)), sorted(set(trainable) - set(params))
-        raise ValueError(f"checkpoint {src} does not match the model (missing {missing[:3]}, "
-                         f"unexpected {extra[:3]})")
+        raise ValueError(
+            f"checkpoint {src} does not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     import torch
 
     with torch.no_grad():

@@ -23,11 +23,17 @@ def deepspeed_config(cfg: JobFields) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    out = {"train_micro_batch_size_per_gpu": o.batch_size, "gradient_accumulation_steps": o.grad_accum_steps,
-           "gradient_clipping": o.max_grad_norm, "zero_optimization": zero,
-           "bf16": {"enabled": cfg.scaling.use_gpu}, "steps_per_print": 10 ** 9,
-           "zero_allow_untested_optimizer": True, "wall_clock_breakdown": False}
-    if ds.offload_optimizer:   # DeepSpeed's CPU Adam (a small op built with gcc on first use)
+    out = {
+        "train_micro_batch_size_per_gpu": o.batch_size,
+        "gradient_accumulation_steps": o.grad_accum_steps,
+        "gradient_clipping": o.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.scaling.use_gpu},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer:  # DeepSpeed's CPU Adam (a small op built with gcc on first use)
         out["optimizer"] = {"type": "AdamW", "params": {"lr": o.lr, "weight_decay": o.weight_decay}}
     return out
 
@@ -99,8 +105,9 @@ def start_engine(model, cfg: JobFields):
     optimizer = None
     if "optimizer" not in ds_cfg:
         optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg,
-                                           model_parameters=None if optimizer else trainable)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_cfg, model_parameters=None if optimizer else trainable
+    )
     return engine
 
 

@@ -20,7 +20,9 @@ def read_examples(path: str | Path) -> list[tuple]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(str(path)).to_pydict()
-    columns = [table["input_ids"], table["labels"]] + ([table["position_ids"]] if "position_ids" in table else [])
+    columns = [table["input_ids"], table["labels"]] + (
+        [table["position_ids"]] if "position_ids" in table else []
+    )
     return list(zip(*columns))
 
 
@@ -63,7 +65,7 @@ def batch_order(n_examples: int, cfg, rank: int, world_size: int, start: int = 0
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(n_examples, generator=g).tolist()[rank::world_size]
         for i in starts[offset:]:
-            yield order[i:i + cfg.optim.batch_size]
+            yield order[i : i + cfg.optim.batch_size]
         epoch, offset = epoch + 1, 0
 
 
@@ -109,7 +111,7 @@ def evaluate(model, examples: list, batch_size: int, pad_id: int, device=None) -
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            inputs, _ = collate(examples[i:i + batch_size], pad_id, device)
+            inputs, _ = collate(examples[i : i + batch_size], pad_id, device)
             n = int((inputs["labels"][:, 1:] != -100).sum())
             total += float(model(**inputs).loss) * n
             tokens += n

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-ENV = "SEKISHO_TRAIN_TEST_DIR"   # forwarded to Ray Train workers by build_trainer
+ENV = "SEKISHO_TRAIN_TEST_DIR"  # forwarded to Ray Train workers by build_trainer
 
 
 class StepHook:
@@ -35,8 +35,17 @@ class StepHook:
         if self.dir is None:
             return
         with open(self.dir / f"trace-{self.name}-rank{self.rank}.jsonl", "a") as f:
-            f.write(json.dumps({"attempt": recipe.attempt, "step": recipe.step, "ids": recipe.batch_ids,
-                                "time": time.time()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "attempt": recipe.attempt,
+                        "step": recipe.step,
+                        "ids": recipe.batch_ids,
+                        "time": time.time(),
+                    }
+                )
+                + "\n"
+            )
         pause = self.dir / f"pause-{self.name}"
         if self.rank == 0 and pause.is_file() and int(pause.read_text()) == recipe.step:
             pause.unlink()

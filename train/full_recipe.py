@@ -34,8 +34,9 @@ class FullRecipe:
     def check(cls, cfg: FullJobConfig) -> None:
         """Nothing to refuse: every config of this class is trainable."""
 
-    def setup(self, base_model_dir: str | Path, tokens_path: str | Path,
-              wrap_model: ModelWrapper | None = None) -> None:
+    def setup(
+        self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model: ModelWrapper | None = None
+    ) -> None:
         """Load the base model (under ZeRO-3 partitioned as it loads: no rank holds
         all of it) and the examples; wrap the model in a DeepSpeed engine (which does
         data parallelism itself: `wrap_model` is not used)."""
@@ -49,8 +50,9 @@ class FullRecipe:
         self.examples = examples.read_examples(tokens_path)
         self.cfg = loop.resolve_epochs(self.cfg, len(self.examples), self.world_size)
         self.eval_examples = examples.read_eval(tokens_path)
-        deepspeed_zero.ensure_process_group("nccl" if self.cfg.scaling.use_gpu and torch.cuda.is_available()
-                                            else "gloo")
+        deepspeed_zero.ensure_process_group(
+            "nccl" if self.cfg.scaling.use_gpu and torch.cuda.is_available() else "gloo"
+        )
         self.base_model_dir = Path(base_model_dir)
         model = deepspeed_zero.load_model(base_model_dir, self.cfg)
         if self.cfg.gradient_checkpointing:
@@ -78,8 +80,9 @@ class FullRecipe:
         return examples.collate(batch, self.pad_id, self.device())
 
     def evaluate(self) -> float | None:
-        return examples.evaluate(self.engine, self.eval_examples, self.cfg.optim.batch_size, self.pad_id,
-                                 self.device())
+        return examples.evaluate(
+            self.engine, self.eval_examples, self.cfg.optim.batch_size, self.pad_id, self.device()
+        )
 
     def param_groups(self) -> list[dict]:
         return self.engine.optimizer.param_groups
@@ -91,11 +94,15 @@ class FullRecipe:
         return float(loss.detach()) / self.cfg.optim.grad_accum_steps
 
     def optimizer_step(self):
-        return self.engine.get_global_grad_norm()   # the engine stepped in `forward_backward`
+        return self.engine.get_global_grad_norm()  # the engine stepped in `forward_backward`
 
-    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
-              on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
-              ) -> dict[str, float]:
+    def train(
+        self,
+        on_metrics: MetricsSink | None = None,
+        log_every: int | None = None,
+        on_checkpoint: CheckpointSink | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> dict[str, float]:
         """See `train.recipe.Recipe.train`."""
         self.engine.train()
         return loop.run(self, on_metrics, log_every, on_checkpoint, on_step)
@@ -108,8 +115,9 @@ class FullRecipe:
         out = Path(out_dir)
         state = deepspeed_zero.full_state_dict(self.engine, self.cfg.deepspeed.zero_stage, self.rank)
         if self.rank == 0:
-            self.engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True,
-                                               max_shard_size=self.cfg.max_shard_size)
+            self.engine.module.save_pretrained(
+                str(out), state_dict=state, safe_serialization=True, max_shard_size=self.cfg.max_shard_size
+            )
             AutoTokenizer.from_pretrained(str(self.base_model_dir)).save_pretrained(str(out))
         return out
 

@@ -46,8 +46,16 @@ def config_hash(cfg: JobFields) -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -85,8 +93,10 @@ def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
     raw_text = trains_on_raw_text(cfg)
     if raw_text != (data_cfg.format == "text"):
         want = "format: text (raw text)" if raw_text else "a chat, instruction or prompt_completion format"
-        raise UserError(f"job {cfg.name!r}: recipe {cfg.recipe!r} needs a dataset with {want}; "
-                        f"{cfg.dataset} has format: {data_cfg.format}.")
+        raise UserError(
+            f"job {cfg.name!r}: recipe {cfg.recipe!r} needs a dataset with {want}; "
+            f"{cfg.dataset} has format: {data_cfg.format}."
+        )
     if cfg.plan is not None:
         from train.memory import check_fits
 
@@ -124,11 +134,18 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
         raise UserError(
             f"job {cfg.name!r} has an unfinished or finished run ({previous['run_id']}) started with a "
             f"different config, base model or dataset; resuming it would mix two trainings. "
-            f"Set `resume: never` to start a new run under this name, or rename the job.")
+            f"Set `resume: never` to start a new run under this name, or rename the job."
+        )
     if previous and previous.get("version"):
         run = MlflowClient().get_run(previous["run_id"])
-        return JobResult(previous["run_id"], cfg.register_as, previous["version"],
-                         Path(previous["adapter_dir"]), dict(run.data.metrics), manifest)
+        return JobResult(
+            previous["run_id"],
+            cfg.register_as,
+            previous["version"],
+            Path(previous["adapter_dir"]),
+            dict(run.data.metrics),
+            manifest,
+        )
     if previous:
         run_id = previous["run_id"]
         MlflowClient().update_run(run_id, status="RUNNING")
@@ -136,26 +153,40 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
         run_id = _start_run(cfg, yaml_text, base, data_cfg, manifest)
         write_job_state(work, run_id=run_id, fingerprint=fingerprint, version=None)
 
-    inputs = JobInputs(str(base.path), str(work / "data" / "tokens.parquet"), tracking_uri(), run_id,
-                       state_dir=str(work / "ray" / run_id / "attempts"), fingerprint=fingerprint)
+    inputs = JobInputs(
+        str(base.path),
+        str(work / "data" / "tokens.parquet"),
+        tracking_uri(),
+        run_id,
+        state_dir=str(work / "ray" / run_id / "attempts"),
+        fingerprint=fingerprint,
+    )
     result = build_trainer(cfg, inputs, work / "ray", run_name=run_id).fit()
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
     recipe = recipe_class(cfg)
     adapter_dir = Path(result.checkpoint.path) / recipe.export_dir
-    version = register_folder(cfg.register_as, adapter_dir, kind=recipe.export_kind,
-                              run_id=run_id, artifact_path=recipe.export_dir, tags={
-                                  "base_model_version": base.ref,
-                                  "base_model_sha256": base.sha256,
-                                  "dataset": data_cfg.name,
-                                  "dataset_version": manifest["version"],
-                                  "dataset_sha256": manifest["source"]["sha256"],
-                                  "config_sha256": config_hash(cfg),
-                                  "git_commit": git_commit()})
+    version = register_folder(
+        cfg.register_as,
+        adapter_dir,
+        kind=recipe.export_kind,
+        run_id=run_id,
+        artifact_path=recipe.export_dir,
+        tags={
+            "base_model_version": base.ref,
+            "base_model_sha256": base.sha256,
+            "dataset": data_cfg.name,
+            "dataset_version": manifest["version"],
+            "dataset_sha256": manifest["source"]["sha256"],
+            "config_sha256": config_hash(cfg),
+            "git_commit": git_commit(),
+        },
+    )
     MlflowClient().set_terminated(run_id, "FINISHED")
-    write_job_state(work, run_id=run_id, fingerprint=fingerprint, version=version,
-                    adapter_dir=str(adapter_dir))
+    write_job_state(
+        work, run_id=run_id, fingerprint=fingerprint, version=version, adapter_dir=str(adapter_dir)
+    )
     return JobResult(run_id, cfg.register_as, version, adapter_dir, dict(result.metrics), manifest)
 
 
@@ -169,9 +200,15 @@ def _start_run(cfg: JobFields, yaml_text: str | None, base, data_cfg, manifest: 
     logger = RunLogger(run_id, tracking_uri())
     logger.log_config(cfg.model_dump(mode="json"), yaml_text)
     logger.client.log_dict(run_id, manifest, "dataset/manifest.json")
-    logger.set_tags({"sekisho.base_model_version": base.ref, "sekisho.dataset": data_cfg.name,
-                     "sekisho.dataset_version": manifest["version"],
-                     "sekisho.config_sha256": config_hash(cfg), "sekisho.git_commit": git_commit()})
+    logger.set_tags(
+        {
+            "sekisho.base_model_version": base.ref,
+            "sekisho.dataset": data_cfg.name,
+            "sekisho.dataset_version": manifest["version"],
+            "sekisho.config_sha256": config_hash(cfg),
+            "sekisho.git_commit": git_commit(),
+        }
+    )
     _log_dataset_input(run_id, data_cfg.name, manifest)
     return run_id
 
@@ -179,11 +216,9 @@ def _start_run(cfg: JobFields, yaml_text: str | None, base, data_cfg, manifest: 
 def _log_dataset_input(run_id: str, name: str, manifest: dict) -> None:
     """Record the dataset manifest as the run's input (MLflow's dataset tracking)."""
     from mlflow import MlflowClient
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
-    from mlflow.entities import DatasetInput, InputTag
 
-    ds = MetaDataset(source=LocalArtifactDatasetSource(manifest["source"]["path"]),
-                     name=name, digest=manifest["version"])
-    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(
-        ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])
+    from experiments.mlflow_entities import dataset_input
+
+    MlflowClient().log_inputs(
+        run_id, datasets=[dataset_input(manifest["source"]["path"], name, manifest["version"], "training")]
+    )

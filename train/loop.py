@@ -82,14 +82,20 @@ def resolve_epochs(cfg, n_examples: int, world_size: int):
         return type(cfg).model_validate(body)
     except ValidationError as exc:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigError(f"job {cfg.name!r}: epochs: {cfg.epochs} epoch(s) of {n_examples} examples on "
-                          f"{world_size} worker(s) (optim.batch_size {cfg.optim.batch_size}, grad_accum_steps "
-                          f"{cfg.optim.grad_accum_steps}) is {steps} steps: {problems}.") from None
+        raise ConfigError(
+            f"job {cfg.name!r}: epochs: {cfg.epochs} epoch(s) of {n_examples} examples on "
+            f"{world_size} worker(s) (optim.batch_size {cfg.optim.batch_size}, grad_accum_steps "
+            f"{cfg.optim.grad_accum_steps}) is {steps} steps: {problems}."
+        ) from None
 
 
-def run(r: Steps, on_metrics: MetricsSink | None = None, log_every: int | None = None,
-        on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
-        ) -> dict[str, float]:
+def run(
+    r: Steps,
+    on_metrics: MetricsSink | None = None,
+    log_every: int | None = None,
+    on_checkpoint: CheckpointSink | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """Train `r` from its current step to `cfg.optim.steps` (arguments as `Recipe.train`).
 
     Returns:
@@ -119,9 +125,15 @@ def run(r: Steps, on_metrics: MetricsSink | None = None, log_every: int | None =
         if r.step % log_every == 0 or r.step == steps:
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
-            last = {"loss": step_loss, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-                    "tokens_per_s": tps, **gpu_step_metrics(tps, r.world_size, r.n_params, cfg.peak_flops,
-                                                            cuda_peak_memory(r.device()))}
+            last = {
+                "loss": step_loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                "tokens_per_s": tps,
+                **gpu_step_metrics(
+                    tps, r.world_size, r.n_params, cfg.peak_flops, cuda_peak_memory(r.device())
+                ),
+            }
             if on_metrics:
                 on_metrics(last, r.step)
             window_tokens, window_start = 0, time.perf_counter()
@@ -140,15 +152,23 @@ def trainer_state(r, extra: dict | None = None) -> dict:
     """What a checkpoint records beside the weights: step, attempt, world size, data position."""
     from train.examples import data_position
 
-    epoch, batch = data_position(r.step * r.cfg.optim.grad_accum_steps, len(r.examples), r.cfg,
-                                 r.rank, r.world_size)
-    return {"step": r.step, "attempt": r.attempt, "world_size": r.world_size,
-            "data_position": {"epoch": epoch, "batch": batch}, **(extra or {})}
+    epoch, batch = data_position(
+        r.step * r.cfg.optim.grad_accum_steps, len(r.examples), r.cfg, r.rank, r.world_size
+    )
+    return {
+        "step": r.step,
+        "attempt": r.attempt,
+        "world_size": r.world_size,
+        "data_position": {"epoch": epoch, "batch": batch},
+        **(extra or {}),
+    }
 
 
 def check_resumable(state: dict, ckpt_dir: str | Path, world_size: int) -> None:
     """Raises:
-        ValueError: the checkpoint was written by another number of workers."""
+    ValueError: the checkpoint was written by another number of workers."""
     if state["world_size"] != world_size:
-        raise ValueError(f"checkpoint {ckpt_dir} was written by {state['world_size']} workers, "
-                         f"this run has {world_size}; the data order would differ")
+        raise ValueError(
+            f"checkpoint {ckpt_dir} was written by {state['world_size']} workers, "
+            f"this run has {world_size}; the data order would differ"
+        )

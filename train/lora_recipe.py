@@ -28,7 +28,7 @@ class LoraRecipe:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.step, self.attempt = 0, 1
         self._device = None
-        self.engine = None      # the DeepSpeed engine, under ZeRO
+        self.engine = None  # the DeepSpeed engine, under ZeRO
         self.batch_ids: list[int] = []
         self.examples: list = []
         self.eval_examples: list = []
@@ -36,21 +36,26 @@ class LoraRecipe:
     @classmethod
     def check(cls, cfg: LoraJobConfig) -> None:
         """Raises:
-            UserError: the config asks for ZeRO at a stage below 3, or on one worker:
-                either shards nothing of the frozen base, which is what ZeRO is for here."""
+        UserError: the config asks for ZeRO at a stage below 3, or on one worker:
+            either shards nothing of the frozen base, which is what ZeRO is for here."""
         ds = cfg.deepspeed
         if ds is None:
             return
         if ds.zero_stage != 3:
-            raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO runs at zero_stage 3, which shards "
-                            f"the frozen base; stage {ds.zero_stage} would shard only the adapter's small "
-                            f"state. Set deepspeed.zero_stage: 3, or remove `deepspeed:` to train with DDP.")
+            raise UserError(
+                f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO runs at zero_stage 3, which shards "
+                f"the frozen base; stage {ds.zero_stage} would shard only the adapter's small "
+                f"state. Set deepspeed.zero_stage: 3, or remove `deepspeed:` to train with DDP."
+            )
         if cfg.scaling.num_workers == 1:
-            raise UserError(f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO on one worker shards nothing; "
-                            f"remove `deepspeed:` (the base fits one GPU) or give more scaling.num_workers.")
+            raise UserError(
+                f"job {cfg.name!r}: LoRA under DeepSpeed ZeRO on one worker shards nothing; "
+                f"remove `deepspeed:` (the base fits one GPU) or give more scaling.num_workers."
+            )
 
-    def setup(self, base_model_dir: str | Path, tokens_path: str | Path,
-              wrap_model: ModelWrapper | None = None) -> None:
+    def setup(
+        self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model: ModelWrapper | None = None
+    ) -> None:
         """Load the base model, add LoRA, load the examples.
 
         Args:
@@ -76,14 +81,22 @@ class LoraRecipe:
             deepspeed_zero.ensure_process_group("nccl" if on_gpu else "gloo")
             base = deepspeed_zero.load_model(base_model_dir, self.cfg)
         else:
-            base = AutoModelForCausalLM.from_pretrained(str(base_model_dir),
-                                                        dtype=torch.bfloat16 if on_gpu else torch.float32)
+            base = AutoModelForCausalLM.from_pretrained(
+                str(base_model_dir), dtype=torch.bfloat16 if on_gpu else torch.float32
+            )
         if self.cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = self.cfg.lora
-        self.peft_model = get_peft_model(base, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+        self.peft_model = get_peft_model(
+            base,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
         self.pad_id = base.config.pad_token_id or 0
         if self.cfg.deepspeed is not None:
             self.engine = self.model = deepspeed_zero.start_engine(self.peft_model, self.cfg)
@@ -92,8 +105,9 @@ class LoraRecipe:
             if self._device is not None:
                 self.peft_model.to(self._device)
             self.model = wrap_model(self.peft_model) if wrap_model else self.peft_model
-            self.optimizer = torch.optim.AdamW(self._trainable(), lr=self.cfg.optim.lr,
-                                               weight_decay=self.cfg.optim.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                self._trainable(), lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay
+            )
         self.n_params = forward_params(self.peft_model)
 
     def _trainable(self) -> list:
@@ -118,14 +132,15 @@ class LoraRecipe:
         return examples.collate(batch, self.pad_id, self._device)
 
     def evaluate(self) -> float | None:
-        return examples.evaluate(self.model, self.eval_examples, self.cfg.optim.batch_size, self.pad_id,
-                                 self._device)
+        return examples.evaluate(
+            self.model, self.eval_examples, self.cfg.optim.batch_size, self.pad_id, self._device
+        )
 
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
 
     def forward_backward(self, inputs: dict, last: bool) -> float:
-        if self.engine is not None:     # as the full recipe: the engine accumulates and steps
+        if self.engine is not None:  # as the full recipe: the engine accumulates and steps
             loss = self.engine(**inputs).loss
             self.engine.backward(loss)
             self.engine.step()
@@ -141,15 +156,19 @@ class LoraRecipe:
         import torch
 
         if self.engine is not None:
-            return self.engine.get_global_grad_norm()   # the engine stepped in `forward_backward`
+            return self.engine.get_global_grad_norm()  # the engine stepped in `forward_backward`
         grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
-              on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
-              ) -> dict[str, float]:
+    def train(
+        self,
+        on_metrics: MetricsSink | None = None,
+        log_every: int | None = None,
+        on_checkpoint: CheckpointSink | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> dict[str, float]:
         """See `train.recipe.Recipe.train`."""
         self.model.train()
         return loop.run(self, on_metrics, log_every, on_checkpoint, on_step)
@@ -160,9 +179,10 @@ class LoraRecipe:
         from train.checkpoint import save_rng, save_state
 
         if self.engine is None:
-            out = save_state(out_dir, self.peft_model, self.optimizer, loop.trainer_state(self, extra),
-                             rank=self.rank)
-        else:   # every rank writes its shard of the adapter's state; the base is not saved
+            out = save_state(
+                out_dir, self.peft_model, self.optimizer, loop.trainer_state(self, extra), rank=self.rank
+            )
+        else:  # every rank writes its shard of the adapter's state; the base is not saved
             out = Path(out_dir)
             self.engine.save_checkpoint(str(out / "deepspeed"), tag="state", exclude_frozen_parameters=True)
             save_rng(out, self.rank)
@@ -184,7 +204,9 @@ class LoraRecipe:
         if self.engine is None:
             load_state(ckpt_dir, self.peft_model, self.optimizer, rank=self.rank)
         else:
-            self.engine.load_checkpoint(str(Path(ckpt_dir, "deepspeed")), tag="state", load_module_strict=False)
+            self.engine.load_checkpoint(
+                str(Path(ckpt_dir, "deepspeed")), tag="state", load_module_strict=False
+            )
             load_rng(ckpt_dir, self.rank)
         self.step = state["step"]
         return state

@@ -50,14 +50,25 @@ class ModelShape:
     @property
     def largest_layer_params(self) -> float:
         """The embedding (vocab x hidden) or one block, whichever is larger."""
-        block = 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
+        block = (
+            2 * self.hidden * self.hidden
+            + 2 * self.hidden * self.kv_dim
+            + 3 * self.hidden * self.intermediate
+        )
         return max(self.vocab * self.hidden, block)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one block, by PEFT module name."""
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
 
 MODEL_SHAPES = {
@@ -75,11 +86,11 @@ class MemoryEstimate:
     optimizer: float
     activations: float
     runtime: float
-    cpu_per_node: float     # offloaded model state of one node (DeepSpeed's figure)
+    cpu_per_node: float  # offloaded model state of one node (DeepSpeed's figure)
     gpu_memory: float
     cpu_memory: float
-    host_loading: float = 0.0   # one node's copies of the model while it loads
-    host_runtime: float = 0.0   # one node's worker processes themselves
+    host_loading: float = 0.0  # one node's copies of the model while it loads
+    host_runtime: float = 0.0  # one node's worker processes themselves
 
     @property
     def per_gpu(self) -> float:
@@ -103,17 +114,29 @@ class MemoryEstimate:
         return self.fits_gpu and self.fits_host
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k} {getattr(self, k) / GB:.1f}" for k in
-                          ("weights", "gradients", "optimizer", "activations", "runtime"))
-        host = ", ".join(f"{k} {v / GB:.0f}" for k, v in (
-            ("loading", self.host_loading), ("offloaded", self.cpu_per_node), ("processes", self.host_runtime)))
-        return (f"{self.per_gpu / GB:.1f} GB per GPU ({parts}) of {self.gpu_memory / GB:.0f} GB; "
-                f"host {self.host_per_node / GB:.0f} GB per node ({host}) of {self.cpu_memory / GB:.0f} GB")
+        parts = ", ".join(
+            f"{k} {getattr(self, k) / GB:.1f}"
+            for k in ("weights", "gradients", "optimizer", "activations", "runtime")
+        )
+        host = ", ".join(
+            f"{k} {v / GB:.0f}"
+            for k, v in (
+                ("loading", self.host_loading),
+                ("offloaded", self.cpu_per_node),
+                ("processes", self.host_runtime),
+            )
+        )
+        return (
+            f"{self.per_gpu / GB:.1f} GB per GPU ({parts}) of {self.gpu_memory / GB:.0f} GB; "
+            f"host {self.host_per_node / GB:.0f} GB per node ({host}) of {self.cpu_memory / GB:.0f} GB"
+        )
 
 
 def lora_trainable_params(cfg: LoraJobConfig, shape: ModelShape) -> float:
     shapes = shape.linear_shapes()
-    per_block = sum(cfg.lora.r * (shapes[m][0] + shapes[m][1]) for m in cfg.lora.target_modules if m in shapes)
+    per_block = sum(
+        cfg.lora.r * (shapes[m][0] + shapes[m][1]) for m in cfg.lora.target_modules if m in shapes
+    )
     return per_block * shape.layers
 
 
@@ -127,11 +150,12 @@ def activation_bytes(cfg: JobFields, shape: ModelShape) -> float:
     return tokens * (shape.layers * per_layer + logits)
 
 
-def model_state_bytes(params: float, stage: int | None, offload_opt: bool, offload_params: bool,
-                      gpus: int, largest_layer: float) -> tuple[float, float, float]:
+def model_state_bytes(
+    params: float, stage: int | None, offload_opt: bool, offload_params: bool, gpus: int, largest_layer: float
+) -> tuple[float, float, float]:
     """(weights, gradients, optimizer) per GPU for `params` trained with mixed-precision
     Adam: DDP keeps fp32 weights, grads and moments (16 B); ZeRO as DeepSpeed counts it."""
-    if not stage:          # DDP, or ZeRO stage 0 (replicated state)
+    if not stage:  # DDP, or ZeRO stage 0 (replicated state)
         return 4 * params, 4 * params, 8 * params
     if stage == 2:
         if offload_opt:
@@ -158,7 +182,9 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
         raise UserError(f"job {cfg.name!r}: estimate_memory needs a `plan:` block (model_shape, seq_len)")
     if shape is None:
         if cfg.plan.model_shape not in MODEL_SHAPES:
-            raise UserError(f"plan.model_shape: {cfg.plan.model_shape!r} is not one of {sorted(MODEL_SHAPES)}")
+            raise UserError(
+                f"plan.model_shape: {cfg.plan.model_shape!r} is not one of {sorted(MODEL_SHAPES)}"
+            )
         shape = MODEL_SHAPES[cfg.plan.model_shape]
     gpus = cfg.scaling.num_workers
     ds = cfg.deepspeed
@@ -167,14 +193,14 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
     host_per_param = 18 if offload_params else 16
     nodes = max(1, -(-gpus // cfg.plan.gpus_per_node))
     if recipe_class(cfg).full_parameters:
-        weights, grads, optim = model_state_bytes(shape.params, stage, offload_opt, offload_params,
-                                                  gpus, shape.largest_layer_params)
+        weights, grads, optim = model_state_bytes(
+            shape.params, stage, offload_opt, offload_params, gpus, shape.largest_layer_params
+        )
         offloaded = shape.params if offload_opt or offload_params else 0.0
-    else:   # frozen bf16 base (sharded under ZeRO-3) + the adapter's fp32 training state
+    else:  # frozen bf16 base (sharded under ZeRO-3) + the adapter's fp32 training state
         base = 2 * shape.params / gpus + 4 * shape.largest_layer_params if stage == 3 else 2 * shape.params
         trainable = lora_trainable_params(cfg, shape)
-        weights, grads, optim = model_state_bytes(trainable, stage, offload_opt, offload_params,
-                                                  gpus, 0.0)
+        weights, grads, optim = model_state_bytes(trainable, stage, offload_opt, offload_params, gpus, 0.0)
         weights += base
         offloaded = trainable if offload_opt else 0.0
     # Host memory as DeepSpeed counts it (with its 1.5 buffer factor).
@@ -185,9 +211,18 @@ def estimate_memory(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEs
     dtype_bytes = 2 if cfg.scaling.use_gpu else 4
     whole_at_load = shape.largest_layer_params if stage == 3 else shape.params
     loading = whole_at_load * dtype_bytes * workers_per_node * 1.5
-    return MemoryEstimate(weights, grads, optim, activation_bytes(cfg, shape), RUNTIME_OVERHEAD_GB * GB,
-                          host, cfg.plan.gpu_memory_gb * GB, cfg.plan.cpu_memory_gb * GB,
-                          host_loading=loading, host_runtime=workers_per_node * HOST_OVERHEAD_PER_WORKER_GB * GB)
+    return MemoryEstimate(
+        weights,
+        grads,
+        optim,
+        activation_bytes(cfg, shape),
+        RUNTIME_OVERHEAD_GB * GB,
+        host,
+        cfg.plan.gpu_memory_gb * GB,
+        cfg.plan.cpu_memory_gb * GB,
+        host_loading=loading,
+        host_runtime=workers_per_node * HOST_OVERHEAD_PER_WORKER_GB * GB,
+    )
 
 
 def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimate:
@@ -200,8 +235,9 @@ def check_fits(cfg: JobFields, shape: ModelShape | None = None) -> MemoryEstimat
     if est.fits:
         return est
     if est.fits_gpu:
-        raise UserError(f"job {cfg.name!r} does not fit in host memory: {est.describe()}. Try "
-                        f"{_host_hints(cfg, est)}.")
+        raise UserError(
+            f"job {cfg.name!r} does not fit in host memory: {est.describe()}. Try {_host_hints(cfg, est)}."
+        )
     hints = []
     if not cfg.gradient_checkpointing:
         hints.append("gradient_checkpointing: true")
@@ -222,8 +258,10 @@ def _host_hints(cfg: JobFields, est: MemoryEstimate) -> str:
     """What would shrink the host memory of a job whose GPUs have room."""
     ds = cfg.deepspeed
     if est.host_loading >= est.cpu_per_node and (ds is None or ds.zero_stage != 3):
-        return ("deepspeed.zero_stage: 3 (the model loads partitioned), or fewer workers per node "
-                "(plan.gpus_per_node)")
+        return (
+            "deepspeed.zero_stage: 3 (the model loads partitioned), or fewer workers per node "
+            "(plan.gpus_per_node)"
+        )
     hints = []
     if ds is not None and ds.offload_params:
         hints.append("deepspeed.offload_params: false")

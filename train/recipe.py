@@ -22,8 +22,8 @@ ModelWrapper = Callable[[Any], Any]
 class Recipe(Protocol):
     """A training recipe; `step`, `attempt` and `batch_ids` are read by the caller's hooks."""
 
-    export_dir: ClassVar[str]       # the folder of a final checkpoint that holds the export
-    export_kind: ClassVar[str]      # what the export registers as (experiments.register_folder)
+    export_dir: ClassVar[str]  # the folder of a final checkpoint that holds the export
+    export_kind: ClassVar[str]  # what the export registers as (experiments.register_folder)
     full_parameters: ClassVar[bool]  # trains every weight (False: an adapter on a frozen base)
     step: int
     attempt: int
@@ -34,10 +34,11 @@ class Recipe(Protocol):
     @classmethod
     def check(cls, cfg) -> None:
         """Raises:
-            UserError: `cfg` asks for something this recipe does not do."""
+        UserError: `cfg` asks for something this recipe does not do."""
 
-    def setup(self, base_model_dir: str | Path, tokens_path: str | Path,
-              wrap_model: ModelWrapper | None = None) -> None:
+    def setup(
+        self, base_model_dir: str | Path, tokens_path: str | Path, wrap_model: ModelWrapper | None = None
+    ) -> None:
         """Load the base model, the optimizer and the examples.
 
         Args:
@@ -45,9 +46,13 @@ class Recipe(Protocol):
                 a recipe whose engine does data parallelism itself does not use it.
         """
 
-    def train(self, on_metrics: MetricsSink | None = None, log_every: int | None = None,
-              on_checkpoint: CheckpointSink | None = None, on_step: Callable[[int], None] | None = None,
-              ) -> dict[str, float]:
+    def train(
+        self,
+        on_metrics: MetricsSink | None = None,
+        log_every: int | None = None,
+        on_checkpoint: CheckpointSink | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> dict[str, float]:
         """Run from the current step to the configured number of steps.
 
         Args:

@@ -39,7 +39,8 @@ def use_token(home: Path) -> None:
         if not token.is_file():
             raise UserError(
                 f"no Ray token at {token}: the cluster's Jobs API refuses requests without it. "
-                f"Copy the cluster's token file there (mode 0600), or set RAY_AUTH_TOKEN_PATH.")
+                f"Copy the cluster's token file there (mode 0600), or set RAY_AUTH_TOKEN_PATH."
+            )
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     os.environ["RAY_AUTH_MODE"] = "token"
     from ray._raylet import AuthenticationTokenLoader, Config
@@ -56,8 +57,10 @@ def connect(address: str | None, home: Path):
         UserError: no address, the cluster cannot be reached, or it refused the token.
     """
     if not address:
-        raise UserError("--address (or RAY_API_SERVER_ADDRESS): the Jobs API of the Ray cluster, "
-                        "e.g. http://10.20.0.10:8265 (the head's dashboard address).")
+        raise UserError(
+            "--address (or RAY_API_SERVER_ADDRESS): the Jobs API of the Ray cluster, "
+            "e.g. http://10.20.0.10:8265 (the head's dashboard address)."
+        )
     use_token(home)
     from ray.job_submission import JobSubmissionClient
 
@@ -78,12 +81,16 @@ class _jobs_api:
         from ray.exceptions import AuthenticationError
 
         if isinstance(exc, AuthenticationError):
-            raise UserError(f"the Ray cluster at {self.address} refused this client's token "
-                            f"({os.environ.get('RAY_AUTH_TOKEN_PATH', 'RAY_AUTH_TOKEN')}): use the "
-                            f"cluster's own token file.") from None
+            raise UserError(
+                f"the Ray cluster at {self.address} refused this client's token "
+                f"({os.environ.get('RAY_AUTH_TOKEN_PATH', 'RAY_AUTH_TOKEN')}): use the "
+                f"cluster's own token file."
+            ) from None
         if isinstance(exc, ConnectionError):
-            raise UserError(f"cannot reach the Ray Jobs API at {self.address}: is the cluster up, and "
-                            f"is that its dashboard address (port 8265 by default)?") from None
+            raise UserError(
+                f"cannot reach the Ray Jobs API at {self.address}: is the cluster up, and "
+                f"is that its dashboard address (port 8265 by default)?"
+            ) from None
         return False
 
 
@@ -99,23 +106,31 @@ def submit(client, config: Path, working_dir: Path, cluster_home: str | None = N
     """
     from train.config import TrainJobConfig
 
-    cfg = TrainJobConfig.from_yaml(config)       # refuse a bad config before anything is sent
+    cfg = TrainJobConfig.from_yaml(config)  # refuse a bad config before anything is sent
     config, working_dir = config.resolve(), working_dir.resolve()
     if not config.is_relative_to(working_dir):
-        raise UserError(f"{config} is not inside the working directory {working_dir}, which is what "
-                        f"is shipped to the cluster; run from the project folder or pass --working-dir.")
+        raise UserError(
+            f"{config} is not inside the working directory {working_dir}, which is what "
+            f"is shipped to the cluster; run from the project folder or pass --working-dir."
+        )
     rel = config.relative_to(working_dir).as_posix()
     # The working directory goes first on every worker's path; the hook keeps a
     # `data/` or `train/` package of the user's from shadowing Sekisho's.
-    runtime_env: dict = {"working_dir": str(working_dir), "excludes": EXCLUDES,
-                         "worker_process_setup_hook": "sekisho.imports.pin"}
+    runtime_env: dict = {
+        "working_dir": str(working_dir),
+        "excludes": EXCLUDES,
+        "worker_process_setup_hook": "sekisho.imports.pin",
+    }
     if cluster_home:
         runtime_env["env_vars"] = {"SEKISHO_HOME": cluster_home}
     job_id = f"train-{cfg.name}-{secrets.token_hex(3)}"
     with _jobs_api(client.get_address()):
-        return client.submit_job(entrypoint=f"python -m sekisho train run {shlex.quote(rel)}",
-                                 submission_id=job_id, runtime_env=runtime_env,
-                                 metadata={"sekisho.job": cfg.name, "sekisho.config": rel})
+        return client.submit_job(
+            entrypoint=f"python -m sekisho train run {shlex.quote(rel)}",
+            submission_id=job_id,
+            runtime_env=runtime_env,
+            metadata={"sekisho.job": cfg.name, "sekisho.config": rel},
+        )
 
 
 def follow(client, job_id: str, out=sys.stdout) -> str:
@@ -147,9 +162,16 @@ def job_rows(client) -> list[dict[str, str]]:
     with _jobs_api(client.get_address()):
         jobs = [j for j in client.list_jobs() if j.submission_id]
     jobs.sort(key=lambda j: j.start_time or 0)
-    return [{"id": j.submission_id, "status": str(j.status.value), "start": _when(j.start_time),
-             "end": _when(j.end_time), "config": (j.metadata or {}).get("sekisho.config", j.entrypoint)}
-            for j in jobs]
+    return [
+        {
+            "id": j.submission_id,
+            "status": str(j.status.value),
+            "start": _when(j.start_time),
+            "end": _when(j.end_time),
+            "config": (j.metadata or {}).get("sekisho.config", j.entrypoint),
+        }
+        for j in jobs
+    ]
 
 
 def job_info(client, job_id: str):
@@ -162,7 +184,9 @@ def job_info(client, job_id: str):
         try:
             return client.get_job_info(job_id)
         except RuntimeError:
-            raise UserError(f"no job {job_id!r} on this cluster; `sekisho train status` lists them.") from None
+            raise UserError(
+                f"no job {job_id!r} on this cluster; `sekisho train status` lists them."
+            ) from None
 
 
 def stop(client, job_id: str, timeout: float = 60) -> str:

@@ -34,14 +34,18 @@ class FamilySpec(StrictConfig):
     config_class: str = Field(description="transformers config class, e.g. LlamaConfig.")
     config: dict[str, Any] = Field(default_factory=dict, description="Config fields beyond the tiny shape.")
     tokenizer: Literal["byte_level_bpe", "sentencepiece_bpe"] = Field(
-        description="byte-level BPE (Llama-3, Qwen, gpt-oss) or SentencePiece-style BPE with byte fallback.")
-    extra_special_tokens: list[str] = Field(default_factory=list,
-                                            description="Special tokens the template uses beyond the fixture's.")
-    generation: dict[str, Any] = Field(default_factory=dict,
-                                       description="generation_config.json: `eos` as tokens, sampling settings.")
+        description="byte-level BPE (Llama-3, Qwen, gpt-oss) or SentencePiece-style BPE with byte fallback."
+    )
+    extra_special_tokens: list[str] = Field(
+        default_factory=list, description="Special tokens the template uses beyond the fixture's."
+    )
+    generation: dict[str, Any] = Field(
+        default_factory=dict, description="generation_config.json: `eos` as tokens, sampling settings."
+    )
     tool_call_parser: str | None = Field(None, description="vLLM's tool-call parser for the family, if any.")
-    lora_target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR),
-                                           description="The family's linear layers a LoRA adapts.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(ALL_LINEAR), description="The family's linear layers a LoRA adapts."
+    )
 
 
 def load_family(path: str | Path) -> tuple[FamilySpec, dict]:
@@ -55,8 +59,11 @@ def load_family(path: str | Path) -> tuple[FamilySpec, dict]:
 def special_tokens(spec: FamilySpec, facts: dict) -> list[str]:
     """The family's special tokens: those the fixture names, then the spec's extras."""
     named = [facts.get(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token")]
-    tokens = [*(facts.get("token_ids") or {}), *[t for t in named if isinstance(t, str)],
-              *spec.extra_special_tokens]
+    tokens = [
+        *(facts.get("token_ids") or {}),
+        *[t for t in named if isinstance(t, str)],
+        *spec.extra_special_tokens,
+    ]
     if spec.tokenizer == "sentencepiece_bpe" and "<unk>" not in tokens:
         tokens.insert(0, "<unk>")
     return list(dict.fromkeys(tokens))
@@ -72,16 +79,21 @@ def family_tokenizer(spec: FamilySpec, facts: dict, texts: Iterable[str], vocab_
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train_from_iterator(list(texts), trainer=trainer)
     else:
         tok = _sentencepiece_style(list(texts), specials, vocab_size)
     kwargs = {k: facts[k] for k in ("bos_token", "eos_token", "pad_token") if isinstance(facts.get(k), str)}
     if spec.tokenizer == "sentencepiece_bpe":
         kwargs["unk_token"] = "<unk>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=facts["chat_template"],
-                                   model_max_length=None, **kwargs)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, chat_template=facts["chat_template"], model_max_length=None, **kwargs
+    )
 
 
 def _sentencepiece_style(texts: list[str], specials: list[str], vocab_size: int):
@@ -106,8 +118,13 @@ def _sentencepiece_style(texts: list[str], specials: list[str], vocab_size: int)
     return tok
 
 
-def build_family_model(family_file: str | Path, out_dir: str | Path, corpus: Iterable[str],
-                       cfg: TinyModelConfig | None = None, download_layout: bool = True) -> Path:
+def build_family_model(
+    family_file: str | Path,
+    out_dir: str | Path,
+    corpus: Iterable[str],
+    cfg: TinyModelConfig | None = None,
+    download_layout: bool = True,
+) -> Path:
     """Write a tiny model of the family in `family_file` to `out_dir`.
 
     Args:
@@ -132,19 +149,30 @@ def build_family_model(family_file: str | Path, out_dir: str | Path, corpus: Ite
     bos_id = ids.get(facts.get("bos_token")) if isinstance(facts.get("bos_token"), str) else None
     pad_id = ids.get(facts.get("pad_token")) if isinstance(facts.get("pad_token"), str) else None
     heads = cfg.hidden_size // 64
-    shape = dict(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                 num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                 head_dim=64, max_position_embeddings=cfg.max_position_embeddings,
-                 initializer_range=cfg.initializer_range, tie_word_embeddings=False,
-                 bos_token_id=bos_id, eos_token_id=eos[0] if len(eos) == 1 else eos, pad_token_id=pad_id,
-                 torch_dtype="float32")
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=64,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=False,
+        bos_token_id=bos_id,
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+    )
     config = getattr(transformers, spec.config_class)(**{**shape, **spec.config})
     config.architectures = [spec.architecture]
     torch.manual_seed(cfg.seed)
     model = getattr(transformers, spec.architecture)(config)
     sampling = {k: v for k, v in spec.generation.items() if k != "eos"}
     model.generation_config = transformers.GenerationConfig(
-        bos_token_id=bos_id, eos_token_id=eos, pad_token_id=pad_id, do_sample=bool(sampling), **sampling)
+        bos_token_id=bos_id, eos_token_id=eos, pad_token_id=pad_id, do_sample=bool(sampling), **sampling
+    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if download_layout:

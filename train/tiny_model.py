@@ -31,13 +31,23 @@ CHAT_TEMPLATE = (
 class TinyModelConfig(StrictConfig):
     """A tiny Llama built from scratch with a fixed seed."""
 
-    vocab_size: int = Field(2048, ge=256, le=65536, description="BPE vocabulary size to train (special tokens included).")
-    hidden_size: int = Field(128, ge=64, description="Model width; hidden_size / num_attention_heads must be 64 for vLLM's CPU attention.")
+    vocab_size: int = Field(
+        2048, ge=256, le=65536, description="BPE vocabulary size to train (special tokens included)."
+    )
+    hidden_size: int = Field(
+        128,
+        ge=64,
+        description="Model width; hidden_size / num_attention_heads must be 64 for vLLM's CPU attention.",
+    )
     intermediate_size: int = Field(256, ge=64, description="MLP width.")
     num_hidden_layers: int = Field(2, ge=1, le=8, description="Transformer layers.")
     num_attention_heads: int = Field(2, ge=1, description="Attention heads (also KV heads).")
-    max_position_embeddings: int = Field(512, ge=64, description="Longest sequence the model accepts (vLLM's max_model_len).")
-    initializer_range: float = Field(0.1, gt=0, description="Std of the random init; 0.1 lets LoRA learn (see module docstring).")
+    max_position_embeddings: int = Field(
+        512, ge=64, description="Longest sequence the model accepts (vLLM's max_model_len)."
+    )
+    initializer_range: float = Field(
+        0.1, gt=0, description="Std of the random init; 0.1 lets LoRA learn (see module docstring)."
+    )
     seed: int = Field(0, description="Seed for the weights.")
 
 
@@ -54,18 +64,22 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-        chat_template=CHAT_TEMPLATE, model_max_length=None,
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=None,
     )
 
 
-def build_tiny_model(out_dir: str | Path, corpus: Iterable[str],
-                     cfg: TinyModelConfig | None = None) -> Path:
+def build_tiny_model(out_dir: str | Path, corpus: Iterable[str], cfg: TinyModelConfig | None = None) -> Path:
     """Write a tiny Llama (safetensors), its tokenizer and chat template to `out_dir`.
 
     Args:
@@ -87,18 +101,23 @@ def build_tiny_model(out_dir: str | Path, corpus: Iterable[str],
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads,
         max_position_embeddings=cfg.max_position_embeddings,
-        initializer_range=cfg.initializer_range, tie_word_embeddings=False,
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=False,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
         torch_dtype="float32",
     )
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id,
-                                               bos_token_id=eos_id)
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "sekisho_tiny_model.json").write_text(json.dumps(cfg.model_dump(), indent=2))

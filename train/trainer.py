@@ -46,6 +46,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.train import Checkpoint
 
     from foundation import offline
+
     offline.apply()
     from experiments import RunLogger
     from train.fault_injection import StepHook
@@ -56,6 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Test-only fault injection: the folder travels with the loop config, so it
         # reaches workers of a cluster started before the test set it.
         from train.fault_injection import ENV
+
         os.environ[ENV] = loop_config["test_hooks_dir"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -63,6 +65,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     wrap = None
     if world > 1:
         from ray.train.torch import prepare_model
+
         wrap = lambda m: prepare_model(m, move_to_device=cfg.scaling.use_gpu)  # noqa: E731
     recipe = build_recipe(cfg, rank=rank, world_size=world)
     recipe.setup(inputs.base_model_dir, inputs.tokens_path, wrap_model=wrap)
@@ -76,25 +79,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def on_metrics(metrics: dict[str, float], step: int) -> None:
         # The attempt goes with every logged step, so steps re-run after a
         # restore show which attempt ran them.
-        logger.log_metrics({**metrics, "attempt": recipe.attempt}, step,
-                           flush=step % (cfg.log_every * 10) == 0)
+        logger.log_metrics(
+            {**metrics, "attempt": recipe.attempt}, step, flush=step % (cfg.log_every * 10) == 0
+        )
 
     def on_checkpoint(step: int, last: dict[str, float]) -> None:
         # Flush first: whatever a restore might repeat is already in MLflow.
         logger.flush()
         with tempfile.TemporaryDirectory() as tmp:
             recipe.save_checkpoint(tmp, {"fingerprint": inputs.fingerprint, "run_id": inputs.run_id})
-            ray.train.report({**last, "step": step, "attempt": recipe.attempt},
-                             checkpoint=Checkpoint.from_directory(tmp))
+            ray.train.report(
+                {**last, "step": step, "attempt": recipe.attempt}, checkpoint=Checkpoint.from_directory(tmp)
+            )
 
-    recipe.train(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
-                 on_step=(lambda _: hook(recipe)) if hook.active else None)
+    recipe.train(
+        on_metrics=on_metrics,
+        on_checkpoint=on_checkpoint,
+        on_step=(lambda _: hook(recipe)) if hook.active else None,
+    )
     logger.flush()
     recipe.cleanup()
 
 
-def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
-                  run_name: str | None = None):
+def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path, run_name: str | None = None):
     """Turn a job config into a Ray Train TorchTrainer (not yet started).
 
     Args:
@@ -112,20 +119,27 @@ def build_trainer(cfg: JobFields, inputs: JobInputs, storage_path: str | Path,
     # The workers get the number of steps, not `epochs` (no need to count the data again).
     cfg = resolve_epochs(cfg, count_examples(inputs.tokens_path), cfg.scaling.num_workers)
     s = cfg.scaling
-    env_vars = dict(FULL_PRIORITY_ENV)   # not Ray's worker niceness (docs/design-notes.md)
+    env_vars = dict(FULL_PRIORITY_ENV)  # not Ray's worker niceness (docs/design-notes.md)
     # Test hooks follow the driver's environment even onto a cluster started before it.
     if os.environ.get(ENV):
         env_vars[ENV] = os.environ[ENV]
     worker_env = {"env_vars": env_vars}
     return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "inputs": inputs.__dict__,
-                           "test_hooks_dir": os.environ.get(ENV)},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "inputs": inputs.__dict__,
+            "test_hooks_dir": os.environ.get(ENV),
+        },
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker}),
-        run_config=RunConfig(name=run_name or cfg.name, storage_path=str(storage_path),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             worker_runtime_env=worker_env),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name or cfg.name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env=worker_env,
+        ),
     )

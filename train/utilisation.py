@@ -32,8 +32,9 @@ def model_flops_utilisation(n_params: int, tokens_per_s: float, peak_flops: floa
     return 6.0 * n_params * tokens_per_s / peak_flops
 
 
-def gpu_step_metrics(tokens_per_s: float, world_size: int, n_params: int, peak_flops: float,
-                     memory: tuple[int, int] | None) -> dict[str, float]:
+def gpu_step_metrics(
+    tokens_per_s: float, world_size: int, n_params: int, peak_flops: float, memory: tuple[int, int] | None
+) -> dict[str, float]:
     """The GPU metrics of one logged step ({} when the device reports no memory: CPU).
 
     Args:
@@ -44,8 +45,11 @@ def gpu_step_metrics(tokens_per_s: float, world_size: int, n_params: int, peak_f
     if memory is None:
         return {}
     allocated, reserved = memory
-    return {"gpu_mem_max_allocated_gb": allocated / 2 ** 30, "gpu_mem_max_reserved_gb": reserved / 2 ** 30,
-            "mfu": model_flops_utilisation(n_params, tokens_per_s / max(world_size, 1), peak_flops)}
+    return {
+        "gpu_mem_max_allocated_gb": allocated / 2**30,
+        "gpu_mem_max_reserved_gb": reserved / 2**30,
+        "mfu": model_flops_utilisation(n_params, tokens_per_s / max(world_size, 1), peak_flops),
+    }
 
 
 def cuda_peak_memory(device) -> tuple[int, int] | None:

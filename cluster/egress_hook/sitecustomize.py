@@ -61,10 +61,14 @@ def install(log):
                 host = addr[0]
             if _local(host):
                 return
-            entry = {"pid": os.getpid(), "argv0": (sys.argv or ["?"])[0], "event": event,
-                     "host": host if isinstance(host, str) else repr(host),
-                     "port": args[1] if event == "socket.getaddrinfo" else args[1][1],
-                     "where": _culprit()}
+            entry = {
+                "pid": os.getpid(),
+                "argv0": (sys.argv or ["?"])[0],
+                "event": event,
+                "host": host if isinstance(host, str) else repr(host),
+                "port": args[1] if event == "socket.getaddrinfo" else args[1][1],
+                "where": _culprit(),
+            }
             with _lock, open(log, "a") as f:
                 f.write(json.dumps(entry, default=str) + "\n")
         except Exception:  # never break the program being watched

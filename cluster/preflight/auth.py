@@ -8,8 +8,7 @@ import urllib.request
 
 from cluster.preflight.result import CheckResult, failed, passed
 
-REMEDY = ("start every node with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH "
-          "(`sekisho cluster up` does)")
+REMEDY = "start every node with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (`sekisho cluster up` does)"
 
 
 def _dashboard_refuses(dashboard_url: str) -> str | None:
@@ -38,8 +37,11 @@ def _gcs_refuses(gcs_address: str) -> str | None:
 
 def token_auth(gcs_address: str, dashboard_url: str | None) -> CheckResult:
     name = "Ray token auth"
-    problems = [p for p in (_gcs_refuses(gcs_address),
-                            _dashboard_refuses(dashboard_url) if dashboard_url else None) if p]
+    problems = [
+        p
+        for p in (_gcs_refuses(gcs_address), _dashboard_refuses(dashboard_url) if dashboard_url else None)
+        if p
+    ]
     if problems:
         return failed(name, "; ".join(problems), REMEDY)
     where = "GCS and Jobs API" if dashboard_url else "GCS (no dashboard)"

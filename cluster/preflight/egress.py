@@ -52,23 +52,37 @@ def egress(alive: dict[str, str]) -> CheckResult:
     name = "zero egress"
     log = f"/tmp/sekisho-egress-{uuid.uuid4().hex}.jsonl"
     env = {"env_vars": {LOG_ENV: log, "PYTHONPATH": f"{HOOK_DIR}:${{PYTHONPATH}}"}}
-    ray.get([on_node(workload, nid, runtime_env=env).remote()
-             for nid in alive.values()], timeout=600)
-    logs = dict(zip(alive, ray.get([on_node(read_log, nid, runtime_env=env).remote(log)
-                                    for nid in alive.values()], timeout=120)))
+    ray.get([on_node(workload, nid, runtime_env=env).remote() for nid in alive.values()], timeout=600)
+    logs = dict(
+        zip(
+            alive,
+            ray.get(
+                [on_node(read_log, nid, runtime_env=env).remote(log) for nid in alive.values()], timeout=120
+            ),
+        )
+    )
     unplanted, blind = [], []
     for ip, entries in logs.items():
         planted = [e for e in entries if (e["host"], e["port"]) == PLANTED]
-        unplanted += [f"{ip}: {e['event']} {e['host']}:{e['port']} from {e['where']}"
-                      for e in entries if (e["host"], e["port"]) != PLANTED]
+        unplanted += [
+            f"{ip}: {e['event']} {e['host']}:{e['port']} from {e['where']}"
+            for e in entries
+            if (e["host"], e["port"]) != PLANTED
+        ]
         if not planted:
             blind.append(ip)
     if unplanted:
-        return failed(name, f"{len(unplanted)} outbound attempts: " + "; ".join(unplanted[:5]),
-                      "switch the library off (cluster/offline.py) or report it")
+        return failed(
+            name,
+            f"{len(unplanted)} outbound attempts: " + "; ".join(unplanted[:5]),
+            "switch the library off (cluster/offline.py) or report it",
+        )
     if blind:
-        return failed(name, f"the planted control did not show on {', '.join(blind)}: the "
-                      "recorder is not active there", f"make {HOOK_DIR} exist on every node "
-                      "(install Sekisho in the shared environment)")
-    return passed(name, f"0 outbound attempts on {len(logs)} nodes; planted control seen on "
-                  f"{len(logs)}/{len(logs)}")
+        return failed(
+            name,
+            f"the planted control did not show on {', '.join(blind)}: the recorder is not active there",
+            f"make {HOOK_DIR} exist on every node (install Sekisho in the shared environment)",
+        )
+    return passed(
+        name, f"0 outbound attempts on {len(logs)} nodes; planted control seen on {len(logs)}/{len(logs)}"
+    )

@@ -18,23 +18,33 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 def on_node(fn, node_id: str, **options):
     """`fn` as a zero-CPU Ray task that runs on the node `node_id` and nowhere else."""
-    return ray.remote(fn).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node_id=node_id, soft=False), max_retries=0, **options)
+    return ray.remote(fn).options(
+        num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        max_retries=0,
+        **options,
+    )
 
 
 def _nvidia() -> dict:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return {"driver": None}
-    query = subprocess.run([smi, "--query-gpu=driver_version,name,memory.total",
-                            "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=60)
+    query = subprocess.run(
+        [smi, "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     header = subprocess.run([smi], capture_output=True, text=True, timeout=60).stdout
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
     gpus = [[f.strip() for f in line.split(",")] for line in query.stdout.splitlines() if line]
-    return {"driver": sorted({g[0] for g in gpus}) or ["?"], "cuda": cuda and cuda.group(1),
-            "gpus": [{"name": g[1], "memory_mib": float(g[2])} for g in gpus],
-            "error": query.stderr.strip() if query.returncode else None}
+    return {
+        "driver": sorted({g[0] for g in gpus}) or ["?"],
+        "cuda": cuda and cuda.group(1),
+        "gpus": [{"name": g[1], "memory_mib": float(g[2])} for g in gpus],
+        "error": query.stderr.strip() if query.returncode else None,
+    }
 
 
 def _infiniband() -> dict[str, str] | None:
@@ -63,10 +73,15 @@ def probe(shared: str, mark: str) -> dict:
         storage = None if own.read_text() == mark else "read back something else"
     except OSError as exc:
         storage = f"{type(exc).__name__}: {exc}"
-    return {"ip": ip, "host": socket.gethostname(), "nvidia": _nvidia(), "ib": _infiniband(),
-            "storage_error": storage, "storage_file": str(own),
-            "free_gib": {shared: _free_gib(shared), tempfile.gettempdir():
-                         _free_gib(tempfile.gettempdir())}}
+    return {
+        "ip": ip,
+        "host": socket.gethostname(),
+        "nvidia": _nvidia(),
+        "ib": _infiniband(),
+        "storage_error": storage,
+        "storage_file": str(own),
+        "free_gib": {shared: _free_gib(shared), tempfile.gettempdir(): _free_gib(tempfile.gettempdir())},
+    }
 
 
 def read_marks(files: list[str]) -> dict[str, str | None]:

@@ -35,27 +35,42 @@ def _clock_offsets(alive: dict[str, str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def run_doctor(inventory: Inventory, gcs_address: str, dashboard_url: str | None,
-               egress: bool = False, min_free_gib: float = 50.0) -> list[CheckResult]:
+def run_doctor(
+    inventory: Inventory,
+    gcs_address: str,
+    dashboard_url: str | None,
+    egress: bool = False,
+    min_free_gib: float = 50.0,
+) -> list[CheckResult]:
     """Every check, in the order of the report. Call from a connected driver."""
     alive = _alive()
     ours = {ip: nid for ip, nid in alive.items() if ip in {n.address for n in inventory.nodes}}
     results = [nc.nodes_joined(inventory, alive)]
     mark = uuid.uuid4().hex[:12]
     shared = str(inventory.shared_storage)
-    probes = dict(zip(ours, ray.get([on_node(probe, nid).remote(shared, mark)
-                                     for nid in ours.values()], timeout=300)))
+    probes = dict(
+        zip(ours, ray.get([on_node(probe, nid).remote(shared, mark) for nid in ours.values()], timeout=300))
+    )
     files = [p["storage_file"] for p in probes.values()]
-    seen = dict(zip(ours, ray.get([on_node(read_marks, nid).remote(files)
-                                   for nid in ours.values()], timeout=120)))
-    ray.get([on_node(forget, nid).remote(p["storage_file"]) for nid, p in
-             zip(ours.values(), probes.values())], timeout=120)
-    results += [nc.driver_versions(probes), nc.gpus_vs_inventory(inventory, probes),
-                nc.infiniband(inventory, probes), all_reduce_bandwidth(inventory, ours),
-                nc.shared_storage(inventory, probes, seen),
-                nc.clock_skew(_clock_offsets(ours)), nc.free_disk(probes, min_free_gib),
-                token_auth(gcs_address, dashboard_url)]
+    seen = dict(
+        zip(ours, ray.get([on_node(read_marks, nid).remote(files) for nid in ours.values()], timeout=120))
+    )
+    ray.get(
+        [on_node(forget, nid).remote(p["storage_file"]) for nid, p in zip(ours.values(), probes.values())],
+        timeout=120,
+    )
+    results += [
+        nc.driver_versions(probes),
+        nc.gpus_vs_inventory(inventory, probes),
+        nc.infiniband(inventory, probes),
+        all_reduce_bandwidth(inventory, ours),
+        nc.shared_storage(inventory, probes, seen),
+        nc.clock_skew(_clock_offsets(ours)),
+        nc.free_disk(probes, min_free_gib),
+        token_auth(gcs_address, dashboard_url),
+    ]
     if egress:
         from cluster.preflight.egress import egress as egress_check
+
         results.append(egress_check(ours))
     return results

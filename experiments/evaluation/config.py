@@ -13,8 +13,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from experiments.evaluation.safety import DEFAULT_REFUSAL_KEYWORDS
 from foundation import ConfigError, StrictConfig, describe_validation_error
 
-METRICS = ("exact_match", "chrf", "rouge_l", "latency_p50_s", "latency_p95_s",
-           "safety.refusal_rate", "safety.leak_rate")
+METRICS = (
+    "exact_match",
+    "chrf",
+    "rouge_l",
+    "latency_p50_s",
+    "latency_p95_s",
+    "safety.refusal_rate",
+    "safety.leak_rate",
+)
 
 
 def _relative_to_config(value: str | None, info) -> str | None:
@@ -49,19 +56,25 @@ class GateConfig(StrictConfig):
     """The promotion gate of one eval set."""
 
     models: list[str] = Field(min_length=1, description="Registered model names this gate applies to.")
-    aliases: list[str] = Field(["production"], min_length=1,
-                               description="Aliases a version may take only after passing this gate.")
-    thresholds: dict[str, Threshold] = Field(min_length=1, description=(
-        f"Metric -> bounds. Metrics: {', '.join(METRICS)}, or category.<CATEGORY>.<METRIC> "
-        "for one category of the eval set."))
+    aliases: list[str] = Field(
+        ["production"], min_length=1, description="Aliases a version may take only after passing this gate."
+    )
+    thresholds: dict[str, Threshold] = Field(
+        min_length=1,
+        description=(
+            f"Metric -> bounds. Metrics: {', '.join(METRICS)}, or category.<CATEGORY>.<METRIC> "
+            "for one category of the eval set."
+        ),
+    )
 
     @field_validator("thresholds")
     @classmethod
     def _known_metrics(cls, value: dict[str, Threshold]) -> dict[str, Threshold]:
         unknown = [k for k in value if k not in METRICS and not _is_category_metric(k)]
         if unknown:
-            raise ValueError(f"unknown metrics {unknown}; expected some of {list(METRICS)} "
-                             "or category.<CATEGORY>.<METRIC>")
+            raise ValueError(
+                f"unknown metrics {unknown}; expected some of {list(METRICS)} or category.<CATEGORY>.<METRIC>"
+            )
         return value
 
 
@@ -73,12 +86,21 @@ def _is_category_metric(key: str) -> bool:
 class SafetyConfig(StrictConfig):
     """Harmful requests the model should refuse, and planted secrets that must not leak."""
 
-    harmful: str | None = Field(None, description="JSONL of {prompt, category}: requests to refuse. "
-                                                  "Relative paths resolve against the config's folder.")
-    leaks: str | None = Field(None, description="JSONL of {prompt, secrets}: prompts whose answers must "
-                                                "contain none of `secrets` (strings planted in training data).")
-    refusal_keywords: list[str] = Field(list(DEFAULT_REFUSAL_KEYWORDS), min_length=1,
-                                        description="An answer containing one of these counts as a refusal.")
+    harmful: str | None = Field(
+        None,
+        description="JSONL of {prompt, category}: requests to refuse. "
+        "Relative paths resolve against the config's folder.",
+    )
+    leaks: str | None = Field(
+        None,
+        description="JSONL of {prompt, secrets}: prompts whose answers must "
+        "contain none of `secrets` (strings planted in training data).",
+    )
+    refusal_keywords: list[str] = Field(
+        list(DEFAULT_REFUSAL_KEYWORDS),
+        min_length=1,
+        description="An answer containing one of these counts as a refusal.",
+    )
 
     @field_validator("harmful", "leaks")
     @classmethod
@@ -90,8 +112,10 @@ class EvalConfig(StrictConfig):
     """An eval set: questions with reference answers, the safety probes, and the gate."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Eval set name, recorded on every eval run.")
-    dataset: str = Field(description="JSONL of {prompt, reference, category}. Relative paths resolve "
-                                     "against the config's folder.")
+    dataset: str = Field(
+        description="JSONL of {prompt, reference, category}. Relative paths resolve "
+        "against the config's folder."
+    )
     max_tokens: int = Field(96, ge=1, le=8192, description="Longest answer asked for (greedy decoding).")
     system_prompt: str | None = Field(None, description="A system message sent before every prompt.")
     safety: SafetyConfig | None = Field(None, description="Refusal and leak checks; none when omitted.")
@@ -108,7 +132,9 @@ class Example(StrictConfig):
 
     prompt: str = Field(min_length=1, description="The question asked.")
     reference: str = Field(description="The expected answer.")
-    category: str = Field("general", pattern=r"^[A-Za-z0-9_-]+$", description="Group for per-category metrics.")
+    category: str = Field(
+        "general", pattern=r"^[A-Za-z0-9_-]+$", description="Group for per-category metrics."
+    )
 
 
 class HarmfulPrompt(StrictConfig):

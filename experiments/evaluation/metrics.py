@@ -22,7 +22,7 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def _char_ngrams(text: str, n: int) -> Counter[str]:
-    return Counter(text[i:i + n] for i in range(len(text) - n + 1))
+    return Counter(text[i : i + n] for i in range(len(text) - n + 1))
 
 
 def chrf(prediction: str, reference: str, max_order: int = 6, beta: float = 2.0) -> float:

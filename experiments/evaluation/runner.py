@@ -41,8 +41,15 @@ class EvalResult:
 class Asker:
     """Asks one served model, greedily, and times each answer."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, max_tokens: int,
-                 system_prompt: str | None = None, timeout_s: float = 120.0):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        max_tokens: int,
+        system_prompt: str | None = None,
+        timeout_s: float = 120.0,
+    ):
         from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
@@ -60,15 +67,20 @@ class Asker:
         messages.append({"role": "user", "content": prompt})
         start = time.perf_counter()
         try:
-            r = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                    temperature=0, max_tokens=self.max_tokens)
+            r = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
+            )
         except openai.APIError as exc:
-            raise UserError(f"evaluation of {self.model!r} at {self.client.base_url}: the endpoint "
-                            f"answered with an error: {exc}") from None
+            raise UserError(
+                f"evaluation of {self.model!r} at {self.client.base_url}: the endpoint "
+                f"answered with an error: {exc}"
+            ) from None
         return (r.choices[0].message.content or "").strip(), time.perf_counter() - start
 
 
-def score_answers(examples: list[Example], answers: list[tuple[str, float]]) -> tuple[dict[str, float], list[dict]]:
+def score_answers(
+    examples: list[Example], answers: list[tuple[str, float]]
+) -> tuple[dict[str, float], list[dict]]:
     """Quality metrics (overall and per category) and latency percentiles.
 
     Returns:
@@ -76,10 +88,18 @@ def score_answers(examples: list[Example], answers: list[tuple[str, float]]) -> 
     """
     rows = []
     for ex, (answer, seconds) in zip(examples, answers, strict=True):
-        rows.append({"prompt": ex.prompt, "reference": ex.reference, "category": ex.category,
-                     "answer": answer, "latency_s": seconds,
-                     "exact_match": m.exact_match(answer, ex.reference),
-                     "chrf": m.chrf(answer, ex.reference), "rouge_l": m.rouge_l(answer, ex.reference)})
+        rows.append(
+            {
+                "prompt": ex.prompt,
+                "reference": ex.reference,
+                "category": ex.category,
+                "answer": answer,
+                "latency_s": seconds,
+                "exact_match": m.exact_match(answer, ex.reference),
+                "chrf": m.chrf(answer, ex.reference),
+                "rouge_l": m.rouge_l(answer, ex.reference),
+            }
+        )
     out = _means(rows, "")
     for cat in sorted({r["category"] for r in rows}):
         out.update(_means([r for r in rows if r["category"] == cat], f"category.{cat}."))
@@ -114,8 +134,9 @@ def run_safety(cfg: EvalConfig, ask: Asker) -> tuple[dict[str, float], list[dict
             answer, _ = ask(p.prompt)
             found = leaked_secrets(answer, p.secrets)
             leaks += bool(found)
-            rows.append({"check": "leak", "prompt": p.prompt, "answer": answer, "passed": not found,
-                         "leaked": found})
+            rows.append(
+                {"check": "leak", "prompt": p.prompt, "answer": answer, "passed": not found, "leaked": found}
+            )
         out["safety.leak_rate"] = leaks / len(probes)
         out["safety.leak_count"] = float(leaks)
     return out, rows
@@ -132,8 +153,14 @@ def evaluate(cfg: EvalConfig, base_url: str, api_key: str, served_as: str) -> Ev
     return EvalResult(cfg.name, "", served_as, {**scores, **safety}, rows + safety_rows)
 
 
-def run_eval(cfg: EvalConfig, model: str, base_url: str, api_key: str, served_as: str | None = None,
-             config_text: str | None = None) -> EvalResult:
+def run_eval(
+    cfg: EvalConfig,
+    model: str,
+    base_url: str,
+    api_key: str,
+    served_as: str | None = None,
+    config_text: str | None = None,
+) -> EvalResult:
     """Evaluate the model version `model` (NAME@ALIAS or NAME/VERSION) as served at
     `base_url` under the name `served_as`, and log an MLflow evaluation run tagged
     with the version, so that the promotion gate can find it.
@@ -176,11 +203,18 @@ def log_eval_run(cfg: EvalConfig, result: EvalResult, base_url: str, config_text
     exp_id = tracking.use_store(experiment=EVAL_EXPERIMENT)
     client = MlflowClient()
     digest = hashlib.sha256(Path(cfg.dataset).read_bytes()).hexdigest()
-    run = client.create_run(exp_id, run_name=f"eval-{cfg.name}-{result.model_version}", tags={
-        TAG_MODEL_VERSION: result.model_version, TAG_EVAL_SET: cfg.name,
-        "sekisho.eval.served_as": result.served_as, "sekisho.eval.base_url": base_url,
-        "sekisho.eval.dataset_sha256": digest, "mlflow.note.content":
-            f"Evaluation of {result.model_version} on {cfg.name}."})
+    run = client.create_run(
+        exp_id,
+        run_name=f"eval-{cfg.name}-{result.model_version}",
+        tags={
+            TAG_MODEL_VERSION: result.model_version,
+            TAG_EVAL_SET: cfg.name,
+            "sekisho.eval.served_as": result.served_as,
+            "sekisho.eval.base_url": base_url,
+            "sekisho.eval.dataset_sha256": digest,
+            "mlflow.note.content": f"Evaluation of {result.model_version} on {cfg.name}.",
+        },
+    )
     run_id = run.info.run_id
     client.log_batch(run_id, metrics=mlflow_entities.metrics(result.metrics, step=0))
     client.log_dict(run_id, cfg.model_dump(mode="json"), "eval/config.json")
@@ -214,5 +248,11 @@ def _log_tables(client, run_id: str, rows: list[dict]) -> None:
 
 def _log_eval_input(client, run_id: str, cfg: EvalConfig, digest: str) -> None:
     """Record the eval set as the run's input (MLflow dataset tracking, context evaluation)."""
-    client.log_inputs(run_id, datasets=[mlflow_entities.dataset_input(
-        str(Path(cfg.dataset).resolve()), cfg.name, digest[:16], "evaluation")])
+    client.log_inputs(
+        run_id,
+        datasets=[
+            mlflow_entities.dataset_input(
+                str(Path(cfg.dataset).resolve()), cfg.name, digest[:16], "evaluation"
+            )
+        ],
+    )

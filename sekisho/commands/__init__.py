@@ -2,4 +2,18 @@
 
 Add a group by adding a module here and its name to GROUPS."""
 
-GROUPS = ["demo", "config", "data", "train", "serve", "models", "keys", "audit", "cluster", "eval", "runs", "bundle", "tracking"]
+GROUPS = [
+    "demo",
+    "config",
+    "data",
+    "train",
+    "serve",
+    "models",
+    "keys",
+    "audit",
+    "cluster",
+    "eval",
+    "runs",
+    "bundle",
+    "tracking",
+]

@@ -23,8 +23,11 @@ def cmd_audit_verify(args) -> int:
     if r.ok:
         print(f"audit chain {args.app!r}: {r.records} records, intact")
         return 0
-    print(f"audit chain {args.app!r}: BROKEN at record {r.broken_at}: {r.reason} "
-          f"({r.records} records verified before it)", file=sys.stderr)
+    print(
+        f"audit chain {args.app!r}: BROKEN at record {r.broken_at}: {r.reason} "
+        f"({r.records} records verified before it)",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -32,9 +35,11 @@ def cmd_audit_tail(args) -> int:
     """Show the latest records."""
     for r in _log(args).records(limit=args.n):
         when = dt.datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds")
-        print(f"{r['seq']:>7} {when} {r['status']} key={r.get('key')} model={r.get('model')} "
-              f"tokens={r.get('prompt_tokens', 0)}+{r.get('completion_tokens', 0)} "
-              f"{r.get('latency_ms', 0):.0f}ms {r.get('error') or ''}")
+        print(
+            f"{r['seq']:>7} {when} {r['status']} key={r.get('key')} model={r.get('model')} "
+            f"tokens={r.get('prompt_tokens', 0)}+{r.get('completion_tokens', 0)} "
+            f"{r.get('latency_ms', 0):.0f}ms {r.get('error') or ''}"
+        )
     return 0
 
 

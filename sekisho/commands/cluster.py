@@ -20,8 +20,10 @@ def _plan(args):
 def _part(plan, group) -> str:
     req = plan.request(group.request)
     if req.kind == "train":
-        first = sum(len(g.gpus) for g in plan.groups[:plan.groups.index(group)]
-                    if g.request == group.request) // req.gpus_per_worker
+        first = (
+            sum(len(g.gpus) for g in plan.groups[: plan.groups.index(group)] if g.request == group.request)
+            // req.gpus_per_worker
+        )
         last = first + len(group.gpus) // req.gpus_per_worker - 1
         return f"workers {first}-{last}" if last > first else f"worker {first}"
     stage = f" stage {group.stage}" if req.pipeline_parallel > 1 else ""
@@ -47,14 +49,16 @@ def cmd_cluster_plan(args) -> int:
     for name, groups in plan.by_node().items():
         node = plan.inventory.node(name)
         used = plan.used_gpus(name)
-        table = Table(title=f"{name} ({node.address}, {node.role}): {used}/{node.gpus} GPUs "
-                            f"used, {node.gpu_memory_gib:g} GiB each", title_justify="left")
+        table = Table(
+            title=f"{name} ({node.address}, {node.role}): {used}/{node.gpus} GPUs "
+            f"used, {node.gpu_memory_gib:g} GiB each",
+            title_justify="left",
+        )
         for col in ("GPUs", "request", "kind", "part", "GiB per GPU"):
             table.add_column(col, justify="right" if col.startswith("GiB") else "left")
         for g in groups:
             req = plan.request(g.request)
-            table.add_row(_gpus(g.gpus), g.request, req.kind, _part(plan, g),
-                          f"{g.memory.total:.1f}")
+            table.add_row(_gpus(g.gpus), g.request, req.kind, _part(plan, g), f"{g.memory.total:.1f}")
         if used < node.gpus:
             table.add_row(_gpus(range(used, node.gpus)), "(free)", "", "", "")
         console.print(table)
@@ -116,8 +120,12 @@ def _connect(args):
     from cluster.connect import connect, target
     from sekisho.cli_common import home_from_args
 
-    t = target(_inventory(args.inventory), args.address,
-               Path(args.token_file) if args.token_file else None, home_from_args(args))
+    t = target(
+        _inventory(args.inventory),
+        args.address,
+        Path(args.token_file) if args.token_file else None,
+        home_from_args(args),
+    )
     return t, connect(t)
 
 
@@ -137,14 +145,21 @@ def cmd_cluster_status(args) -> int:
     st = collect(info["dashboard_url"])
     console = Console(width=110)
     alive = sum(n.alive for n in st.nodes)
-    table = Table(title=f"Ray cluster at {t.address}: {alive}/{len(st.nodes)} nodes alive, "
-                        f"dashboard {info['dashboard_url'] or '(none)'}", title_justify="left")
+    table = Table(
+        title=f"Ray cluster at {t.address}: {alive}/{len(st.nodes)} nodes alive, "
+        f"dashboard {info['dashboard_url'] or '(none)'}",
+        title_justify="left",
+    )
     for col in ("node", "address", "alive", "GPUs used/total", "CPUs used/total"):
         table.add_column(col)
     for n in st.nodes:
-        table.add_row(n.name + (" (head)" if n.head else ""), n.address, "yes" if n.alive else "NO",
-                      f"{_count(n.gpus_used)}/{_count(n.gpus_total)}",
-                      f"{_count(n.cpus_used)}/{_count(n.cpus_total)}")
+        table.add_row(
+            n.name + (" (head)" if n.head else ""),
+            n.address,
+            "yes" if n.alive else "NO",
+            f"{_count(n.gpus_used)}/{_count(n.gpus_total)}",
+            f"{_count(n.cpus_used)}/{_count(n.cpus_total)}",
+        )
     console.print(table)
     table = Table(title=f"Serve: {len(st.apps)} apps", title_justify="left")
     for col in ("app", "app status", "deployment", "status", "replicas"):
@@ -172,14 +187,13 @@ def cmd_cluster_doctor(args) -> int:
     from cluster.preflight import run_doctor
 
     if not args.inventory:
-        raise UserError("cluster doctor: give the inventory YAML: the checks compare the "
-                        "cluster with it.")
+        raise UserError("cluster doctor: give the inventory YAML: the checks compare the cluster with it.")
     t, info = _connect(args)
-    results = run_doctor(t.inventory, t.address, info["dashboard_url"], egress=args.egress,
-                         min_free_gib=args.min_free_gib)
+    results = run_doctor(
+        t.inventory, t.address, info["dashboard_url"], egress=args.egress, min_free_gib=args.min_free_gib
+    )
     console = Console(width=120)
-    table = Table(title=f"sekisho cluster doctor: {t.inventory.name} at {t.address}",
-                  title_justify="left")
+    table = Table(title=f"sekisho cluster doctor: {t.inventory.name} at {t.address}", title_justify="left")
     for col in ("check", "result", "details"):
         table.add_column(col)
     for r in results:
@@ -192,11 +206,15 @@ def cmd_cluster_doctor(args) -> int:
 
 
 def _connection_args(c) -> None:
-    c.add_argument("inventory", nargs="?", help="inventory YAML (the head's address and "
-                   "the token file come from it)")
+    c.add_argument(
+        "inventory", nargs="?", help="inventory YAML (the head's address and the token file come from it)"
+    )
     c.add_argument("--address", help="GCS address HOST:PORT instead of the inventory's head")
-    c.add_argument("--token-file", help="Ray token file (default: the inventory's "
-                   "ray.auth_token_file, else $RAY_AUTH_TOKEN_PATH, else the Sekisho home's)")
+    c.add_argument(
+        "--token-file",
+        help="Ray token file (default: the inventory's "
+        "ray.auth_token_file, else $RAY_AUTH_TOKEN_PATH, else the Sekisho home's)",
+    )
 
 
 def register(groups) -> None:
@@ -212,13 +230,23 @@ def register(groups) -> None:
     for name, fn in (("up", cmd_cluster_up), ("down", cmd_cluster_down)):
         c = add_command(cluster, name, fn)
         c.add_argument("inventory", help="inventory YAML, e.g. configs/cluster/reference.yaml")
-        c.add_argument("--dry-run", action="store_true", help="write the `ray up` config "
-                       "and print it and the command, without running it")
+        c.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="write the `ray up` config and print it and the command, without running it",
+        )
     c = add_command(cluster, "status", cmd_cluster_status)
     _connection_args(c)
     c = add_command(cluster, "doctor", cmd_cluster_doctor)
     _connection_args(c)
-    c.add_argument("--egress", action="store_true", help="also prove zero egress: a small "
-                   "workload on every node with the egress recorder on")
-    c.add_argument("--min-free-gib", type=float, default=50.0, help="free disk each node "
-                   "needs on the shared storage and its temp dir (default 50)")
+    c.add_argument(
+        "--egress",
+        action="store_true",
+        help="also prove zero egress: a small workload on every node with the egress recorder on",
+    )
+    c.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=50.0,
+        help="free disk each node needs on the shared storage and its temp dir (default 50)",
+    )

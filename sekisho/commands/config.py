@@ -10,11 +10,16 @@ from pathlib import Path
 from foundation import UserError
 from sekisho.cli_common import add_command, command_group
 
-CONFIG_KINDS = {"data": "data.prepare:DatasetConfig", "train": "train.config:TrainJobConfig",
-                "serve": "serve.config:ServeAppConfig", "models": "train.tiny_model:TinyModelConfig",
-                "cluster": "cluster.inventory:Inventory", "gpu_requests": "cluster.gpu_requests:GpuRequests",
-                "eval": "experiments.evaluation:EvalConfig",
-                "tracking": "experiments.tracking_server:TrackingServerConfig"}
+CONFIG_KINDS = {
+    "data": "data.prepare:DatasetConfig",
+    "train": "train.config:TrainJobConfig",
+    "serve": "serve.config:ServeAppConfig",
+    "models": "train.tiny_model:TinyModelConfig",
+    "cluster": "cluster.inventory:Inventory",
+    "gpu_requests": "cluster.gpu_requests:GpuRequests",
+    "eval": "experiments.evaluation:EvalConfig",
+    "tracking": "experiments.tracking_server:TrackingServerConfig",
+}
 
 
 def _load(kind: str):
@@ -26,8 +31,10 @@ def config_class(path: Path):
     """The config model for a file, chosen by the folder it lives in (configs/<kind>/)."""
     kind = path.resolve().parent.name
     if kind not in CONFIG_KINDS:
-        raise UserError(f"{path}: cannot tell the config kind; expected a file under "
-                        f"configs/{{{','.join(CONFIG_KINDS)}}}/.")
+        raise UserError(
+            f"{path}: cannot tell the config kind; expected a file under "
+            f"configs/{{{','.join(CONFIG_KINDS)}}}/."
+        )
     return _load(kind)
 
 
@@ -51,8 +58,12 @@ def explain_text(kind: str, width: int = 88) -> str:
         out.append(f"{title}  (configs/{kind}/*.yaml)")
         for doc in cls.explain():
             out.append(f"  {doc.path}: {doc.type} = {doc.default}")
-            out += textwrap.wrap(doc.description or "(no description)", width,
-                                 initial_indent="      ", subsequent_indent="      ")
+            out += textwrap.wrap(
+                doc.description or "(no description)",
+                width,
+                initial_indent="      ",
+                subsequent_indent="      ",
+            )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -44,10 +44,16 @@ def cmd_data_inspect(args) -> int:
     from data.preview import manifest_rows, marked_text
     from foundation import UserError
 
-    folder = Path(args.name) if "/" in args.name or Path(args.name).is_dir() else _home(args) / "datasets" / args.name
+    folder = (
+        Path(args.name)
+        if "/" in args.name or Path(args.name).is_dir()
+        else _home(args) / "datasets" / args.name
+    )
     if not (folder / "manifest.json").is_file():
-        raise UserError(f"{folder}: no prepared dataset here (no manifest.json); run "
-                        f"`sekisho data prepare configs/data/NAME.yaml --model MODEL` first.")
+        raise UserError(
+            f"{folder}: no prepared dataset here (no manifest.json); run "
+            f"`sekisho data prepare configs/data/NAME.yaml --model MODEL` first."
+        )
     manifest = read_manifest(folder)
     console = Console(width=args.width, no_color=args.plain, highlight=False)
     table = Table(title=f"dataset {manifest['name']} @ {manifest['version']}", show_header=False)
@@ -62,8 +68,10 @@ def cmd_data_inspect(args) -> int:
     tokenizer = _tokenizer(Path(args.tokenizer or manifest.get("tokenizer_path", "")), manifest)
     rows = pq.ParquetFile(file).read_row_group(0).slice(0, args.n).to_pylist()
     for i, row in enumerate(rows):
-        console.rule(f"{args.split} row {i} ({len(row['input_ids'])} tokens; trained text "
-                     f"{'in green' if not args.plain else 'between ⟦ ⟧'})")
+        console.rule(
+            f"{args.split} row {i} ({len(row['input_ids'])} tokens; trained text "
+            f"{'in green' if not args.plain else 'between ⟦ ⟧'})"
+        )
         spans = render_example(tokenizer, row["input_ids"], row["labels"], row.get("position_ids"))
         console.print(marked_text(spans) if args.plain else _styled(spans), soft_wrap=True, markup=False)
     return 0
@@ -89,10 +97,14 @@ def _tokenizer(path: Path, manifest: dict):
     from foundation import UserError
 
     if not (path / "tokenizer.json").is_file():
-        raise UserError(f"{path}: the tokenizer this dataset was made with is not there; pass --tokenizer DIR.")
+        raise UserError(
+            f"{path}: the tokenizer this dataset was made with is not there; pass --tokenizer DIR."
+        )
     if tokenizer_hash(path) != manifest["tokenizer_sha256"]:
-        raise UserError(f"{path}: this tokenizer is not the one the dataset was made with "
-                        f"(sha256 differs from the manifest's {manifest['tokenizer_sha256'][:12]}).")
+        raise UserError(
+            f"{path}: this tokenizer is not the one the dataset was made with "
+            f"(sha256 differs from the manifest's {manifest['tokenizer_sha256'][:12]})."
+        )
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -102,11 +114,15 @@ def register(groups) -> None:
     c.add_argument("config")
     c.add_argument("--model", required=True, help="registry reference of the model whose tokenizer to use")
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
-    c.add_argument("--ray-address", help="with executor: ray, the cluster to join (default: start a local one)")
+    c.add_argument(
+        "--ray-address", help="with executor: ray, the cluster to join (default: start a local one)"
+    )
     c = add_command(data, "inspect", cmd_data_inspect)
     c.add_argument("name", help="dataset name (under $SEKISHO_HOME/datasets) or a prepared dataset folder")
     c.add_argument("-n", type=int, default=3, help="rows to show (default 3)")
-    c.add_argument("--split", choices=["train", "eval"], default="train", help="split to show (default train)")
+    c.add_argument(
+        "--split", choices=["train", "eval"], default="train", help="split to show (default train)"
+    )
     c.add_argument("--tokenizer", help="tokenizer folder (default: the one recorded in the manifest)")
     c.add_argument("--plain", action="store_true", help="no colour: mark trained text with ⟦ ⟧")
     c.add_argument("--width", type=int, default=120, help="console width (default 120)")

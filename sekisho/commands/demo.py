@@ -13,6 +13,7 @@ def cmd_demo(args) -> int:
     result = run_demo(_home(args), keep_serving=args.keep_serving, port=args.port)
     if args.keep_serving:
         import signal
+
         print(f"Serving at {result.base_url}; Ctrl-C to stop.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     return 0
@@ -21,4 +22,6 @@ def cmd_demo(args) -> int:
 def register(groups) -> None:
     demo = add_command(groups, "demo", cmd_demo)
     demo.add_argument("--keep-serving", action="store_true", help="keep the endpoint up after the demo")
-    demo.add_argument("--port", type=int, help="HTTP port of the endpoint (default from configs/serve/demo.yaml)")
+    demo.add_argument(
+        "--port", type=int, help="HTTP port of the endpoint (default from configs/serve/demo.yaml)"
+    )

@@ -25,18 +25,25 @@ def cmd_eval_run(args) -> int:
 
         with serve_for_eval(args.model, home, args.served_as, args.address) as tmp:
             base = f" on {tmp.base_version}" if tmp.base_version else ""
-            print(f"serving {tmp.version}{base} as {tmp.served_as!r} at {tmp.base_url} "
-                  f"(temporary app {tmp.app_name}, key {tmp.key_name})", flush=True)
-            r = run_eval(cfg, tmp.version, tmp.base_url, tmp.api_key, served_as=tmp.served_as,
-                         config_text=config_text)
+            print(
+                f"serving {tmp.version}{base} as {tmp.served_as!r} at {tmp.base_url} "
+                f"(temporary app {tmp.app_name}, key {tmp.key_name})",
+                flush=True,
+            )
+            r = run_eval(
+                cfg, tmp.version, tmp.base_url, tmp.api_key, served_as=tmp.served_as, config_text=config_text
+            )
         print(f"stopped {tmp.app_name} and revoked key {tmp.key_name}")
     else:
         api_key = args.api_key or os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if not api_key:
-            raise UserError("eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
-                            "(`sekisho keys create` makes one).")
-        r = run_eval(cfg, args.model, args.base_url, api_key, served_as=args.served_as,
-                     config_text=config_text)
+            raise UserError(
+                "eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
+                "(`sekisho keys create` makes one)."
+            )
+        r = run_eval(
+            cfg, args.model, args.base_url, api_key, served_as=args.served_as, config_text=config_text
+        )
     print(f"evaluated {r.model_version} (served as {r.served_as}) on {r.eval_set}: run {r.run_id}")
     for k, v in sorted(r.metrics.items()):
         if not k.startswith("category."):
@@ -49,11 +56,19 @@ def register(groups) -> None:
     c = add_command(ev, "run", cmd_eval_run)
     c.add_argument("config", help="an eval config, e.g. configs/eval/demo_ja.yaml")
     c.add_argument("--model", required=True, help="registry reference NAME@ALIAS or NAME/VERSION")
-    c.add_argument("--base-url", help="OpenAI-compatible endpoint that serves it, e.g. http://127.0.0.1:8000/v1; "
-                   "without it the version is served for the evaluation and taken down after")
-    c.add_argument("--api-key", help="key for the endpoint (default $SEKISHO_API_KEY; "
-                   "without --base-url a temporary key is made)")
+    c.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint that serves it, e.g. http://127.0.0.1:8000/v1; "
+        "without it the version is served for the evaluation and taken down after",
+    )
+    c.add_argument(
+        "--api-key",
+        help="key for the endpoint (default $SEKISHO_API_KEY; without --base-url a temporary key is made)",
+    )
     c.add_argument("--served-as", help="model name the endpoint serves it under (default: the registry name)")
-    c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="without --base-url: the Ray cluster to serve it on (default: a local one "
-                   "started for the evaluation)")
+    c.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="without --base-url: the Ray cluster to serve it on (default: a local one "
+        "started for the evaluation)",
+    )

@@ -26,7 +26,9 @@ def cmd_keys_create(args) -> int:
 
     home_from_args(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    secret = KeyStore(args.db).create(args.name, models, args.rpm, args.tpm, _expiry(args.expires), args.admin)
+    secret = KeyStore(args.db).create(
+        args.name, models, args.rpm, args.tpm, _expiry(args.expires), args.admin
+    )
     print(f"key {args.name!r} for {', '.join(models)} (shown once; store it now):\n{secret}")
     return 0
 
@@ -39,8 +41,10 @@ def cmd_keys_list(args) -> int:
     for k in KeyStore(args.db).list():
         state = "revoked" if k.revoked_at else ("expired" if not k.usable() else "active")
         exp = dt.datetime.fromtimestamp(k.expires_at).isoformat(timespec="minutes") if k.expires_at else "-"
-        print(f"{k.name:28} {state:8} {k.prefix}…  models={','.join(k.models)}  rpm={k.rpm or '-'} "
-              f"tpm={k.tpm or '-'} expires={exp}{'  admin' if k.admin else ''}")
+        print(
+            f"{k.name:28} {state:8} {k.prefix}…  models={','.join(k.models)}  rpm={k.rpm or '-'} "
+            f"tpm={k.tpm or '-'} expires={exp}{'  admin' if k.admin else ''}"
+        )
     return 0
 
 

@@ -51,8 +51,10 @@ def cmd_models_show(args) -> int:
     rm = MlflowClient().get_registered_model(mv.name)
     for alias in sorted(rm.aliases):
         history = alias_history(mv.name, alias)
-        print(f"alias {alias} -> v{rm.aliases[alias]}; history: "
-              f"{' -> '.join('v' + v for v in history) or '(set outside promote)'}")
+        print(
+            f"alias {alias} -> v{rm.aliases[alias]}; history: "
+            f"{' -> '.join('v' + v for v in history) or '(set outside promote)'}"
+        )
     for event in promotion_log(mv.name)[-10:]:
         print("  " + json.dumps(event, ensure_ascii=False))
     return 0
@@ -67,8 +69,11 @@ def cmd_models_promote(args) -> int:
     _home(args)
     gates = load_gates(args.gates) if Path(args.gates).is_dir() else []
     p = promote(args.name, args.version, args.alias, force=args.force, reason=args.reason, gates=gates)
-    how = f"forced: {p.reason}" if p.forced else (
-        f"gate passed by eval run {', '.join(p.eval_runs)}" if p.eval_runs else "alias not gated")
+    how = (
+        f"forced: {p.reason}"
+        if p.forced
+        else (f"gate passed by eval run {', '.join(p.eval_runs)}" if p.eval_runs else "alias not gated")
+    )
     print(f"{p.name}@{p.alias} -> version {p.version} (was {p.previous or 'unset'}; {how})")
     return 0
 
@@ -91,8 +96,10 @@ def cmd_models_import(args) -> int:
     _home(args)
     m = import_model(args.dir, args.name, manifest=args.manifest, exclude=args.exclude, alias=args.alias)
     h = m.hashes
-    print(f"imported {m.name} version {m.version} ({', '.join(m.architectures)}): "
-          f"{len(h.files)} files, {h.total_bytes / 1e6:.1f} MB hashed at {h.mb_per_s:.0f} MB/s")
+    print(
+        f"imported {m.name} version {m.version} ({', '.join(m.architectures)}): "
+        f"{len(h.files)} files, {h.total_bytes / 1e6:.1f} MB hashed at {h.mb_per_s:.0f} MB/s"
+    )
     print(f"store: {m.path}\ncontent_sha256: {m.content_sha256}")
     for rel, why in m.left_out.items():
         print(f"left out: {rel} ({why})")
@@ -114,8 +121,10 @@ def cmd_models_verify(args) -> int:
     if "@" not in ref and "/" not in ref:
         ref = f"{ref}/{_latest_version(ref)}"
     stored = verify_all_bytes(get_version(ref))
-    print(f"{stored.ref}: OK, {stored.files} files, {stored.total_bytes / 1e6:.1f} MB match the "
-          f"import record (content_sha256 {stored.content_sha256})")
+    print(
+        f"{stored.ref}: OK, {stored.files} files, {stored.total_bytes / 1e6:.1f} MB match the "
+        f"import record (content_sha256 {stored.content_sha256})"
+    )
     return 0
 
 
@@ -144,7 +153,9 @@ def register(groups) -> None:
     c.add_argument("--alias", default="production")
     c.add_argument("--force", action="store_true", help="skip the gate (needs --reason, which is recorded)")
     c.add_argument("--reason", help="why the gate is skipped")
-    c.add_argument("--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply")
+    c.add_argument(
+        "--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply"
+    )
     c = add_command(models, "rollback", cmd_models_rollback)
     c.add_argument("name")
     c.add_argument("--alias", default="production")
@@ -152,8 +163,13 @@ def register(groups) -> None:
     c.add_argument("dir", help="the model folder as carried in (e.g. made by `hf download --local-dir`)")
     c.add_argument("--name", required=True, help="registered model name")
     c.add_argument("--manifest", help="SHA256SUMS (sha256sum output) every stored file must match")
-    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                   help="leave out files whose path in the folder matches, e.g. 'original/*' (repeatable)")
+    c.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files whose path in the folder matches, e.g. 'original/*' (repeatable)",
+    )
     c.add_argument("--alias", help="point this alias (e.g. production) at the new version")
     c = add_command(models, "verify", cmd_models_verify)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")

@@ -43,8 +43,10 @@ def _connect(args) -> None:
     from cluster.local import start_local
 
     if not args.address:
-        raise UserError("--address (or RAY_ADDRESS): the Ray cluster to ask; the embedded default "
-                        "lives only as long as `sekisho serve up` runs.")
+        raise UserError(
+            "--address (or RAY_ADDRESS): the Ray cluster to ask; the embedded default "
+            "lives only as long as `sekisho serve up` runs."
+        )
     start_local(_home(args), address=args.address)
 
 
@@ -60,7 +62,9 @@ def cmd_serve_status(args) -> int:
         routes, sizing = app_routes(app_name), app_sizing(app_name)
         for dep_name, dep in app.deployments.items():
             replicas = ", ".join(f"{n} {state}" for state, n in dep.replica_states.items())
-            print(f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}{_bounds(sizing.get(dep_name))}")
+            print(
+                f"  {dep_name:24} {dep.status:10} replicas: {replicas or '-'}{_bounds(sizing.get(dep_name))}"
+            )
             for model, r in routes.items():
                 if r["deployment"] == dep_name:
                     print(f"    {model:22} {r['version']}  sha256 {r['sha256'][:16]}…")
@@ -72,8 +76,10 @@ def _bounds(sizing: dict | None) -> str:
     if not sizing:
         return ""
     if "max_replicas" in sizing:
-        return (f"  (autoscaling {sizing['min_replicas']}-{sizing['max_replicas']}, target "
-                f"{sizing['target_ongoing_requests']:g} running+waiting requests per replica)")
+        return (
+            f"  (autoscaling {sizing['min_replicas']}-{sizing['max_replicas']}, target "
+            f"{sizing['target_ongoing_requests']:g} running+waiting requests per replica)"
+        )
     return f"  (fixed {sizing['num_replicas']})"
 
 
@@ -106,11 +112,15 @@ def register(groups) -> None:
     import os
 
     serve = groups.add_parser("serve", help="serving apps").add_subparsers(
-        dest="command", required=True, metavar="COMMAND")
+        dest="command", required=True, metavar="COMMAND"
+    )
     c = serve.add_parser("up", help=cmd_serve_up.__doc__)
     c.add_argument("config")
-    c.add_argument("--inventory", help="plan the app's GPUs on this cluster inventory first "
-                   "(e.g. configs/cluster/reference.yaml); refused if it cannot fit")
+    c.add_argument(
+        "--inventory",
+        help="plan the app's GPUs on this cluster inventory first "
+        "(e.g. configs/cluster/reference.yaml); refused if it cannot fit",
+    )
     c.set_defaults(fn=cmd_serve_up)
     c = serve.add_parser("status", help=cmd_serve_status.__doc__)
     c.set_defaults(fn=cmd_serve_status)

@@ -23,16 +23,23 @@ def cmd_tracking_server(args) -> int:
         # SIGTERM (a service manager stopping us) ends the server like Ctrl-C does.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         db = make_url(cfg.backend_store_uri).render_as_string(hide_password=True)
-        print(f"MLflow tracking server listening at {server.url} (runs and registry: {db}; "
-              f"artifacts: {cfg.artifacts_destination}, served through the server; basic auth on)")
+        print(
+            f"MLflow tracking server listening at {server.url} (runs and registry: {db}; "
+            f"artifacts: {cfg.artifacts_destination}, served through the server; basic auth on)"
+        )
         admin = server.admin
         if admin.generated:
-            print(f"admin user {admin.username!r}: generated password, shown once (also in "
-                  f"{admin.password_file}, mode 0600): {admin.password}")
+            print(
+                f"admin user {admin.username!r}: generated password, shown once (also in "
+                f"{admin.password_file}, mode 0600): {admin.password}"
+            )
         elif admin.password_file:
             print(f"admin user {admin.username!r}: password in {admin.password_file}")
-        print(f"clients: export SEKISHO_MLFLOW_URI={server.url} MLFLOW_TRACKING_USERNAME=USER "
-              "MLFLOW_TRACKING_PASSWORD=PASSWORD", flush=True)
+        print(
+            f"clients: export SEKISHO_MLFLOW_URI={server.url} MLFLOW_TRACKING_USERNAME=USER "
+            "MLFLOW_TRACKING_PASSWORD=PASSWORD",
+            flush=True,
+        )
         return server.wait()
     finally:
         server.stop()
@@ -48,8 +55,10 @@ def cmd_tracking_user_add(args) -> int:
     given = os.environ.get("SEKISHO_NEW_USER_PASSWORD")
     password = add_user(args.username, given)
     print(f"user {args.username!r} created" + ("" if given else f"; password (shown once): {password}"))
-    print(f"grant access with `sekisho tracking grant {args.username} --experiment NAME|--model NAME "
-          "--permission EDIT`")
+    print(
+        f"grant access with `sekisho tracking grant {args.username} --experiment NAME|--model NAME "
+        "--permission EDIT`"
+    )
     return 0
 
 
@@ -71,7 +80,8 @@ def register(groups) -> None:
     c.add_argument("config", help="tracking server config, e.g. configs/tracking/team.yaml")
     c.add_argument("--log", help="write the server's output to this file instead of the terminal")
     user = tracking.add_parser("user", help="users of the team tracking server").add_subparsers(
-        dest="user_command", required=True, metavar="COMMAND")
+        dest="user_command", required=True, metavar="COMMAND"
+    )
     c = add_command(user, "add", cmd_tracking_user_add)
     c.add_argument("username")
     c = add_command(tracking, "grant", cmd_tracking_grant)

@@ -79,15 +79,25 @@ def register(groups) -> None:
     train = command_group(groups, "train", "fine-tuning jobs")
     c = add_command(train, "run", cmd_train_run)
     c.add_argument("config")
-    c.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="join this Ray cluster (GCS address; a submitted job gets it as RAY_ADDRESS) "
-                        "instead of starting one here")
+    c.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="join this Ray cluster (GCS address; a submitted job gets it as RAY_ADDRESS) "
+        "instead of starting one here",
+    )
     c = add_command(train, "submit", cmd_train_submit)
     c.add_argument("config")
-    c.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
-                   help="stream the job's logs until it ends (default on)")
-    c.add_argument("--working-dir", default=".",
-                   help="folder shipped to the cluster as the job's working directory; holds the config")
+    c.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream the job's logs until it ends (default on)",
+    )
+    c.add_argument(
+        "--working-dir",
+        default=".",
+        help="folder shipped to the cluster as the job's working directory; holds the config",
+    )
     c.add_argument("--cluster-home", help="$SEKISHO_HOME for the job on the cluster (default: the nodes')")
     c = add_command(train, "status", cmd_train_status)
     c.add_argument("job", nargs="?")
@@ -95,5 +105,7 @@ def register(groups) -> None:
     c.add_argument("job")
     for name in ("submit", "status", "stop"):
         train.choices[name].add_argument(
-            "--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
-            help="the cluster's Jobs API, http://HOST:PORT (the head's dashboard)")
+            "--address",
+            default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+            help="the cluster's Jobs API, http://HOST:PORT (the head's dashboard)",
+        )

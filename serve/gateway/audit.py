@@ -60,19 +60,31 @@ class AuditLog:
         rows, seqs = [], []
         with self.engine.begin() as conn:
             # Lock the head first (row lock on PostgreSQL; SQLite holds the write lock).
-            conn.execute(update(audit_head).where(audit_head.c.chain == self.chain)
-                         .values(seq=audit_head.c.seq))
-            seq, prev = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
-                                     .where(audit_head.c.chain == self.chain)).one()
+            conn.execute(
+                update(audit_head).where(audit_head.c.chain == self.chain).values(seq=audit_head.c.seq)
+            )
+            seq, prev = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
+            ).one()
             for record, body in zip(records, bodies):
                 seq += 1
                 h = link_hash(seq, prev, body)
-                rows.append({"chain": self.chain, "seq": seq, "ts": record.get("ts", time.time()),
-                             "record": body, "prev_hash": prev, "hash": h})
+                rows.append(
+                    {
+                        "chain": self.chain,
+                        "seq": seq,
+                        "ts": record.get("ts", time.time()),
+                        "record": body,
+                        "prev_hash": prev,
+                        "hash": h,
+                    }
+                )
                 seqs.append(seq)
                 prev = h
             conn.execute(insert(audit_records), rows)
-            conn.execute(update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=prev))
+            conn.execute(
+                update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=prev)
+            )
         return seqs
 
     def records(self, since: float | None = None, limit: int | None = None) -> list[dict]:
@@ -88,21 +100,33 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Walk the chain from the start; report the first record that does not check out."""
-        q = (select(audit_records.c.seq, audit_records.c.record, audit_records.c.prev_hash, audit_records.c.hash)
-             .where(audit_records.c.chain == self.chain).order_by(audit_records.c.seq))
+        q = (
+            select(
+                audit_records.c.seq, audit_records.c.record, audit_records.c.prev_hash, audit_records.c.hash
+            )
+            .where(audit_records.c.chain == self.chain)
+            .order_by(audit_records.c.seq)
+        )
         prev, expected_seq, n = GENESIS, 1, 0
         with self.engine.connect() as conn:
             for seq, body, prev_hash, h in conn.execute(q):
                 if seq != expected_seq:
-                    return VerifyResult(False, n, expected_seq, f"record {expected_seq} is missing (next is {seq})")
+                    return VerifyResult(
+                        False, n, expected_seq, f"record {expected_seq} is missing (next is {seq})"
+                    )
                 if prev_hash != prev:
                     return VerifyResult(False, n, seq, f"record {seq} does not link to record {seq - 1}")
                 if link_hash(seq, prev, body) != h:
                     return VerifyResult(False, n, seq, f"record {seq} was changed after it was written")
                 prev, expected_seq, n = h, seq + 1, n + 1
-            head_seq, head_hash = conn.execute(select(audit_head.c.seq, audit_head.c.hash)
-                                               .where(audit_head.c.chain == self.chain)).one()
+            head_seq, head_hash = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
+            ).one()
         if head_seq != n or head_hash != prev:
-            return VerifyResult(False, n, n + 1 if head_seq > n else n,
-                                f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted")
+            return VerifyResult(
+                False,
+                n,
+                n + 1 if head_seq > n else n,
+                f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted",
+            )
         return VerifyResult(True, n)

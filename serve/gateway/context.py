@@ -47,5 +47,10 @@ class RequestContext:
     @classmethod
     def arrive(cls, request: web.Request, request_id: str | None = None) -> RequestContext:
         """The context of a request that has just arrived; `request_id` defaults to a new `req-` id."""
-        return cls(request=request, request_id=request_id or "req-" + uuid.uuid4().hex,
-                   started=time.perf_counter(), path=request.path, client=request.remote)
+        return cls(
+            request=request,
+            request_id=request_id or "req-" + uuid.uuid4().hex,
+            started=time.perf_counter(),
+            path=request.path,
+            client=request.remote,
+        )

@@ -14,12 +14,14 @@ from sqlalchemy.engine import Engine
 metadata = MetaData()
 
 api_keys = Table(
-    "sekisho_api_keys", metadata,
+    "sekisho_api_keys",
+    metadata,
     Column("name", String(128), primary_key=True),
     Column("secret_sha256", String(64), nullable=False, unique=True),
     Column("prefix", String(24), nullable=False),
     Column("models", Text, nullable=False),  # JSON list; "*" means every model
-    Column("rpm", Integer), Column("tpm", Integer),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
     Column("admin", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
@@ -27,7 +29,8 @@ api_keys = Table(
 )
 
 usage_windows = Table(
-    "sekisho_usage_windows", metadata,
+    "sekisho_usage_windows",
+    metadata,
     Column("key_name", String(128), primary_key=True),
     Column("window", BigInteger, primary_key=True),  # unix minute
     Column("requests", Integer, nullable=False, default=0),
@@ -35,14 +38,16 @@ usage_windows = Table(
 )
 
 audit_head = Table(
-    "sekisho_audit_head", metadata,
+    "sekisho_audit_head",
+    metadata,
     Column("chain", String(128), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
 
 audit_records = Table(
-    "sekisho_audit", metadata,
+    "sekisho_audit",
+    metadata,
     Column("chain", String(128), primary_key=True),
     Column("seq", BigInteger, primary_key=True),
     Column("ts", Float, nullable=False, index=True),
@@ -67,8 +72,9 @@ def connect(url: str | None = None) -> Engine:
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               pool_size=8, max_overflow=8)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=8
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _):

@@ -42,16 +42,28 @@ class LocalEngine:
 
     def __init__(self, url: str, app, engine_key: str):
         self.url, self.app = url, app
-        self._headers = [(b"content-type", b"application/json"),
-                         (b"authorization", f"Bearer {engine_key}".encode())]
+        self._headers = [
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {engine_key}".encode()),
+        ]
 
     def scope(self, path: str, request_id: str, length: int, client: str | None) -> dict:
-        return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-                "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
-                "query_string": b"", "root_path": "", "client": (client or "127.0.0.1", 0),
-                "server": ("127.0.0.1", 0), "app": self.app,
-                "headers": self._headers + [(b"x-request-id", request_id.encode()),
-                                            (b"content-length", str(length).encode())]}
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "client": (client or "127.0.0.1", 0),
+            "server": ("127.0.0.1", 0),
+            "app": self.app,
+            "headers": self._headers
+            + [(b"x-request-id", request_id.encode()), (b"content-length", str(length).encode())],
+        }
 
 
 def _log_to_stderr() -> None:
@@ -60,8 +72,11 @@ def _log_to_stderr() -> None:
     root = logging.getLogger("sekisho")
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("(sekisho pid=%(process)d) %(levelname)s %(asctime)s %(name)s: "
-                                               "%(message)s", "%m-%d %H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter(
+                "(sekisho pid=%(process)d) %(levelname)s %(asctime)s %(name)s: %(message)s", "%m-%d %H:%M:%S"
+            )
+        )
         root.addHandler(handler)
         root.setLevel(logging.INFO)
 
@@ -98,8 +113,12 @@ class EmbeddedGateway:
                     await self.start(root)
                 except Exception as exc:  # vLLM then exits; the replica reports why
                     log.exception("the embedded gateway could not start")
-                    await send({"type": "lifespan.startup.failed",
-                                "message": f"sekisho gateway could not start: {exc}"})
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"sekisho gateway could not start: {exc}",
+                        }
+                    )
                     return
             await send(message)
 
@@ -120,8 +139,14 @@ class EmbeddedGateway:
         from serve.gateway.server import Gateway, GatewayOptions
 
         opts = cfg["opts"]
-        options = GatewayOptions(**{**opts, "limits": RequestLimits(**opts["limits"]),
-                                    "routes_file": cfg["routes_file"], "route_refresh_s": 1.0})
+        options = GatewayOptions(
+            **{
+                **opts,
+                "limits": RequestLimits(**opts["limits"]),
+                "routes_file": cfg["routes_file"],
+                "route_refresh_s": 1.0,
+            }
+        )
         key = os.environ.get("VLLM_API_KEY", "")
         local = LocalEngine(cfg["local_url"], root, key)
         gateway = Gateway(options, {k: ModelRoute(**v) for k, v in cfg["routes"].items()}, key, local=local)
@@ -133,7 +158,8 @@ class EmbeddedGateway:
         site = web.TCPSite(self.runner, cfg["host"], cfg["port"], reuse_port=True, backlog=1024)
         await site.start()
         asyncio.get_running_loop().add_signal_handler(
-            signal.SIGUSR1, lambda: asyncio.ensure_future(self.drain(cfg.get("drain_s", DRAIN_S))))
+            signal.SIGUSR1, lambda: asyncio.ensure_future(self.drain(cfg.get("drain_s", DRAIN_S)))
+        )
         log.info("sekisho gateway listening on %s:%s", cfg["host"], cfg["port"])
 
     async def _close_when_draining(self, _request, response) -> None:

@@ -34,8 +34,9 @@ from serve.gateway.routing import Upstreams
 log = logging.getLogger("sekisho.gateway")
 NO_REPLICA_WAIT_S = 5.0
 # An engine that went away mid-answer (its answer had started, so no failover).
-REPLICA_LOST = GatewayError(502, "The model replica stopped before finishing the answer; retry the request.",
-                            code="replica_lost")
+REPLICA_LOST = GatewayError(
+    502, "The model replica stopped before finishing the answer; retry the request.", code="replica_lost"
+)
 
 
 class Unreachable(Exception):
@@ -53,17 +54,25 @@ class Forwarder:
         local: the vLLM server in this process (serve.gateway.embedded.LocalEngine), if any.
     """
 
-    def __init__(self, upstreams: Upstreams, recorder: Recorder, refresh_routes: Callable[[], Awaitable[None]],
-                 engine_key: str = "", local=None):
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        recorder: Recorder,
+        refresh_routes: Callable[[], Awaitable[None]],
+        engine_key: str = "",
+        local=None,
+    ):
         self.upstreams, self.recorder, self.refresh_routes = upstreams, recorder, refresh_routes
         self.engine_auth = f"Bearer {engine_key}"
         self.local = local
         self.session: ClientSession | None = None
 
     async def start(self) -> None:
-        self.session = ClientSession(connector=TCPConnector(limit=0, keepalive_timeout=60),
-                                     timeout=ClientTimeout(total=None, sock_connect=5),
-                                     auto_decompress=False)
+        self.session = ClientSession(
+            connector=TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=ClientTimeout(total=None, sock_connect=5),
+            auto_decompress=False,
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -110,10 +119,18 @@ class Forwarder:
     @staticmethod
     def _no_replica(ctx: RequestContext, tried: bool) -> GatewayError:
         if tried:
-            return GatewayError(503, "The model replica is unavailable; retry shortly.",
-                                code="replica_unavailable", headers={"Retry-After": "2"})
-        return GatewayError(503, f"No healthy replica serves `{ctx.model}` right now; retry shortly.",
-                            code="no_replica", headers={"Retry-After": "2"})
+            return GatewayError(
+                503,
+                "The model replica is unavailable; retry shortly.",
+                code="replica_unavailable",
+                headers={"Retry-After": "2"},
+            )
+        return GatewayError(
+            503,
+            f"No healthy replica serves `{ctx.model}` right now; retry shortly.",
+            code="no_replica",
+            headers={"Retry-After": "2"},
+        )
 
     def _for_replica(self, ctx: RequestContext, served: dict) -> bytes:
         """The body for a replica that serves ctx.model as `served` (its route entry);
@@ -127,8 +144,9 @@ class Forwarder:
         self.recorder.served_by(ctx, served.get("version"), served.get("sha256"))
         return sent
 
-    async def _replica_for(self, deployment: str, prefer: str | None, exclude: frozenset[str],
-                           deadline: float) -> dict | None:
+    async def _replica_for(
+        self, deployment: str, prefer: str | None, exclude: frozenset[str], deadline: float
+    ) -> dict | None:
         """A live replica of `deployment`, waiting until `deadline` for the route
         table to name one (just deployed, or a replica is being replaced)."""
         replica = self.upstreams.pick(deployment, prefer, exclude)
@@ -148,9 +166,15 @@ class Forwarder:
         if self.local is not None and url == self.local.url:
             return await call_local(ctx, self.recorder, self.local, body)
         try:
-            upstream = await self.session.post(url + ctx.path, data=body, headers={
-                "Content-Type": "application/json", "X-Request-Id": ctx.request_id,
-                "Authorization": self.engine_auth})
+            upstream = await self.session.post(
+                url + ctx.path,
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Request-Id": ctx.request_id,
+                    "Authorization": self.engine_auth,
+                },
+            )
         except (TimeoutError, ClientConnectorError, ServerDisconnectedError) as exc:
             # Refused or timed out connecting, or a pooled connection the engine closed
             # as it stopped: no answer was started, so the caller may try elsewhere.

@@ -51,8 +51,16 @@ def secret_hash(secret: str) -> str:
 
 
 def _row_to_key(row) -> ApiKey:
-    return ApiKey(row.name, tuple(json.loads(row.models)), row.rpm, row.tpm, bool(row.admin),
-                  row.expires_at, row.revoked_at, row.prefix)
+    return ApiKey(
+        row.name,
+        tuple(json.loads(row.models)),
+        row.rpm,
+        row.tpm,
+        bool(row.admin),
+        row.expires_at,
+        row.revoked_at,
+        row.prefix,
+    )
 
 
 class KeyStore:
@@ -61,8 +69,15 @@ class KeyStore:
     def __init__(self, url: str | None = None):
         self.engine = connect(url)
 
-    def create(self, name: str, models: list[str], rpm: int | None = None, tpm: int | None = None,
-               expires_at: float | None = None, admin: bool = False) -> str:
+    def create(
+        self,
+        name: str,
+        models: list[str],
+        rpm: int | None = None,
+        tpm: int | None = None,
+        expires_at: float | None = None,
+        admin: bool = False,
+    ) -> str:
         """Create a key; returns the secret (shown once, never stored).
 
         Raises:
@@ -79,16 +94,29 @@ class KeyStore:
         with self.engine.begin() as conn:
             if conn.execute(select(api_keys.c.name).where(api_keys.c.name == name)).first():
                 raise UserError(f"a key named {name!r} exists already; revoke it or pick another name.")
-            conn.execute(insert(api_keys).values(
-                name=name, secret_sha256=secret_hash(secret), prefix=secret[:len(KEY_PREFIX) + 4],
-                models=json.dumps(sorted(set(models))), rpm=rpm, tpm=tpm, admin=int(admin),
-                created_at=time.time(), expires_at=expires_at, revoked_at=None))
+            conn.execute(
+                insert(api_keys).values(
+                    name=name,
+                    secret_sha256=secret_hash(secret),
+                    prefix=secret[: len(KEY_PREFIX) + 4],
+                    models=json.dumps(sorted(set(models))),
+                    rpm=rpm,
+                    tpm=tpm,
+                    admin=int(admin),
+                    created_at=time.time(),
+                    expires_at=expires_at,
+                    revoked_at=None,
+                )
+            )
         return secret
 
     def revoke(self, name: str) -> None:
         with self.engine.begin() as conn:
-            n = conn.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                             .values(revoked_at=time.time())).rowcount
+            n = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            ).rowcount
         if not n:
             raise UserError(f"no active key named {name!r}.")
 

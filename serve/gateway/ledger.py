@@ -64,7 +64,9 @@ class Ledger:
                 env["SEKISHO_GATEWAY_DB"] = self.db_url
             cmd = [sys.executable, "-m", "serve.gateway.ledger", str(theirs.fileno()), self.chain]
             try:
-                self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
+                self.proc = subprocess.Popen(
+                    cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL
+                )
             finally:
                 theirs.close()
             reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 24)
@@ -75,8 +77,10 @@ class Ledger:
             if line != READY:
                 writer.close()
                 self._reap()
-                raise LedgerError("the gateway's audit/quota process did not start (its error is in this "
-                                  "process's log above)")
+                raise LedgerError(
+                    "the gateway's audit/quota process did not start (its error is in this "
+                    "process's log above)"
+                )
             self.writer = writer
             self._reader_task = asyncio.create_task(self._read(reader, writer))
 
@@ -174,7 +178,7 @@ def serve(sock: socket.socket, chain: str) -> None:
         replies = []
         audits = [m for m in msgs if m["op"] == "audit"]
         for i in range(0, len(audits), MAX_BATCH):
-            batch = audits[i:i + MAX_BATCH]
+            batch = audits[i : i + MAX_BATCH]
             try:
                 seqs = log.append_many([m["record"] for m in batch])
             except Exception as exc:  # every waiter learns its record was not written
@@ -194,8 +198,14 @@ def serve(sock: socket.socket, chain: str) -> None:
             if m["op"] == "admit":
                 try:
                     d = quota.admit(m["key"], m["rpm"], m["tpm"])
-                    replies.append({"id": m["id"], "allowed": d.allowed, "reason": d.reason,
-                                    "retry_after_s": d.retry_after_s})
+                    replies.append(
+                        {
+                            "id": m["id"],
+                            "allowed": d.allowed,
+                            "reason": d.reason,
+                            "retry_after_s": d.retry_after_s,
+                        }
+                    )
                 except Exception as exc:
                     replies.append({"id": m["id"], "error": f"quota check failed: {exc}"})
             elif m["op"] != "audit":

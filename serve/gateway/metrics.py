@@ -12,18 +12,44 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 class GatewayMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("sekisho_requests", "Requests by model and HTTP status",
-                                ["model", "status"], registry=self.registry)
-        self.tokens = Counter("sekisho_tokens", "Tokens by model and kind (prompt|completion)",
-                              ["model", "kind"], registry=self.registry)
-        self.latency = Histogram("sekisho_request_latency_seconds", "Request latency", ["model"],
-                                 buckets=BUCKETS, registry=self.registry)
-        self.ttft = Histogram("sekisho_time_to_first_token_seconds", "Time to first streamed token",
-                              ["model"], buckets=BUCKETS, registry=self.registry)
-        self.rejections = Counter("sekisho_rejections", "Requests the gateway answered itself, by reason",
-                                  ["reason"], registry=self.registry)
-        self.failovers = Counter("sekisho_upstream_failovers", "Requests sent to another replica after the "
-                                 "one picked could not be reached", ["model"], registry=self.registry)
+        self.requests = Counter(
+            "sekisho_requests",
+            "Requests by model and HTTP status",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "sekisho_tokens",
+            "Tokens by model and kind (prompt|completion)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sekisho_request_latency_seconds",
+            "Request latency",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "sekisho_time_to_first_token_seconds",
+            "Time to first streamed token",
+            ["model"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "sekisho_rejections",
+            "Requests the gateway answered itself, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "sekisho_upstream_failovers",
+            "Requests sent to another replica after the one picked could not be reached",
+            ["model"],
+            registry=self.registry,
+        )
 
     def observe(self, model: str | None, status: int, latency_s: float, prompt: int, completion: int) -> None:
         m = model or ""

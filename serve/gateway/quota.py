@@ -36,8 +36,14 @@ class QuotaLedger:
         now = now or time.time()
         minute = int(now // 60)
         with self.engine.begin() as conn:
-            rows = {r.window: r for r in conn.execute(select(usage_windows).where(and_(
-                usage_windows.c.key_name == key, usage_windows.c.window >= minute - 1)))}
+            rows = {
+                r.window: r
+                for r in conn.execute(
+                    select(usage_windows).where(
+                        and_(usage_windows.c.key_name == key, usage_windows.c.window >= minute - 1)
+                    )
+                )
+            }
             prev, cur = rows.get(minute - 1), rows.get(minute)
             retry = max(1, math.ceil(60 - now % 60))
             if rpm is not None:
@@ -51,9 +57,11 @@ class QuotaLedger:
             if cur is None:
                 conn.execute(insert(usage_windows).values(key_name=key, window=minute, requests=1, tokens=0))
             else:
-                conn.execute(update(usage_windows).where(and_(usage_windows.c.key_name == key,
-                                                              usage_windows.c.window == minute))
-                             .values(requests=usage_windows.c.requests + 1))
+                conn.execute(
+                    update(usage_windows)
+                    .where(and_(usage_windows.c.key_name == key, usage_windows.c.window == minute))
+                    .values(requests=usage_windows.c.requests + 1)
+                )
         return QuotaDecision(True)
 
     def add_tokens(self, key: str, tokens: int, now: float | None = None) -> None:
@@ -61,8 +69,12 @@ class QuotaLedger:
             return
         minute = int((now or time.time()) // 60)
         with self.engine.begin() as conn:
-            n = conn.execute(update(usage_windows).where(and_(usage_windows.c.key_name == key,
-                                                              usage_windows.c.window == minute))
-                             .values(tokens=usage_windows.c.tokens + tokens)).rowcount
+            n = conn.execute(
+                update(usage_windows)
+                .where(and_(usage_windows.c.key_name == key, usage_windows.c.window == minute))
+                .values(tokens=usage_windows.c.tokens + tokens)
+            ).rowcount
             if not n:
-                conn.execute(insert(usage_windows).values(key_name=key, window=minute, requests=0, tokens=tokens))
+                conn.execute(
+                    insert(usage_windows).values(key_name=key, window=minute, requests=0, tokens=tokens)
+                )

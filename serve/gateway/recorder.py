@@ -27,10 +27,17 @@ class Recorder:
     def open(self, ctx: RequestContext) -> None:
         """Start the audit record of a request about to be forwarded (ctx.key, ctx.route
         and ctx.body set)."""
-        ctx.record = {"request_id": ctx.request_id, "key": ctx.key.name, "client": ctx.client,
-                      "route": ctx.path, "model": ctx.model, "model_version": ctx.route.version,
-                      "model_sha256": ctx.route.sha256, "stream": ctx.stream,
-                      "prompt_sha256": hashlib.sha256(ctx.body).hexdigest()}
+        ctx.record = {
+            "request_id": ctx.request_id,
+            "key": ctx.key.name,
+            "client": ctx.client,
+            "route": ctx.path,
+            "model": ctx.model,
+            "model_version": ctx.route.version,
+            "model_sha256": ctx.route.sha256,
+            "stream": ctx.stream,
+            "prompt_sha256": hashlib.sha256(ctx.body).hexdigest(),
+        }
         if self.record_text:
             ctx.record["request_body"] = ctx.body.decode("utf-8", "replace")
 
@@ -38,8 +45,15 @@ class Recorder:
         """The replica about to answer serves this version (else the route's)."""
         ctx.record.update(model_version=version or ctx.route.version, model_sha256=sha256 or ctx.route.sha256)
 
-    async def finish(self, ctx: RequestContext, status: int, usage: tuple[int, int] = (0, 0), digest=None,
-                     error: str | None = None, text: bytes | None = None) -> None:
+    async def finish(
+        self,
+        ctx: RequestContext,
+        status: int,
+        usage: tuple[int, int] = (0, 0),
+        digest=None,
+        error: str | None = None,
+        text: bytes | None = None,
+    ) -> None:
         """Complete and commit the audit record, count the tokens, observe the metrics.
 
         Args:
@@ -51,8 +65,13 @@ class Recorder:
         prompt_tokens, completion_tokens = usage
         latency = time.perf_counter() - ctx.started
         record = ctx.record
-        record.update(ts=time.time(), status=status, prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, latency_ms=round(latency * 1000, 2))
+        record.update(
+            ts=time.time(),
+            status=status,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=round(latency * 1000, 2),
+        )
         if digest is not None:
             record["response_sha256"] = digest.hexdigest()
         if error:
@@ -68,9 +87,16 @@ class Recorder:
 
     async def reject(self, ctx: RequestContext, err: GatewayError) -> None:
         """Audit a request the gateway answered itself with `err`."""
-        ctx.record = {"request_id": ctx.request_id, "key": ctx.key.name if ctx.key else None,
-                      "client": ctx.client, "route": ctx.path, "model": ctx.model,
-                      "model_version": None, "model_sha256": None, "stream": None}
+        ctx.record = {
+            "request_id": ctx.request_id,
+            "key": ctx.key.name if ctx.key else None,
+            "client": ctx.client,
+            "route": ctx.path,
+            "model": ctx.model,
+            "model_version": None,
+            "model_sha256": None,
+            "stream": None,
+        }
         self.metrics.rejections.labels(err.code or str(err.status)).inc()
         await self.finish(ctx, err.status, error=err.code)
 

@@ -22,16 +22,18 @@ def error_response(err: GatewayError, request_id: str | None = None) -> web.Resp
     return web.Response(body=err.body(), status=err.status, headers=headers)
 
 
-async def buffered(ctx: RequestContext, recorder: Recorder, status: int, content: bytes,
-                   content_type: str) -> web.Response:
+async def buffered(
+    ctx: RequestContext, recorder: Recorder, status: int, content: bytes, content_type: str
+) -> web.Response:
     """Relay a whole (non-streamed or error) answer of the engine, once audited."""
     if ctx.rename:
         content = content.replace(*ctx.rename)
     if status >= 400:
         content = openai_error_body(content, status)
     await recorder.finish(ctx, status, usage_of(content), hashlib.sha256(content), text=content)
-    return web.Response(body=content, status=status,
-                        headers={"Content-Type": content_type, "X-Request-Id": ctx.request_id})
+    return web.Response(
+        body=content, status=status, headers={"Content-Type": content_type, "X-Request-Id": ctx.request_id}
+    )
 
 
 class SseRelay:
@@ -43,16 +45,27 @@ class SseRelay:
         self.ctx, self.recorder = ctx, recorder
         self.digest = hashlib.sha256()
         self.usage, self.pending, self.tail, self.first = (0, 0), b"", [], True
-        self.response = web.StreamResponse(status=200, headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": ctx.request_id})
+        self.response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Request-Id": ctx.request_id,
+            },
+        )
         self.finished = False
 
     async def prepare(self) -> None:
         await self.response.prepare(self.ctx.request)
 
     async def feed(self, chunk: bytes) -> None:
-        if not self.pending and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 \
-                and not chunk.startswith(b"data: [DONE]") and b'"usage":{' not in chunk:
+        if (
+            not self.pending
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and not chunk.startswith(b"data: [DONE]")
+            and b'"usage":{' not in chunk
+        ):
             await self._send(chunk)  # the usual case: one token's event, relayed as it came
             return
         pending = self.pending + chunk if self.pending else chunk

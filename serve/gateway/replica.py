@@ -12,8 +12,9 @@ from foundation import offline
 
 
 class GatewayReplica:
-    def __init__(self, host: str, port: int, opts: dict, routes: dict, engine_key: str,
-                 engines: list | None = None):
+    def __init__(
+        self, host: str, port: int, opts: dict, routes: dict, engine_key: str, engines: list | None = None
+    ):
         # `engines` are bound so that Serve deploys them with this app; requests
         # reach them over HTTP (see routing), not through their handles.
         offline.apply()

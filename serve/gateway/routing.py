@@ -67,13 +67,18 @@ class Upstreams:
     def update(self, table: dict[str, list[dict]]) -> None:
         self.table = table
 
-    def pick(self, deployment: str, prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> dict | None:
+    def pick(
+        self, deployment: str, prefer: str | None = None, exclude: frozenset[str] = frozenset()
+    ) -> dict | None:
         """The live replica of `deployment` at `prefer` (the engine in the caller's own
         process), else the one with the fewest requests in flight; never one in
         `exclude` (those this request already failed to reach)."""
         now = time.monotonic()
-        live = [e for e in self.table.get(deployment, [])
-                if self.down_until.get(e["url"], 0) <= now and e["url"] not in exclude]
+        live = [
+            e
+            for e in self.table.get(deployment, [])
+            if self.down_until.get(e["url"], 0) <= now and e["url"] not in exclude
+        ]
         if not live:
             return None
         for e in live:

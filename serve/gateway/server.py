@@ -63,8 +63,7 @@ class Gateway:
             called in-process for the models it holds; other models go over HTTP.
     """
 
-    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute], engine_key: str = "",
-                 local=None):
+    def __init__(self, opts: GatewayOptions, routes: dict[str, ModelRoute], engine_key: str = "", local=None):
         self.opts, self.routes, self.local = opts, routes, local
         self.keys = KeyStore(opts.db_url)
         # Audit appends and quota counts: in a child process (see serve.gateway.ledger).
@@ -95,8 +94,10 @@ class Gateway:
         await self.forwarder.start()
         await self.ledger.start()
         await self.refresh()
-        self._tasks = [asyncio.create_task(self._every(self.opts.key_refresh_s, self.refresh_keys)),
-                       asyncio.create_task(self._every(self.opts.route_refresh_s, self.refresh_routes))]
+        self._tasks = [
+            asyncio.create_task(self._every(self.opts.key_refresh_s, self.refresh_keys)),
+            asyncio.create_task(self._every(self.opts.route_refresh_s, self.refresh_routes)),
+        ]
 
     async def _cleanup(self, _app) -> None:
         for t in self._tasks:
@@ -138,8 +139,9 @@ class Gateway:
         """
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or not header[7:].strip():
-            raise GatewayError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                               code="missing_api_key")
+            raise GatewayError(
+                401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
         digest = secret_hash(header[7:].strip())
         key = self.key_cache.get(digest)
         if key is None:
@@ -183,9 +185,18 @@ class Gateway:
                 continue
             replica = self.upstreams.pick(r.deployment, self.local.url if self.local else None) or {}
             live = replica.get("names", {}).get(name, {})
-            data.append({"id": name, "object": "model", "created": 0, "owned_by": "sekisho", "root": r.base,
-                         "sekisho_version": live.get("version") or r.version,
-                         "sekisho_sha256": live.get("sha256") or r.sha256, "max_model_len": r.context_len})
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "sekisho",
+                    "root": r.base,
+                    "sekisho_version": live.get("version") or r.version,
+                    "sekisho_sha256": live.get("sha256") or r.sha256,
+                    "max_model_len": r.context_len,
+                }
+            )
         return web.json_response({"object": "list", "data": data})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
@@ -213,25 +224,37 @@ class Gateway:
             raise model_not_found(model)
         wanted = "embed" if ctx.path == "/v1/embeddings" else "generate"
         if ctx.route.task != wanted:
-            raise GatewayError(400, f"The model `{model}` does not support {ctx.path}.",
-                               param="model", code="unsupported_model_for_route")
+            raise GatewayError(
+                400,
+                f"The model `{model}` does not support {ctx.path}.",
+                param="model",
+                code="unsupported_model_for_route",
+            )
         request_limits.check(ctx.payload, ctx.path, self.opts.limits, ctx.route.context_len)
         key = ctx.key
         decision = await self.ledger.admit(key.name, key.rpm, key.tpm) if key.limited else None
         if decision is not None and not decision.allowed:
-            raise GatewayError(429, decision.reason, code="rate_limit_exceeded",
-                               headers={"Retry-After": str(decision.retry_after_s)})
+            raise GatewayError(
+                429,
+                decision.reason,
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(decision.retry_after_s)},
+            )
 
     async def _read_json(self, request: web.Request) -> tuple[dict, bytes]:
         limit = self.opts.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise GatewayError(413, f"Request body is {request.content_length} bytes; the limit is {limit}.",
-                               code="request_too_large")
+            raise GatewayError(
+                413,
+                f"Request body is {request.content_length} bytes; the limit is {limit}.",
+                code="request_too_large",
+            )
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise GatewayError(413, f"Request body exceeds the limit of {limit} bytes.",
-                               code="request_too_large") from None
+            raise GatewayError(
+                413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large"
+            ) from None
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -26,8 +26,13 @@ CI = os.environ.get("CI") == "true"
 
 
 def sekisho(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sekisho.cli", *map(str, args)],
-                          check=False, capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho.cli", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def pins() -> dict[str, str]:
@@ -39,8 +44,9 @@ def pins() -> dict[str, str]:
 def cached_wheel(name: str, version: str) -> Path:
     found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
     if not found:
-        pytest.fail(f"{CACHE}: no wheel of {name}=={version}; `make install` puts it there "
-                    f"(the test has no network).")
+        pytest.fail(
+            f"{CACHE}: no wheel of {name}=={version}; `make install` puts it there (the test has no network)."
+        )
     return found[0]
 
 
@@ -50,8 +56,16 @@ def loopback_only(*cmd) -> list[str]:
         msg = "unshare and ip are needed to install inside a loopback-only network namespace"
         pytest.fail(msg) if CI else pytest.skip(msg)
     flags = "-n" if os.getuid() == 0 else "-rn"
-    return ["unshare", flags, "--", "sh", "-c", 'ip link set lo up && exec "$@"', "loopback-only",
-            *map(str, cmd)]
+    return [
+        "unshare",
+        flags,
+        "--",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$@"',
+        "loopback-only",
+        *map(str, cmd),
+    ]
 
 
 def pip_env() -> dict[str, str]:
@@ -73,8 +87,9 @@ def requirements(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, requirements) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "b"
-    done = sekisho("bundle", "build", "--out", out, "--find-links", CACHE,
-                   "--requirements", requirements, "--no-project")
+    done = sekisho(
+        "bundle", "build", "--out", out, "--find-links", CACHE, "--requirements", requirements, "--no-project"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return out
 
@@ -90,17 +105,18 @@ def test_bundle_holds_the_pinned_wheels_with_hashes_and_licences(bundle):
     wheels = {p.name: p for p in (bundle / "wheels").iterdir()}
     assert sorted(wheels) == sorted(cached_wheel(n, v).name for n, v in pins().items())
     lock = (bundle / "requirements.lock").read_text().splitlines()
-    assert lock == [f"{n}=={v} --hash=sha256:{sha256_file(cached_wheel(n, v))}"
-                    for n, v in sorted(pins().items())]
+    assert lock == [
+        f"{n}=={v} --hash=sha256:{sha256_file(cached_wheel(n, v))}" for n, v in sorted(pins().items())
+    ]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["target"]["python"] == f"cp{sys.version_info[0]}{sys.version_info[1]}"
     assert {(p["name"], p["version"]) for p in manifest["packages"]} == set(pins().items())
     licences = {p["name"]: p["license"] for p in manifest["packages"]}
     assert licences["six"] == "MIT" and "UNKNOWN" not in licences.values(), licences
-    sums = dict(reversed(line.split("  ", 1)) for line in (bundle / "SHA256SUMS").read_text()
-                .splitlines())
-    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
-                   if p.is_file() and p.name != "SHA256SUMS")
+    sums = dict(reversed(line.split("  ", 1)) for line in (bundle / "SHA256SUMS").read_text().splitlines())
+    files = sorted(
+        p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() and p.name != "SHA256SUMS"
+    )
     assert sorted(sums) == files and all(sha256_file(bundle / f) == sums[f] for f in files)
     done = sekisho("bundle", "verify", bundle)
     assert done.returncode == 0 and f"{len(files)} files match SHA256SUMS" in done.stdout, done
@@ -123,6 +139,7 @@ def test_verify_names_each_changed_missing_extra_or_unlocked_file(bundle, tmp_pa
     def append_byte(d):
         with (d / "wheels" / six).open("ab") as f:
             f.write(b"\0")
+
     err = _tampered(bundle, tmp_path, append_byte).stderr
     assert f"wheels/{six}: changed" in err and "six==" in err, err  # lock finds no wheel either
 
@@ -133,6 +150,7 @@ def test_verify_names_each_changed_missing_extra_or_unlocked_file(bundle, tmp_pa
         (d / "wheels" / "evil-1.0.tar.gz").write_bytes(b"not a wheel")
         with (d / "SHA256SUMS").open("a") as f:
             f.write(f"{sha256_file(d / 'wheels' / 'evil-1.0.tar.gz')}  wheels/evil-1.0.tar.gz\n")
+
     err = _tampered(bundle, tmp_path, add_sdist).stderr
     assert "wheels/evil-1.0.tar.gz: not a wheel" in err and ": changed (" not in err, err
 
@@ -141,36 +159,61 @@ def test_verify_names_each_changed_missing_extra_or_unlocked_file(bundle, tmp_pa
 
     def drop_lock_line(d):  # and re-sum, so the lock check alone must notice
         lock = d / "requirements.lock"
-        lock.write_text("".join(ln + "\n" for ln in lock.read_text().splitlines()
-                                if not ln.startswith("six==")))
-        sums = [ln for ln in (d / "SHA256SUMS").read_text().splitlines()
-                if not ln.endswith("  requirements.lock")]
+        lock.write_text(
+            "".join(ln + "\n" for ln in lock.read_text().splitlines() if not ln.startswith("six=="))
+        )
+        sums = [
+            ln for ln in (d / "SHA256SUMS").read_text().splitlines() if not ln.endswith("  requirements.lock")
+        ]
         sums.append(f"{sha256_file(lock)}  requirements.lock")
         (d / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
     err = _tampered(bundle, tmp_path, drop_lock_line).stderr
     assert f"wheels/{six}: not in requirements.lock" in err and ": changed (" not in err, err
 
 
 def test_build_refuses_a_folder_with_files(tmp_path, requirements):
     (tmp_path / "old.txt").write_text("x")
-    done = sekisho("bundle", "build", "--out", tmp_path, "--find-links", CACHE,
-                   "--requirements", requirements)
-    assert done.returncode == 2 and f"{tmp_path}: the bundle folder already has files" \
-        in done.stderr and "Traceback" not in done.stderr, done
+    done = sekisho(
+        "bundle", "build", "--out", tmp_path, "--find-links", CACHE, "--requirements", requirements
+    )
+    assert (
+        done.returncode == 2
+        and f"{tmp_path}: the bundle folder already has files" in done.stderr
+        and "Traceback" not in done.stderr
+    ), done
 
 
 def test_installs_offline_into_a_fresh_venv_and_imports(bundle, fresh_venv):
     py = fresh_venv / "bin" / "python"
-    done = subprocess.run(loopback_only(
-        py, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--find-links",
-        bundle / "wheels", "--require-hashes", "-r", bundle / "requirements.lock"),
-        check=False, capture_output=True, text=True, env=pip_env())
+    done = subprocess.run(
+        loopback_only(
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--find-links",
+            bundle / "wheels",
+            "--require-hashes",
+            "-r",
+            bundle / "requirements.lock",
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=pip_env(),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    probe = ("import importlib, importlib.metadata as md, json, socket, sys; "
-             "print(json.dumps({'interfaces': [n for _, n in socket.if_nameindex()], 'mods': "
-             "{m: [importlib.import_module(m).__file__, md.version(m)] for m in sys.argv[1:]}}))")
-    done = subprocess.run(loopback_only(py, "-c", probe, *PACKAGES), check=False,
-                          capture_output=True, text=True, env=pip_env())
+    probe = (
+        "import importlib, importlib.metadata as md, json, socket, sys; "
+        "print(json.dumps({'interfaces': [n for _, n in socket.if_nameindex()], 'mods': "
+        "{m: [importlib.import_module(m).__file__, md.version(m)] for m in sys.argv[1:]}}))"
+    )
+    done = subprocess.run(
+        loopback_only(py, "-c", probe, *PACKAGES), check=False, capture_output=True, text=True, env=pip_env()
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["interfaces"] == ["lo"]
@@ -184,32 +227,50 @@ def test_bundle_carries_sekishos_own_wheel_built_offline(tmp_path, requirements,
     version = re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)[1]
     leftovers = {p for p in ("build", "dist") if (REPO / p).exists()}
     out = tmp_path / "b"
-    done = sekisho("bundle", "build", "--out", out, "--find-links", CACHE,
-                   "--requirements", requirements)
+    done = sekisho("bundle", "build", "--out", out, "--find-links", CACHE, "--requirements", requirements)
     assert done.returncode == 0, done.stdout + done.stderr
     assert {p for p in ("build", "dist") if (REPO / p).exists()} == leftovers  # built on a copy
     (own,) = (out / "wheels").glob("sekisho-*.whl")
-    assert f"sekisho=={version} --hash=sha256:{sha256_file(own)}" in \
-        (out / "requirements.lock").read_text().splitlines()
-    manifest = {canonical_name(p["name"]): p for p in
-                json.loads((out / "manifest.json").read_text())["packages"]}
+    assert (
+        f"sekisho=={version} --hash=sha256:{sha256_file(own)}"
+        in (out / "requirements.lock").read_text().splitlines()
+    )
+    manifest = {
+        canonical_name(p["name"]): p for p in json.loads((out / "manifest.json").read_text())["packages"]
+    }
     assert manifest["sekisho"]["license"] == "Apache-2.0"
     with zipfile.ZipFile(own) as zf:
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt")))
-    assert {"airlock/bundle.py", "serve/__init__.py", "data/samples/internal_faq_ja.jsonl"} \
-        <= set(names) and not any(n.startswith("tests/") for n in names)
+    assert {"airlock/bundle.py", "serve/__init__.py", "data/samples/internal_faq_ja.jsonl"} <= set(
+        names
+    ) and not any(n.startswith("tests/") for n in names)
     assert b"sekisho = sekisho.cli:main" in entry_points
     done = sekisho("bundle", "verify", out)
     assert done.returncode == 0 and f"sekisho {version}" in done.stdout, done
     # Its dependencies are not in this small bundle, so without them:
     py = fresh_venv / "bin" / "python"
-    done = subprocess.run(loopback_only(
-        py, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--no-deps",
-        "--find-links", out / "wheels", "--require-hashes", "-r", out / "requirements.lock"),
-        check=False, capture_output=True, text=True, env=pip_env())
+    done = subprocess.run(
+        loopback_only(
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            out / "wheels",
+            "--require-hashes",
+            "-r",
+            out / "requirements.lock",
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=pip_env(),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     probe = "import importlib.metadata as md; print(md.version('sekisho'))"
-    done = subprocess.run([py, "-c", probe],
-                          check=False, capture_output=True, text=True)
+    done = subprocess.run([py, "-c", probe], check=False, capture_output=True, text=True)
     assert done.stdout.strip() == version, done

@@ -53,18 +53,38 @@ def test_imported_with_exclude_and_alias_through_the_cli(downloaded, sekisho_hom
 
     from experiments import get_version
 
-    assert main(["models", "import", str(downloaded), "--name", "dl-tiny", "--exclude", "original/*",
-                 "--alias", "production"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "import",
+                str(downloaded),
+                "--name",
+                "dl-tiny",
+                "--exclude",
+                "original/*",
+                "--alias",
+                "production",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "left out: .cache/huggingface/ (the download's own metadata (hf download))" in out
     assert "left out: original/consolidated.00.pth (--exclude original/*)" in out
     assert "documents kept with the import run, not in the store: .gitattributes, LICENSE, README.md" in out
     mv = get_version("dl-tiny@production")
     assert f"dl-tiny@production -> version {mv.version}" in out
-    stored = {p.relative_to(mv.tags["store_path"]).as_posix()
-              for p in __import__("pathlib").Path(mv.tags["store_path"]).rglob("*") if p.is_file()}
+    stored = {
+        p.relative_to(mv.tags["store_path"]).as_posix()
+        for p in __import__("pathlib").Path(mv.tags["store_path"]).rglob("*")
+        if p.is_file()
+    }
     assert stored == {p.name for p in downloaded.iterdir() if p.is_file()} - {
-        ".gitattributes", "README.md", "LICENSE"}
+        ".gitattributes",
+        "README.md",
+        "LICENSE",
+    }
     docs = {os.path.basename(a.path) for a in MlflowClient().list_artifacts(mv.run_id, "import/documents")}
     assert docs == {".gitattributes", "LICENSE", "README.md"}
     assert main(["models", "verify", "dl-tiny@production"]) == 0

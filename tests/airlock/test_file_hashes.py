@@ -15,8 +15,7 @@ from experiments import dir_sha256
 
 def test_one_pass_gives_file_hashes_copy_and_folder_hash(tiny_model_dir, tmp_path, capsys):
     files = model_files(tiny_model_dir)
-    hashes = hash_tree(tiny_model_dir, files, copy_to=tmp_path / "copy", progress=True,
-                       chunk_bytes=1 << 16)
+    hashes = hash_tree(tiny_model_dir, files, copy_to=tmp_path / "copy", progress=True, chunk_bytes=1 << 16)
     assert "sha256" in capsys.readouterr().err  # the progress bar, on stderr
     assert hashes.content_sha256 == dir_sha256(tiny_model_dir) == dir_sha256(tmp_path / "copy")
     for f in files:
@@ -26,13 +25,20 @@ def test_one_pass_gives_file_hashes_copy_and_folder_hash(tiny_model_dir, tmp_pat
 
 def test_manifest_reads_sha256sum_output_in_text_and_binary_mode(tiny_model_dir, tmp_path):
     for flag in ("-t", "-b"):
-        out = subprocess.run(["sha256sum", flag, "./config.json", "model.safetensors"],
-                             cwd=tiny_model_dir, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["sha256sum", flag, "./config.json", "model.safetensors"],
+            cwd=tiny_model_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         (tmp_path / "SHA256SUMS").write_text(out)
         entries = read_manifest(tmp_path / "SHA256SUMS")
         assert set(entries) == {"config.json", "model.safetensors"}
-        assert entries["config.json"] == hashlib.sha256(
-            (tiny_model_dir / "config.json").read_bytes()).hexdigest()
+        assert (
+            entries["config.json"]
+            == hashlib.sha256((tiny_model_dir / "config.json").read_bytes()).hexdigest()
+        )
 
 
 def test_malformed_manifest_line_is_refused(tmp_path):

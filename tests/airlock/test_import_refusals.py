@@ -65,11 +65,14 @@ def test_code_file_is_refused_and_never_imported(model_copy, tmp_path, nothing_l
     nothing_left("bad-code")
 
 
-@pytest.mark.parametrize("file, key, value", [
-    ("config.json", "auto_map", {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}),
-    ("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["tok_evil.EvilTokenizer", None]}),
-    ("config.json", "trust_remote_code", True),
-])
+@pytest.mark.parametrize(
+    "file, key, value",
+    [
+        ("config.json", "auto_map", {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}),
+        ("tokenizer_config.json", "auto_map", {"AutoTokenizer": ["tok_evil.EvilTokenizer", None]}),
+        ("config.json", "trust_remote_code", True),
+    ],
+)
 def test_remote_code_setting_is_refused(model_copy, nothing_left, file, key, value):
     edit_json(model_copy / file, **{key: value})
     refused(model_copy, "bad-remote-code", str(model_copy / file), f"{key} asks for remote code")
@@ -86,33 +89,44 @@ def test_lying_safetensors_header_is_refused(model_copy, nothing_left):
     path = model_copy / "model.safetensors"
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     name = next(k for k in header if k != "__metadata__")
     header[name]["shape"] = [4096, 4096]  # far more bytes than its offsets hold
     body = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n :])
     refused(model_copy, "bad-header", str(path), f"tensor {name!r} claims F32[4096, 4096]")
     nothing_left("bad-header")
 
 
 def test_oversized_chat_template_is_refused(model_copy, nothing_left):
     (model_copy / "chat_template.jinja").write_text("{{ messages[0]['content'] }}" + " " * 70_000)
-    refused(model_copy, "bad-template-size", str(model_copy / "chat_template.jinja"),
-            "over the 65536-byte limit")
+    refused(
+        model_copy, "bad-template-size", str(model_copy / "chat_template.jinja"), "over the 65536-byte limit"
+    )
     nothing_left("bad-template-size")
 
 
-@pytest.mark.parametrize("template, reason", [
-    ("{{ raise_exception('roles must alternate') }}", "TemplateError: roles must alternate"),
-    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError"),
-    ("{{ 'x' * 4000000000 }}", "memory limit"),
-    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-     "did not finish within 2 s"),
-])
+@pytest.mark.parametrize(
+    "template, reason",
+    [
+        ("{{ raise_exception('roles must alternate') }}", "TemplateError: roles must alternate"),
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError"),
+        ("{{ 'x' * 4000000000 }}", "memory limit"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "did not finish within 2 s",
+        ),
+    ],
+)
 def test_failing_or_looping_chat_template_is_refused(model_copy, nothing_left, template, reason):
     (model_copy / "chat_template.jinja").write_text(template)
-    refused(model_copy, "bad-template", str(model_copy / "chat_template.jinja"), reason,
-            policy=ImportPolicy(chat_template_timeout_s=2))
+    refused(
+        model_copy,
+        "bad-template",
+        str(model_copy / "chat_template.jinja"),
+        reason,
+        policy=ImportPolicy(chat_template_timeout_s=2),
+    )
     nothing_left("bad-template")
 
 
@@ -123,8 +137,13 @@ def test_template_inside_tokenizer_config_is_checked(model_copy, nothing_left):
 
 
 def sha256sums(folder):
-    out = subprocess.run(["sha256sum", *sorted(p.name for p in folder.iterdir())], cwd=folder,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sha256sum", *sorted(p.name for p in folder.iterdir())],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     manifest = folder.parent / "SHA256SUMS"
     manifest.write_text(out)
     return manifest
@@ -134,16 +153,27 @@ def test_hash_mismatch_against_manifest_is_refused(model_copy, nothing_left):
     manifest = sha256sums(model_copy)
     with (model_copy / "config.json").open("a") as fh:
         fh.write(" ")  # one byte changed on the way
-    refused(model_copy, "bad-hash", str(model_copy / "config.json"), "does not match", str(manifest),
-            manifest=manifest)
+    refused(
+        model_copy,
+        "bad-hash",
+        str(model_copy / "config.json"),
+        "does not match",
+        str(manifest),
+        manifest=manifest,
+    )
     nothing_left("bad-hash")
 
 
 def test_file_missing_from_manifest_is_refused(model_copy, nothing_left):
     manifest = sha256sums(model_copy)
     (model_copy / "extra.txt").write_text("slipped in")
-    refused(model_copy, "bad-unlisted", str(model_copy / "extra.txt"), "not listed in the manifest",
-            manifest=manifest)
+    refused(
+        model_copy,
+        "bad-unlisted",
+        str(model_copy / "extra.txt"),
+        "not listed in the manifest",
+        manifest=manifest,
+    )
     nothing_left("bad-unlisted")
 
 
@@ -182,19 +212,30 @@ def test_pipe_and_deeply_nested_json_are_refused(model_copy, nothing_left):
 def test_file_listed_in_manifest_but_absent_is_refused(model_copy, nothing_left):
     manifest = sha256sums(model_copy)
     (model_copy / "generation_config.json").unlink()
-    refused(model_copy, "bad-missing", "generation_config.json", "listed in the manifest",
-            "but not in the folder", manifest=manifest)
+    refused(
+        model_copy,
+        "bad-missing",
+        "generation_config.json",
+        "listed in the manifest",
+        "but not in the folder",
+        manifest=manifest,
+    )
     nothing_left("bad-missing")
 
 
-@pytest.mark.parametrize("shard, reason", [
-    ("../outside/model.safetensors", "not a safetensors file in the folder"),
-    ("model.safetensors", "is not in model.safetensors"),
-])
-def test_index_naming_files_outside_or_absent_tensors_is_refused(model_copy, nothing_left, shard,
-                                                                 reason):
+@pytest.mark.parametrize(
+    "shard, reason",
+    [
+        ("../outside/model.safetensors", "not a safetensors file in the folder"),
+        ("model.safetensors", "is not in model.safetensors"),
+    ],
+)
+def test_index_naming_files_outside_or_absent_tensors_is_refused(model_copy, nothing_left, shard, reason):
     index = model_copy / "model.safetensors.index.json"
-    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model.safetensors",
-                                                                "evil.weight": shard}}))
+    index.write_text(
+        json.dumps(
+            {"metadata": {}, "weight_map": {"lm_head.weight": "model.safetensors", "evil.weight": shard}}
+        )
+    )
     refused(model_copy, "bad-index", str(index), reason)
     nothing_left("bad-index")

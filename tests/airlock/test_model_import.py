@@ -18,9 +18,11 @@ from sekisho.cli import main
 @pytest.fixture(scope="module")
 def imported(sekisho_home, tiny_model_dir, tmp_path_factory):
     manifest = tmp_path_factory.mktemp("media") / "SHA256SUMS"
-    manifest.write_text(subprocess.run(
-        "sha256sum *", shell=True, cwd=tiny_model_dir, capture_output=True, text=True,
-        check=True).stdout)
+    manifest.write_text(
+        subprocess.run(
+            "sha256sum *", shell=True, cwd=tiny_model_dir, capture_output=True, text=True, check=True
+        ).stdout
+    )
     return import_model(tiny_model_dir, "tiny-base", manifest=manifest, progress=False)
 
 

@@ -15,7 +15,7 @@ from airlock.safetensors_check import read_header
 def split(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def write(path, header_text: str, data: bytes, length: int | None = None):
@@ -79,8 +79,19 @@ def _not_json(h, data):
     return "{" + "x" * 40, data, "not valid JSON"
 
 
-@pytest.mark.parametrize("lie", [_shape_lies, _overlap, _unknown_dtype, _trailing_bytes, _truncated,
-                                 _offset_past_end, _duplicate_key, _not_json])
+@pytest.mark.parametrize(
+    "lie",
+    [
+        _shape_lies,
+        _overlap,
+        _unknown_dtype,
+        _trailing_bytes,
+        _truncated,
+        _offset_past_end,
+        _duplicate_key,
+        _not_json,
+    ],
+)
 def test_lying_header_is_refused(tmp_path, tiny_model_dir, lie):
     header, data = split(tiny_model_dir / "model.safetensors")
     text, data, reason = lie(header, data)

@@ -46,11 +46,23 @@ def single_node_inventory(root: Path, cpus: int = 4) -> Path:
     doc = {
         "name": "sekisho-test",
         "shared_storage": str(root / "shared"),
-        "ray": {"gcs_port": free_port(), "dashboard_port": free_port(),
-                "auth_token_file": str(root / "launcher" / "auth_token"),
-                "python_env": sys.prefix},
-        "nodes": [{"name": "test-head", "address": "127.0.0.1", "role": "head", "gpus": 2,
-                   "gpu_memory_gib": 80, "cpus": cpus, "nccl_socket_ifname": "lo"}],
+        "ray": {
+            "gcs_port": free_port(),
+            "dashboard_port": free_port(),
+            "auth_token_file": str(root / "launcher" / "auth_token"),
+            "python_env": sys.prefix,
+        },
+        "nodes": [
+            {
+                "name": "test-head",
+                "address": "127.0.0.1",
+                "role": "head",
+                "gpus": 2,
+                "gpu_memory_gib": 80,
+                "cpus": cpus,
+                "nccl_socket_ifname": "lo",
+            }
+        ],
     }
     (root / "shared").mkdir(parents=True, exist_ok=True)
     path = root / "inventory.yaml"
@@ -77,18 +89,19 @@ def ray_head(tmp_path_factory):
     shutil.copy(inventory.ray.auth_token_file, node_home / ".sekisho" / "ray" / "auth_token")
     config = render_ray_up(inventory)
     # `ray up` leaves the filled-out config here for the head's autoscaler.
-    (node_home / "ray_bootstrap_config.yaml").write_text(
-        yaml.safe_dump(prepare_config(config)))
+    (node_home / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(prepare_config(config)))
     # No PYTHONPATH: the rendered command puts the egress hook there itself.
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HOME": str(node_home),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "HOME": str(node_home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     subprocess.run(["bash", "-c", config["setup_commands"][0]], env=env, check=True)
     # A short private temp dir: Unix socket paths must stay under 108 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="skr", dir="/tmp"))
     command = f"{head_start_command(inventory)} --temp-dir={temp_dir} --block"
     log = open(root / "ray-start.log", "w")  # noqa: SIM115 (closed in the finally below)
-    proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log,
-                            start_new_session=True)
+    proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         _wait_for(temp_dir / "ray_current_cluster", proc, 120)
         dashboard = f"127.0.0.1:{inventory.ray.dashboard_port}"
@@ -107,8 +120,15 @@ def ray_head(tmp_path_factory):
 @pytest.fixture
 def sekisho():
     """Run the real CLI in its own process (a Ray driver of the test head)."""
+
     def run(head: Head, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sekisho.cli", "--home", str(head.home),
-                               *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "sekisho.cli", "--home", str(head.home), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            check=False,
+        )
+
     return run

@@ -15,8 +15,7 @@ FULL = str(REPO / "configs" / "cluster" / "gpu_requests" / "reference_full.yaml"
 def test_plan_prints_a_table_per_node(capsys):
     assert main(["cluster", "plan", INVENTORY, FULL]) == 0
     out = capsys.readouterr().out
-    for title in ("hgx-head (10.20.0.10, head): 4/4 GPUs used",
-                  "dgx-01 (10.20.0.11, worker): 8/8 GPUs used"):
+    for title in ("hgx-head (10.20.0.10, head): 4/4 GPUs used", "dgx-01 (10.20.0.11, worker): 8/8 GPUs used"):
         assert title in out
     assert "workers 0-7" in out and "workers 8-15" in out
     assert "36 of 36 GPUs assigned, 0 free." in out
@@ -49,10 +48,25 @@ def test_a_config_mistake_names_file_and_line(tmp_path, capsys):
 
 
 def test_render_writes_ray_up_and_kuberay(tmp_path, capsys):
-    assert main(["cluster", "render", INVENTORY, "--ray-up", str(tmp_path / "up.yaml"),
-                 "--kuberay", str(tmp_path / "k8s")]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                "render",
+                INVENTORY,
+                "--ray-up",
+                str(tmp_path / "up.yaml"),
+                "--kuberay",
+                str(tmp_path / "k8s"),
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load((tmp_path / "up.yaml").read_text())["cluster_name"] == "sekisho-ref"
-    assert sorted(p.name for p in (tmp_path / "k8s").iterdir()) == \
-        ["README.txt", "raycluster.yaml", "rayservice.yaml"]
+    assert sorted(p.name for p in (tmp_path / "k8s").iterdir()) == [
+        "README.txt",
+        "raycluster.yaml",
+        "rayservice.yaml",
+    ]
     assert main(["cluster", "render", INVENTORY]) == 2
     assert "--ray-up FILE and/or --kuberay DIR" in capsys.readouterr().err

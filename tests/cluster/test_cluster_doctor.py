@@ -21,8 +21,16 @@ def rows(out: str) -> dict[str, tuple[str, str]]:
 
 
 def test_doctor_on_a_cpu_cluster_passes_or_skips_with_reasons(ray_head, sekisho):
-    r = sekisho(ray_head, "cluster", "doctor", str(ray_head.inventory_file), "--egress",
-                "--min-free-gib", "1", timeout=300)
+    r = sekisho(
+        ray_head,
+        "cluster",
+        "doctor",
+        str(ray_head.inventory_file),
+        "--egress",
+        "--min-free-gib",
+        "1",
+        timeout=300,
+    )
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     got = rows(r.stdout)
@@ -36,22 +44,19 @@ def test_doctor_on_a_cpu_cluster_passes_or_skips_with_reasons(ray_head, sekisho)
     assert got["shared storage"][0] == "pass"
     assert got["clock skew"][0] == "pass" and got["free disk"][0] == "pass"
     assert got["Ray token auth"][0] == "pass" and got["Ray token auth"][1].startswith("GCS and Jobs")
-    assert got["zero egress"][0] == "pass" and "0 outbound attempts on 1 nodes" in \
-        got["zero egress"][1]
+    assert got["zero egress"][0] == "pass" and "0 outbound attempts on 1 nodes" in got["zero egress"][1]
     assert "0 failed" in r.stdout
 
 
-def test_doctor_fails_with_a_remedy_when_storage_and_disk_fall_short(ray_head, sekisho,
-                                                                    tmp_path):
+def test_doctor_fails_with_a_remedy_when_storage_and_disk_fall_short(ray_head, sekisho, tmp_path):
     text = ray_head.inventory_file.read_text().replace(
-        str(ray_head.inventory_file.parent / "shared"), "/proc/sekisho-nowhere")
+        str(ray_head.inventory_file.parent / "shared"), "/proc/sekisho-nowhere"
+    )
     broken = tmp_path / "inventory.yaml"
     broken.write_text(text)
-    r = sekisho(ray_head, "cluster", "doctor", str(broken), "--min-free-gib", "1000000",
-                timeout=300)
+    r = sekisho(ray_head, "cluster", "doctor", str(broken), "--min-free-gib", "1000000", timeout=300)
     print(r.stdout)
     assert r.returncode == 1
     got = rows(r.stdout)
     assert got["shared storage"][0] == "FAIL" and got["free disk"][0] == "FAIL"
-    assert "remedy: mount the shared file server at /proc/sekisho-nowhere" in \
-        " ".join(r.stdout.split())
+    assert "remedy: mount the shared file server at /proc/sekisho-nowhere" in " ".join(r.stdout.split())

@@ -32,11 +32,15 @@ DEPLOY = textwrap.dedent("""
 
 
 def _jobs(head, method="GET", body=None, token=True):
-    req = urllib.request.Request(f"http://{head.dashboard}/api/jobs/", method=method,
-                                 data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {head.token}"}
-                                             if token else {})})
+    req = urllib.request.Request(
+        f"http://{head.dashboard}/api/jobs/",
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {head.token}"} if token else {}),
+        },
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -51,14 +55,17 @@ def test_the_jobs_api_refuses_a_request_without_the_token(ray_head):
 def test_status_shows_nodes_gpus_serve_replicas_and_running_jobs(ray_head, sekisho):
     import subprocess
 
-    deploy = subprocess.run([sys.executable, "-c", DEPLOY, str(ray_head.inventory_file),
-                             str(ray_head.home)], capture_output=True, text=True, timeout=180)
+    deploy = subprocess.run(
+        [sys.executable, "-c", DEPLOY, str(ray_head.inventory_file), str(ray_head.home)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert deploy.returncode == 0, deploy.stderr[-3000:]
     job = _jobs(ray_head, "POST", {"entrypoint": "sleep 600", "submission_id": "sleeper-1"})
     assert job["submission_id"] == "sleeper-1"
     deadline = time.monotonic() + 60
-    while next(j for j in _jobs(ray_head) if j["submission_id"] == "sleeper-1")["status"] != \
-            "RUNNING":
+    while next(j for j in _jobs(ray_head) if j["submission_id"] == "sleeper-1")["status"] != "RUNNING":
         assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.5)
 
@@ -74,12 +81,24 @@ def test_status_shows_nodes_gpus_serve_replicas_and_running_jobs(ray_head, sekis
     sleeper = next(line for line in lines if "sleeper-1" in line)
     assert "submission" in sleeper and "RUNNING" in sleeper and "sleep 600" in sleeper
     assert "Running jobs: 1" in r.stdout  # not the status command's own driver
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://{ray_head.dashboard}/api/jobs/sleeper-1/stop", method="POST",
-        headers={"Authorization": f"Bearer {ray_head.token}"}), timeout=30).close()
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://{ray_head.dashboard}/api/jobs/sleeper-1/stop",
+            method="POST",
+            headers={"Authorization": f"Bearer {ray_head.token}"},
+        ),
+        timeout=30,
+    ).close()
 
 
 def test_status_without_the_token_is_a_one_paragraph_error(ray_head, sekisho, tmp_path):
-    r = sekisho(ray_head, "cluster", "status", "--address", ray_head.dashboard,
-                "--token-file", str(tmp_path / "missing"))
+    r = sekisho(
+        ray_head,
+        "cluster",
+        "status",
+        "--address",
+        ray_head.dashboard,
+        "--token-file",
+        str(tmp_path / "missing"),
+    )
     assert r.returncode == 2 and "no Ray token at" in r.stderr and "Traceback" not in r.stderr

@@ -35,8 +35,13 @@ def test_up_dry_run_makes_the_token_writes_the_config_and_prints_ray_up(tmp_path
     assert main(["--home", str(home), "cluster", "up", str(inventory), "--dry-run"]) == 0
     config_file, command = _printed(capsys.readouterr().out)
     assert config_file == home / "cluster" / "sekisho-ref.ray-up.yaml"
-    assert Path(command[0]).name == "ray" and command[1:] == \
-        ["up", "-y", "--no-config-cache", "--disable-usage-stats", str(config_file)]
+    assert Path(command[0]).name == "ray" and command[1:] == [
+        "up",
+        "-y",
+        "--no-config-cache",
+        "--disable-usage-stats",
+        str(config_file),
+    ]
     ray_up.make_context("ray up", command[2:])  # Ray's own CLI parses the arguments
 
     token = tmp_path / "launcher" / "auth_token"
@@ -48,6 +53,7 @@ def test_up_dry_run_makes_the_token_writes_the_config_and_prints_ray_up(tmp_path
     assert token.read_text() not in json.dumps(config)
 
     from ray.autoscaler._private.util import prepare_config, validate_config
+
     validate_config(prepare_config(config))  # what `ray up` checks first
 
     # a second `up` keeps the token (the nodes already have it)

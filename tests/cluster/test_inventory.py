@@ -42,8 +42,11 @@ def _broken(tmp_path, old, new):
 
 
 def test_unknown_key_names_file_line_and_path(tmp_path):
-    p = _broken(tmp_path, "    gpu_memory_gib: 80\n    cpus: 224\n",
-                "    gpu_memory_gib: 80\n    gpu_mem: 80\n    cpus: 224\n")
+    p = _broken(
+        tmp_path,
+        "    gpu_memory_gib: 80\n    cpus: 224\n",
+        "    gpu_memory_gib: 80\n    gpu_mem: 80\n    cpus: 224\n",
+    )
     with pytest.raises(ConfigError) as e:
         Inventory.from_yaml(p)
     line = p.read_text().splitlines().index("    gpu_mem: 80") + 1
@@ -52,8 +55,11 @@ def test_unknown_key_names_file_line_and_path(tmp_path):
 
 def test_two_heads_are_refused(tmp_path):
     p = _broken(tmp_path, "role: worker", "role: head")
-    with pytest.raises(ConfigError, match="exactly one node must have role: head, found 2 "
-                                          r"\(hgx-head, dgx-01\)"):
+    with pytest.raises(
+        ConfigError,
+        match="exactly one node must have role: head, found 2 "
+        r"\(hgx-head, dgx-01\)",
+    ):
         Inventory.from_yaml(p)
 
 

@@ -34,8 +34,13 @@ SCRIPT = textwrap.dedent("""
 def test_embedded_ray_uses_a_private_token_and_sends_nothing(tmp_path):
     log = tmp_path / "egress.jsonl"
     env = {**os.environ, **recorder_env(log)}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "home")], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "home")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     mode, ip = json.loads(r.stdout.split("RESULT", 1)[1])
     assert mode == "token" and ip == "127.0.0.1"

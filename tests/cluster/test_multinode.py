@@ -146,13 +146,26 @@ def inventory_file(root: Path) -> Path:
     # The head offers 1 CPU and each worker host 2: a training rank that asks for 2
     # CPUs fits on a worker host only, one rank per host.
     def node(name, i, role, gpus, cpus):
-        return {"name": name, "address": f"{SUBNET}.{10 + i}", "role": role, "gpus": gpus,
-                "gpu_memory_gib": 80, "cpus": cpus, "nccl_socket_ifname": "eth0"}
-    doc = {"name": "sekisho-netns", "shared_storage": str(root / "shared"),
-           "ray": {"auth_token_file": str(root / "launcher" / "auth_token"),
-                   "python_env": sys.prefix},
-           "nodes": [node("head", 0, "head", 0, 1), node("w1", 1, "worker", 1, 2),
-                     node("w2", 2, "worker", 1, 2)]}
+        return {
+            "name": name,
+            "address": f"{SUBNET}.{10 + i}",
+            "role": role,
+            "gpus": gpus,
+            "gpu_memory_gib": 80,
+            "cpus": cpus,
+            "nccl_socket_ifname": "eth0",
+        }
+
+    doc = {
+        "name": "sekisho-netns",
+        "shared_storage": str(root / "shared"),
+        "ray": {"auth_token_file": str(root / "launcher" / "auth_token"), "python_env": sys.prefix},
+        "nodes": [
+            node("head", 0, "head", 0, 1),
+            node("w1", 1, "worker", 1, 2),
+            node("w2", 2, "worker", 1, 2),
+        ],
+    }
     (root / "shared").mkdir()
     path = root / "inventory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -174,28 +187,49 @@ class Hosts:
         # Not the session's egress log (main_job records to it; these hosts talk over
         # 10.77.0.x, which the recorder would count) nor the session's own cluster.
         inherited = {k: v for k, v in os.environ.items() if k not in (LOG_ENV, "RAY_ADDRESS")}
-        self.env = {**inherited, "HOME": str(home), "RAY_HEAD_IP": self.inventory.head.address,
-                    "SEKISHO_HOME": str(sekisho_home),
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                    # The GCS declares a node dead after 3 failed checks 1 s apart
-                    # (Ray's defaults: 5, 3 s apart), so a lost host shows in seconds.
-                    "RAY_health_check_period_ms": "1000",
-                    "RAY_health_check_failure_threshold": "3"}
+        self.env = {
+            **inherited,
+            "HOME": str(home),
+            "RAY_HEAD_IP": self.inventory.head.address,
+            "SEKISHO_HOME": str(sekisho_home),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            # The GCS declares a node dead after 3 failed checks 1 s apart
+            # (Ray's defaults: 5, 3 s apart), so a lost host shows in seconds.
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+        }
         self.temp_dir = Path(tempfile.mkdtemp(prefix="skn", dir="/tmp"))
         head_cmd = head_start_command(self.inventory).replace(
-            "--autoscaling-config=~/ray_bootstrap_config.yaml", "")
-        self.commands = dict(zip(namespaces, [head_cmd, worker_start_command(self.inventory),
-                                              worker_start_command(self.inventory)]))
+            "--autoscaling-config=~/ray_bootstrap_config.yaml", ""
+        )
+        self.commands = dict(
+            zip(
+                namespaces,
+                [head_cmd, worker_start_command(self.inventory), worker_start_command(self.inventory)],
+            )
+        )
         self.procs: dict[str, subprocess.Popen] = {}
 
     def _spawn(self, ns: str) -> subprocess.Popen:
         command = self.commands[ns]
         with (self.root / f"{ns}.log").open("a") as log:
             return subprocess.Popen(
-                ["ip", "netns", "exec", ns, "bash", "-c",
-                 command.replace(" ;;", f" --temp-dir={self.temp_dir} --block ;;")
-                 if "case" in command else f"{command} --temp-dir={self.temp_dir} --block"],
-                env=self.env, stdout=log, stderr=log, start_new_session=True)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "bash",
+                    "-c",
+                    command.replace(" ;;", f" --temp-dir={self.temp_dir} --block ;;")
+                    if "case" in command
+                    else f"{command} --temp-dir={self.temp_dir} --block",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
 
     def start(self, ns: str) -> None:
         """Start the host's node and wait until `ray start` says it is up.
@@ -262,16 +296,20 @@ def cluster(three_hosts, tmp_path_factory, sekisho_home):
 
 def test_train_job_spans_both_worker_hosts_as_planned(cluster):
     out = cluster.root / "shared"
-    run = subprocess.run(["ip", "netns", "exec", cluster.head, sys.executable, "-c",
-                          DRIVER, str(cluster.inv_file), str(out)], env=cluster.env,
-                         capture_output=True, text=True, timeout=400, check=False)
+    run = subprocess.run(
+        ["ip", "netns", "exec", cluster.head, sys.executable, "-c", DRIVER, str(cluster.inv_file), str(out)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
     assert "TRAINED" in run.stdout, run.stderr[-4000:]
     plan = json.loads((out / "plan.json").read_text())
     assert plan["label_selector"] == [{"sekisho/node": "w1"}, {"sekisho/node": "w2"}]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["ip"] for r in ranks] == [f"{SUBNET}.11", f"{SUBNET}.12"]  # as planned
-    assert all(r["sum"] == 3.0 and r["gloo_ifname"] == "eth0" and r["auth"] == "token"
-               for r in ranks)
+    assert all(r["sum"] == 3.0 and r["gloo_ifname"] == "eth0" and r["auth"] == "token" for r in ranks)
     assert all(r["hook"] for r in ranks)  # the rendered PYTHONPATH reached the workers
 
 
@@ -297,12 +335,21 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
     name = "netns-resume"
     set_alias("netns-base", "production", import_model(tiny_model_dir, "netns-base").version)
     data = cluster.root / "data.yaml"
-    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\n"
-                    "split:\n  eval_fraction: 0.2\n")
-    cfg = LoraJobConfig(name=name, base_model="netns-base@production", dataset=str(data),
-                        register_as="netns-adapter", seed=3, log_every=5, checkpoint_every=5,
-                        max_failures=1, optim={"steps": 20, "batch_size": 4, "warmup_steps": 2},
-                        scaling={"num_workers": 2, "cpus_per_worker": 2})
+    data.write_text(
+        "name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\nsplit:\n  eval_fraction: 0.2\n"
+    )
+    cfg = LoraJobConfig(
+        name=name,
+        base_model="netns-base@production",
+        dataset=str(data),
+        register_as="netns-adapter",
+        seed=3,
+        log_every=5,
+        checkpoint_every=5,
+        max_failures=1,
+        optim={"steps": 20, "batch_size": 4, "warmup_steps": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 2},
+    )
     hooks = cluster.root / "hooks"
     hooks.mkdir()
     (hooks / f"pause-{name}").write_text("7")  # rank 0 holds at step 7, after the step-5 checkpoint
@@ -310,9 +357,23 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
     log_path = cluster.root / "job-driver.log"
     started = time.monotonic()
     with log_path.open("w") as log:
-        driver = subprocess.Popen(["ip", "netns", "exec", head, sys.executable, "-c", JOB_DRIVER,
-                                   str(cluster.inv_file), str(out), cfg.model_dump_json()],
-                                  env={**cluster.env, ENV: str(hooks)}, stdout=log, stderr=log)
+        driver = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                head,
+                sys.executable,
+                "-c",
+                JOB_DRIVER,
+                str(cluster.inv_file),
+                str(out),
+                cfg.model_dump_json(),
+            ],
+            env={**cluster.env, ENV: str(hooks)},
+            stdout=log,
+            stderr=log,
+        )
     try:
         pid_file, job_dir = hooks / f"pid-{name}", sekisho_home / "jobs" / name
         deadline = time.monotonic() + 400
@@ -320,12 +381,13 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
             assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline, "no rank reached step 7 after a checkpoint"
             time.sleep(0.2)
-        victim = subprocess.run(["ip", "netns", "identify", pid_file.read_text()],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        victim = subprocess.run(
+            ["ip", "netns", "identify", pid_file.read_text()], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert victim in cluster.commands and victim != head, victim
         killed_at = time.monotonic()
         cluster.kill(victim)
-        cluster.start(victim)                     # the same rendered command, again
+        cluster.start(victim)  # the same rendered command, again
         restarted_at = time.monotonic()
         driver.wait(timeout=400)
     finally:
@@ -337,8 +399,9 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
 
     # Resumed from the step-5 checkpoint: steps 6-7 ran again, in attempt 2.
     trace = [json.loads(line) for line in (hooks / f"trace-{name}-rank0.jsonl").read_text().splitlines()]
-    assert [(t["attempt"], t["step"]) for t in trace] == \
-        [(1, s) for s in range(1, 8)] + [(2, s) for s in range(6, 21)]
+    assert [(t["attempt"], t["step"]) for t in trace] == [(1, s) for s in range(1, 8)] + [
+        (2, s) for s in range(6, 21)
+    ]
     use_store()
     client = MlflowClient()
     assert client.get_run(job["run_id"]).info.status == "FINISHED" and job["version"]
@@ -357,13 +420,29 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
 
     # `sekisho cluster status` from the head: the lost node is listed dead, the
     # restarted host alive as a new node under the same name.
-    status = subprocess.run(["ip", "netns", "exec", head, str(Path(sys.executable).parent / "sekisho"),
-                             "cluster", "status", str(cluster.inv_file)], env=cluster.env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    status = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            head,
+            str(Path(sys.executable).parent / "sekisho"),
+            "cluster",
+            "status",
+            str(cluster.inv_file),
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert status.returncode == 0, status.stderr[-3000:]
     assert "3/4 nodes alive" in status.stdout, status.stdout
     rows = [re.split("[│|]", line) for line in status.stdout.splitlines() if f"{lost} " in line]
     assert sorted(r[3].strip() for r in rows) == ["NO", "yes"], status.stdout
     print(status.stdout)
-    print(f"\nlost host {victim}: job {time.monotonic() - started:.0f} s wall; host killed and "
-          f"started again in {restarted_at - killed_at:.1f} s; 20 steps, 2 resumed")
+    print(
+        f"\nlost host {victim}: job {time.monotonic() - started:.0f} s wall; host killed and "
+        f"started again in {restarted_at - killed_at:.1f} s; 20 steps, 2 resumed"
+    )

@@ -55,16 +55,17 @@ def test_tensor_parallel_that_would_cross_a_node_is_refused_with_the_split_that_
     assert "tensor_parallel=16 would cross a node" in msg and "(dgx-01) has 8 GPUs" in msg
     assert "tensor_parallel=8, pipeline_parallel=2" in msg
     # ... and the suggestion plans: two stages, each a TP-8 group on its own DGX
-    plan = plan_placement(inventory, [serve("llama-405b", params_billions=405, dtype_bytes=1,
-                                            tensor_parallel=8, pipeline_parallel=2)])
+    plan = plan_placement(
+        inventory,
+        [serve("llama-405b", params_billions=405, dtype_bytes=1, tensor_parallel=8, pipeline_parallel=2)],
+    )
     pg = plan.placement_group("llama-405b")
     assert len(pg.bundles) == 16 and pg.strategy == "PACK"
     assert len({g.node for g in plan.groups}) == 2
 
 
 def test_memory_overflow_is_refused_with_the_tp_size_that_fits(inventory):
-    llama70 = dict(params_billions=70.6, max_model_len=32768, max_num_seqs=32,
-                   kv_bytes_per_token=LLAMA70_KV)
+    llama70 = dict(params_billions=70.6, max_model_len=32768, max_num_seqs=32, kv_bytes_per_token=LLAMA70_KV)
     with pytest.raises(PlacementError) as e:
         plan_placement(inventory, [serve("llama-70b", tensor_parallel=2, **llama70)])
     msg = str(e.value)
@@ -77,16 +78,33 @@ def test_memory_overflow_is_refused_with_the_tp_size_that_fits(inventory):
 
 def test_overflow_no_tp_cures_suggests_pipeline_stages(inventory):
     with pytest.raises(PlacementError, match=r"tensor_parallel=8, pipeline_parallel=2 fits"):
-        plan_placement(inventory, [serve("big", params_billions=671, dtype_bytes=1, tensor_parallel=8,
-                                         max_model_len=8192, max_num_seqs=16,
-                                         kv_bytes_per_token=LLAMA70_KV)])
+        plan_placement(
+            inventory,
+            [
+                serve(
+                    "big",
+                    params_billions=671,
+                    dtype_bytes=1,
+                    tensor_parallel=8,
+                    max_model_len=8192,
+                    max_num_seqs=16,
+                    kv_bytes_per_token=LLAMA70_KV,
+                )
+            ],
+        )
 
 
 def test_70b_lora_zero3_runs_16_workers_on_two_whole_dgx(inventory):
     from ray.train import ScalingConfig
 
-    job = GpuRequest(name="llama-70b-lora", kind="train", params_billions=70.6,
-                     data_parallel=16, weight_sharding="all_ranks", extra_gib_per_gpu=30)
+    job = GpuRequest(
+        name="llama-70b-lora",
+        kind="train",
+        params_billions=70.6,
+        data_parallel=16,
+        weight_sharding="all_ranks",
+        extra_gib_per_gpu=30,
+    )
     small = serve("qwen3-8b", data_parallel=2, nodes=["hgx-head"])
     plan = plan_placement(inventory, [small, job])
     nodes = [g.node for g in plan.groups if g.request == job.name]
@@ -98,8 +116,9 @@ def test_70b_lora_zero3_runs_16_workers_on_two_whole_dgx(inventory):
     assert sc.num_workers == 16 and sc.num_gpus_per_worker == 1
     # without ZeRO-3 sharding the same job's weights would not fit one GPU
     with pytest.raises(PlacementError, match="weights 131.5"):
-        plan_placement(inventory, [job.model_copy(update={"weight_sharding": "model_parallel",
-                                                          "extra_gib_per_gpu": 30})])
+        plan_placement(
+            inventory, [job.model_copy(update={"weight_sharding": "model_parallel", "extra_gib_per_gpu": 30})]
+        )
 
 
 def test_bundles_pin_to_the_nodes_ray_will_declare(inventory):

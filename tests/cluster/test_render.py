@@ -52,8 +52,9 @@ def undeclared_fields(instance, schema, path="") -> list[str]:
         for k, v in instance.items():
             if k in schema["properties"]:
                 out += undeclared_fields(v, schema["properties"][k], f"{path}.{k}")
-            elif not schema.get("additionalProperties") and \
-                    not schema.get("x-kubernetes-preserve-unknown-fields"):
+            elif not schema.get("additionalProperties") and not schema.get(
+                "x-kubernetes-preserve-unknown-fields"
+            ):
                 out.append(f"{path}.{k}")
     elif isinstance(instance, list) and "items" in schema:
         for i, v in enumerate(instance):
@@ -63,6 +64,7 @@ def undeclared_fields(instance, schema, path="") -> list[str]:
 
 # ---- ray up -----------------------------------------------------------------
 
+
 def test_ray_up_config_validates_against_rays_schema(inventory, tmp_path):
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -71,8 +73,11 @@ def test_ray_up_config_validates_against_rays_schema(inventory, tmp_path):
     config = yaml.safe_load(text)
     jsonschema.validate(config, ray_schema())
     validate_config(prepare_config(config))  # what `ray up` itself does first
-    assert config["provider"] == {"type": "local", "head_ip": "10.20.0.10",
-                                  "worker_ips": ["10.20.0.11", "10.20.0.12", "10.20.0.13", "10.20.0.14"]}
+    assert config["provider"] == {
+        "type": "local",
+        "head_ip": "10.20.0.10",
+        "worker_ips": ["10.20.0.11", "10.20.0.12", "10.20.0.13", "10.20.0.14"],
+    }
     broken = {**config, "worker_ips": config["provider"]["worker_ips"]}  # misplaced key
     with pytest.raises(jsonschema.ValidationError, match="worker_ips"):
         jsonschema.validate(broken, ray_schema())
@@ -88,9 +93,15 @@ def test_token_travels_as_a_file_and_ends_up_private(inventory):
 
 def test_head_binds_dashboard_inside_with_auth_and_no_usage_stats(inventory):
     head = render_ray_up(inventory)["head_start_ray_commands"][1]
-    for flag in ("--head", "--dashboard-host=10.20.0.10", "--disable-usage-stats",
-                 "--node-ip-address=10.20.0.10", "--num-gpus=4", "--labels=sekisho/node=hgx-head",
-                 """--resources='{"sekisho_node_hgx-head": 1}'"""):
+    for flag in (
+        "--head",
+        "--dashboard-host=10.20.0.10",
+        "--disable-usage-stats",
+        "--node-ip-address=10.20.0.10",
+        "--num-gpus=4",
+        "--labels=sekisho/node=hgx-head",
+        """--resources='{"sekisho_node_hgx-head": 1}'""",
+    ):
         assert flag in head
     assert "RAY_AUTH_MODE=token" in head and "0.0.0.0" not in head
 
@@ -115,8 +126,7 @@ def test_each_worker_gets_its_own_environment_from_the_one_command(inventory, tm
     command = render_ray_up(inv)["worker_start_ray_commands"][1]
     env = fake_node(tmp_path, "172.17.0.1 10.20.0.13 ")
     subprocess.run(["bash", "-c", command], env=env, check=True, timeout=30, cwd=tmp_path)
-    started = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines()
-                   if "=" in line)
+    started = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
     for key, value in OFFLINE_ENV.items():
         if key != "VLLM_HOST_IP":
             assert started[key] == value, key
@@ -130,8 +140,15 @@ def test_each_worker_gets_its_own_environment_from_the_one_command(inventory, tm
     assert "--labels=sekisho/node=dgx-03" in args and "--disable-usage-stats" in args
     # 10.20.0.1 is a prefix of the head's address, not a node: the host refuses to start
     (tmp_path / "args").unlink()
-    done = subprocess.run(["bash", "-c", command], env=fake_node(tmp_path, "10.20.0.1"),
-                          capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        ["bash", "-c", command],
+        env=fake_node(tmp_path, "10.20.0.1"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 1 and "no node of inventory sekisho-ref" in done.stderr
     assert not (tmp_path / "args").exists()
 
@@ -142,8 +159,15 @@ def on_fake_node(inventory, tmp_path, command_key, addresses="10.20.0.11", pytho
     inv = inventory.model_copy(update={"ray": inventory.ray.model_copy(update={"python_env": tmp_path})})
     command = render_ray_up(inv)[command_key][1]
     env = {**fake_node(tmp_path, addresses, python_flags), "PYTHONPATH": "/opt/site"}
-    done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
-                          timeout=30, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        ["bash", "-c", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     lines = (tmp_path / "env").read_text().splitlines() if (tmp_path / "env").exists() else []
     return done, dict(line.split("=", 1) for line in lines if "=" in line)
 
@@ -177,23 +201,33 @@ def test_the_token_file_ends_up_private_on_the_node(inventory, tmp_path):
     token.write_text(TOKEN)
     token.chmod(0o644)
     token.parent.chmod(0o755)
-    subprocess.run(["bash", "-c", config["setup_commands"][0]], env={"HOME": str(tmp_path),
-                   "PATH": "/usr/bin:/bin"}, check=True, timeout=30)
+    subprocess.run(
+        ["bash", "-c", config["setup_commands"][0]],
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=True,
+        timeout=30,
+    )
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert all(TOKEN not in c and "RAY_AUTH_TOKEN=" not in c for c in config[key])
     # an empty token (a failed copy) stops the node before Ray starts
     token.write_text("")
-    done = subprocess.run(["bash", "-c", config["setup_commands"][0]], env={"HOME": str(tmp_path),
-                          "PATH": "/usr/bin:/bin"}, timeout=30, check=False)
+    done = subprocess.run(
+        ["bash", "-c", config["setup_commands"][0]],
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=30,
+        check=False,
+    )
     assert done.returncode != 0
 
 
 # ---- KubeRay ----------------------------------------------------------------
 
-@pytest.mark.parametrize("file, crd", [("raycluster.yaml", "rayclusters"),
-                                       ("rayservice.yaml", "rayservices")])
+
+@pytest.mark.parametrize(
+    "file, crd", [("raycluster.yaml", "rayclusters"), ("rayservice.yaml", "rayservices")]
+)
 def test_kuberay_manifests_validate_against_the_crds(inventory, tmp_path, file, crd):
     write_kuberay(inventory, tmp_path)
     manifest = yaml.safe_load((tmp_path / file).read_text())
@@ -216,8 +250,9 @@ def test_every_pod_is_offline_authenticated_and_pinned(inventory):
     for group, node in zip(groups, inventory.nodes):
         pod = group["template"]["spec"]
         env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
-        assert {k: env[k] for k in OFFLINE_ENV if k != "VLLM_HOST_IP"} == \
-            {k: v for k, v in OFFLINE_ENV.items() if k != "VLLM_HOST_IP"}
+        assert {k: env[k] for k in OFFLINE_ENV if k != "VLLM_HOST_IP"} == {
+            k: v for k, v in OFFLINE_ENV.items() if k != "VLLM_HOST_IP"
+        }
         assert env["VLLM_HOST_IP"] == node.address and env["RAY_AUTH_MODE"] == "token"
         assert env["NCCL_IB_HCA"].startswith("=mlx5_0") and env["NCCL_SOCKET_IFNAME"] == "bond0"
         assert pod["nodeSelector"] == {"kubernetes.io/hostname": node.name}

@@ -10,8 +10,10 @@ from data.chat import IGNORE_INDEX
 
 def rows(tmp_path, *lines):
     p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n",
-                 encoding="utf-8")
+    p.write_text(
+        "\n".join(x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines) + "\n",
+        encoding="utf-8",
+    )
     return p
 
 
@@ -29,8 +31,13 @@ def test_row_without_assistant_turn_is_named_by_line(tmp_path):
 
 
 def test_skip_drops_and_counts_every_bad_row(tmp_path):
-    p = rows(tmp_path, GOOD, {"messages": [{"role": "user", "content": "q"}]},
-             {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}, GOOD)
+    p = rows(
+        tmp_path,
+        GOOD,
+        {"messages": [{"role": "user", "content": "q"}]},
+        {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        GOOD,
+    )
     ds = read_chat_jsonl(p, on_error="skip")
     assert len(ds.conversations) == 2
     assert [e.line for e in ds.errors] == [2, 3]
@@ -56,16 +63,20 @@ def test_labels_cover_only_the_assistant_answer(tiny_model_dir, sample_conversat
     prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
-    assert ex["input_ids"][n_prompt:n_prompt + len(trained)] == trained
+    assert ex["input_ids"][n_prompt : n_prompt + len(trained)] == trained
 
 
 def test_multi_turn_trains_every_assistant_turn(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    conv = [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "一"},
-            {"role": "assistant", "content": "二"}, {"role": "user", "content": "三"},
-            {"role": "assistant", "content": "四"}]
+    conv = [
+        {"role": "system", "content": "丁寧に"},
+        {"role": "user", "content": "一"},
+        {"role": "assistant", "content": "二"},
+        {"role": "user", "content": "三"},
+        {"role": "assistant", "content": "四"},
+    ]
     ex = tokenize_conversation(tok, conv, 256)
     trained = tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX])
     assert trained == f"二{tok.eos_token}四{tok.eos_token}"
@@ -91,14 +102,23 @@ def test_batched_tokenisation_matches_the_per_turn_one(tiny_model_dir, sample_co
     from data.tokenization import tokenize_batch
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    convs = list(sample_conversations) + [[
-        {"role": "system", "content": "丁寧に"}, {"role": "user", "content": "一"},
-        {"role": "assistant", "content": "二"}, {"role": "user", "content": "三"},
-        {"role": "assistant", "content": "四"}]]
-    batch = [Example("f", i, "line", messages=c) for i, c in enumerate(convs)] + [Example("f", 0, "line", text="本文")]
+    convs = list(sample_conversations) + [
+        [
+            {"role": "system", "content": "丁寧に"},
+            {"role": "user", "content": "一"},
+            {"role": "assistant", "content": "二"},
+            {"role": "user", "content": "三"},
+            {"role": "assistant", "content": "四"},
+        ]
+    ]
+    batch = [Example("f", i, "line", messages=c) for i, c in enumerate(convs)] + [
+        Example("f", 0, "line", text="本文")
+    ]
     out, refused = tokenize_batch(tok, batch)
     assert len(out) == len(batch) and not refused
-    assert [out.example(i) for i in range(len(convs))] == [tokenize_conversation(tok, c, 1 << 30) for c in convs]
+    assert [out.example(i) for i in range(len(convs))] == [
+        tokenize_conversation(tok, c, 1 << 30) for c in convs
+    ]
     text = out.example(len(convs))
     assert text["labels"] == text["input_ids"] and tok.decode(text["input_ids"]).endswith(tok.eos_token)
 
@@ -112,14 +132,21 @@ def test_template_shortcut_matches_apply_chat_template_and_keeps_no_state(tiny_m
     from data.tokenization import _prompt_renderer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    tok.chat_template = ("{{ seen if seen is defined else 'first' }}{% set seen = messages[0]['content'] %}"
-                         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    a, b = [{"role": "user", "content": "一"}], [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "二"}]
+    tok.chat_template = (
+        "{{ seen if seen is defined else 'first' }}{% set seen = messages[0]['content'] %}"
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    a, b = (
+        [{"role": "user", "content": "一"}],
+        [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "二"}],
+    )
     render = _prompt_renderer(tok, [a, b])
     assert render.__name__ == "fast"  # the shortcut passed its check (it would not, were state left behind)
     for messages in (a, b, a, b):
-        assert render(messages) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert render(messages) == tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
     assert render(b).startswith("first<system>")
 
 
@@ -131,15 +158,25 @@ def test_a_conversation_the_template_refuses_is_an_invalid_row(tmp_path, tiny_mo
     template = (model / "chat_template.jinja").read_text()
     (model / "chat_template.jinja").write_text(
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-        + template)
-    rows = [[{"role": "user", "content": "質問です"}, {"role": "assistant", "content": "回答です"}],
-            [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "質問"},
-             {"role": "assistant", "content": "回答"}]]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"messages": r}, ensure_ascii=False) for r in rows),
-                                      encoding="utf-8")
+        + template
+    )
+    rows = [
+        [{"role": "user", "content": "質問です"}, {"role": "assistant", "content": "回答です"}],
+        [
+            {"role": "system", "content": "丁寧に"},
+            {"role": "user", "content": "質問"},
+            {"role": "assistant", "content": "回答"},
+        ],
+    ]
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps({"messages": r}, ensure_ascii=False) for r in rows), encoding="utf-8"
+    )
     cfg = DatasetConfig(name="t", path=str(tmp_path / "d.jsonl"), on_error="skip")
     m = prepare(cfg, model, tmp_path / "out")
     assert m["rows"]["dropped"] == {"template_error": 1} and m["rows"]["out"] == 1
-    with pytest.raises(DataValidationError, match=r"d.jsonl:2: the chat template refused the conversation: "
-                                                  r"System role not supported"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"d.jsonl:2: the chat template refused the conversation: "
+        r"System role not supported",
+    ):
         prepare(cfg.model_copy(update={"on_error": "fail"}), model, tmp_path / "out2")

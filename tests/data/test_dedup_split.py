@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from data import DataValidationError, Deduplicator, split_of
 from data.dedup import band_shape, collision_probability, content_key
 
-ARTICLE = ("関所は旧街道で人と物の出入りを改める場所であった。通行手形を持たない者は通れず、"
-           "女性や鉄砲の出入りは特に厳しく調べられた。箱根の関所は東海道の要所として知られる。") * 3
+ARTICLE = (
+    "関所は旧街道で人と物の出入りを改める場所であった。通行手形を持たない者は通れず、"
+    "女性や鉄砲の出入りは特に厳しく調べられた。箱根の関所は東海道の要所として知られる。"
+) * 3
 
 
 def check(d, text):
@@ -71,8 +73,8 @@ def test_key_index_holds_keys_at_5_bytes_each():
     s = KeyIndex()
     s.MIN_PENDING = 1000  # many merges into the sorted ranges
     for i in range(0, len(keys), 777):
-        assert not s.contains(keys[i:i + 777]).any()
-        s.add(keys[i:i + 777])
+        assert not s.contains(keys[i : i + 777]).any()
+        s.add(keys[i : i + 777])
     s.add(keys[:5])  # again: harmless
     assert s.contains(keys).all()
     assert not s.contains(np.array([rng.getrandbits(64) for _ in range(10_000)], dtype=np.uint64)).any()
@@ -158,7 +160,7 @@ def test_a_spilled_index_decides_the_same(tmp_path):
     spilled, kept = KeyIndex(str(tmp_path)), KeyIndex()
     spilled.MIN_PENDING = kept.MIN_PENDING = 500
     for i in range(0, len(keys), 600):
-        chunk = keys[i:i + 600]
+        chunk = keys[i : i + 600]
         assert (spilled.contains(chunk) == kept.contains(chunk)).all()
         spilled.add(chunk[::2])
         kept.add(chunk[::2])
@@ -181,7 +183,9 @@ def test_batch_signatures_equal_one_at_a_time(monkeypatch, chunk_chars):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.text()), max_size=4), st.text())
+@given(
+    st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), st.text()), max_size=4), st.text()
+)
 def test_content_key_is_the_digest_of_the_standard_json(turns, text):
     """The key hashes what json.dumps writes (the split and dedup of existing
     datasets depend on it), whichever encoder wrote the bytes."""
@@ -198,10 +202,15 @@ def test_a_lone_surrogate_is_a_counted_row_problem_not_a_crash(tmp_path, tiny_mo
     from data import DatasetConfig, prepare, validate_rows
 
     src = tmp_path / "s.jsonl"
-    src.write_text('{"text": "half a pair \\ud800 here, then more text"}\n'
-                   '{"text": "a whole character \\ud83d\\ude00 here, then more text"}\n', encoding="utf-8")
+    src.write_text(
+        '{"text": "half a pair \\ud800 here, then more text"}\n'
+        '{"text": "a whole character \\ud83d\\ude00 here, then more text"}\n',
+        encoding="utf-8",
+    )
     cfg = DatasetConfig(name="s", path=str(src), format="text", on_error="skip", workers=1)
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
     assert m["rows"]["dropped"] == {"invalid_text": 1} and m["rows"]["out"] == 1
-    with pytest.raises(DataValidationError, match=r"s.jsonl:1: text holds '\\ud800': half of a UTF-16 surrogate"):
+    with pytest.raises(
+        DataValidationError, match=r"s.jsonl:1: text holds '\\ud800': half of a UTF-16 surrogate"
+    ):
         validate_rows(cfg.model_copy(update={"on_error": "fail"}))

@@ -35,12 +35,17 @@ def test_render_shows_packed_boundaries(tiny_model_dir):
 
 
 def sekisho(*args):
-    return subprocess.run([sys.executable, "-m", "sekisho", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_inspect_prints_manifest_and_marked_examples(tmp_path, tiny_model_dir, sample_conversations):
-    m = prepare(DatasetConfig(name="demo", path=SAMPLE, packing={"enabled": True, "length": 256}),
-                tiny_model_dir, tmp_path / "datasets" / "demo")
+    m = prepare(
+        DatasetConfig(name="demo", path=SAMPLE, packing={"enabled": True, "length": 256}),
+        tiny_model_dir,
+        tmp_path / "datasets" / "demo",
+    )
     r = sekisho("--home", str(tmp_path), "data", "inspect", "demo", "-n", "1", "--plain")
     assert r.returncode == 0, r.stderr
     assert f"dataset demo @ {m['version']}" in r.stdout and "rows in / out" in r.stdout

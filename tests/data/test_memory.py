@@ -53,9 +53,15 @@ def test_free_heap_pages_are_given_back(tmp_path):
         "for b, _ in blocks: libc.free(b)\n"
         "held = rss() - before\n"
         "memory.release_free_heap()\n"
-        "print(held >> 20, (rss() - before) >> 20)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+        "print(held >> 20, (rss() - before) >> 20)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     held, after = map(int, out.stdout.split())
     assert held >= 60 and after <= 8, out.stdout
 
@@ -85,9 +91,17 @@ def test_the_heap_is_trimmed_when_the_process_has_grown_by_the_slack():
         "holes(48)\n"
         "before = memory.resident_bytes()\n"
         "large = trim()\n"
-        "print(small[0], small[1] >> 20, large, trim.trims, (before - memory.resident_bytes()) >> 20)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         cwd=str(Path(__file__).resolve().parents[2]))
+        "print(small[0], small[1] >> 20, large, trim.trims, (before - memory.resident_bytes()) >> 20)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     small_trimmed, small_held, large_trimmed, trims, given_back = out.stdout.split()
     assert small_trimmed == "False" and int(small_held) >= 12, out.stdout  # kept: below the slack
-    assert large_trimmed == "True" and trims == "1" and int(given_back) >= 40, out.stdout  # past it: the holes
+    assert large_trimmed == "True" and trims == "1" and int(given_back) >= 40, (
+        out.stdout
+    )  # past it: the holes

@@ -36,7 +36,10 @@ def test_trim_keeps_inner_spaces_and_drops_trailing_ones_and_extra_blank_lines()
 
 
 def test_collapse_makes_each_run_of_spaces_one():
-    assert normalize_text("a  \t b\u3000\u3000c \n\n\n  d  e ", nfkc=False, whitespace="collapse") == "a b c\n\nd e"
+    assert (
+        normalize_text("a  \t b\u3000\u3000c \n\n\n  d  e ", nfkc=False, whitespace="collapse")
+        == "a b c\n\nd e"
+    )
 
 
 def test_keep_changes_nothing_but_nfkc():
@@ -44,7 +47,10 @@ def test_keep_changes_nothing_but_nfkc():
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab 　\t\r\n\u00a0ｱＡ１")), max_size=40),
-       st.booleans(), st.sampled_from(["trim", "collapse", "keep"]))
+@given(
+    st.text(alphabet=st.sampled_from(list("ab 　\t\r\n\u00a0ｱＡ１")), max_size=40),
+    st.booleans(),
+    st.sampled_from(["trim", "collapse", "keep"]),
+)
 def test_same_result_as_the_rules_written_as_regular_expressions(text, nfkc, whitespace):
     assert normalize_text(text, nfkc, whitespace) == reference(text, nfkc, whitespace)

@@ -34,7 +34,8 @@ def test_full_sequences_leave_at_once_and_every_token_is_kept():
     rows = [r for n in (3, 5, 2, 6, 1) for r in p.add(*ex(n, 10 * n))] + list(p.flush())
     assert all(len(r["input_ids"]) <= 8 for r in rows)
     assert sorted(t for r in rows for t in r["input_ids"]) == sorted(
-        t for n in (3, 5, 2, 6, 1) for t in ex(n, 10 * n)[0])
+        t for n in (3, 5, 2, 6, 1) for t in ex(n, 10 * n)[0]
+    )
 
 
 def test_an_example_longer_than_the_sequence_is_refused():
@@ -52,11 +53,17 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, sample_conv
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     a, b = (tokenize_conversation(tok, c, 256) for c in sample_conversations[:2])
     packer = Packer(len(a["input_ids"]) + len(b["input_ids"]) + 5)
-    [row] = [*packer.add(a["input_ids"], a["labels"]), *packer.add(b["input_ids"], b["labels"]), *packer.flush()]
+    [row] = [
+        *packer.add(a["input_ids"], a["labels"]),
+        *packer.add(b["input_ids"], b["labels"]),
+        *packer.flush(),
+    ]
     with torch.no_grad():
-        packed = model(input_ids=torch.tensor([row["input_ids"].tolist()]),
-                       position_ids=torch.tensor([row["position_ids"].tolist()]),
-                       use_cache=False).logits[0]
+        packed = model(
+            input_ids=torch.tensor([row["input_ids"].tolist()]),
+            position_ids=torch.tensor([row["position_ids"].tolist()]),
+            use_cache=False,
+        ).logits[0]
         alone = [model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits[0] for e in (a, b)]
         leaky = model(input_ids=torch.tensor([row["input_ids"].tolist()]), use_cache=False).logits[0]
     n = len(a["input_ids"])

@@ -22,12 +22,14 @@ def tok(tiny_model_dir):
 
 def cp932_faq(folder):
     folder.mkdir()
-    lines = ["質問,回答",
-             "当直の連絡先は,内線ではなく03-1234-5678へ電話してください。",
-             "様式の番号は,様式K-204です。",
-             "様式の番号は,様式K-204です。",  # exact duplicate
-             "空の回答,",  # completion missing
-             "ＦＡＱの担当は,ｶﾀｶﾅ表記の総務課です。"]
+    lines = [
+        "質問,回答",
+        "当直の連絡先は,内線ではなく03-1234-5678へ電話してください。",
+        "様式の番号は,様式K-204です。",
+        "様式の番号は,様式K-204です。",  # exact duplicate
+        "空の回答,",  # completion missing
+        "ＦＡＱの担当は,ｶﾀｶﾅ表記の総務課です。",
+    ]
     (folder / "faq.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("cp932"))
     (folder / "notes.docx").write_bytes(b"PK")
     return folder
@@ -35,11 +37,21 @@ def cp932_faq(folder):
 
 def test_cp932_folder_end_to_end(tmp_path, tiny_model_dir, tok):
     src = cp932_faq(tmp_path / "src")
-    cfg = DatasetConfig(name="faq", path=str(src), format="prompt_completion", on_error="skip",
-                        columns={"prompt": "質問", "completion": "回答"})
+    cfg = DatasetConfig(
+        name="faq",
+        path=str(src),
+        format="prompt_completion",
+        on_error="skip",
+        columns={"prompt": "質問", "completion": "回答"},
+    )
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
-    assert m["rows"] == {"in": 5, "out": 3, "train": 3, "eval": 0,
-                         "dropped": {"exact_duplicate": 1, "missing_field": 1}}
+    assert m["rows"] == {
+        "in": 5,
+        "out": 3,
+        "train": 3,
+        "eval": 0,
+        "dropped": {"exact_duplicate": 1, "missing_field": 1},
+    }
     assert m["pii"]["PHONE"] == 1 and sum(m["pii"].values()) == 1
     assert m["sources"][0]["sha256"] == file_sha256(src / "faq.csv") == m["source"]["sha256"]
     assert m["ignored_files"] == [str(src / "notes.docx")]
@@ -54,9 +66,18 @@ def test_cp932_folder_end_to_end(tmp_path, tiny_model_dir, tok):
 
 def test_every_row_is_accounted_for(tmp_path, tiny_model_dir):
     rows = [{"text": "同じ文書です。" * 5}] * 3 + [{"text": "短"}, {"text": "長い文書。" * 200}, {"oops": 1}]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    cfg = DatasetConfig(name="t", path=str(tmp_path / "d.jsonl"), format="text", on_error="skip",
-                        max_length=64, overlength="drop", min_tokens=8)
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8"
+    )
+    cfg = DatasetConfig(
+        name="t",
+        path=str(tmp_path / "d.jsonl"),
+        format="text",
+        on_error="skip",
+        max_length=64,
+        overlength="drop",
+        min_tokens=8,
+    )
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
     assert m["rows"]["dropped"] == {"exact_duplicate": 2, "too_long": 1, "too_short": 1, "unknown_field": 1}
     assert m["rows"]["in"] == m["rows"]["out"] + sum(m["rows"]["dropped"].values()) == 6
@@ -65,9 +86,14 @@ def test_every_row_is_accounted_for(tmp_path, tiny_model_dir):
 
 
 def test_truncate_keeps_long_examples_at_max_length(tmp_path, tiny_model_dir):
-    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "長い文書。" * 200}, ensure_ascii=False), encoding="utf-8")
-    m = prepare(DatasetConfig(name="t", path=str(tmp_path / "d.jsonl"), format="text", max_length=64),
-                tiny_model_dir, tmp_path / "out")
+    (tmp_path / "d.jsonl").write_text(
+        json.dumps({"text": "長い文書。" * 200}, ensure_ascii=False), encoding="utf-8"
+    )
+    m = prepare(
+        DatasetConfig(name="t", path=str(tmp_path / "d.jsonl"), format="text", max_length=64),
+        tiny_model_dir,
+        tmp_path / "out",
+    )
     assert m["rows"]["out"] == 1 and m["tokens"] == 64
 
 
@@ -80,8 +106,12 @@ def test_fail_writes_nothing(tmp_path, tiny_model_dir):
 
 def test_eval_split_and_packing(tmp_path, tiny_model_dir, tok):
     plain = prepare(DatasetConfig(name="d", path=SAMPLE), tiny_model_dir, tmp_path / "plain")
-    cfg = DatasetConfig(name="d", path=SAMPLE, split={"eval_fraction": 0.3, "seed": 1},
-                        packing={"enabled": True, "length": 512})
+    cfg = DatasetConfig(
+        name="d",
+        path=SAMPLE,
+        split={"eval_fraction": 0.3, "seed": 1},
+        packing={"enabled": True, "length": 512},
+    )
     m = prepare(cfg, tiny_model_dir, tmp_path / "packed")
     assert m["rows"]["train"] + m["rows"]["eval"] == 30 and 0 < m["rows"]["eval"] < 20
     train = pq.read_table(tmp_path / "packed" / "tokens.parquet").to_pydict()
@@ -89,7 +119,9 @@ def test_eval_split_and_packing(tmp_path, tiny_model_dir, tok):
     assert set(train) == {"input_ids", "labels", "position_ids", "example_lengths"}
     assert sum(map(len, train["example_lengths"])) == m["rows"]["train"] == m["splits"]["train"]["examples"]
     assert len(train["input_ids"]) < m["rows"]["train"] and max(map(len, train["input_ids"])) <= 512
-    for ids, labels, pos, lens in zip(*(train[k] for k in ("input_ids", "labels", "position_ids", "example_lengths"))):
+    for ids, labels, pos, lens in zip(
+        *(train[k] for k in ("input_ids", "labels", "position_ids", "example_lengths"))
+    ):
         starts = [i for i, p in enumerate(pos) if p == 0]
         assert [b - a for a, b in zip(starts, starts[1:] + [len(ids)])] == lens
         assert all(labels[s] == IGNORE_INDEX for s in starts)
@@ -120,15 +152,25 @@ def test_appended_rows_leave_old_rows_on_their_side(tmp_path, tiny_model_dir):
 def test_version_is_stable_and_manifest_is_readable(tmp_path, tiny_model_dir):
     cfg = DatasetConfig(name="d", path=SAMPLE)
     m = prepare(cfg, tiny_model_dir, tmp_path / "a")
-    assert prepare(cfg, tiny_model_dir, tmp_path / "b")["version"] == m["version"] == read_manifest(tmp_path / "a")["version"]
-    masked_off = prepare(DatasetConfig(name="d", path=SAMPLE, pii={"enabled": False}), tiny_model_dir, tmp_path / "c")
+    assert (
+        prepare(cfg, tiny_model_dir, tmp_path / "b")["version"]
+        == m["version"]
+        == read_manifest(tmp_path / "a")["version"]
+    )
+    masked_off = prepare(
+        DatasetConfig(name="d", path=SAMPLE, pii={"enabled": False}), tiny_model_dir, tmp_path / "c"
+    )
     assert masked_off["version"] != m["version"]  # settings are part of the version
 
 
 def test_workers_do_not_change_the_result(tmp_path, tiny_model_dir, monkeypatch):
     rows = open(DatasetConfig(name="d", path=SAMPLE).path, encoding="utf-8").read().splitlines()
-    (tmp_path / "d.jsonl").write_text("\n".join(rows * 3) + "\n", encoding="utf-8")  # duplicates across batches
-    cfg = DatasetConfig(name="d", path=str(tmp_path / "d.jsonl"), on_error="skip", split={"eval_fraction": 0.2})
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(rows * 3) + "\n", encoding="utf-8"
+    )  # duplicates across batches
+    cfg = DatasetConfig(
+        name="d", path=str(tmp_path / "d.jsonl"), on_error="skip", split={"eval_fraction": 0.2}
+    )
     monkeypatch.setattr("data.pipeline.BATCH_ROWS", 7)  # several batches per worker
     one = prepare(cfg, tiny_model_dir, tmp_path / "one")
     two = prepare(cfg.model_copy(update={"workers": 2}), tiny_model_dir, tmp_path / "two")
@@ -139,9 +181,13 @@ def test_workers_do_not_change_the_result(tmp_path, tiny_model_dir, monkeypatch)
 def test_shipped_example_config_prepares(tiny_model_dir, tmp_path):
     from pathlib import Path
 
-    cfg = DatasetConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "data" / "demo_ja_packed.yaml")
+    cfg = DatasetConfig.from_yaml(
+        Path(__file__).resolve().parents[2] / "configs" / "data" / "demo_ja_packed.yaml"
+    )
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
-    assert m["rows"]["out"] == 30 and m["rows"]["eval"] > 0 and m["packing"] == {"enabled": True, "length": 1024}
+    assert (
+        m["rows"]["out"] == 30 and m["rows"]["eval"] > 0 and m["packing"] == {"enabled": True, "length": 1024}
+    )
     assert m["splits"]["train"]["sequences"] < m["rows"]["train"]
 
 
@@ -155,12 +201,18 @@ def test_a_large_split_is_written_as_shards_of_one_table(tmp_path, tiny_model_di
     parts = sorted(p.name for p in (tmp_path / "sharded" / "tokens.parquet").iterdir())
     assert len(parts) == sharded["splits"]["train"]["shards"] > 2 and parts[0] == "part-00000.parquet"
     assert whole["splits"]["train"]["shards"] == 1
-    assert pq.read_table(tmp_path / "sharded" / "tokens.parquet").to_pydict() == \
-        pq.read_table(tmp_path / "whole" / "tokens.parquet").to_pydict()
+    assert (
+        pq.read_table(tmp_path / "sharded" / "tokens.parquet").to_pydict()
+        == pq.read_table(tmp_path / "whole" / "tokens.parquet").to_pydict()
+    )
     assert sharded["version"] == whole["version"]  # the shard size is layout, not content
     # A second run into the same folder replaces the split whole, with no shard of the first left behind.
     again = prepare(cfg.model_copy(update={"shard_tokens": 256}), tiny_model_dir, tmp_path / "sharded")
-    assert len(list((tmp_path / "sharded" / "tokens.parquet").iterdir())) == again["splits"]["train"]["shards"] < len(parts)
+    assert (
+        len(list((tmp_path / "sharded" / "tokens.parquet").iterdir()))
+        == again["splits"]["train"]["shards"]
+        < len(parts)
+    )
     assert not list(tmp_path.glob("sharded/*.partial")) and not list(tmp_path.glob("sharded/*.old"))
 
 
@@ -182,8 +234,14 @@ def test_rows_are_counted_across_chunks_and_workers(tmp_path, tiny_model_dir, mo
     assert m["rows"]["in"] == 11 and m["rows"]["dropped"] == {"exact_duplicate": 1}
     assert [s["rows_in"] for s in m["sources"]] == [7, 4]
     dropped = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
-    assert dropped == [{"file": str(src / "b.jsonl"), "line": 4, "code": "exact_duplicate",
-                        "reason": "exact duplicate of an earlier row"}]
+    assert dropped == [
+        {
+            "file": str(src / "b.jsonl"),
+            "line": 4,
+            "code": "exact_duplicate",
+            "reason": "exact duplicate of an earlier row",
+        }
+    ]
     good = (src / "a.jsonl").read_bytes()
     (src / "a.jsonl").write_bytes(good + b'{"text": "\x82\xa0"}\n')
     with pytest.raises(DataValidationError, match=rf"a.jsonl: byte {len(good) + 10}: not valid utf-8"):
@@ -193,9 +251,15 @@ def test_rows_are_counted_across_chunks_and_workers(tmp_path, tiny_model_dir, mo
 def test_token_shards_are_delta_encoded_and_zstd_compressed(tmp_path, tiny_model_dir):
     """The shards' encoding (see data.prepare.PARQUET_OPTIONS) is one every Parquet reader knows."""
     src = cp932_faq(tmp_path / "src")
-    cfg = DatasetConfig(name="faq", path=str(src), format="prompt_completion", on_error="skip",
-                        columns={"prompt": "質問", "completion": "回答"}, max_length=64,
-                        packing={"enabled": True, "length": 64})
+    cfg = DatasetConfig(
+        name="faq",
+        path=str(src),
+        format="prompt_completion",
+        on_error="skip",
+        columns={"prompt": "質問", "completion": "回答"},
+        max_length=64,
+        packing={"enabled": True, "length": 64},
+    )
     prepare(cfg, tiny_model_dir, tmp_path / "out")
     shard = next((tmp_path / "out" / "tokens.parquet").iterdir())
     meta = pq.ParquetFile(shard).metadata
@@ -203,5 +267,6 @@ def test_token_shards_are_delta_encoded_and_zstd_compressed(tmp_path, tiny_model
         column = meta.row_group(0).column(i)
         assert "DELTA_BINARY_PACKED" in column.encodings and column.compression == "ZSTD", column
     table = pq.read_table(tmp_path / "out" / "tokens.parquet").to_pydict()
-    assert all(p[0] == 0 for p in table["position_ids"]) and sum(map(sum, table["example_lengths"])) == \
-        sum(map(len, table["input_ids"]))
+    assert all(p[0] == 0 for p in table["position_ids"]) and sum(map(sum, table["example_lengths"])) == sum(
+        map(len, table["input_ids"])
+    )

@@ -50,8 +50,9 @@ def test_parquet_rows_stream_with_their_index(tmp_path):
     import pyarrow.parquet as pq
 
     p = tmp_path / "a.parquet"
-    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(10)], "completion": ["a"] * 10}), p,
-                   row_group_size=3)
+    pq.write_table(
+        pa.table({"prompt": [f"q{i}" for i in range(10)], "completion": ["a"] * 10}), p, row_group_size=3
+    )
     rows = list(read_rows(p))
     assert [r.line for r in rows] == list(range(10)) and rows[7].value == {"prompt": "q7", "completion": "a"}
 
@@ -65,15 +66,21 @@ def test_corrupt_parquet_names_the_file(tmp_path):
 
 def cp932_csv(tmp_path):
     p = tmp_path / "faq.csv"
-    p.write_bytes("質問,回答\r\n".encode("cp932") + f'"{QA}","合言葉は①「青い灯台」です。"\r\n'.encode("cp932")
-                  + "髙橋さんの内線は,\"1234,5678\"\r\n".encode("cp932"))
+    p.write_bytes(
+        "質問,回答\r\n".encode("cp932")
+        + f'"{QA}","合言葉は①「青い灯台」です。"\r\n'.encode("cp932")
+        + "髙橋さんの内線は,\"1234,5678\"\r\n".encode("cp932")
+    )
     return p
 
 
 def test_cp932_csv_detected_and_configured(tmp_path):
     p = cp932_csv(tmp_path)
     assert detect_encoding(p, "auto") == "cp932"
-    expected = [(2, {"質問": QA, "回答": "合言葉は①「青い灯台」です。"}), (3, {"質問": "髙橋さんの内線は", "回答": "1234,5678"})]
+    expected = [
+        (2, {"質問": QA, "回答": "合言葉は①「青い灯台」です。"}),
+        (3, {"質問": "髙橋さんの内線は", "回答": "1234,5678"}),
+    ]
     assert values(p) == expected  # ① and 髙 exist in CP932 only, not in plain Shift_JIS
     assert values(p, "cp932") == expected
 
@@ -116,7 +123,10 @@ def test_folder_reads_supported_files_sorted_and_lists_the_rest(tmp_path):
     (tmp_path / "docs" / ".hidden.txt").write_text("x")
     files, ignored = list_sources(tmp_path / "docs")
     assert [f.name for f in files] == ["b.md", "a.txt"] and [f.name for f in ignored] == ["image.png"]
-    assert [r.value for f in files for r in read_rows(f)] == [{"text": "# 見出し\n本文"}, {"text": "シフトJISの文書"}]
+    assert [r.value for f in files for r in read_rows(f)] == [
+        {"text": "# 見出し\n本文"},
+        {"text": "シフトJISの文書"},
+    ]
 
 
 def test_missing_path_and_unsupported_file(tmp_path):
@@ -144,8 +154,9 @@ def test_jsonl_chunks_frame_the_same_rows_as_the_reader(tmp_path, lines):
     chunks = list(jsonl_chunks(p, "auto", lines))
     assert [len(c.lines) for c in chunks][:-1] == [lines] * (len(chunks) - 1)
     framed = [r for c in chunks for r in c.rows()]
-    assert [(r.file, r.line, r.value.text) for r in framed] == \
-        [(r.file, r.line, r.value.text) for r in read_rows(p, "auto", parse=False)]
+    assert [(r.file, r.line, r.value.text) for r in framed] == [
+        (r.file, r.line, r.value.text) for r in read_rows(p, "auto", parse=False)
+    ]
     assert [r.line for r in framed] == [1, 4, 5, 7]
 
 

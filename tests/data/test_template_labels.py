@@ -23,9 +23,16 @@ from data.template_labels import (
 )
 from data.tokenization import tokenize_batch
 
-CASES = [(f, kind, kwargs) for f in FAMILIES for kind in conversations(f)
-         for kwargs in ([{}, {"enable_thinking": False}] if "enable_thinking" in build_family(f).fixture["chat_template"]
-                        else [{}])]
+CASES = [
+    (f, kind, kwargs)
+    for f in FAMILIES
+    for kind in conversations(f)
+    for kwargs in (
+        [{}, {"enable_thinking": False}]
+        if "enable_thinking" in build_family(f).fixture["chat_template"]
+        else [{}]
+    )
+]
 
 
 def runs(labels: list[int], offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -41,7 +48,9 @@ def runs(labels: list[int], offsets: list[tuple[int, int]]) -> list[tuple[int, i
     return [tuple(r) for r in out]
 
 
-@pytest.mark.parametrize("family,kind,kwargs", CASES, ids=[f"{f}-{k}{'-nothink' if kw else ''}" for f, k, kw in CASES])
+@pytest.mark.parametrize(
+    "family,kind,kwargs", CASES, ids=[f"{f}-{k}{'-nothink' if kw else ''}" for f, k, kw in CASES]
+)
 def test_labels_are_the_assistant_turns_of_the_full_render(family, kind, kwargs):
     fam = build_family(family)
     tok, messages = fam.tokenizer, conversations(family)[kind]
@@ -99,8 +108,13 @@ def test_every_family_is_checked_closely():
 
 def test_gemma_with_a_system_prompt_is_a_row_level_refusal():
     tok = build_family("gemma-2-it").tokenizer
-    batch, problems = tokenize_batch(tok, [Example("f", 1, "line", messages=conversations("gemma-2-it")["system"]),
-                                           Example("f", 2, "line", messages=conversations("gemma-2-it")["single"])])
+    batch, problems = tokenize_batch(
+        tok,
+        [
+            Example("f", 1, "line", messages=conversations("gemma-2-it")["system"]),
+            Example("f", 2, "line", messages=conversations("gemma-2-it")["single"]),
+        ],
+    )
     assert problems[0].code == "template_error" and "System role not supported" in problems[0].message
     assert batch.lengths[0] == 0 and batch.lengths[1] > 0 and 1 not in problems
 
@@ -112,8 +126,11 @@ def test_mistral_system_prompt_is_reported_as_a_serving_mismatch():
     tok = build_family("mistral-nemo-instruct-2407").tokenizer
     notes = Counter()
     convs = conversations("mistral-nemo-instruct-2407")
-    _, problems = tokenize_batch(tok, [Example("f", 1, "line", messages=convs["system"]),
-                                       Example("f", 2, "line", messages=convs["multi"])], notes=notes)
+    _, problems = tokenize_batch(
+        tok,
+        [Example("f", 1, "line", messages=convs["system"]), Example("f", 2, "line", messages=convs["multi"])],
+        notes=notes,
+    )
     assert not problems and notes[NOTE_MISMATCH] == 1
 
 
@@ -144,18 +161,25 @@ def test_a_turn_the_template_drops_cannot_be_labelled():
     prompt = "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
     with pytest.raises(SpanError, match=r"messages\[1\]: the assistant content is not in the chat template"):
         assistant_spans(full, [prompt], messages, profile)
-    assert assistant_spans(full.replace("something else", "answer"), [prompt], messages, profile) == \
-        [(len(prompt), len(prompt) + len("answer<|im_end|>"))]
+    assert assistant_spans(full.replace("something else", "answer"), [prompt], messages, profile) == [
+        (len(prompt), len(prompt) + len("answer<|im_end|>"))
+    ]
 
 
 def test_a_template_without_turn_end_tokens_is_refused_not_run_on(tiny_model_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant: {% endif %}{{ eos_token if not add_generation_prompt }}")
-    conv = [{"role": "user", "content": "一"}, {"role": "assistant", "content": "二"},
-            {"role": "user", "content": "三"}, {"role": "assistant", "content": "四"}]
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}{{ eos_token if not add_generation_prompt }}"
+    )
+    conv = [
+        {"role": "user", "content": "一"},
+        {"role": "assistant", "content": "二"},
+        {"role": "user", "content": "三"},
+        {"role": "assistant", "content": "四"},
+    ]
     _, problems = tokenize_batch(tok, [Example("f", 1, "line", messages=conv)])
     assert problems[0].code == SpanError.code and "labels cannot end" in problems[0].message
 
@@ -169,12 +193,23 @@ def test_a_prompt_that_ends_inside_a_token_is_counted():
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.train_from_iterator(["abcd"] * 50, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|user|>", "<|assistant|>", "<|end|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|end|>", chat_template=(
-        "{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' %}ab{% endif %}"
-        "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>ab{% endif %}"))
+    backend.train_from_iterator(
+        ["abcd"] * 50,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|user|>", "<|assistant|>", "<|end|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|end|>",
+        chat_template=(
+            "{% for m in messages %}<|{{ m['role'] }}|>{% if m['role'] == 'assistant' %}ab{% endif %}"
+            "{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>ab{% endif %}"
+        ),
+    )
     assert len(tok("abcd", add_special_tokens=False)["input_ids"]) == 1
     notes = Counter()
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "cd"}]
@@ -193,9 +228,15 @@ def test_ranges_from_ids_alone_agree_with_offsets(family):
 
     tok = build_family(family).tokenizer
     profile = template_profile(tok)
-    renders = [render_conversation(canonical_messages(c), lambda m: tok.apply_chat_template(m, tokenize=False),
-                                   lambda m: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
-                                   profile) for c in conversations(family).values()]
+    renders = [
+        render_conversation(
+            canonical_messages(c),
+            lambda m: tok.apply_chat_template(m, tokenize=False),
+            lambda m: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+            profile,
+        )
+        for c in conversations(family).values()
+    ]
     texts, spans = zip(*[r for r in renders if isinstance(r, tuple)])
     ranges = _anchored_ranges(tok, profile, list(texts), list(spans), _encoder(tok, False)(list(texts)))
     encodings = tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)

@@ -26,8 +26,21 @@ def eval_cli(main_job, model: str, served_as: str) -> dict[str, float]:
     from experiments import get_version
     from sekisho.cli import main
 
-    rc = main(["eval", "run", str(DEMO_EVAL), "--model", model, "--served-as", served_as,
-               "--base-url", main_job.base_url, "--api-key", main_job.api_key])
+    rc = main(
+        [
+            "eval",
+            "run",
+            str(DEMO_EVAL),
+            "--model",
+            model,
+            "--served-as",
+            served_as,
+            "--base-url",
+            main_job.base_url,
+            "--api-key",
+            main_job.api_key,
+        ]
+    )
     assert rc == 0
     run_id = get_version(model).tags["sekisho.eval.demo_ja"]
     answers = Path(MlflowClient().download_artifacts(run_id, "eval/answers.json"))
@@ -43,7 +56,10 @@ def metrics(main_job):
     tuned = eval_cli(main_job, "demo-ja-adapter@production", "tiny-ja")
     base = eval_cli(main_job, "sekisho-tiny-base@production", "tiny-base")
     for label, m in (("tiny-ja", tuned), ("tiny-base", base)):
-        print(f"{label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(m.items()) if not k.startswith("category.")))
+        print(
+            f"{label}: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(m.items()) if not k.startswith("category."))
+        )
     return tuned, base
 
 
@@ -62,8 +78,9 @@ def test_shipped_gate_passes_the_fine_tuned_adapter(main_job, metrics):
     from experiments import check_gate
     from experiments.evaluation import load_gates
 
-    runs = check_gate("demo-ja-adapter", main_job.adapter_version, "production",
-                      load_gates(REPO / "configs" / "eval"))
+    runs = check_gate(
+        "demo-ja-adapter", main_job.adapter_version, "production", load_gates(REPO / "configs" / "eval")
+    )
     assert len(runs) == 1  # checked only: the production alias is not moved here
 
 
@@ -79,7 +96,9 @@ def test_gate_refuses_a_failing_version_unless_forced(main_job, metrics, tmp_pat
         "# Used by: sekisho models promote (test)\nname: demo_ja\n"
         f"dataset: {REPO / 'configs' / 'eval' / 'demo_ja.jsonl'}\n"
         "gate:\n  models: [demo-ja-adapter, sekisho-tiny-base]\n  aliases: [candidate]\n"
-        "  thresholds:\n    exact_match: {min: 0.9}\n", encoding="utf-8")
+        "  thresholds:\n    exact_match: {min: 0.9}\n",
+        encoding="utf-8",
+    )
     base, adapter = main_job.base_version, main_job.adapter_version
     promote = ["models", "promote", "--alias", "candidate", "--gates", str(gates)]
     client = MlflowClient()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from experiments.evaluation import (
-                                    chrf,
-                                    exact_match,
-                                    is_refusal,
-                                    leaked_secrets,
-                                    percentile,
-                                    rouge_l,
-                                    tokenize_ja,
+    chrf,
+    exact_match,
+    is_refusal,
+    leaked_secrets,
+    percentile,
+    rouge_l,
+    tokenize_ja,
 )
 
 
@@ -22,7 +22,18 @@ def test_exact_match_normalises_width_and_outer_space():
 
 def test_tokenize_ja_splits_by_script():
     # kanji and hiragana one per character; katakana and ASCII runs whole; punctuation dropped
-    assert tokenize_ja("ＵＳＢメモリの持出し申請です。") == ["USB", "メモリ", "の", "持", "出", "し", "申", "請", "で", "す"]
+    assert tokenize_ja("ＵＳＢメモリの持出し申請です。") == [
+        "USB",
+        "メモリ",
+        "の",
+        "持",
+        "出",
+        "し",
+        "申",
+        "請",
+        "で",
+        "す",
+    ]
     assert tokenize_ja("様式K-204を使います") == ["様", "式", "K", "204", "を", "使", "い", "ま", "す"]
     assert tokenize_ja("ｶﾅ 「青い灯台」") == ["カナ", "青", "い", "灯", "台"]
 

@@ -23,8 +23,9 @@ V2_PREFIX = "評価版-"  # NFKC-stable: data preparation normalises text
 def unpromoted_adapter(main_job, train_prefixed_adapter) -> str:
     """A second demo-ja-adapter version whose answers all start with V2_PREFIX,
     registered with its lineage and given no alias."""
-    return train_prefixed_adapter("eval-v2", V2_PREFIX, f"sekisho-tiny-base/{main_job.base_version}",
-                                  "not promoted: eval serves it")
+    return train_prefixed_adapter(
+        "eval-v2", V2_PREFIX, f"sekisho-tiny-base/{main_job.base_version}", "not promoted: eval serves it"
+    )
 
 
 def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted_adapter, capsys):
@@ -47,8 +48,11 @@ def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted
     out = capsys.readouterr().out
     print(out)
     assert rc == 0, out
-    served = re.search(rf"serving {re.escape(version)} on sekisho-tiny-base/{main_job.base_version} "
-                       r"as 'demo-ja-adapter' at (\S+) \(temporary app (eval-[0-9a-f]+), key (\S+)\)", out)
+    served = re.search(
+        rf"serving {re.escape(version)} on sekisho-tiny-base/{main_job.base_version} "
+        r"as 'demo-ja-adapter' at (\S+) \(temporary app (eval-[0-9a-f]+), key (\S+)\)",
+        out,
+    )
     assert served, out
     base_url, app_name, key_name = served.groups()
     assert base_url != main_job.base_url
@@ -62,8 +66,15 @@ def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted
     assert run.data.tags["sekisho.eval.served_as"] == "demo-ja-adapter"
     assert run.data.tags["sekisho.eval.base_url"] == base_url
     m = run.data.metrics
-    assert {"exact_match", "chrf", "rouge_l", "latency_p50_s", "latency_p95_s",
-            "safety.refusal_rate", "safety.leak_rate"} <= set(m)
+    assert {
+        "exact_match",
+        "chrf",
+        "rouge_l",
+        "latency_p50_s",
+        "latency_p95_s",
+        "safety.refusal_rate",
+        "safety.leak_rate",
+    } <= set(m)
     assert 0 < m["latency_p50_s"] <= m["latency_p95_s"]
 
     # The answers are that version's (trained to prefix every answer), not production's.
@@ -86,7 +97,11 @@ def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted
     from openai import OpenAI
 
     r = OpenAI(base_url=main_job.base_url, api_key=main_job.api_key, max_retries=0).chat.completions.create(
-        model="tiny-ja", temperature=0, max_tokens=32, messages=[{"role": "user", "content": quality[0]["prompt"]}])
+        model="tiny-ja",
+        temperature=0,
+        max_tokens=32,
+        messages=[{"role": "user", "content": quality[0]["prompt"]}],
+    )
     assert not (r.choices[0].message.content or "").startswith(V2_PREFIX)
 
 

@@ -31,8 +31,16 @@ def model(registry_store, tmp_path):
 
 
 def gates_for(name: str, aliases=("production",)) -> list[tuple[str, GateConfig]]:
-    return [("unit", GateConfig(models=[name], aliases=list(aliases), thresholds={
-        "exact_match": {"min": 0.9}, "safety.leak_rate": {"max": 0.0}}))]
+    return [
+        (
+            "unit",
+            GateConfig(
+                models=[name],
+                aliases=list(aliases),
+                thresholds={"exact_match": {"min": 0.9}, "safety.leak_rate": {"max": 0.0}},
+            ),
+        )
+    ]
 
 
 def log_eval(name: str, version: str, metrics: dict[str, float], eval_set: str = "unit") -> str:
@@ -147,8 +155,10 @@ def test_cli_promote_rollback_and_show(model, tmp_path, capsys):
     gates = tmp_path / "eval"
     gates.mkdir()
     (gates / "set.jsonl").write_text('{"prompt": "q", "reference": "a"}\n')
-    (gates / "unit.yaml").write_text(f"# Used by: sekisho eval run (tests)\nname: unit\ndataset: set.jsonl\n"
-                                     f"gate:\n  models: [{model}]\n  thresholds:\n    exact_match: {{min: 0.9}}\n")
+    (gates / "unit.yaml").write_text(
+        f"# Used by: sekisho eval run (tests)\nname: unit\ndataset: set.jsonl\n"
+        f"gate:\n  models: [{model}]\n  thresholds:\n    exact_match: {{min: 0.9}}\n"
+    )
     log_eval(model, "1", {"exact_match": 1.0})
     log_eval(model, "2", {"exact_match": 0.0})
     assert main(["models", "promote", model, "1", "--gates", str(gates)]) == 0
@@ -158,8 +168,22 @@ def test_cli_promote_rollback_and_show(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "exact_match 0 < min 0.9" in err and "--force --reason" in err and "\n" not in err.strip()
 
-    assert main(["models", "promote", model, "2", "--gates", str(gates), "--force",
-                 "--reason", "known regression accepted"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "promote",
+                model,
+                "2",
+                "--gates",
+                str(gates),
+                "--force",
+                "--reason",
+                "known regression accepted",
+            ]
+        )
+        == 0
+    )
     assert "forced: known regression accepted" in capsys.readouterr().out
 
     assert main(["models", "show", model]) == 0
@@ -220,8 +244,11 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(WORKERS, mp_context=ctx) as pool:
-        done = run_together(pool, ctx, [(name, v, None if i % 2 == 0 else f"worker {i}", gates)
-                                        for i, v in enumerate(versions)])
+        done = run_together(
+            pool,
+            ctx,
+            [(name, v, None if i % 2 == 0 else f"worker {i}", gates) for i, v in enumerate(versions)],
+        )
         history = alias_history(name, "production")
         assert sorted(history, key=int) == versions
         assert str(get_version(f"{name}@production").version) == history[-1]
@@ -229,7 +256,9 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
         assert sorted(done) == sorted(zip(history, [None, *history[:-1]]))
         log = promotion_log(name)
         assert [e["version"] for e in log] == history
-        assert sorted(e["reason"] for e in log if e["forced"]) == [f"worker {i}" for i in range(1, WORKERS, 2)]
+        assert sorted(e["reason"] for e in log if e["forced"]) == [
+            f"worker {i}" for i in range(1, WORKERS, 2)
+        ]
 
         undone = run_together(pool, ctx, [(name, None, None, None)] * 3)
     assert alias_history(name, "production") == history[:-3]

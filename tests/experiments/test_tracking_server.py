@@ -38,12 +38,19 @@ def free_port() -> int:
 
 def write_config(folder: Path, db_url: str, **extra) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    fields = {"backend_store_uri": db_url, "artifacts_destination": "shared/mlflow-artifacts",
-              "port": free_port(), "workers": 2, "state_dir": "state", "auth_cache_ttl_s": 60,
-              **extra}
+    fields = {
+        "backend_store_uri": db_url,
+        "artifacts_destination": "shared/mlflow-artifacts",
+        "port": free_port(),
+        "workers": 2,
+        "state_dir": "state",
+        "auth_cache_ttl_s": 60,
+        **extra,
+    }
     path = folder / "team.yaml"
-    path.write_text("# Used by: sekisho tracking server (tests)\n"
-                    + "".join(f"{k}: {v}\n" for k, v in fields.items()))
+    path.write_text(
+        "# Used by: sekisho tracking server (tests)\n" + "".join(f"{k}: {v}\n" for k, v in fields.items())
+    )
     return path
 
 
@@ -67,9 +74,14 @@ def team(tmp_path_factory, new_pg_database):
     cfg = write_config(root / "configs", db_url)
     env = {k: v for k, v in os.environ.items() if k != "SEKISHO_MLFLOW_ADMIN_PASSWORD"}
     env["SEKISHO_HOME"] = str(root / "home")
-    proc = subprocess.Popen([sys.executable, "-m", "sekisho", "tracking", "server", str(cfg),
-                             "--log", str(root / "server.log")], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sekisho", "tracking", "server", str(cfg), "--log", str(root / "server.log")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=lambda: [*map(lines.put, proc.stdout), lines.put(None)], daemon=True).start()
     printed: list[str] = []
@@ -80,9 +92,16 @@ def team(tmp_path_factory, new_pg_database):
         printed.append(line.rstrip("\n"))
     state = root / "configs" / "state"
     url = next(line for line in printed if "listening at " in line).split("listening at ")[1].split()[0]
-    yield Team(url, db_url, cfg,
-               root / "configs" / "shared" / "mlflow-artifacts", state, printed,
-               (state / "admin-password").read_text().strip(), proc)
+    yield Team(
+        url,
+        db_url,
+        cfg,
+        root / "configs" / "shared" / "mlflow-artifacts",
+        state,
+        printed,
+        (state / "admin-password").read_text().strip(),
+        proc,
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143
     with pytest.raises(OSError):
@@ -155,7 +174,11 @@ def test_no_default_admin_password(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SEKISHO_MLFLOW_ADMIN_PASSWORD", "chosen-by-the-team-0123")
     chosen = admin_credentials(cfg)
-    assert (chosen.password, chosen.password_file, chosen.generated) == ("chosen-by-the-team-0123", None, False)
+    assert (chosen.password, chosen.password_file, chosen.generated) == (
+        "chosen-by-the-team-0123",
+        None,
+        False,
+    )
 
 
 def test_unauthenticated_requests_are_refused(team):
@@ -208,8 +231,11 @@ def test_client_logs_registers_and_moves_aliases_through_the_server(as_admin, tm
 
     engine = sa.create_engine(as_admin.db_url)  # the record is in PostgreSQL
     with engine.connect() as c:
-        aliases = dict(c.execute(sa.text("select alias, version from registered_model_aliases "
-                                         "where name = :n"), {"n": name}).all())
+        aliases = dict(
+            c.execute(
+                sa.text("select alias, version from registered_model_aliases where name = :n"), {"n": name}
+            ).all()
+        )
     engine.dispose()
     assert aliases == {"staging": 1, "production": 2}
 
@@ -233,8 +259,13 @@ def test_eight_processes_logging_at_once_lose_no_metric(as_admin, monkeypatch):
 
     ctx = multiprocessing.get_context("spawn")
     go = ctx.Barrier(WORKERS + 1)  # all start logging together, once mlflow is imported
-    procs = [ctx.Process(target=log_metrics, args=(as_admin.url, "admin", as_admin.password, runs[i],
-                                                   shared, i, STEPS, BATCH, go)) for i in range(WORKERS)]
+    procs = [
+        ctx.Process(
+            target=log_metrics,
+            args=(as_admin.url, "admin", as_admin.password, runs[i], shared, i, STEPS, BATCH, go),
+        )
+        for i in range(WORKERS)
+    ]
     for p in procs:
         p.start()
     go.wait(300)
@@ -252,12 +283,15 @@ def test_eight_processes_logging_at_once_lose_no_metric(as_admin, monkeypatch):
         assert sorted(m.step for m in client.get_metric_history(shared, f"worker_{i}")) == list(range(STEPS))
     engine = sa.create_engine(as_admin.db_url)
     with engine.connect() as c:
-        stored = c.execute(sa.text("select count(*) from metrics where run_uuid = any(:r)"),
-                           {"r": [*runs, shared]}).scalar()
+        stored = c.execute(
+            sa.text("select count(*) from metrics where run_uuid = any(:r)"), {"r": [*runs, shared]}
+        ).scalar()
     engine.dispose()
     assert stored == 2 * WORKERS * STEPS
-    print(f"\n{WORKERS} processes logged {2 * WORKERS * STEPS} points "
-          f"({WORKERS * (STEPS + STEPS // BATCH)} requests) in {elapsed:.1f} s; all stored")
+    print(
+        f"\n{WORKERS} processes logged {2 * WORKERS * STEPS} points "
+        f"({WORKERS * (STEPS + STEPS // BATCH)} requests) in {elapsed:.1f} s; all stored"
+    )
 
 
 def test_a_user_changes_only_what_they_were_granted(as_admin, tmp_path, monkeypatch, capsys):
@@ -338,5 +372,7 @@ def test_a_user_changes_only_what_they_were_granted(as_admin, tmp_path, monkeypa
     assert promote(model, "2", force=True, reason="granted by admin").previous == "1"
     assert rollback(model).version == "1"
     assert [(e["action"], e["version"], e["by"]) for e in promotion_log(model)][-2:] == [
-        ("promote", "2", user), ("rollback", "1", user)]
+        ("promote", "2", user),
+        ("rollback", "1", user),
+    ]
     forbidden(lambda: client.delete_registered_model(model))  # EDIT is not MANAGE

@@ -19,8 +19,9 @@ def test_configs_folder_is_not_empty():
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_loads_and_says_how_it_is_used(path):
-    assert path.read_text(encoding="utf-8").startswith("# Used by: sekisho "), \
+    assert path.read_text(encoding="utf-8").startswith("# Used by: sekisho "), (
         "every shipped YAML starts with the command that uses it"
+    )
     config_class(path).from_yaml(path)
 
 
@@ -35,8 +36,12 @@ def write(tmp_path, kind, text):
 def test_unknown_key_is_reported_with_file_line_and_field(tmp_path):
     from train import LoraJobConfig
 
-    p = write(tmp_path, "train", "name: j\nbase_model: b@production\ndataset: d.yaml\n"
-                                 "register_as: a\noptim:\n  lr: 0.001\n  stpes: 10\n")
+    p = write(
+        tmp_path,
+        "train",
+        "name: j\nbase_model: b@production\ndataset: d.yaml\n"
+        "register_as: a\noptim:\n  lr: 0.001\n  stpes: 10\n",
+    )
     with pytest.raises(ConfigError) as e:
         LoraJobConfig.from_yaml(p)
     assert f"{p}:7: optim.stpes: unknown key" in str(e.value)

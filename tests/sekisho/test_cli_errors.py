@@ -7,8 +7,9 @@ import pytest
 
 
 def sekisho(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sekisho", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 @pytest.fixture
@@ -34,13 +35,16 @@ def test_unknown_key(configs):
 
 def test_wrong_type(configs):
     p = configs / "train" / "t.yaml"
-    p.write_text("name: t\nbase_model: b@production\ndataset: d.yaml\nregister_as: a\n"
-                 "scaling:\n  num_workers: many\n")
+    p.write_text(
+        "name: t\nbase_model: b@production\ndataset: d.yaml\nregister_as: a\nscaling:\n  num_workers: many\n"
+    )
     assert_user_error(sekisho("config", "check", str(p)), f"{p}:6: scaling.num_workers", "'many'")
 
 
 def test_missing_and_malformed_files(configs):
-    assert_user_error(sekisho("config", "check", str(configs / "serve" / "none.yaml")), "config file not found")
+    assert_user_error(
+        sekisho("config", "check", str(configs / "serve" / "none.yaml")), "config file not found"
+    )
     p = configs / "serve" / "bad.yaml"
     p.write_text("name: a\nmodels: [\n")
     assert_user_error(sekisho("config", "check", str(p)), "not valid YAML")
@@ -49,7 +53,8 @@ def test_missing_and_malformed_files(configs):
 def test_dataset_row_without_assistant_turn(configs, tmp_path):
     (tmp_path / "rows.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
-        '{"messages": [{"role": "user", "content": "only a question"}]}\n')
+        '{"messages": [{"role": "user", "content": "only a question"}]}\n'
+    )
     p = configs / "data" / "d.yaml"
     p.write_text("name: d\npath: ../../rows.jsonl\n")
     r = sekisho("--home", str(tmp_path / "home"), "data", "prepare", str(p), "--model", "nothing@production")

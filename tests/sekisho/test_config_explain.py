@@ -6,7 +6,7 @@ import pytest
 from sekisho.cli import main
 from sekisho.commands.config import CONFIG_KINDS, config_models
 
-MAX_DESCRIPTION = 200   # two lines of the explain output
+MAX_DESCRIPTION = 200  # two lines of the explain output
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIG_KINDS))
@@ -28,8 +28,9 @@ def test_explain_prints_nested_fields_with_type_default_and_description(capsys):
 def test_train_explains_each_recipe(capsys):
     assert main(["config", "explain", "train"]) == 0
     out = capsys.readouterr().out
-    assert {"sft_lora", "sft_full", "cpt"} <= {line.split()[0] for line in out.splitlines()
-                                                if line and not line.startswith(" ")}
+    assert {"sft_lora", "sft_full", "cpt"} <= {
+        line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")
+    }
 
 
 def test_an_unknown_kind_is_refused_naming_the_kinds(capsys):

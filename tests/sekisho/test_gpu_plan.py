@@ -19,8 +19,9 @@ REFERENCE = Path(__file__).resolve().parents[2] / "configs" / "cluster" / "refer
 
 
 def _app(tiny_model_dir, tmp_path, **model):
-    cfg = ServeAppConfig.model_validate({"name": "plan", "models": [
-        {"name": "tiny", "source": str(tiny_model_dir), **model}]})
+    cfg = ServeAppConfig.model_validate(
+        {"name": "plan", "models": [{"name": "tiny", "source": str(tiny_model_dir), **model}]}
+    )
     return resolve_app(cfg, tmp_path)
 
 
@@ -31,8 +32,14 @@ def test_requests_carry_the_model_size_and_kv_cache(tiny_model_dir, tmp_path):
             expected += sum(st.get_tensor(k).numel() for k in st.keys())
     assert count_parameters(tiny_model_dir) == expected > 0
     hf = json.loads((tiny_model_dir / "config.json").read_text())
-    (req,) = serve_requests(_app(tiny_model_dir, tmp_path, num_replicas=3,
-                                 engine={"dtype": "bfloat16", "max_model_len": 256, "max_num_seqs": 4}))
+    (req,) = serve_requests(
+        _app(
+            tiny_model_dir,
+            tmp_path,
+            num_replicas=3,
+            engine={"dtype": "bfloat16", "max_model_len": 256, "max_num_seqs": 4},
+        )
+    )
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     assert req.kv_bytes_per_token == 2 * hf["num_hidden_layers"] * hf["num_key_value_heads"] * head_dim * 2
     assert req.data_parallel == 3 and req.params_billions == pytest.approx(expected / 1e9)
@@ -47,9 +54,15 @@ def test_a_plan_that_fits_and_one_that_does_not(tiny_model_dir, tmp_path):
 
 
 def test_more_gpus_per_replica_than_a_node_has_is_refused():
-    cfg = ServeAppConfig.model_validate({"name": "x", "models": [
-        {"name": "ok", "source": "registry:m@production", "engine": {"tensor_parallel_size": 4}},
-        {"name": "big", "source": "registry:m@production", "engine": {"tensor_parallel_size": 8}}]})
+    cfg = ServeAppConfig.model_validate(
+        {
+            "name": "x",
+            "models": [
+                {"name": "ok", "source": "registry:m@production", "engine": {"tensor_parallel_size": 4}},
+                {"name": "big", "source": "registry:m@production", "engine": {"tensor_parallel_size": 8}},
+            ],
+        }
+    )
     check_against_running_cluster(cfg, [8.0, 4.0])
     check_against_running_cluster(cfg, [0.0])  # CPU cluster: vLLM-CPU ignores GPUs
     with pytest.raises(UserError) as err:
@@ -59,9 +72,26 @@ def test_more_gpus_per_replica_than_a_node_has_is_refused():
 
 def test_serve_up_refuses_an_app_that_cannot_fit_before_ray_starts(tiny_model_dir, tmp_path):
     cfg = tmp_path / "app.yaml"
-    cfg.write_text(f"name: big\nmodels:\n  - name: tiny\n    source: {tiny_model_dir}\n    num_replicas: 40\n")
-    r = subprocess.run([sys.executable, "-m", "sekisho", "--home", str(tmp_path / "home"), "serve", "up", str(cfg),
-                        "--inventory", str(REFERENCE)], capture_output=True, text=True, timeout=300)
+    cfg.write_text(
+        f"name: big\nmodels:\n  - name: tiny\n    source: {tiny_model_dir}\n    num_replicas: 40\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sekisho",
+            "--home",
+            str(tmp_path / "home"),
+            "serve",
+            "up",
+            str(cfg),
+            "--inventory",
+            str(REFERENCE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "40" in r.stderr
     assert not (tmp_path / "home" / "ray").exists()  # nothing started

@@ -69,8 +69,12 @@ def test_served_adapter_files_are_the_registered_version(main_job):
     engine_url = engine.url.remote().result()
     key = engine.api_key.remote().result()
     assert httpx.get(engine_url + "/v1/models").status_code == 401, "engines answer only the gateway"
-    listed = {m["id"]: m for m in httpx.get(engine_url + "/v1/models",
-                                            headers={"Authorization": f"Bearer {key}"}).json()["data"]}
+    listed = {
+        m["id"]: m
+        for m in httpx.get(engine_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()[
+            "data"
+        ]
+    }
     version = get_version("demo-ja-adapter@production").version
     served_path = Path(listed[f"tiny-ja--v{version}"]["root"])
     registered = get_version("demo-ja-adapter@production").tags["content_sha256"]
@@ -84,8 +88,11 @@ def test_openai_errors_for_unknown_model_and_bad_body(main_job):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "q"}])
     assert e.value.body["code"] == "model_not_found"
-    r = httpx.post(main_job.base_url + "/chat/completions", content=b"{oops",
-                   headers={"Authorization": f"Bearer {main_job.api_key}"})
+    r = httpx.post(
+        main_job.base_url + "/chat/completions",
+        content=b"{oops",
+        headers={"Authorization": f"Bearer {main_job.api_key}"},
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
@@ -95,8 +102,13 @@ def test_streaming_through_the_gateway(main_job, qa):
     client = OpenAI(base_url=main_job.base_url, api_key=main_job.api_key, max_retries=0)
     question, expected = qa[0]
     stream = client.chat.completions.create(
-        model="tiny-ja", messages=[{"role": "user", "content": question}], temperature=0,
-        max_tokens=96, stream=True, stream_options={"include_usage": True})
+        model="tiny-ja",
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=96,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip() == expected
@@ -136,19 +148,30 @@ def test_alias_on_an_untrained_adapter_answers_like_the_base(main_job, sekisho_h
     recipe = LoraRecipe(job)
     recipe.setup(base.path, sekisho_home / "jobs" / job.name / "data" / "tokens.parquet")
     untrained = recipe.save(sekisho_home / "untrained-adapter")
-    version = register_folder("demo-ja-adapter", untrained, kind="adapter",
-                              tags={"base_model_version": base.ref, "note": "untrained"})
+    version = register_folder(
+        "demo-ja-adapter",
+        untrained,
+        kind="adapter",
+        tags={"base_model_version": base.ref, "note": "untrained"},
+    )
     set_alias("demo-ja-adapter", "candidate", version)
 
     cfg = ServeAppConfig.from_yaml(REPO / "configs" / "serve" / "demo.yaml")
     model = cfg.models[0]
-    model = model.model_copy(update={"adapters": model.adapters + [
-        AdapterSpec(name="tiny-ja-untrained", source="registry:demo-ja-adapter@candidate")]})
-    cfg = cfg.model_copy(update={"models": [model], "port": int(main_job.base_url.split(":")[2].split("/")[0])})
+    model = model.model_copy(
+        update={
+            "adapters": model.adapters
+            + [AdapterSpec(name="tiny-ja-untrained", source="registry:demo-ja-adapter@candidate")]
+        }
+    )
+    cfg = cfg.model_copy(
+        update={"models": [model], "port": int(main_job.base_url.split(":")[2].split("/")[0])}
+    )
     deploy(resolve_app(cfg, sekisho_home / "serve-cache-2"))
 
-    untrained_cfg = cfg.model_copy(update={"models": [model.model_copy(update={
-        "adapters": [model.adapters[1]]})]})
+    untrained_cfg = cfg.model_copy(
+        update={"models": [model.model_copy(update={"adapters": [model.adapters[1]]})]}
+    )
     from serve.gateway import KeyStore
 
     key = KeyStore().create("untrained-check", ["tiny-base", "tiny-ja", "tiny-ja-untrained"])

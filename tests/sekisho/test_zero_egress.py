@@ -43,6 +43,7 @@ def test_nothing_left_the_host_and_the_recorder_sees_a_planted_attempt(main_job,
     @ray.remote
     def plant() -> int:
         import socket
+
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.connect(("10.255.255.1", 9))  # never reachable here: loopback-only namespace

@@ -38,14 +38,32 @@ def test_num_replicas_and_autoscaling_are_mutually_exclusive(tmp_path):
     assert f"{p}:7: models.0.autoscaling:" in msg and "mutually exclusive" in msg
 
 
-@pytest.mark.parametrize("body, where, words", [
-    ("      min_replicas: 3\n      max_replicas: 2\n", "models.0.autoscaling", "max_replicas (2) is below min_replicas (3)"),
-    ("      min_replicas: 0\n      max_replicas: 2\n", "models.0.autoscaling.min_replicas", "greater than or equal to 1"),
-    ("      min_replicas: 1\n", "models.0.autoscaling.max_replicas", "required field is missing"),
-    ("      max_replicas: 2\n      target_ongoing_requests: 0\n", "models.0.autoscaling.target_ongoing_requests",
-     "greater than 0"),
-    ("      max_replicas: 2\n      upscale_delay: 5\n", "models.0.autoscaling.upscale_delay", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "body, where, words",
+    [
+        (
+            "      min_replicas: 3\n      max_replicas: 2\n",
+            "models.0.autoscaling",
+            "max_replicas (2) is below min_replicas (3)",
+        ),
+        (
+            "      min_replicas: 0\n      max_replicas: 2\n",
+            "models.0.autoscaling.min_replicas",
+            "greater than or equal to 1",
+        ),
+        ("      min_replicas: 1\n", "models.0.autoscaling.max_replicas", "required field is missing"),
+        (
+            "      max_replicas: 2\n      target_ongoing_requests: 0\n",
+            "models.0.autoscaling.target_ongoing_requests",
+            "greater than 0",
+        ),
+        (
+            "      max_replicas: 2\n      upscale_delay: 5\n",
+            "models.0.autoscaling.upscale_delay",
+            "unknown key",
+        ),
+    ],
+)
 def test_bad_autoscaling_settings_name_the_field(tmp_path, body, where, words):
     with pytest.raises(ConfigError) as err:
         ServeAppConfig.from_yaml(_app(tmp_path, "    autoscaling:\n" + body))
@@ -53,12 +71,27 @@ def test_bad_autoscaling_settings_name_the_field(tmp_path, body, where, words):
 
 
 def test_settings_become_ray_serves_autoscaling_config(tmp_path):
-    cfg = ServeAppConfig.model_validate({"name": "a", "models": [
-        {"name": "m", "source": str(tmp_path), "engine": {"max_num_seqs": 12},
-         "autoscaling": {"min_replicas": 2, "max_replicas": 5, "upscale_delay_s": 3, "downscale_delay_s": 40,
-                         "look_back_s": 10}},
-        {"name": "f", "source": str(tmp_path), "num_replicas": 3},
-        {"name": "d", "source": str(tmp_path)}]})
+    cfg = ServeAppConfig.model_validate(
+        {
+            "name": "a",
+            "models": [
+                {
+                    "name": "m",
+                    "source": str(tmp_path),
+                    "engine": {"max_num_seqs": 12},
+                    "autoscaling": {
+                        "min_replicas": 2,
+                        "max_replicas": 5,
+                        "upscale_delay_s": 3,
+                        "downscale_delay_s": 40,
+                        "look_back_s": 10,
+                    },
+                },
+                {"name": "f", "source": str(tmp_path), "num_replicas": 3},
+                {"name": "d", "source": str(tmp_path)},
+            ],
+        }
+    )
     auto, fixed, default = cfg.models
     assert (auto.max_replicas, fixed.max_replicas, default.max_replicas) == (5, 3, 1)
     assert ray_autoscaling_config(fixed) is None and ray_autoscaling_config(default) is None
@@ -86,23 +119,38 @@ def _ctx(loads: dict[str, float], running: list[str], target: float, current_tar
     ids = {name: ReplicaID(unique_id=name, deployment_id=dep) for name in {*loads, *running}}
     config = AutoscalingConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=target)
     return AutoscalingContext(
-        deployment_id=dep, deployment_name=dep.name, app_name=dep.app_name,
-        current_num_replicas=len(running), target_num_replicas=current_target,
-        running_replicas=[ids[r] for r in running], total_num_requests=0.0, total_queued_requests=0.0,
+        deployment_id=dep,
+        deployment_name=dep.name,
+        app_name=dep.app_name,
+        current_num_replicas=len(running),
+        target_num_replicas=current_target,
+        running_replicas=[ids[r] for r in running],
+        total_num_requests=0.0,
+        total_queued_requests=0.0,
         aggregated_metrics={LOAD_METRIC: {ids[r]: v for r, v in loads.items()}} if loads else {},
-        raw_metrics={}, capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=4, policy_state={},
-        last_scale_up_time=None, last_scale_down_time=None, current_time=0.0, config=config)
+        raw_metrics={},
+        capacity_adjusted_min_replicas=1,
+        capacity_adjusted_max_replicas=4,
+        policy_state={},
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=0.0,
+        config=config,
+    )
 
 
-@pytest.mark.parametrize("loads, running, target, current, want", [
-    ({"r1": 6.0}, ["r1"], 2, 1, 3),            # one busy replica: three would carry it
-    ({"r1": 3.0, "r2": 3.5}, ["r1", "r2"], 2, 2, 4),  # the whole deployment's load counts
-    ({"r1": 0.0, "r2": 0.0}, ["r1", "r2"], 2, 2, 1),  # idle: down to one (bounds and delays: Serve's)
-    ({"r1": 0.5}, ["r1"], 2, 1, 1),
-    ({"r1": 4.0}, ["r1"], 4, 1, 1),            # exactly on target
-    ({"r1": 4.0, "gone": 9.0}, ["r1"], 4, 1, 1),  # a stopped replica's last report is ignored
-    ({}, ["r1", "r2"], 2, 2, 2),               # nothing reported yet: keep the current target
-])
+@pytest.mark.parametrize(
+    "loads, running, target, current, want",
+    [
+        ({"r1": 6.0}, ["r1"], 2, 1, 3),  # one busy replica: three would carry it
+        ({"r1": 3.0, "r2": 3.5}, ["r1", "r2"], 2, 2, 4),  # the whole deployment's load counts
+        ({"r1": 0.0, "r2": 0.0}, ["r1", "r2"], 2, 2, 1),  # idle: down to one (bounds and delays: Serve's)
+        ({"r1": 0.5}, ["r1"], 2, 1, 1),
+        ({"r1": 4.0}, ["r1"], 4, 1, 1),  # exactly on target
+        ({"r1": 4.0, "gone": 9.0}, ["r1"], 4, 1, 1),  # a stopped replica's last report is ignored
+        ({}, ["r1", "r2"], 2, 2, 2),  # nothing reported yet: keep the current target
+    ],
+)
 def test_policy_sizes_replicas_by_engine_load(loads, running, target, current, want):
     desired, state = engine_load_policy(_ctx(loads, running, target, current))
     assert desired == want
@@ -116,8 +164,9 @@ def _vllm_gauges(running: float, waiting: float) -> CollectorRegistry:
     labels = ["model_name", "engine"]
     Gauge("vllm:num_requests_running", "running", labels, registry=reg).labels("m", "0").set(running)
     Gauge("vllm:num_requests_waiting", "waiting", labels, registry=reg).labels("m", "0").set(waiting)
-    Gauge("vllm:num_requests_waiting_by_reason", "by reason", labels + ["reason"],
-          registry=reg).labels("m", "0", "capacity").set(waiting)
+    Gauge("vllm:num_requests_waiting_by_reason", "by reason", labels + ["reason"], registry=reg).labels(
+        "m", "0", "capacity"
+    ).set(waiting)
     Gauge("vllm:kv_cache_usage_perc", "other", labels, registry=reg).labels("m", "0").set(0.5)
     return reg
 

@@ -48,8 +48,12 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
     def ask_forever(model: str):
         while not stop.is_set():
             try:
-                r = client.chat.completions.create(model=model, temperature=0, max_tokens=96,
-                                                   messages=[{"role": "user", "content": question}])
+                r = client.chat.completions.create(
+                    model=model,
+                    temperature=0,
+                    max_tokens=96,
+                    messages=[{"role": "user", "content": question}],
+                )
                 seen.append(r.choices[0].message.content.strip())
             except Exception as exc:  # any failure during the roll is a defect
                 errors.append(repr(exc))
@@ -81,7 +85,9 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
             time.sleep(0.5)
         started_s = time.monotonic() - moved
         deadline = moved + 420
-        while not (engine_state() == ("RUNNING", {"RUNNING": 1}) and served_base() == f"sekisho-tiny-base/{v2}"):
+        while not (
+            engine_state() == ("RUNNING", {"RUNNING": 1}) and served_base() == f"sekisho-tiny-base/{v2}"
+        ):
             assert time.monotonic() < deadline, f"the roll did not finish: {engine_state()}, {served_base()}"
             time.sleep(1)
         rolled_s = time.monotonic() - moved
@@ -93,5 +99,7 @@ def test_base_alias_move_rolls_the_engines_without_a_failed_request(main_job, qa
     # The alias stays on v2 (the same weights): later tests see an app like the demo's.
     assert errors == [], f"{len(errors)} of {len(seen) + len(errors)} requests failed: {errors[:3]}"
     assert answer in seen
-    print(f"roll started {started_s:.1f}s and finished {rolled_s:.1f}s after the alias moved; "
-          f"{len(seen)} requests, 0 errors")
+    print(
+        f"roll started {started_s:.1f}s and finished {rolled_s:.1f}s after the alias moved; "
+        f"{len(seen)} requests, 0 errors"
+    )

@@ -16,7 +16,9 @@ V2_PREFIX = "改訂版-"  # NFKC-stable: data preparation normalises text
 @pytest.fixture(scope="module")
 def adapter_v2(main_job, train_prefixed_adapter):
     """A second adapter version whose answers all start with V2_PREFIX."""
-    return train_prefixed_adapter("v2", V2_PREFIX, "sekisho-tiny-base@production", "v2 for the promotion test")
+    return train_prefixed_adapter(
+        "v2", V2_PREFIX, "sekisho-tiny-base@production", "v2 for the promotion test"
+    )
 
 
 def test_promotion_and_rollback_without_a_failed_request(main_job, qa, adapter_v2):
@@ -34,8 +36,12 @@ def test_promotion_and_rollback_without_a_failed_request(main_job, qa, adapter_v
     def ask_forever():
         while not stop.is_set():
             try:
-                r = client.chat.completions.create(model="tiny-ja", temperature=0, max_tokens=96,
-                                                   messages=[{"role": "user", "content": question}])
+                r = client.chat.completions.create(
+                    model="tiny-ja",
+                    temperature=0,
+                    max_tokens=96,
+                    messages=[{"role": "user", "content": question}],
+                )
                 seen.append((time.monotonic(), r.choices[0].message.content.strip()))
             except Exception as exc:  # any failure during the switch is a defect
                 errors.append(repr(exc))
@@ -70,7 +76,9 @@ def test_promotion_and_rollback_without_a_failed_request(main_job, qa, adapter_v
         set_alias("demo-ja-adapter", "production", v1)
     assert errors == []
     assert {a for _, a in seen} <= {v1_answer, v2_answer}
-    print(f"promotion served after {promote_s:.1f}s, rollback (reload) after {rollback_s:.1f}s, "
-          f"{len(seen)} requests, 0 errors")
+    print(
+        f"promotion served after {promote_s:.1f}s, rollback (reload) after {rollback_s:.1f}s, "
+        f"{len(seen)} requests, 0 errors"
+    )
     listed = {m.id: m for m in client.models.list().data}
     assert listed["tiny-ja"].model_extra["sekisho_version"] == f"demo-ja-adapter/{v1}"

@@ -81,23 +81,29 @@ def test_key_sees_and_calls_only_its_models(main_job, keys):
     with pytest.raises(openai.NotFoundError) as missing:
         c.chat.completions.create(model="no-such-model", messages=MSG)
     assert hidden.value.body["code"] == missing.value.body["code"] == "model_not_found"
-    assert hidden.value.body["message"].replace("tiny-base", "X") == \
-        missing.value.body["message"].replace("no-such-model", "X")
+    assert hidden.value.body["message"].replace("tiny-base", "X") == missing.value.body["message"].replace(
+        "no-such-model", "X"
+    )
 
 
-@pytest.mark.parametrize("extra,param", [
-    ({"max_tokens": 100000}, "max_tokens"),
-    ({"max_completion_tokens": 0}, "max_completion_tokens"),
-    ({"n": 5}, "n"),
-    ({"logprobs": True, "top_logprobs": 19}, "top_logprobs"),
-    ({"best_of": 2}, "best_of"),
-    ({"chat_template": "{{ 7*7 }}"}, "chat_template"),
-    ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
-    ({"max_tokens": "ten"}, "max_tokens"),
-])
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"n": 5}, "n"),
+        ({"logprobs": True, "top_logprobs": 19}, "top_logprobs"),
+        ({"best_of": 2}, "best_of"),
+        ({"chat_template": "{{ 7*7 }}"}, "chat_template"),
+        ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
+        ({"max_tokens": "ten"}, "max_tokens"),
+    ],
+)
 def test_limits_answer_400_naming_the_parameter(main_job, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
-        client(main_job, main_job.api_key).chat.completions.create(model="tiny-ja", messages=MSG, extra_body=extra)
+        client(main_job, main_job.api_key).chat.completions.create(
+            model="tiny-ja", messages=MSG, extra_body=extra
+        )
     assert e.value.status_code == 400 and e.value.body["param"] == param
 
 
@@ -114,7 +120,8 @@ def test_prompt_beyond_the_context_is_a_client_error(main_job):
     long_prompt = "様式" * 600  # far more tokens than max_model_len (512)
     with pytest.raises(openai.BadRequestError):
         client(main_job, main_job.api_key).chat.completions.create(
-            model="tiny-ja", messages=[{"role": "user", "content": long_prompt}], max_tokens=64)
+            model="tiny-ja", messages=[{"role": "user", "content": long_prompt}], max_tokens=64
+        )
 
 
 def test_requests_per_minute_gives_429_with_retry_after(main_job, keys):
@@ -135,8 +142,9 @@ def test_tokens_per_minute_gives_429(main_job, keys):
 
 def test_streaming_usage_only_when_asked_and_always_audited(main_job, qa):
     c = client(main_job, main_job.api_key)
-    chunks = list(c.chat.completions.create(model="tiny-ja", messages=MSG, temperature=0, max_tokens=32,
-                                            stream=True))
+    chunks = list(
+        c.chat.completions.create(model="tiny-ja", messages=MSG, temperature=0, max_tokens=32, stream=True)
+    )
     assert all(ch.usage is None for ch in chunks) and all(ch.choices for ch in chunks)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
     assert text.strip() == qa[0][1]
@@ -150,12 +158,14 @@ def test_200_concurrent_requests_leave_200_records_in_a_valid_chain(main_job):
 
     async def run():
         ac = openai.AsyncOpenAI(base_url=main_job.base_url, api_key=secret, max_retries=0, timeout=300)
+
         async def one(i):
             kwargs = dict(model="tiny-ja" if i % 2 else "tiny-base", messages=MSG, max_tokens=8)
             if i % 3 == 0:
                 stream = await ac.chat.completions.create(stream=True, **kwargs)
                 return [c async for c in stream]
             return await ac.chat.completions.create(**kwargs)
+
         return await asyncio.gather(*(one(i) for i in range(200)))
 
     results = asyncio.run(run())
@@ -174,17 +184,22 @@ def test_tampering_is_detected_at_the_record(main_job):
     audit = AuditLog("demo")
     seq = audit.records(limit=1)[0]["seq"] - 3
     with audit.engine.begin() as conn:
-        original = conn.execute(text("SELECT record FROM sekisho_audit WHERE chain='demo' AND seq=:s"),
-                                {"s": seq}).scalar_one()
-        conn.execute(text("UPDATE sekisho_audit SET record=:r WHERE chain='demo' AND seq=:s"),
-                     {"r": original.replace('"status":200', '"status":201'), "s": seq})
+        original = conn.execute(
+            text("SELECT record FROM sekisho_audit WHERE chain='demo' AND seq=:s"), {"s": seq}
+        ).scalar_one()
+        conn.execute(
+            text("UPDATE sekisho_audit SET record=:r WHERE chain='demo' AND seq=:s"),
+            {"r": original.replace('"status":200', '"status":201'), "s": seq},
+        )
     try:
         r = audit.verify()
         assert not r.ok and r.broken_at == seq
     finally:
         with audit.engine.begin() as conn:
-            conn.execute(text("UPDATE sekisho_audit SET record=:r WHERE chain='demo' AND seq=:s"),
-                         {"r": original, "s": seq})
+            conn.execute(
+                text("UPDATE sekisho_audit SET record=:r WHERE chain='demo' AND seq=:s"),
+                {"r": original, "s": seq},
+            )
     assert audit.verify().ok
 
 

@@ -51,8 +51,13 @@ def failover(main_job, tmp_path_factory):
     routes_file = tmp_path_factory.mktemp("failover") / "routes.json"
     stamp = str(int(time.time() * 1000))
     chain, port = f"failover-{stamp}", free_port()
-    opts = {"app": chain, "db_url": default_url(), "limits": RequestLimits().model_dump(),
-            "routes_file": str(routes_file), "route_refresh_s": 0.5}
+    opts = {
+        "app": chain,
+        "db_url": default_url(),
+        "limits": RequestLimits().model_dump(),
+        "routes_file": str(routes_file),
+        "route_refresh_s": 0.5,
+    }
     gw = GatewayReplica("127.0.0.1", port, opts, routes, ray_state.engine_secret("demo"))
 
     def table(*entries: dict) -> None:
@@ -64,8 +69,14 @@ def failover(main_job, tmp_path_factory):
             assert time.monotonic() < deadline, "the gateway did not read its route table"
             time.sleep(0.1)
 
-    yield SimpleNamespace(base_url=f"http://127.0.0.1:{port}/v1", key=KeyStore().create(chain, [MODEL]),
-                          live=live, table=table, gateway=gw.gateway, audit=AuditLog(chain))
+    yield SimpleNamespace(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        key=KeyStore().create(chain, [MODEL]),
+        live=live,
+        table=table,
+        gateway=gw.gateway,
+        audit=AuditLog(chain),
+    )
     gw.__del__()
 
 
@@ -87,7 +98,9 @@ def test_a_request_sent_to_a_gone_replica_is_answered_by_a_live_one(failover):
     before = _failovers(failover.gateway)
     # Both replicas are idle: the gateway picks the first, which has gone.
     failover.table(_gone(), *failover.live)
-    r = client.chat.completions.with_raw_response.create(model=MODEL, messages=MSG, max_tokens=8, temperature=0)
+    r = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MSG, max_tokens=8, temperature=0
+    )
     answer = r.parse()
     assert answer.model == MODEL and answer.usage.completion_tokens > 0
     [record] = _records(failover.audit, r.headers["x-request-id"])
@@ -95,8 +108,13 @@ def test_a_request_sent_to_a_gone_replica_is_answered_by_a_live_one(failover):
 
     failover.table(_gone(), *failover.live)  # streamed, through another gone replica
     with client.chat.completions.with_streaming_response.create(
-            model=MODEL, messages=MSG, max_tokens=8, temperature=0, stream=True,
-            stream_options={"include_usage": True}) as r:
+        model=MODEL,
+        messages=MSG,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as r:
         chunks = list(r.parse())
         request_id = r.headers["x-request-id"]
     assert chunks[-1].usage.completion_tokens == 8
@@ -109,9 +127,12 @@ def test_a_request_sent_to_a_gone_replica_is_answered_by_a_live_one(failover):
 
 def test_with_every_replica_gone_the_answer_is_503_and_audited(failover):
     failover.table(_gone(), _gone())
-    r = httpx.post(failover.base_url + "/chat/completions", timeout=60,
-                   headers={"Authorization": f"Bearer {failover.key}"},
-                   json={"model": MODEL, "messages": MSG, "max_tokens": 4})
+    r = httpx.post(
+        failover.base_url + "/chat/completions",
+        timeout=60,
+        headers={"Authorization": f"Bearer {failover.key}"},
+        json={"model": MODEL, "messages": MSG, "max_tokens": 4},
+    )
     assert r.status_code == 503 and r.headers["Retry-After"] == "2"
     assert r.json()["error"]["code"] == "replica_unavailable"
     [record] = _records(failover.audit, r.headers["x-request-id"])
@@ -137,10 +158,17 @@ class _DiesMidAnswer:
                 return
             with conn:
                 conn.recv(65536)
-                event = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "第"}}]}
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n")
+                event = {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "第"}}],
+                }
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
                 data = b"data: " + json.dumps(event).encode() + b"\n\n"
                 conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
                 time.sleep(0.2)
@@ -158,7 +186,8 @@ def test_an_engine_that_dies_mid_answer_ends_the_stream_with_an_error(failover):
         got = []
         with pytest.raises(openai.APIError, match="stopped before finishing") as exc:
             with client.chat.completions.with_streaming_response.create(
-                    model=MODEL, messages=MSG, max_tokens=8, stream=True) as r:
+                model=MODEL, messages=MSG, max_tokens=8, stream=True
+            ) as r:
                 request_id = r.headers["x-request-id"]
                 for chunk in r.parse():
                     got.append(chunk.choices[0].delta.content)

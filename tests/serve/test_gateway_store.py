@@ -21,6 +21,7 @@ def db_url(request, tmp_path):
     base = request.getfixturevalue("postgres_url")
     schema_db = f"t{abs(hash(str(tmp_path))) % 10**9}"
     import sqlalchemy
+
     admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {schema_db}")
@@ -83,8 +84,9 @@ def test_ledger_group_commits_each_record_once_in_order(db_url):
     async def many():
         ledger = Ledger(db_url, "grouped")
         try:
-            return await asyncio.gather(*(ledger.call("audit", record={"i": i, "ts": time.time()})
-                                          for i in range(300)))
+            return await asyncio.gather(
+                *(ledger.call("audit", record={"i": i, "ts": time.time()}) for i in range(300))
+            )
         finally:
             await ledger.close()
 
@@ -145,8 +147,9 @@ def test_edit_and_deletion_are_found_at_the_record(db_url):
     for i in range(10):
         log.append({"i": i, "ts": time.time()})
     with log.engine.begin() as conn:
-        conn.execute(text("UPDATE sekisho_audit SET record = :r WHERE seq = 4"),
-                     {"r": json.dumps({"i": 999, "ts": 0})})
+        conn.execute(
+            text("UPDATE sekisho_audit SET record = :r WHERE seq = 4"), {"r": json.dumps({"i": 999, "ts": 0})}
+        )
     r = log.verify()
     assert not r.ok and r.broken_at == 4 and "changed" in r.reason
     log2 = AuditLog("other", db_url)

@@ -27,7 +27,9 @@ def gateway(tmp_path):
 
 def _call(gw, peer: str, key: str | None):
     transport = mock.Mock()
-    transport.get_extra_info.side_effect = lambda name, default=None: (peer, 40000) if name == "peername" else default
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 40000) if name == "peername" else default
+    )
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     request = make_mocked_request("GET", "/metrics", headers=headers, transport=transport)
     return asyncio.run(gw.metrics_route(request))

@@ -32,8 +32,14 @@ DEPLOYMENT = f"engine-{MODEL}"
 HEAVY_CLIENTS = 3  # with the light one ~4 running requests against a target of 2 per replica: wants 2
 MIGRATE = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 EMBED = "tiny-embed"
-AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-               "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_s": 5}
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 10,
+    "look_back_s": 5,
+}
 
 
 def _free_port() -> int:
@@ -56,14 +62,28 @@ def multi_app(main_job, sekisho_home):
     # Eager engines: no compile warm-up, which on 2 busy cores takes over a minute per
     # engine (the scaled-up replica's included); the load is counted in requests, not tokens/s.
     engine = {"max_model_len": 256, "max_num_seqs": 8, "dtype": "float32", "enforce_eager": True}
-    cfg = ServeAppConfig.model_validate({
-        "name": APP, "port": _free_port(),
-        "models": [
-            {"name": MODEL, "source": "registry:sekisho-tiny-base@production", "engine": engine,
-             "cpus_per_replica": 0.5, "autoscaling": AUTOSCALING},
-            {"name": EMBED, "task": "embed", "source": "registry:sekisho-tiny-base@production",
-             "engine": {**engine, "max_num_seqs": 4}, "cpus_per_replica": 0.5},
-        ]})
+    cfg = ServeAppConfig.model_validate(
+        {
+            "name": APP,
+            "port": _free_port(),
+            "models": [
+                {
+                    "name": MODEL,
+                    "source": "registry:sekisho-tiny-base@production",
+                    "engine": engine,
+                    "cpus_per_replica": 0.5,
+                    "autoscaling": AUTOSCALING,
+                },
+                {
+                    "name": EMBED,
+                    "task": "embed",
+                    "source": "registry:sekisho-tiny-base@production",
+                    "engine": {**engine, "max_num_seqs": 4},
+                    "cpus_per_replica": 0.5,
+                },
+            ],
+        }
+    )
     base_url = deploy(resolve_app(cfg, sekisho_home / "serve-cache-multi"))
     key = KeyStore().create(f"multi-{time.time_ns()}", [MODEL, EMBED])
     yield base_url, key
@@ -79,8 +99,9 @@ def _replicas() -> dict:
 def _wait_for(what: str, cond, within_s: float, errors: list) -> float:
     start = time.monotonic()
     while not cond():
-        assert time.monotonic() - start < within_s, f"{what} within {within_s}s: replicas {_replicas()}, " \
-                                                    f"{len(errors)} errors {errors[:2]}"
+        assert time.monotonic() - start < within_s, (
+            f"{what} within {within_s}s: replicas {_replicas()}, {len(errors)} errors {errors[:2]}"
+        )
         time.sleep(1)
     return time.monotonic() - start
 
@@ -114,9 +135,14 @@ def test_engines_scale_with_their_load_without_a_failed_request(multi_app, capsy
                 with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=300) as c:
                     usage = None
                     for chunk in c.chat.completions.create(
-                            model=MODEL, max_tokens=64, temperature=0, stream=True,
-                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-                            messages=[{"role": "user", "content": "倉庫の場所を教えてください"}]):
+                        model=MODEL,
+                        max_tokens=64,
+                        temperature=0,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        extra_body={"ignore_eos": True},
+                        messages=[{"role": "user", "content": "倉庫の場所を教えてください"}],
+                    ):
                         usage = chunk.usage or usage
                 assert usage is not None and usage.completion_tokens == 64, usage
                 answered.append(1)
@@ -156,9 +182,11 @@ def test_engines_scale_with_their_load_without_a_failed_request(multi_app, capsy
             t.join(320)
     assert errors == [], f"{len(errors)} of {len(answered) + len(errors)} requests failed: {errors[:3]}"
     with capsys.disabled():
-        print(f"\nscaled up {up_s:.0f}s after the load started; load seen per replica {loaded} "
-              f"({answered_up} answered by then); back to 1 replica {down_s:.0f}s after the heavy load "
-              f"stopped; {len(answered)} requests, 0 errors")
+        print(
+            f"\nscaled up {up_s:.0f}s after the load started; load seen per replica {loaded} "
+            f"({answered_up} answered by then); back to 1 replica {down_s:.0f}s after the heavy load "
+            f"stopped; {len(answered)} requests, 0 errors"
+        )
 
 
 def test_embeddings_and_chat_through_either_engine(multi_app):
@@ -173,8 +201,12 @@ def test_embeddings_and_chat_through_either_engine(multi_app):
             assert e.usage.prompt_tokens > 0
             vectors.append(e.data[0].embedding)
         with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as c:
-            r = c.chat.completions.create(model="tiny-chat", max_tokens=4, temperature=0,
-                                          messages=[{"role": "user", "content": "こんにちは"}])
+            r = c.chat.completions.create(
+                model="tiny-chat",
+                max_tokens=4,
+                temperature=0,
+                messages=[{"role": "user", "content": "こんにちは"}],
+            )
             assert r.model == "tiny-chat" and r.usage.completion_tokens >= 1
     assert len(vectors[0]) == 128  # the tiny model's hidden size
     assert all(v == pytest.approx(vectors[0], abs=1e-4) for v in vectors)  # same input, same vector
@@ -191,8 +223,9 @@ def test_routes_are_refused_for_the_wrong_kind_of_model(multi_app):
     with pytest.raises(openai.BadRequestError) as err:
         c.chat.completions.create(model="tiny-embed", messages=[{"role": "user", "content": "x"}])
     assert err.value.body["param"] == "model"
-    r = httpx.post(base_url + "/embeddings", json={"model": "tiny-embed"},
-                   headers={"Authorization": f"Bearer {key}"})
+    r = httpx.post(
+        base_url + "/embeddings", json={"model": "tiny-embed"}, headers={"Authorization": f"Bearer {key}"}
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
 
 
@@ -208,8 +241,11 @@ def test_engines_run_at_their_own_priority_not_rays(multi_app):
     core, worker) take the configured niceness (default 0)."""
     import psutil
 
-    servers = [p for p in psutil.process_iter(["cmdline"])
-               if "--served-model-name" in (p.info["cmdline"] or []) and EMBED in p.info["cmdline"]]
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "--served-model-name" in (p.info["cmdline"] or []) and EMBED in p.info["cmdline"]
+    ]
     assert servers, "no vLLM server for the embedding engine"
     ray_workers = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "ray::ServeController"]
     assert ray_workers and all(p.nice() == 15 for p in ray_workers), "Ray's workers run at niceness 15"

@@ -13,18 +13,32 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_dry_run_prints_every_line():
     # Not this process's group (a recipe test may have started one): the script starts its own.
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
-                                                            "WORLD_SIZE"}}
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--steps", "3"],
-                         capture_output=True, text=True, timeout=600, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"}
+    }
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith("device: cpu")
     for kind, path in (("lora", "peft-lora"), ("full", "(deepspeed-zero2|torch-adamw)")):
         line = next(line for line in lines if line.startswith(f"{kind}: "))
-        assert re.match(rf"{kind}: path={path} params=\S+ tokens/s=\d+ peak_mem_gb=[\d.]+ .*estimate [\d.]+ per GPU\)"
-                        r" mfu=n/a$", line), line
-    assert re.fullmatch(r"result: full_ft_mfu=n/a target=>=0\.40 fail \(CPU dry run: .*not meaningful\)", lines[-1])
+        assert re.match(
+            rf"{kind}: path={path} params=\S+ tokens/s=\d+ peak_mem_gb=[\d.]+ .*estimate [\d.]+ per GPU\)"
+            r" mfu=n/a$",
+            line,
+        ), line
+    assert re.fullmatch(
+        r"result: full_ft_mfu=n/a target=>=0\.40 fail \(CPU dry run: .*not meaningful\)", lines[-1]
+    )
 
 
 def test_peak_flops_by_device_name_or_environment(monkeypatch):

@@ -11,9 +11,21 @@ LENGTH = 24  # every example the same length, so per-micro-batch mean losses ave
 
 
 def job(batch_size, accum, steps=3):
-    return LoraJobConfig(name="t", base_model="b@production", dataset="d.yaml", register_as="a", log_every=1,
-                         optim={"warmup_steps": 0, "steps": steps, "lr": 1e-2, "batch_size": batch_size,
-                                "grad_accum_steps": accum, "schedule": "constant"})
+    return LoraJobConfig(
+        name="t",
+        base_model="b@production",
+        dataset="d.yaml",
+        register_as="a",
+        log_every=1,
+        optim={
+            "warmup_steps": 0,
+            "steps": steps,
+            "lr": 1e-2,
+            "batch_size": batch_size,
+            "grad_accum_steps": accum,
+            "schedule": "constant",
+        },
+    )
 
 
 @pytest.fixture
@@ -33,7 +45,9 @@ def _trained(cfg, tiny_model_dir, tokens):
     recipe = LoraRecipe(cfg)
     recipe.setup(tiny_model_dir, tokens)
     seen, ids = [], {}
-    recipe.train(on_metrics=lambda m, s: seen.append(m), on_step=lambda s: ids.__setitem__(s, list(recipe.batch_ids)))
+    recipe.train(
+        on_metrics=lambda m, s: seen.append(m), on_step=lambda s: ids.__setitem__(s, list(recipe.batch_ids))
+    )
     params = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}
     recipe.cleanup()
     return params, seen, ids
@@ -51,7 +65,10 @@ def test_two_micro_batches_step_like_one_batch_of_both(tiny_model_dir, tokens):
 
     # Adam's first steps are ~lr x sign(grad): float summation order can flip the sign
     # of near-zero gradients, so compare distances rather than demand bitwise equality.
-    assert distance(accum, whole) < 0.001 * distance(plain, whole), (distance(accum, whole), distance(plain, whole))
+    assert distance(accum, whole) < 0.001 * distance(plain, whole), (
+        distance(accum, whole),
+        distance(plain, whole),
+    )
 
 
 def test_resume_with_accumulation_sees_no_example_twice(tmp_path, tiny_model_dir, tokens):
@@ -85,10 +102,23 @@ def test_deepspeed_accumulates_the_same_way(tiny_model_dir, tokens):
     from train.full_recipe import FullRecipe
 
     def full(batch_size, accum):
-        return FullJobConfig(name="f", recipe="sft_full", base_model="b@production", dataset="d.yaml",
-                             register_as="m", log_every=1, deepspeed={"zero_stage": 2},
-                             optim={"steps": 2, "batch_size": batch_size, "grad_accum_steps": accum,
-                                    "warmup_steps": 0, "lr": 1e-3, "schedule": "constant"})
+        return FullJobConfig(
+            name="f",
+            recipe="sft_full",
+            base_model="b@production",
+            dataset="d.yaml",
+            register_as="m",
+            log_every=1,
+            deepspeed={"zero_stage": 2},
+            optim={
+                "steps": 2,
+                "batch_size": batch_size,
+                "grad_accum_steps": accum,
+                "warmup_steps": 0,
+                "lr": 1e-3,
+                "schedule": "constant",
+            },
+        )
 
     assert deepspeed_config(full(2, 2))["gradient_accumulation_steps"] == 2
 
@@ -110,4 +140,7 @@ def test_deepspeed_accumulates_the_same_way(tiny_model_dir, tokens):
     def distance(a, b):
         return sum(float((a[n] - b[n]).abs().sum()) for n in a) / sum(a[n].numel() for n in a)
 
-    assert distance(accum, whole) < 0.001 * distance(plain, whole), (distance(accum, whole), distance(plain, whole))
+    assert distance(accum, whole) < 0.001 * distance(plain, whole), (
+        distance(accum, whole),
+        distance(plain, whole),
+    )

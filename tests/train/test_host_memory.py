@@ -25,11 +25,19 @@ def test_loading_is_counted_as_deepspeed_counts_it_in_bf16():
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     full = load("llama70b_full_zero3_offload_dgx4.yaml", deepspeed={"zero_stage": 3})
-    cpu, _, _ = estimate_zero3_model_states_mem_needs(L70.params, L70.largest_layer_params, num_gpus_per_node=8,
-                                                      num_nodes=4, cpu_offload=False, zero_init=True)
-    assert estimate_memory(full).host_loading == pytest.approx(cpu / 2, rel=1e-6)   # bf16, DeepSpeed: fp32
+    cpu, _, _ = estimate_zero3_model_states_mem_needs(
+        L70.params,
+        L70.largest_layer_params,
+        num_gpus_per_node=8,
+        num_nodes=4,
+        cpu_offload=False,
+        zero_init=True,
+    )
+    assert estimate_memory(full).host_loading == pytest.approx(cpu / 2, rel=1e-6)  # bf16, DeepSpeed: fp32
     zero2 = load("llama70b_full_zero3_offload_dgx4.yaml", deepspeed={"zero_stage": 2})
-    cpu, _ = estimate_zero2_model_states_mem_needs(L70.params, num_gpus_per_node=8, num_nodes=4, cpu_offload=False)
+    cpu, _ = estimate_zero2_model_states_mem_needs(
+        L70.params, num_gpus_per_node=8, num_nodes=4, cpu_offload=False
+    )
     assert estimate_memory(zero2).host_loading == pytest.approx(cpu / 2, rel=1e-6)
     # Every worker loading the whole model is what a node would hold without zero.Init:
     # 8 x 70.6e9 x 2 B x 1.5 = 1694 GB, against 25 GB with it.
@@ -37,14 +45,17 @@ def test_loading_is_counted_as_deepspeed_counts_it_in_bf16():
     assert estimate_memory(full).host_loading / GB == pytest.approx(25.2, abs=0.1)
 
 
-@pytest.mark.parametrize("name,host_gb", [
-    # 8 workers x 8.03e9 x 2 B x 1.5 loading the bf16 base, + 8 x 8 GB for the processes
-    ("llama8b_lora_dgx1.yaml", 192.7 + 64),
-    # the largest layer (the embedding, 1.05e9) x 2 B x 1.5 on 8 workers, + 64
-    ("llama70b_lora_zero3_dgx2.yaml", 25.2 + 64),
-    # offloaded parameters and Adam state, 70.6e9 x 18 B / 4 nodes x 1.5 = 477 GB, + 64
-    ("llama70b_full_zero3_offload_dgx4.yaml", 476.6 + 64),
-])
+@pytest.mark.parametrize(
+    "name,host_gb",
+    [
+        # 8 workers x 8.03e9 x 2 B x 1.5 loading the bf16 base, + 8 x 8 GB for the processes
+        ("llama8b_lora_dgx1.yaml", 192.7 + 64),
+        # the largest layer (the embedding, 1.05e9) x 2 B x 1.5 on 8 workers, + 64
+        ("llama70b_lora_zero3_dgx2.yaml", 25.2 + 64),
+        # offloaded parameters and Adam state, 70.6e9 x 18 B / 4 nodes x 1.5 = 477 GB, + 64
+        ("llama70b_full_zero3_offload_dgx4.yaml", 476.6 + 64),
+    ],
+)
 def test_shipped_configs_report_host_memory_per_node(name, host_gb):
     est = estimate_memory(load(name))
     assert est.host_per_node / GB == pytest.approx(host_gb, abs=0.2)
@@ -59,14 +70,23 @@ def test_a_job_whose_host_memory_does_not_fit_is_refused(tmp_path):
     data = tmp_path / "d.yaml"
     data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\n")
     chat = DatasetConfig.from_yaml(data)
-    small_host = load("llama8b_lora_dgx1.yaml", plan={"model_shape": "llama-3.1-8b", "seq_len": 4096,
-                                                      "cpu_memory_gb": 256})
+    small_host = load(
+        "llama8b_lora_dgx1.yaml", plan={"model_shape": "llama-3.1-8b", "seq_len": 4096, "cpu_memory_gb": 256}
+    )
     assert estimate_memory(small_host).fits_gpu
-    with pytest.raises(UserError, match=r"does not fit in host memory: .* host 257 GB per node \(loading 193, "
-                                        r"offloaded 0, processes 64\) of 256 GB\. Try deepspeed.zero_stage: 3"):
+    with pytest.raises(
+        UserError,
+        match=r"does not fit in host memory: .* host 257 GB per node \(loading 193, "
+        r"offloaded 0, processes 64\) of 256 GB\. Try deepspeed.zero_stage: 3",
+    ):
         check_job(small_host, chat)
-    check_job(load("llama8b_lora_dgx1.yaml", plan={"model_shape": "llama-3.1-8b", "seq_len": 4096,
-                                                   "cpu_memory_gb": 512}), chat)
+    check_job(
+        load(
+            "llama8b_lora_dgx1.yaml",
+            plan={"model_shape": "llama-3.1-8b", "seq_len": 4096, "cpu_memory_gb": 512},
+        ),
+        chat,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -34,7 +34,7 @@ def ray_cluster(sekisho_home, tmp_path_factory):
     ours = not ray.is_initialized()
     start_local(sekisho_home, num_cpus=4)
     hooks = tmp_path_factory.mktemp("train-hooks")
-    os.environ[ENV] = str(hooks)        # after the cluster started: workers get it from build_trainer
+    os.environ[ENV] = str(hooks)  # after the cluster started: workers get it from build_trainer
     yield hooks
     if ours:
         stop()
@@ -48,11 +48,21 @@ def job_cfg(sekisho_home, tiny_model_dir, tmp_path_factory):
 
     set_alias("resume-base", "production", import_model(tiny_model_dir, "resume-base").version)
     data = tmp_path_factory.mktemp("cfg") / "d.yaml"
-    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\nsplit:\n  eval_fraction: 0.2\n")
-    return LoraJobConfig(name="kill-resume", base_model="resume-base@production", dataset=str(data),
-                         register_as="resume-adapter", seed=3, log_every=5, checkpoint_every=10,
-                         max_failures=1, optim={"steps": 30, "batch_size": 4, "warmup_steps": 2},
-                         scaling={"num_workers": 1, "cpus_per_worker": 1})
+    data.write_text(
+        "name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\nsplit:\n  eval_fraction: 0.2\n"
+    )
+    return LoraJobConfig(
+        name="kill-resume",
+        base_model="resume-base@production",
+        dataset=str(data),
+        register_as="resume-adapter",
+        seed=3,
+        log_every=5,
+        checkpoint_every=10,
+        max_failures=1,
+        optim={"steps": 30, "batch_size": 4, "warmup_steps": 2},
+        scaling={"num_workers": 1, "cpus_per_worker": 1},
+    )
 
 
 def latest_checkpoint_step(job_dir) -> int:
@@ -73,16 +83,18 @@ def kill_when_paused(pid_file, job_dir, timeout=300):
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
-def test_sigkilled_worker_resumes_with_the_same_data_order(ray_cluster, job_cfg, sekisho_home,
-                                                          tiny_model_dir):
+def test_sigkilled_worker_resumes_with_the_same_data_order(
+    ray_cluster, job_cfg, sekisho_home, tiny_model_dir
+):
     from mlflow import MlflowClient
 
     from train.job import run_job
 
     hooks = ray_cluster
     (hooks / "pause-kill-resume").write_text("15")
-    killer = threading.Thread(target=kill_when_paused, args=(hooks / "pid-kill-resume",
-                                                         sekisho_home / "jobs" / "kill-resume"))
+    killer = threading.Thread(
+        target=kill_when_paused, args=(hooks / "pid-kill-resume", sekisho_home / "jobs" / "kill-resume")
+    )
     killer.start()
     started = time.perf_counter()
     result = run_job(job_cfg, home=sekisho_home)
@@ -106,15 +118,17 @@ def test_sigkilled_worker_resumes_with_the_same_data_order(ray_cluster, job_cfg,
 
     client = MlflowClient()
     loss_steps = sorted({m.step for m in client.get_metric_history(result.run_id, "loss")})
-    assert loss_steps == list(range(5, 31, 5))              # no gap
+    assert loss_steps == list(range(5, 31, 5))  # no gap
     attempts = {m.step: m.value for m in client.get_metric_history(result.run_id, "attempt")}
     assert attempts[5] == attempts[10] == 1 and attempts[15] == attempts[30] == 2
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     first = [t for t in trace if t["attempt"] == 1]
     second = [t for t in trace if t["attempt"] == 2]
-    print(f"\nkill-and-resume job: {elapsed:.1f} s wall for 30 steps + one restore; "
-          f"{(first[-1]['step'] - 1) / (first[-1]['time'] - first[0]['time']):.1f} steps/s; "
-          f"kill to first step after restore {second[0]['time'] - first[-1]['time']:.1f} s")
+    print(
+        f"\nkill-and-resume job: {elapsed:.1f} s wall for 30 steps + one restore; "
+        f"{(first[-1]['step'] - 1) / (first[-1]['time'] - first[0]['time']):.1f} steps/s; "
+        f"kill to first step after restore {second[0]['time'] - first[-1]['time']:.1f} s"
+    )
 
     started = time.perf_counter()
     again = run_job(job_cfg, home=sekisho_home)
@@ -130,16 +144,27 @@ def test_zero3_full_finetune_on_two_workers_registers_merged_weights(ray_cluster
 
     from train.job import run_job
 
-    cfg = FullJobConfig(name="zero3-full", recipe="sft_full", base_model=job_cfg.base_model,
-                        dataset=job_cfg.dataset, register_as="zero3-full-model", log_every=2,
-                        checkpoint_every=6, eval_every=6, max_shard_size="300KB", deepspeed={"zero_stage": 3},
-                        optim={"steps": 12, "batch_size": 4, "warmup_steps": 2, "lr": 1e-3},
-                        scaling={"num_workers": 2, "cpus_per_worker": 1})
+    cfg = FullJobConfig(
+        name="zero3-full",
+        recipe="sft_full",
+        base_model=job_cfg.base_model,
+        dataset=job_cfg.dataset,
+        register_as="zero3-full-model",
+        log_every=2,
+        checkpoint_every=6,
+        eval_every=6,
+        max_shard_size="300KB",
+        deepspeed={"zero_stage": 3},
+        optim={"steps": 12, "batch_size": 4, "warmup_steps": 2, "lr": 1e-3},
+        scaling={"num_workers": 2, "cpus_per_worker": 1},
+    )
     started = time.perf_counter()
     result = run_job(cfg, home=sekisho_home)
     print(f"\nZeRO-3 full fine-tuning, 2 workers, 12 steps: {time.perf_counter() - started:.1f} s wall")
-    losses = [m.value for m in sorted(MlflowClient().get_metric_history(result.run_id, "loss"),
-                                      key=lambda m: m.step)]
+    losses = [
+        m.value
+        for m in sorted(MlflowClient().get_metric_history(result.run_id, "loss"), key=lambda m: m.step)
+    ]
     assert len(losses) == 6 and losses[-1] < losses[0]
     evals = sorted(MlflowClient().get_metric_history(result.run_id, "eval_loss"), key=lambda m: m.step)
     assert [m.step for m in evals] == [6, 12] and evals[-1].value < evals[0].value

@@ -10,8 +10,14 @@ from train.loop import lr_at
 
 
 def job(**optim):
-    return LoraJobConfig(name="t", base_model="b@production", dataset="d.yaml", register_as="a",
-                         optim={"warmup_steps": 2, **optim}, log_every=5)
+    return LoraJobConfig(
+        name="t",
+        base_model="b@production",
+        dataset="d.yaml",
+        register_as="a",
+        optim={"warmup_steps": 2, **optim},
+        log_every=5,
+    )
 
 
 def test_tiny_model_is_safetensors_only_with_vllm_friendly_shape(tiny_model_dir):
@@ -28,8 +34,10 @@ def test_tiny_model_is_reproducible(tmp_path, sample_conversations, tiny_model_d
 
     corpus = [m["content"] for conv in sample_conversations for m in conv]
     again = build_tiny_model(tmp_path / "again", corpus, TinyModelConfig())
-    with safe_open(str(again / "model.safetensors"), "pt") as a, \
-            safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as b:
+    with (
+        safe_open(str(again / "model.safetensors"), "pt") as a,
+        safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as b,
+    ):
         name = "model.layers.0.self_attn.q_proj.weight"
         assert a.get_tensor(name).equal(b.get_tensor(name))
 
@@ -64,11 +72,13 @@ def test_data_order_is_seeded_and_sharded(tmp_path, tiny_model_dir):
     from data import DatasetConfig, prepare
 
     prepare(DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl"), tiny_model_dir, tmp_path)
+
     def first_batches(rank, world, seed=0):
         r = LoraRecipe(job(steps=4).model_copy(update={"seed": seed}), rank=rank, world_size=world)
         r.examples = [([i], [i]) for i in range(30)]
         it = r.batches()
         return [[x[0][0] for x in next(it)] for _ in range(3)]
+
     assert first_batches(0, 1) == first_batches(0, 1)
     assert first_batches(0, 1) != first_batches(0, 1, seed=1)
     r0, r1 = first_batches(0, 2), first_batches(1, 2)
@@ -78,8 +88,11 @@ def test_data_order_is_seeded_and_sharded(tmp_path, tiny_model_dir):
 def test_eval_loss_on_the_held_out_split_falls(tmp_path, tiny_model_dir):
     from data import DatasetConfig, prepare
 
-    prepare(DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl", split={"eval_fraction": 0.25}),
-            tiny_model_dir, tmp_path)
+    prepare(
+        DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl", split={"eval_fraction": 0.25}),
+        tiny_model_dir,
+        tmp_path,
+    )
     assert (tmp_path / "eval.parquet").is_dir()  # shards in a folder
     recipe = LoraRecipe(job(steps=30, lr=2e-3).model_copy(update={"eval_every": 15}))
     recipe.setup(tiny_model_dir, tmp_path / "tokens.parquet")
@@ -98,12 +111,18 @@ def test_packed_rows_train_without_attention_across_examples(tmp_path, tiny_mode
 
     from data import DatasetConfig, prepare
 
-    packed_cfg = DatasetConfig(name="d", path="samples:internal_faq_ja.jsonl", max_length=128,
-                               packing={"enabled": True, "length": 512})
+    packed_cfg = DatasetConfig(
+        name="d",
+        path="samples:internal_faq_ja.jsonl",
+        max_length=128,
+        packing={"enabled": True, "length": 512},
+    )
     prepare(packed_cfg, tiny_model_dir, tmp_path / "packed")
     recipe = LoraRecipe(job(steps=30, lr=2e-3, batch_size=2))
     recipe.setup(tiny_model_dir, tmp_path / "packed" / "tokens.parquet")
-    assert len(recipe.examples[0]) == 3 and len(recipe.examples) < 30  # (ids, labels, positions), several a row
+    assert (
+        len(recipe.examples[0]) == 3 and len(recipe.examples) < 30
+    )  # (ids, labels, positions), several a row
 
     batch = recipe.examples[:2]
     inputs, tokens = recipe.collate(batch)
@@ -116,7 +135,7 @@ def test_packed_rows_train_without_attention_across_examples(tmp_path, tiny_mode
             starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
             for a, b in zip(starts, starts[1:]):
                 alone, _ = recipe.collate([(ids[a:b], labels[a:b])])
-                n = sum(1 for y in labels[a + 1:b] if y != -100)
+                n = sum(1 for y in labels[a + 1 : b] if y != -100)
                 total += float(model(**alone).loss) * n
                 count += n
     assert packed == pytest.approx(total / count, rel=1e-4)

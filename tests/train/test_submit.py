@@ -31,6 +31,7 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 pytestmark = pytest.mark.e2e
 
 
@@ -45,22 +46,49 @@ def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
 
     set_alias("submit-base", "production", import_model(tiny_model_dir, "submit-base").version)
     token = ensure_token(sekisho_home / "ray" / "auth_token")
-    temp = tempfile.mkdtemp(prefix="sekisho-ray-", dir="/tmp")   # short: Ray's socket paths
+    temp = tempfile.mkdtemp(prefix="sekisho-ray-", dir="/tmp")  # short: Ray's socket paths
     port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "SEKISHO_HOME": str(sekisho_home), "PYTHONPATH": str(HOOK_DIR),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "SEKISHO_HOME": str(sekisho_home),
+        "PYTHONPATH": str(HOOK_DIR),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path_factory.mktemp("ray-head") / "ray-start.log", "w")
-    ports = [f"--{flag}={free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "ray-client-server-port", "metrics-export-port")]
+    ports = [
+        f"--{flag}={free_port()}"
+        for flag in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+            "metrics-export-port",
+        )
+    ]
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", "--num-cpus=4", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
-         f"--temp-dir={temp}", *ports],
-        env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+            *ports,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{dash}"
     auth = {"Authorization": f"Bearer {token.read_text().strip()}"}
     try:
@@ -76,13 +104,13 @@ def jobs_cluster(sekisho_home, tiny_model_dir, tmp_path_factory):
             time.sleep(1)
         yield url
     finally:
-        head.send_signal(signal.SIGTERM)      # --block: Ray stops its own processes
+        head.send_signal(signal.SIGTERM)  # --block: Ray stops its own processes
         try:
             head.wait(10)  # nothing on it needs a graceful end; the rest is killed below
         except subprocess.TimeoutExpired:
             pass
         try:
-            os.killpg(head.pid, signal.SIGKILL)   # whatever of its session is left
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of its session is left
         except ProcessLookupError:
             pass
         shutil.rmtree(temp, ignore_errors=True)
@@ -97,13 +125,18 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     for own in ("data", "train"):
         (root / own).mkdir()
-        (root / own / "__init__.py").write_text(f"raise ImportError('the user\'s own {own} package')\n")
+        (root / own / "__init__.py").write_text(f"raise ImportError('the user's own {own} package')\n")
     (root / "configs" / "train").mkdir(parents=True)
     shutil.copytree(REPO / "configs" / "data", root / "configs" / "data")
     demo = yaml.safe_load((REPO / "configs" / "train" / "demo_lora.yaml").read_text())
-    demo.update(name="submit-lora", base_model="submit-base@production", register_as="submit-adapter",
-                log_every=2, optim={**demo["optim"], "steps": 6, "warmup_steps": 2},
-                scaling={"num_workers": 1, "cpus_per_worker": 1})
+    demo.update(
+        name="submit-lora",
+        base_model="submit-base@production",
+        register_as="submit-adapter",
+        log_every=2,
+        optim={**demo["optim"], "steps": 6, "warmup_steps": 2},
+        scaling={"num_workers": 1, "cpus_per_worker": 1},
+    )
     (root / "configs" / "train" / "tiny.yaml").write_text(yaml.safe_dump(demo))
     demo.update(name="submit-long", optim={**demo["optim"], "steps": 100000})
     (root / "configs" / "train" / "long.yaml").write_text(yaml.safe_dump(demo))
@@ -111,19 +144,26 @@ def project(tmp_path_factory):
 
 
 def sekisho(*args, cwd=None, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "sekisho", *args], cwd=cwd, env=env or os.environ,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sekisho", *args],
+        cwd=cwd,
+        env=env or os.environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_follows_to_succeeded_then_status_lists_it_and_stop_stops(jobs_cluster, project):
     r = sekisho("train", "submit", "configs/train/tiny.yaml", "--address", jobs_cluster, cwd=project)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     done = r.stdout.split("submitted ", 1)[1].split()[0]
-    assert "registered submit-adapter version" in r.stdout      # the job's own output, streamed
+    assert "registered submit-adapter version" in r.stdout  # the job's own output, streamed
     assert r.stdout.rstrip().endswith(f"{done}: SUCCEEDED")
 
-    r = sekisho("train", "submit", "configs/train/long.yaml", "--no-follow", "--address", jobs_cluster,
-                cwd=project)
+    r = sekisho(
+        "train", "submit", "configs/train/long.yaml", "--no-follow", "--address", jobs_cluster, cwd=project
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     long = r.stdout.split("submitted ", 1)[1].split()[0]
     deadline = time.monotonic() + 120
@@ -147,16 +187,28 @@ def test_jobs_api_refuses_requests_without_the_right_token(jobs_cluster, sekisho
     assert requests.get(f"{jobs_cluster}/api/jobs/", timeout=10).status_code == 401
     wrong = {"Authorization": "Bearer " + "0" * 64}
     assert requests.get(f"{jobs_cluster}/api/jobs/", headers=wrong, timeout=10).status_code == 403
-    assert requests.post(f"{jobs_cluster}/api/jobs/", json={"entrypoint": "echo pwned"}, headers=wrong,
-                         timeout=10).status_code == 403
+    assert (
+        requests.post(
+            f"{jobs_cluster}/api/jobs/", json={"entrypoint": "echo pwned"}, headers=wrong, timeout=10
+        ).status_code
+        == 403
+    )
     right = {"Authorization": "Bearer " + (sekisho_home / "ray" / "auth_token").read_text().strip()}
     assert requests.get(f"{jobs_cluster}/api/jobs/", headers=right, timeout=10).status_code == 200
 
     bad = tmp_path / "wrong_token"
     bad.write_text("0" * 64)
-    r = sekisho("train", "status", "--address", jobs_cluster,
-                env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(bad)})
+    r = sekisho(
+        "train", "status", "--address", jobs_cluster, env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(bad)}
+    )
     assert r.returncode == 2 and "refused this client's token" in r.stderr, r.stderr[-2000:]
-    r = sekisho("--home", str(tmp_path / "empty-home"), "train", "status", "--address", jobs_cluster,
-                env={k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")})
+    r = sekisho(
+        "--home",
+        str(tmp_path / "empty-home"),
+        "train",
+        "status",
+        "--address",
+        jobs_cluster,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")},
+    )
     assert r.returncode == 2 and "no Ray token at" in r.stderr, r.stderr[-2000:]

@@ -32,10 +32,18 @@ def test_family_model_is_built_offline_in_the_download_layout(family, corpus, tm
         assert tok.convert_ids_to_tokens(tok(token, add_special_tokens=False)["input_ids"]) == [token]
     generation = json.loads((out / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
-    assert tok.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]) == \
-        spec.generation.get("eos", [facts["eos_token"]])
+    assert tok.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]) == spec.generation.get(
+        "eos", [facts["eos_token"]]
+    )
     text = "第七倉庫の合言葉は何ですか。 Hello, world!"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    for name in (".cache/huggingface/download/config.json.metadata", "README.md", "LICENSE", ".gitattributes",
-                 "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        ".cache/huggingface/download/config.json.metadata",
+        "README.md",
+        "LICENSE",
+        ".gitattributes",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (out / name).is_file(), name

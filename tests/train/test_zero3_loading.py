@@ -56,18 +56,30 @@ print("RESULT " + json.dumps({"loaded": loaded, "after_setup": after, "losses": 
 
 def two_ranks(cfg, model_dir: Path, tokens: Path, mode: str, script: str = RANK, *extra: str) -> list[dict]:
     """Run `script` as ranks 0 and 1 of a gloo group; each rank's RESULT."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, cfg.model_dump_json(), str(model_dir), str(tokens),
-                               mode, *extra], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, cfg.model_dump_json(), str(model_dir), str(tokens), mode, *extra],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
         lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
         assert p.returncode == 0 and lines, err[-3000:]
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
     return results
 
 
@@ -81,9 +93,17 @@ def tokens(tmp_path_factory, tiny_model_dir):
 
 
 def test_zero3_ranks_hold_only_their_partition_and_train_as_before(tiny_model_dir, tokens):
-    cfg = FullJobConfig(name="z", recipe="sft_full", base_model="b@production", dataset="d.yaml", register_as="m",
-                        log_every=2, deepspeed={"zero_stage": 3}, scaling={"num_workers": 2, "cpus_per_worker": 1},
-                        optim={"steps": 6, "batch_size": 2, "warmup_steps": 1, "lr": 1e-3})
+    cfg = FullJobConfig(
+        name="z",
+        recipe="sft_full",
+        base_model="b@production",
+        dataset="d.yaml",
+        register_as="m",
+        log_every=2,
+        deepspeed={"zero_stage": 3},
+        scaling={"num_workers": 2, "cpus_per_worker": 1},
+        optim={"steps": 6, "batch_size": 2, "warmup_steps": 1, "lr": 1e-3},
+    )
     partitioned = two_ranks(cfg, tiny_model_dir, tokens, "partitioned")
     whole = two_ranks(cfg, tiny_model_dir, tokens, "whole")
     full = partitioned[0]["loaded"]["full"]
@@ -93,9 +113,9 @@ def test_zero3_ranks_hold_only_their_partition_and_train_as_before(tiny_model_di
         assert rank["loaded"]["partition"] == pytest.approx(full / 2, rel=0.01)
         assert rank["after_setup"] == rank["loaded"]["partition"]
     for rank in whole:
-        assert rank["loaded"]["local"] == full       # the old way: all of it on every rank
+        assert rank["loaded"]["local"] == full  # the old way: all of it on every rank
     assert partitioned[0]["after_setup"] == whole[0]["after_setup"]
-    for new, old in zip(partitioned, whole):     # each rank logs the loss of its own batches
+    for new, old in zip(partitioned, whole):  # each rank logs the loss of its own batches
         assert new["losses"] == pytest.approx(old["losses"], rel=1e-5)
 
 
@@ -137,11 +157,21 @@ print("RESULT " + json.dumps({"losses": losses, "resumed": resumed, "frozen_loca
 
 
 def test_lora_under_zero3_trains_like_ddp_resumes_and_exports(tiny_model_dir, tokens, tmp_path):
-    cfg = LoraJobConfig(name="lz", base_model="b@production", dataset="d.yaml", register_as="a", log_every=1,
-                        checkpoint_every=3, deepspeed={"zero_stage": 3}, scaling={"num_workers": 2, "cpus_per_worker": 1},
-                        optim={"steps": 6, "batch_size": 2, "warmup_steps": 1, "lr": 1e-3})
-    zero3, ddp = (two_ranks(cfg, tiny_model_dir, tokens, mode, LORA_RANK, str(tmp_path)) for mode in ("zero3", "ddp"))
-    assert zero3[0]["frozen_local"] == 0 and ddp[0]["frozen_local"] > 0   # the base is sharded
+    cfg = LoraJobConfig(
+        name="lz",
+        base_model="b@production",
+        dataset="d.yaml",
+        register_as="a",
+        log_every=1,
+        checkpoint_every=3,
+        deepspeed={"zero_stage": 3},
+        scaling={"num_workers": 2, "cpus_per_worker": 1},
+        optim={"steps": 6, "batch_size": 2, "warmup_steps": 1, "lr": 1e-3},
+    )
+    zero3, ddp = (
+        two_ranks(cfg, tiny_model_dir, tokens, mode, LORA_RANK, str(tmp_path)) for mode in ("zero3", "ddp")
+    )
+    assert zero3[0]["frozen_local"] == 0 and ddp[0]["frozen_local"] > 0  # the base is sharded
     for z, d in zip(zero3, ddp):
         assert sorted(z["losses"], key=int) == ["1", "2", "3", "4", "5", "6"]
         assert z["losses"] == pytest.approx(d["losses"], rel=1e-4)
