@@ -27,6 +27,18 @@ def pytest_sessionstart(session):
         )
 
 
+@pytest.fixture(autouse=True)
+def _sekisho_home_kept():
+    """An in-process CLI call with `--home` points this process's Sekisho home
+    elsewhere; the tests after it must find the session's home where it was."""
+    before = os.environ.get("SEKISHO_HOME")
+    yield
+    if before is None:
+        os.environ.pop("SEKISHO_HOME", None)
+    else:
+        os.environ["SEKISHO_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def sekisho_home(tmp_path_factory) -> Path:
     """One Sekisho home (MLflow SQLite store, artifacts, Ray token) per test session."""
