@@ -21,7 +21,7 @@ from pydantic import Field
 
 from foundation import StrictConfig
 from train.config import ALL_LINEAR
-from train.tiny_model import TinyModelConfig
+from train.tiny_model import TinyModelConfig, byte_level_bpe
 
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
@@ -71,21 +71,11 @@ def special_tokens(spec: FamilySpec, facts: dict) -> list[str]:
 
 def family_tokenizer(spec: FamilySpec, facts: dict, texts: Iterable[str], vocab_size: int = 2048):
     """A transformers fast tokenizer of the family's kind, trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = special_tokens(spec, facts)
     if spec.tokenizer == "byte_level_bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=specials,
-            show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-        tok.train_from_iterator(list(texts), trainer=trainer)
+        tok = byte_level_bpe(texts, specials, vocab_size)
     else:
         tok = _sentencepiece_style(list(texts), specials, vocab_size)
     kwargs = {k: facts[k] for k in ("bos_token", "eos_token", "pad_token") if isinstance(facts.get(k), str)}

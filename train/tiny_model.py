@@ -51,25 +51,32 @@ class TinyModelConfig(StrictConfig):
     seed: int = Field(0, description="Seed for the weights.")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Train a byte-level BPE tokenizer on `texts` (decoding round-trips any UTF-8).
-
-    Returns:
-        A transformers fast tokenizer with the chat template and special tokens set.
-    """
+def byte_level_bpe(texts: Iterable[str], special_tokens: list[str], vocab_size: int):
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `texts`, `special_tokens` first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE tokenizer on `texts` (decoding round-trips any UTF-8).
+
+    Returns:
+        A transformers fast tokenizer with the chat template and special tokens set.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = byte_level_bpe(texts, SPECIAL_TOKENS, vocab_size)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
