@@ -38,7 +38,15 @@ class EngineSettings(StrictConfig):
 
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion in tokens.")
     max_num_seqs: int = Field(32, ge=1, description="Sequences batched at once.")
-    tensor_parallel_size: int = Field(1, ge=1, le=8, description="GPUs per replica (stays inside a node).")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=8, description="GPUs per pipeline stage of a replica (stays inside a node)."
+    )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Pipeline stages per replica, each on its own node with tensor_parallel_size "
+        "GPUs: for a model larger than one node (replica = tensor x pipeline GPUs).",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
     max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
