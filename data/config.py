@@ -96,14 +96,21 @@ class DatasetConfig(StrictConfig):
         "resolve against the config file's folder; 'samples:FILE' names a sample bundled "
         "with Sekisho."
     )
-    format: Literal["chat", "instruction", "prompt_completion", "text"] = Field(
+    format: Literal["chat", "sharegpt", "alpaca", "instruction", "prompt_completion", "text"] = Field(
         "chat",
-        description="Record format: chat {messages}, instruction {instruction, input, output}, "
-        "prompt_completion {prompt, completion}, text {text}.",
+        description="Rows: chat {messages} (OpenAI's, tool calls too); sharegpt {conversations: [{from, "
+        "value}], system?}; alpaca or instruction {instruction, input?, output, system?, history?}; "
+        "prompt_completion; text.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Format field -> column name in the source, e.g. {instruction: 質問, output: 回答}.",
+        description="Format field -> column name in the source, e.g. {instruction: 質問, output: 回答}, "
+        "or {conversations: conversation} for a ShareGPT file whose turns are under 'conversation'.",
+    )
+    template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="Passed to the model's chat template at tokenization, e.g. {enable_thinking: false} "
+        "for Qwen3; recorded in the prepared dataset's manifest so training and serving can see it.",
     )
     encoding: Literal[ENCODINGS] = Field(
         "auto",

@@ -226,7 +226,9 @@ class RowProcessor:
             exact[at] = [exact_key(k) for k in keys]
             is_eval[at] = [split_of(k, cfg.split.eval_fraction, cfg.split.seed) == "eval" for k in keys]
             band_keys[at] = self.hasher.band_keys_batch(["\n".join(ex.contents()) for _, ex in valid])
-            tokens, refused = tokenize_batch(self.tokenizer, [ex for _, ex in valid], notes=notes)
+            tokens, refused = tokenize_batch(
+                self.tokenizer, [ex for _, ex in valid], cfg.template_kwargs or None, notes
+            )
             tokens, problems = length_filter(cfg, tokens)
             for k, problem in {**problems, **refused}.items():
                 i, ex = valid[k]

@@ -221,19 +221,22 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
         w.commit()
     os.replace(log_path, out / "dropped.jsonl")
     manifest = build_manifest(cfg, acc, writers, examples, tokenizer_dir)
-    manifest["chat_template"] = template_report(acc.template, tokenizer, tokenizer_dir)
+    manifest["chat_template"] = template_report(acc.template, tokenizer, tokenizer_dir, cfg.template_kwargs)
     for warning in manifest["chat_template"].get("warnings", []):
         logger.warning("%s: %s", cfg.name, warning)
     write_manifest(manifest, out)
     return manifest
 
 
-def template_report(notes: Counter, tokenizer, tokenizer_dir: str | Path) -> dict:
+def template_report(
+    notes: Counter, tokenizer, tokenizer_dir: str | Path, template_kwargs: dict | None = None
+) -> dict:
     """How the chat template labelled the dataset's conversations (`data.template_labels`):
     the turn-end tokens trained and how often, the conversations whose serving
     prompt is not a prefix of their training render, and a warning for each
     thing a server must know (a turn-end token generation does not stop at).
-    Empty for a dataset with no conversation."""
+    Empty for a dataset with no conversation. `template_kwargs`: the variables
+    the template rendered with (`DatasetConfig.template_kwargs`)."""
     from data.template_labels import (
         NOTE_CONTENT_DROPPED,
         NOTE_MISMATCH,
@@ -245,7 +248,7 @@ def template_report(notes: Counter, tokenizer, tokenizer_dir: str | Path) -> dic
     ends = {k[len(NOTE_TURN_END) :]: n for k, n in sorted(notes.items()) if k.startswith(NOTE_TURN_END)}
     if not ends:
         return {}
-    warnings = turn_end_warnings(tokenizer, tokenizer_dir, used=ends)
+    warnings = turn_end_warnings(tokenizer, tokenizer_dir, used=ends, template_kwargs=template_kwargs)
     if notes[NOTE_MISMATCH]:
         warnings.append(
             f"{notes[NOTE_MISMATCH]} conversation(s) render differently for serving than for training: "
@@ -304,6 +307,7 @@ def build_manifest(
         "tokenizer_sha256": tokenizer_hash(tokenizer_dir),
         "tokenizer_path": str(tokenizer_dir),
         "max_length": cfg.max_length,
+        "template_kwargs": dict(cfg.template_kwargs),  # what serving must render prompts with
         "packing": {
             "enabled": cfg.packing.enabled,
             "length": cfg.pack_length if cfg.packing.enabled else None,

@@ -9,12 +9,16 @@ Formats (canonical field names; `columns` maps them to the source's names):
   (`tool_call_id`, `content`); an assistant turn may carry its reasoning as
   `reasoning_content` (Qwen3, vLLM) or `thinking` (gpt-oss), as its template reads it.
   Arguments given as JSON text become objects (what templates and vLLM expect).
-- instruction: `instruction`, optional `input`, `output`, optional `system`.
+- sharegpt: `conversations`, ShareGPT's [{from, value}] turns (human, gpt, system,
+  function_call, observation; or {role, content}), optional `system`; see `data.sharegpt`.
+- alpaca (or instruction, the same fields): `instruction`, optional `input` (may be
+  empty), `output`, optional `system` and `history` ([[question, answer], ...]);
+  see `data.alpaca`.
 - prompt_completion: `prompt`, `completion`, optional `system`.
 - text: `text` (continued pre-training; every token is trained).
 
-Instruction and prompt/completion rows become chat conversations (user turn,
-then assistant turn), so one tokeniser and one chat template serve all three.
+ShareGPT, Alpaca and prompt/completion rows become chat conversations (OpenAI's
+shape), so one tokeniser and one chat template serve them all.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ _KEYS = {
 }
 FIELDS = {  # format -> (required, optional)
     "chat": (("messages",), ()),
-    "instruction": (("instruction", "output"), ("input", "system")),
+    "sharegpt": (("conversations",), ("system",)),
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
+    "instruction": (("instruction", "output"), ("input", "system", "history")),
     "prompt_completion": (("prompt", "completion"), ("system",)),
     "text": (("text",), ()),
 }
@@ -296,13 +302,22 @@ def _fields(value: object, fmt: str, columns: dict[str, str]) -> dict | Problem:
         expected = [columns.get(f, f) for f in required + optional]
         return Problem(
             "unknown_field",
-            f"unknown field(s) {unknown}: a {fmt} row has only {expected} (map columns with `columns:`)",
+            f"unknown field(s) {unknown}: a {fmt} row has only {expected} (map columns with `columns:`)"
+            + _format_hint(value, fmt),
         )
     fields = {source[k]: v for k, v in value.items() if v is not None}
     for f in required:
         if f not in fields:
             return Problem("missing_field", f"missing field {columns.get(f, f)!r} ({fmt} format)")
     return fields
+
+
+def _format_hint(value: dict, fmt: str) -> str:
+    """'; it looks like a ... row' when the row has every required field of another format."""
+    for other, (required, _) in FIELDS.items():
+        if other not in (fmt, "instruction") and all(f in value for f in required):
+            return f"; it has the fields of a {other} row (format: {other})"
+    return ""
 
 
 def _text(fields: dict, name: str, columns: dict[str, str]) -> str | Problem:
@@ -324,15 +339,17 @@ def to_example(row: RawRow, fmt: str, columns: dict[str, str] | None = None) -> 
     fields = _fields(row.value, fmt, columns)
     if isinstance(fields, Problem):
         return fields
-    if fmt == "chat":
-        messages = fields["messages"]
-        if isinstance(messages, str):  # a CSV cell or a text column holding JSON
-            try:
-                messages = json.loads(messages)
-            except json.JSONDecodeError as exc:
-                return Problem("invalid_json", f"'messages' holds text that is not JSON ({exc.msg})")
+    if fmt in ("chat", "sharegpt"):
+        messages = _conversation(fields, fmt, columns)
+        if isinstance(messages, Problem):
+            return messages
         problem = check_messages(messages)
         return problem or Example(row.file, row.line, row.unit, messages=canonical_messages(messages))
+    if fmt in ("alpaca", "instruction"):
+        from data.alpaca import alpaca_messages
+
+        messages = alpaca_messages(fields, columns)
+        return messages if isinstance(messages, Problem) else Example(row.file, row.line, row.unit, messages)
     texts = {}
     for name in FIELDS[fmt][0] + FIELDS[fmt][1]:
         if name in fields:
@@ -341,15 +358,36 @@ def to_example(row: RawRow, fmt: str, columns: dict[str, str] | None = None) -> 
                 return texts[name]
     if fmt == "text":
         return Example(row.file, row.line, row.unit, text=texts["text"])
-    if fmt == "instruction":
-        user = texts["instruction"] + (f"\n\n{texts['input']}" if "input" in texts else "")
-        answer = texts["output"]
-    else:
-        user, answer = texts["prompt"], texts["completion"]
     system = [{"role": "system", "content": texts["system"]}] if "system" in texts else []
     return Example(
         row.file,
         row.line,
         row.unit,
-        messages=system + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        messages=system
+        + [
+            {"role": "user", "content": texts["prompt"]},
+            {"role": "assistant", "content": texts["completion"]},
+        ],
     )
+
+
+def _conversation(fields: dict, fmt: str, columns: dict[str, str]) -> list | Problem:
+    """The messages of a chat or ShareGPT row (a JSON string in a CSV cell or text
+    column is parsed), not yet checked."""
+    name = "messages" if fmt == "chat" else "conversations"
+    value = fields[name]
+    if isinstance(value, str):  # a CSV cell or a text column holding JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return Problem(
+                "invalid_json", f"{columns.get(name, name)!r} holds text that is not JSON ({exc.msg})"
+            )
+    if fmt == "chat":
+        return value
+    from data.sharegpt import sharegpt_messages
+
+    system = fields.get("system")
+    if system is not None and not isinstance(system, str):
+        return Problem("wrong_type", f"{columns.get('system', 'system')!r}: expected text")
+    return sharegpt_messages(value, system if system and system.strip() else None)
