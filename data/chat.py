@@ -114,7 +114,11 @@ def read_chat_jsonl(path: str | Path, on_error: str = "fail") -> ChatDataset:
 
 
 def tokenize_conversation(
-    tokenizer, messages: list[dict], max_length: int, template_kwargs: dict | None = None
+    tokenizer,
+    messages: list[dict],
+    max_length: int,
+    template_kwargs: dict | None = None,
+    tools: list[dict] | None = None,
 ) -> dict[str, list[int]]:
     """Token ids and labels for one conversation, with labels only on assistant turns.
 
@@ -123,7 +127,8 @@ def tokenize_conversation(
     chat template and tokenised as a whole, so training sees exactly the
     template's text; trained are the tokens that start inside an assistant
     turn's span, from where its serving prompt ends through its turn-end token
-    (`data.template_labels.assistant_spans`).
+    (`data.template_labels.assistant_spans`). `tools`: tool definitions (OpenAI's
+    shape) the template renders into the prompt, as a server does.
 
     Returns:
         {"input_ids": [...], "labels": [...]} with IGNORE_INDEX on non-trained tokens.
@@ -139,7 +144,9 @@ def tokenize_conversation(
     kwargs = template_kwargs or {}
 
     def render(msgs, prompt):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt, **kwargs)
+        return tokenizer.apply_chat_template(
+            msgs, tools=tools, tokenize=False, add_generation_prompt=prompt, **kwargs
+        )
 
     try:
         full = render(messages, False)

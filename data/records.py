@@ -9,8 +9,11 @@ Formats (canonical field names; `columns` maps them to the source's names):
   (`tool_call_id`, `content`); an assistant turn may carry its reasoning as
   `reasoning_content` (Qwen3, vLLM) or `thinking` (gpt-oss), as its template reads it.
   Arguments given as JSON text become objects (what templates and vLLM expect).
+  Optional `tools`: the tool definitions the chat template renders into the
+  prompt (`data.tool_definitions`).
 - sharegpt: `conversations`, ShareGPT's [{from, value}] turns (human, gpt, system,
-  function_call, observation; or {role, content}), optional `system`; see `data.sharegpt`.
+  function_call, observation; or {role, content}), optional `system` and `tools`;
+  see `data.sharegpt`.
 - alpaca (or instruction, the same fields): `instruction`, optional `input` (may be
   empty), `output`, optional `system` and `history` ([[question, answer], ...]);
   see `data.alpaca`.
@@ -37,8 +40,8 @@ _KEYS = {
     "tool": {"role", "content", "tool_call_id", "name"},
 }
 FIELDS = {  # format -> (required, optional)
-    "chat": (("messages",), ()),
-    "sharegpt": (("conversations",), ("system",)),
+    "chat": (("messages",), ("tools",)),
+    "sharegpt": (("conversations",), ("system", "tools")),
     "alpaca": (("instruction", "output"), ("input", "system", "history")),
     "instruction": (("instruction", "output"), ("input", "system", "history")),
     "prompt_completion": (("prompt", "completion"), ("system",)),
@@ -56,13 +59,15 @@ class Problem:
 
 @dataclass
 class Example:
-    """A valid example: chat `messages`, or raw `text`; with where it came from."""
+    """A valid example: chat `messages` (and the `tools` its template renders, in
+    OpenAI's shape), or raw `text`; with where it came from."""
 
     file: str
     line: int
     unit: str
     messages: list[dict[str, str]] | None = None
     text: str | None = None
+    tools: list[dict] | None = None
 
     def contents(self) -> list[str]:
         """The texts a model sees, in order (message contents with their reasoning
@@ -344,7 +349,14 @@ def to_example(row: RawRow, fmt: str, columns: dict[str, str] | None = None) -> 
         if isinstance(messages, Problem):
             return messages
         problem = check_messages(messages)
-        return problem or Example(row.file, row.line, row.unit, messages=canonical_messages(messages))
+        if problem:
+            return problem
+        from data.tool_definitions import tool_definitions
+
+        tools = tool_definitions(fields.get("tools"), columns.get("tools", "tools"))
+        if isinstance(tools, Problem):
+            return tools
+        return Example(row.file, row.line, row.unit, messages=canonical_messages(messages), tools=tools)
     if fmt in ("alpaca", "instruction"):
         from data.alpaca import alpaca_messages
 

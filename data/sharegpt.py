@@ -2,7 +2,8 @@
 
 A ShareGPT row (as LLaMA-Factory and Axolotl read it) holds its turns under
 `conversations`: `{"from": ..., "value": ...}` objects, or `{"role": ...,
-"content": ...}` (the same roles either way), with an optional `system` field:
+"content": ...}` (the same roles either way), with optional `system` and `tools`
+(`data.tool_definitions`) fields:
 
     human, user              -> user
     gpt, assistant           -> assistant

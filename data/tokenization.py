@@ -51,7 +51,7 @@ class TokenizedBatch:
 def _renderer(
     tokenizer, samples: list[list[dict]], add_generation_prompt: bool, template_kwargs: dict | None = None
 ):
-    """messages -> the chat template's text (with the generation prompt or not).
+    """(messages, tools=None) -> the chat template's text (with the generation prompt or not).
 
     Runs the tokenizer's compiled template directly on one context, reset
     between calls: jinja's `render` builds a new context on every call (copying
@@ -64,9 +64,9 @@ def _renderer(
     """
     kwargs = dict(template_kwargs or {})
 
-    def slow(messages):
+    def slow(messages, tools=None):
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
 
     try:
@@ -86,14 +86,14 @@ def _renderer(
     except Exception:  # noqa: BLE001  (a transformers or jinja without the shortcut: the public API)
         return slow
 
-    def fast(messages):
-        scope["messages"] = messages
+    def fast(messages, tools=None):
+        scope["messages"], scope["tools"] = messages, tools
         context.vars.clear()  # what the last call's top-level {% set %} left
         context.exported_vars.clear()
         try:
             return "".join(run(context))
         except Exception:  # noqa: BLE001
-            return slow(messages)
+            return slow(messages, tools)
 
     try:
         same = bool(samples) and all(fast(m) == slow(m) for m in [*samples, samples[0]])
@@ -103,7 +103,7 @@ def _renderer(
 
 
 def _prompt_renderer(tokenizer, samples: list[list[dict]], template_kwargs: dict | None = None):
-    """messages -> the prompt a server sends for the next assistant turn (see `_renderer`)."""
+    """(messages, tools=None) -> the prompt a server sends for the next assistant turn (see `_renderer`)."""
     return _renderer(tokenizer, samples, True, template_kwargs)
 
 
@@ -119,13 +119,22 @@ def template_error(exc: Exception) -> Problem:
 
 
 def render_conversation(
-    messages: list[dict], render_full, render_prompt, profile, notes: Counter | None = None
+    messages: list[dict],
+    render_full,
+    render_prompt,
+    profile,
+    notes: Counter | None = None,
+    tools: list[dict] | None = None,
 ) -> tuple[str, list[tuple[int, int]]] | Problem:
     """(the conversation's render, the character span of each assistant turn in
-    it), or the problem that keeps it from training."""
+    it), or the problem that keeps it from training. `tools`: the tool
+    definitions rendered into every prompt, as a server renders them."""
+    extra = (tools,) if tools else ()  # renderers without tools may take the messages alone
     try:
-        full = render_full(messages)
-        prompts = [render_prompt(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        full = render_full(messages, *extra)
+        prompts = [
+            render_prompt(messages[:i], *extra) for i, m in enumerate(messages) if m["role"] == "assistant"
+        ]
     except Exception as exc:  # noqa: BLE001  (a template error of one row is that row's problem)
         return template_error(exc)
     try:
@@ -294,19 +303,19 @@ def tokenize_batch(
             whose serving prompt is not a prefix of their render, the turn-end
             token of each turn, and so on (`data.template_labels`).
     """
-    convs = [(i, ex.messages) for i, ex in enumerate(examples) if ex.messages is not None]
+    convs = [(i, ex.messages, ex.tools) for i, ex in enumerate(examples) if ex.messages is not None]
     problems: dict[int, Problem] = {}
     ids_of: list[list[int]] = [[] for _ in examples]
     ranges_of: list[list[tuple[int, int]]] = [[] for _ in examples]
     flat = None  # the chats' ids as flat arrays: the batch's, when it has no raw text
     if convs:
-        samples = [convs[0][1], convs[-1][1]]
+        samples = [convs[0][1], convs[-1][1]]  # checked without tools: the fast path sets them per call
         render_full = _renderer(tokenizer, samples, False, template_kwargs)
         render_prompt = _prompt_renderer(tokenizer, [m[:-1] for m in samples], template_kwargs)
         profile = template_profile(tokenizer, template_kwargs)
         chats, texts = [], []
-        for i, messages in convs:
-            out = render_conversation(messages, render_full, render_prompt, profile, notes)
+        for i, messages, tools in convs:
+            out = render_conversation(messages, render_full, render_prompt, profile, notes, tools)
             if isinstance(out, Problem):
                 problems[i] = out
             else:

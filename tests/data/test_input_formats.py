@@ -431,3 +431,71 @@ def test_shipped_sharegpt_example_prepares(tmp_path, tiny_model_dir):
     m = prepare(cfg, tiny_model_dir, tmp_path / "out")
     assert m["rows"]["dropped"] == {} and m["rows"]["train"] == m["rows"]["in"] == 8
     assert m["template_kwargs"] == {}
+
+
+# --- tool definitions ---------------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "明日の天気",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def test_tools_in_both_shapes_render_into_the_prompt(tmp_path):
+    """LLaMA-Factory's bare tool list (JSON text) on a ShareGPT row and OpenAI's
+    shape on a chat row: the same ids, the tools in the rendered prompt, the
+    labels only on the answers; the batched path agrees with the reference."""
+    from data import tokenize_conversation
+
+    fam = build_family("qwen2.5-instruct")
+    model = tmp_path / "model"
+    fam.tokenizer.save_pretrained(model)
+    call = {"name": "get_weather", "arguments": {"city": "大阪"}}
+    sharegpt = {
+        "conversations": turns(
+            ("human", "明日の大阪の天気を教えて。"),
+            ("function_call", json.dumps(call, ensure_ascii=False)),
+            ("observation", "晴れ"),
+            ("gpt", "晴れです。"),
+        ),
+        "tools": json.dumps([WEATHER_TOOL], ensure_ascii=False),
+    }
+    ex = to_example(row(sharegpt), "sharegpt")
+    assert ex.tools == [{"type": "function", "function": WEATHER_TOOL}]
+    openai = {"messages": ex.messages, "tools": ex.tools}
+    rows = {}
+    for fmt, value in (("sharegpt", sharegpt), ("chat", openai)):
+        src = write_jsonl(tmp_path / f"{fmt}.jsonl", value)
+        cfg = DatasetConfig(name=fmt, path=str(src), format=fmt, max_length=1024, pii={"enabled": False})
+        assert prepare(cfg, model, tmp_path / fmt)["rows"]["out"] == 1
+        rows[fmt] = pq.read_table(tmp_path / fmt / "tokens.parquet").to_pylist()[0]
+    assert rows["sharegpt"] == rows["chat"]
+    text = fam.tokenizer.decode(rows["chat"]["input_ids"])
+    assert "<tools>" in text and "明日の天気" in text
+    trained = fam.tokenizer.decode([t for t in rows["chat"]["labels"] if t != IGNORE_INDEX])
+    assert "<tools>" not in trained and trained.endswith("晴れです。<|im_end|>")
+    ref = tokenize_conversation(fam.tokenizer, ex.messages, 1 << 20, tools=ex.tools)
+    without = tokenize_conversation(fam.tokenizer, ex.messages, 1 << 20)
+    assert ref == rows["chat"] and ref["input_ids"] != without["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        "not json",
+        {"name": "f"},
+        [{"description": "no name"}],
+        [{"type": "retrieval", "function": {"name": "f"}}],
+        [{"type": "function", "function": {"name": "f"}, "extra": 1}],
+        [{"name": "f", "parameters": "x"}],
+    ],
+)
+def test_bad_tool_definitions_are_row_errors(tools):
+    value = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "tools": tools,
+    }
+    problem = to_example(row(value), "chat")
+    assert isinstance(problem, Problem) and problem.code == "bad_tools", problem
+    assert "'tools'" in problem.message or "tools[0]" in problem.message
