@@ -33,8 +33,71 @@ class AdapterSpec(StrictConfig):
         return _check_source(value)
 
 
+# vLLM 0.32's quantization methods (vllm.model_executor.layers.quantization
+# QUANTIZATION_METHODS, less the deprecated ones) and KV cache dtypes
+# (vllm.config.cache.CacheDType); tests/serve checks they match vLLM's.
+QUANTIZATIONS = (
+    "awq",
+    "auto_awq",
+    "awq_marlin",
+    "gptq",
+    "auto_gptq",
+    "gptq_marlin",
+    "compressed-tensors",
+    "fp8",
+    "fp8_per_tensor",
+    "fp8_per_block",
+    "fp8_per_channel",
+    "mxfp8",
+    "mxfp4",
+    "gpt_oss_mxfp4",
+    "modelopt",
+    "modelopt_fp4",
+    "modelopt_mxfp8",
+    "modelopt_mixed",
+    "nvfp4_per_token",
+    "int8_per_channel_weight_only",
+    "experts_int8",
+    "moe_wna16",
+    "humming",
+    "quark",
+    "torchao",
+    "inc",
+    "deepseek_v4_fp8",
+    "online",
+)
+KV_CACHE_DTYPES = (
+    "auto",
+    "float16",
+    "bfloat16",
+    "fp8",
+    "fp8_e4m3",
+    "fp8_e5m2",
+    "fp8_inc",
+    "fp8_ds_mla",
+    "nvfp4_ds_mla",
+    "turboquant_k8v4",
+    "turboquant_4bit_nc",
+    "turboquant_k3v4_nc",
+    "turboquant_3bit_nc",
+    "ultraquant_4bit",
+    "int4_per_token_head",
+    "int8_per_token_head",
+    "fp8_per_token_head",
+    "nvfp4",
+    "nvfp4_4over6",
+)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
+
+
 class EngineSettings(StrictConfig):
-    """vLLM engine settings for one model."""
+    """vLLM engine settings for one model. Unset (none) settings keep vLLM's default.
+
+    The engine's command line is built by `serve.vllm_process.vllm_command`; a config
+    with `extra_args` is checked against vLLM's own parser when it is loaded
+    (`serve.engine_args`). `tool_call_parser: auto` is resolved at engine start from the
+    model folder (`serve.tool_parsers`).
+    """
 
     max_model_len: int = Field(512, ge=16, description="Longest prompt + completion in tokens.")
     max_num_seqs: int = Field(32, ge=1, description="Sequences batched at once.")
@@ -47,16 +110,48 @@ class EngineSettings(StrictConfig):
         description="Pipeline stages per replica, each on its own node with tensor_parallel_size "
         "GPUs: for a model larger than one node (replica = tensor x pipeline GPUs).",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
-    max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
-    max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted.")
-    kv_cache_gb: int = Field(1, ge=1, description="CPU engine only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
-    tool_call_parser: str | None = Field(
-        None,
-        description="vLLM tool-call parser for this model's format "
-        "(e.g. hermes, llama3_json, pythonic); enables tools with tool_choice "
-        "'auto'. Without it, requests that offer tools are refused by vLLM.",
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights and activations dtype; auto: the dtype the model's config.json names."
     )
+    quantization: str | None = Field(
+        None,
+        description="Weight quantization (vLLM's --quantization): awq, gptq, fp8, compressed-tensors, "
+        "... Default: what the model's config.json says, so a quantized checkpoint needs nothing here.",
+    )
+    kv_cache_dtype: str | None = Field(
+        None,
+        description="KV cache element type: fp8 (= fp8_e4m3) or fp8_e5m2 holds about twice the tokens "
+        "in the same memory at a small accuracy cost (GPUs). Default: the model's dtype.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="GPU engines: the share of each GPU's memory vLLM takes (weights, activations, KV "
+        "cache). Lower it where other processes share the GPU. Default: vLLM's 0.9.",
+    )
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens one scheduler step processes (prompt chunks + decodes): higher speeds up "
+        "long prompts, lower keeps decoding smooth. Default: vLLM's, chosen by hardware.",
+    )
+    enable_prefix_caching: bool | None = Field(
+        None,
+        description="Reuse the KV cache of a prompt prefix already computed (shared system prompts, "
+        "multi-turn chats). Default: vLLM's (on for generate models).",
+    )
+    generation_config: Literal["model", "vllm"] = Field(
+        "model",
+        description="Default sampling: model: the model's generation_config.json (temperature, top_p, "
+        "...); vllm: vLLM's neutral ones; requests override them. Either way its eos_token_id list "
+        "(turn ends) stops.",
+    )
+    max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
+    max_lora_rank: int = Field(
+        16, description=f"Largest adapter rank accepted; one of {', '.join(map(str, LORA_RANKS))}."
+    )
+    kv_cache_gb: int = Field(1, ge=1, description="CPU engine only: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     enforce_eager: bool = Field(
         False,
         description="Run the model eagerly (no torch.compile warm-up, no CUDA "
@@ -72,6 +167,74 @@ class EngineSettings(StrictConfig):
         "Lowering it needs root or CAP_SYS_NICE, else the replica logs a warning.",
     )
     startup_timeout_s: int = Field(600, ge=10, description="How long an engine may take to become healthy.")
+    extra_args: list[str] = Field(
+        default_factory=list,
+        description="More vLLM server flags, e.g. ['--max-logprobs', '5']. Checked against vLLM's own "
+        "parser at config load: unknown flags, bad values and flags the fields above set are refused.",
+    )
+    tool_call_parser: str | None = Field(
+        "auto",
+        description="vLLM's parser for the model's tool calls (enables tool_choice 'auto'). auto: "
+        "picked from the model's chat template at engine start; or a vLLM parser name; none: tools refused.",
+    )
+
+    @field_validator("quantization", "kv_cache_dtype")
+    @classmethod
+    def _vllm_choice(cls, value: str | None, info):
+        choices = QUANTIZATIONS if info.field_name == "quantization" else KV_CACHE_DTYPES
+        if value is not None and value not in choices:
+            raise ValueError(f"{value!r} is not one of vLLM's: {', '.join(choices)}")
+        return value
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _lora_rank(cls, value: int) -> int:
+        if value not in LORA_RANKS:
+            raise ValueError(
+                f"vLLM accepts a max_lora_rank of {', '.join(map(str, LORA_RANKS))}; got {value}"
+            )
+        return value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _vllm_accepts(cls, value: list[str], info):
+        """The engine's whole command line, these flags at its end, as vLLM's parser reads it
+        (imports vLLM, about 10 s, only for a config that has extra_args)."""
+        if not value or any(f not in info.data for f in ("max_model_len", "dtype", "max_lora_rank")):
+            return value  # nothing to check, or an earlier field is already refused
+        from serve.engine_args import check_extra_args
+        from serve.vllm_process import engine_flags
+
+        command = engine_flags(
+            dict(info.data),
+            model_dir="/model",
+            served_name="model",
+            adapters={},
+            host="127.0.0.1",
+            port=8000,
+            embedded_gateway=False,
+            tool_call_parser=None,
+        )
+        try:
+            check_extra_args(command, value)
+        except ImportError as exc:
+            raise ValueError(f"cannot check extra_args: vLLM does not import here ({exc})") from None
+        return value
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, value: str | None, info):
+        if value in (None, "auto", "none") or "--tool-parser-plugin" in info.data.get("extra_args", []):
+            return value
+        from serve.engine_args import tool_parser_names
+
+        names = tool_parser_names()
+        if value not in names:
+            raise ValueError(
+                f"{value!r} is not one of vLLM's tool-call parsers ({', '.join(names)}); or 'auto' to "
+                "pick it from the model's chat template, 'none' for no tools"
+            )
+        return value
 
 
 class AutoscalingSettings(StrictConfig):
@@ -164,7 +327,7 @@ class ModelSpec(StrictConfig):
             raise ValueError("too many adapters for engine.max_loras")
         if self.task == "embed" and self.adapters:
             raise ValueError("an embedding model (task: embed) takes no adapters")
-        if self.task == "embed" and self.engine.tool_call_parser:
+        if self.task == "embed" and self.engine.tool_call_parser not in (None, "auto", "none"):
             raise ValueError("engine.tool_call_parser: an embedding model (task: embed) has no tool calls")
         return self
 
