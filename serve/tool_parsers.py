@@ -92,7 +92,9 @@ def resolve_tool_call_parser(
     if parser:
         logger.info("tool-call parser %s for %s: %s", parser, model_dir, why)
     else:
-        logger.info("no tool-call parser for %s (%s): requests that offer tools are refused", model_dir, why)
+        # A template that takes tools but whose format is not recognised: worth a warning.
+        log = logger.warning if "tools" in chat_template(model_dir) else logger.info
+        log("no tool-call parser for %s (%s): requests that offer tools are refused", model_dir, why)
     return parser
 
 

@@ -229,6 +229,15 @@ def test_auto_is_resolved_at_engine_start_and_logged_an_explicit_parser_wins(tmp
     assert parsed(
         command(EngineSettings(tool_call_parser="pythonic"), model_dir=tmp_path)
     ).tool_call_parser == ("pythonic")
+    unknown = tmp_path / "unknown-format"
+    unknown.mkdir()
+    (unknown / "chat_template.jinja").write_text(
+        "{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}"
+    )
+    caplog.clear()
+    assert resolve_tool_call_parser("auto", unknown) is None
+    (record,) = [r for r in caplog.records if r.name == "sekisho.serve"]
+    assert record.levelno == logging.WARNING and "set engine.tool_call_parser" in record.getMessage()
     for off in (None, "none"):
         assert "--tool-call-parser" not in command(EngineSettings(tool_call_parser=off), model_dir=tmp_path)
     assert "--tool-call-parser" not in command(EngineSettings(), model_dir=tmp_path, task="embed")
