@@ -7,7 +7,7 @@ from cluster.inventory import Inventory, Node
 from cluster.kuberay import render_kuberay, write_kuberay
 from cluster.node_env import node_env
 from cluster.placement import PlacementError, plan_placement
-from cluster.plan import GpuGroup, PlacementGroupSpec, Plan
+from cluster.plan import GpuGroup, PlacementGroupSpec, Plan, replica_placement_group
 from cluster.ray_up import render_ray_up, write_ray_up
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Plan",
     "node_env",
     "plan_placement",
+    "replica_placement_group",
     "render_kuberay",
     "render_ray_up",
     "write_kuberay",

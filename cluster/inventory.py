@@ -40,6 +40,13 @@ class Node(StrictConfig):
     gpu_model: str = Field(default="H100", description="GPU model, for display and checks.")
     gpu_memory_gib: float = Field(gt=0, description="Memory of one GPU in GiB (H100 SXM: 80).")
     cpus: int = Field(ge=1, description="Logical CPUs Ray may schedule on this node.")
+    memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Host memory (RAM) of the node in GB (DGX H100: 2000, i.e. 2 TB). Training jobs' "
+        "host-memory estimates (model loading, offloaded optimizer state) are checked against it; "
+        "none: unknown, and a job's own plan.cpu_memory_gb is used instead.",
+    )
     ib_hcas: list[str] = Field(
         default_factory=list,
         description="InfiniBand HCAs NCCL may use (NCCL_IB_HCA), e.g. mlx5_0; empty: no InfiniBand.",
@@ -162,6 +169,15 @@ class Inventory(StrictConfig):
     @property
     def total_gpus(self) -> int:
         return sum(n.gpus for n in self.nodes)
+
+    @property
+    def gpu_node_memory_gb(self) -> float | None:
+        """Host memory of the smallest GPU node (where training ranks run), in GB;
+        None when a GPU node does not declare memory_gb."""
+        sizes = [n.memory_gb for n in self.nodes if n.gpus]
+        if not sizes or None in sizes:
+            return None
+        return min(sizes)
 
     def node(self, name: str) -> Node:
         """The node called `name`.

@@ -81,8 +81,9 @@ class Plan:
         return sum(len(g.gpus) for g in self.groups if g.node == node)
 
     def placement_group(self, request: str, replica: int = 0) -> PlacementGroupSpec:
-        """The placement group of one serve replica: one bundle per GPU, pinned to
-        the node the plan chose, stages in order.
+        """The placement group of one serve replica: one bundle per pipeline stage
+        (its tensor-parallel GPUs, which stay on one node), pinned to the node the
+        plan chose, stages in order (see `replica_placement_group`).
 
         Raises:
             KeyError: no such request or replica.
@@ -93,16 +94,16 @@ class Plan:
         )
         if not groups:
             raise KeyError(f"{request} replica {replica}")
-        bundles, selectors = [], []
-        for g in groups:
-            node = self.inventory.node(g.node)
-            for _ in g.gpus:
-                bundles.append(
-                    {"GPU": 1.0, "CPU": float(req.cpus_per_gpu), node.ray_resource: NODE_RESOURCE_PER_BUNDLE}
-                )
-                selectors.append({NODE_LABEL_KEY: node.name})
-        one_node = len({g.node for g in groups}) == 1
-        return PlacementGroupSpec(bundles, "STRICT_PACK" if one_node else "PACK", selectors)
+        nodes = [self.inventory.node(g.node) for g in groups]
+        spec = replica_placement_group(
+            req.tensor_parallel,
+            len(groups),
+            req.cpus_per_gpu * req.tensor_parallel,
+            [[n.name] for n in nodes],
+        )
+        for bundle, node in zip(spec.bundles, nodes):
+            bundle[node.ray_resource] = NODE_RESOURCE_PER_BUNDLE
+        return spec
 
     def placement_groups(self, request: str) -> list[PlacementGroupSpec]:
         """One placement group per replica of a serve request."""
@@ -138,3 +139,41 @@ class Plan:
             else:
                 out[r.name] = {"scaling_config": self.scaling_config_kwargs(r.name)}
         return out
+
+
+def replica_placement_group(
+    tensor_parallel: int,
+    pipeline_parallel: int,
+    cpus_per_stage: float,
+    stage_nodes: list[list[str]] | None = None,
+    gpus: bool = True,
+) -> PlacementGroupSpec:
+    """The placement group of one engine replica of `tensor_parallel` x
+    `pipeline_parallel` GPUs: one bundle per pipeline stage holding that stage's
+    GPUs (a stage's ranks share a node: NVLink) and the CPUs of the process that
+    runs it; bundle 0 is also the replica's own. One stage packs strictly on one
+    node; several stages PACK (onto one node if it has room, else across nodes).
+
+    Args:
+        tensor_parallel: GPUs per stage.
+        pipeline_parallel: stages.
+        cpus_per_stage: logical CPUs in each bundle.
+        stage_nodes: per stage, the nodes it may run on (the planner's choice;
+            label `sekisho/node`); none: anywhere.
+        gpus: False on a cluster without GPUs (vLLM's CPU build): CPU-only bundles.
+
+    Returns:
+        Bundles, strategy and one label selector per bundle (empty: any node).
+    """
+    bundle = {"CPU": float(cpus_per_stage)}
+    if gpus:
+        bundle["GPU"] = float(tensor_parallel)
+    selectors = [
+        {NODE_LABEL_KEY: names[0] if len(names) == 1 else f"in({','.join(names)})"} if names else {}
+        for names in (stage_nodes or [[]] * pipeline_parallel)
+    ]
+    return PlacementGroupSpec(
+        [dict(bundle) for _ in range(pipeline_parallel)],
+        "STRICT_PACK" if pipeline_parallel == 1 else "PACK",
+        selectors,
+    )

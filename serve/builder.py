@@ -25,6 +25,9 @@ class ResolvedApp:
     config: ServeAppConfig
     models: dict[str, ResolvedModel | Path] = field(default_factory=dict)
     cache_dir: Path | None = None
+    # Model name -> per pipeline stage, the nodes it may run on (a placement plan's
+    # choice, set by sekisho.gpu_plan.plan_serve_app); absent: anywhere.
+    stage_nodes: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def followed_bases(self) -> dict[str, str]:
         """registry:NAME@ALIAS base models -> the version resolved now."""
@@ -92,7 +95,6 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
     """One engine deployment (bound) for a base model and its adapters."""
     from ray import serve
 
-    from cluster.node_env import FULL_PRIORITY_ENV
     from experiments import tracking_uri
     from serve.autoscaling import ray_autoscaling_config
     from serve.engine import VLLMEngine
@@ -103,14 +105,11 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         if spec.autoscaling
         else {"num_replicas": spec.num_replicas or 1}
     )
+    placement = replica_placement(spec, _has_gpus(), app.stage_nodes.get(spec.name))
     deployment = serve.deployment(VLLMEngine).options(
         name=f"engine-{spec.name}",
         **sizing,
-        ray_actor_options={
-            "num_cpus": spec.cpus_per_replica,
-            "num_gpus": spec.engine.tensor_parallel_size if _has_gpus() else 0,
-            "runtime_env": {"env_vars": dict(FULL_PRIORITY_ENV)},
-        },  # a job driver's priority
+        **placement,
         health_check_period_s=10,
         health_check_timeout_s=30,
         # A new base version rolls the replicas: each new one starts (and is
@@ -119,7 +118,14 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         graceful_shutdown_timeout_s=60,
         max_ongoing_requests=1000,
     )
-    engine = {**spec.engine.model_dump(), "task": spec.task, "autoscaling": spec.autoscaling is not None}
+    engine = {
+        **spec.engine.model_dump(),
+        "task": spec.task,
+        "autoscaling": spec.autoscaling is not None,
+        # What each further pipeline stage's process asks of its bundle (serve.pipeline_stages).
+        "stage_gpus": placement["ray_actor_options"]["num_gpus"],
+        "stage_cpus": spec.cpus_per_replica,
+    }
     return deployment.bind(
         _path(app.models[spec.name]),
         spec.name,
@@ -131,6 +137,39 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         tracking_uri(),
         gateway,
     )
+
+
+def replica_placement(spec: ModelSpec, gpus: bool, stage_nodes: list[list[str]] | None = None) -> dict:
+    """Serve deployment options that place one engine replica of tensor x pipeline
+    GPUs: the replica actor's own resources and, for several stages, a GPU
+    cluster or a plan's pinning, the replica's placement group (bundle 0: the
+    replica and stage 0; bundle k: stage k, see cluster.replica_placement_group).
+
+    Args:
+        spec: the model.
+        gpus: whether the cluster has GPUs (vLLM's CPU build asks for none).
+        stage_nodes: per stage, the nodes the plan allows (sekisho.gpu_plan).
+    """
+    from cluster import replica_placement_group
+    from cluster.node_env import FULL_PRIORITY_ENV
+
+    tp, pp = spec.engine.tensor_parallel_size, spec.engine.pipeline_parallel_size
+    actor = {
+        "num_cpus": spec.cpus_per_replica,
+        "num_gpus": tp if gpus else 0,
+        "runtime_env": {"env_vars": dict(FULL_PRIORITY_ENV)},  # a job driver's priority
+    }
+    if pp == 1 and not gpus and not stage_nodes:
+        return {"ray_actor_options": actor}  # a CPU engine: nothing to pack
+    pg = replica_placement_group(tp, pp, spec.cpus_per_replica, stage_nodes, gpus=gpus)
+    out = {
+        "ray_actor_options": actor,
+        "placement_group_bundles": pg.bundles,
+        "placement_group_strategy": pg.strategy,
+    }
+    if any(pg.bundle_label_selector):
+        out["placement_group_bundle_label_selector"] = pg.bundle_label_selector
+    return out
 
 
 def _has_gpus() -> bool:

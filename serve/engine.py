@@ -107,6 +107,11 @@ class VLLMEngine:
             self.port,
             embedded_gateway=gateway is not None,
         )
+        self.stages = []
+        if engine.get("pipeline_parallel_size", 1) > 1:  # stages 1.. on their own nodes
+            from serve.pipeline_stages import start_stages
+
+            cmd, self.stages = start_stages(cmd, engine, self.host)
         self.proc = subprocess.Popen(
             cmd,
             env=env,
@@ -311,6 +316,11 @@ class VLLMEngine:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if getattr(self, "stages", None):
+            from serve.pipeline_stages import stop_stages
+
+            stop_stages(self.stages)
+            self.stages = []
 
     def _wait_until_idle(self, timeout_s: float, not_before: float = 0.0) -> None:
         """Let requests other gateways sent before they saw the withdrawal finish

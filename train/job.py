@@ -15,6 +15,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airlock import load
 from data import DatasetConfig, prepare
@@ -25,6 +26,9 @@ from train.examples import count_examples
 from train.loop import resolve_epochs
 from train.registry import recipe_class, trains_on_raw_text
 from train.trainer import JobInputs, build_trainer
+
+if TYPE_CHECKING:
+    from cluster import Inventory
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,13 @@ def write_job_state(work: Path, **state) -> None:
     (work / "job_state.json").write_text(json.dumps(state, indent=1))
 
 
-def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
+def check_job(cfg: JobFields, data_cfg: DatasetConfig, inventory: Inventory | None = None) -> None:
     """Refuse, before any worker starts, what the recipe cannot train.
+
+    Args:
+        inventory: the cluster the job runs on; its GPU nodes' host memory
+            (`memory_gb`, smallest node) replaces the job's plan.cpu_memory_gb in the
+            host-memory check.
 
     Raises:
         UserError: the dataset's format does not suit the recipe, the job's `plan`
@@ -100,6 +109,9 @@ def check_job(cfg: JobFields, data_cfg: DatasetConfig) -> None:
     if cfg.plan is not None:
         from train.memory import check_fits
 
+        host_gb = inventory.gpu_node_memory_gb if inventory is not None else None
+        if host_gb is not None:  # the nodes' own RAM, not the config's assumption
+            cfg = cfg.model_copy(update={"plan": cfg.plan.model_copy(update={"cpu_memory_gb": host_gb})})
         check_fits(cfg)
     recipe_class(cfg).check(cfg)
 

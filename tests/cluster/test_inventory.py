@@ -23,6 +23,37 @@ def test_reference_inventory_is_the_installation_in_design_md(inventory):
     assert {n.gpu_memory_gib for n in inventory.nodes} == {80}
     assert all(n.ib_hcas and n.nccl_socket_ifname for n in inventory.nodes)
     assert str(inventory.shared_storage) == "/shared/sekisho"
+    assert [n.memory_gb for n in inventory.workers] == [2000] * 4  # DGX H100: 2 TB of host RAM
+    assert inventory.gpu_node_memory_gb == 1000  # the HGX head is the smallest GPU node
+
+
+def test_a_training_job_is_checked_against_the_nodes_host_memory(inventory, tmp_path):
+    """The job's host-memory estimate (train.estimate_memory) is compared with the
+    inventory's memory_gb, not with the job config's assumed 2000 GB."""
+    from data import DatasetConfig
+    from foundation import UserError
+    from train import FullJobConfig
+    from train.job import check_job
+    from train.memory import estimate_memory
+
+    data = tmp_path / "d.yaml"
+    data.write_text("name: d\npath: samples:internal_faq_ja.jsonl\nformat: chat\n")
+    cfg = FullJobConfig.from_yaml(REPO / "configs" / "train" / "llama70b_full_zero3_offload_dgx4.yaml")
+    est = estimate_memory(cfg)
+    assert est.fits, est.describe()  # fits the config's assumed 2000 GB per node
+    host_gb = est.host_per_node / 1e9
+    check_job(cfg, DatasetConfig.from_yaml(data), inventory)  # and the reference nodes' RAM
+    small = inventory.model_copy(
+        update={"nodes": [n.model_copy(update={"memory_gb": host_gb * 0.9}) for n in inventory.nodes]}
+    )
+    with pytest.raises(UserError, match="does not fit in host memory") as err:
+        check_job(cfg, DatasetConfig.from_yaml(data), small)
+    assert f"of {host_gb * 0.9:.0f} GB" in str(err.value)
+    unknown = inventory.model_copy(
+        update={"nodes": [n.model_copy(update={"memory_gb": None}) for n in inventory.nodes]}
+    )
+    assert unknown.gpu_node_memory_gb is None
+    check_job(cfg, DatasetConfig.from_yaml(data), unknown)  # unknown RAM: the config's own figure
 
 
 def test_every_field_has_a_description():

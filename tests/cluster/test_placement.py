@@ -35,7 +35,7 @@ def test_full_plan_uses_all_36_gpus_with_tp_inside_nodes(inventory):
         assert g.memory.total <= inventory.node(g.node).gpu_memory_gib
     # pinned small models stay on the head; the TP-8 model fills one DGX
     assert {g.request for g in plan.by_node()["hgx-head"]} == {"qwen3-8b", "qwen3-14b"}
-    assert [len(pg.bundles) for pg in plan.placement_groups("qwen2-5-72b")] == [4, 4]
+    assert [[b["GPU"] for b in pg.bundles] for pg in plan.placement_groups("qwen2-5-72b")] == [[4.0], [4.0]]
 
 
 def test_one_gpu_short_is_refused_naming_the_shortfall(inventory):
@@ -60,8 +60,12 @@ def test_tensor_parallel_that_would_cross_a_node_is_refused_with_the_split_that_
         [serve("llama-405b", params_billions=405, dtype_bytes=1, tensor_parallel=8, pipeline_parallel=2)],
     )
     pg = plan.placement_group("llama-405b")
-    assert len(pg.bundles) == 16 and pg.strategy == "PACK"
-    assert len({g.node for g in plan.groups}) == 2
+    # one bundle per stage (its 8 GPUs on one node), the replica's own in bundle 0
+    assert [b["GPU"] for b in pg.bundles] == [8.0, 8.0] and pg.strategy == "PACK"
+    nodes = [g.node for g in sorted(plan.groups, key=lambda g: g.stage)]
+    assert len(set(nodes)) == 2
+    assert pg.bundle_label_selector == [{"sekisho/node": n} for n in nodes]
+    assert [f"sekisho_node_{n}" in b for b, n in zip(pg.bundles, nodes)] == [True, True]
 
 
 def test_memory_overflow_is_refused_with_the_tp_size_that_fits(inventory):
@@ -128,7 +132,7 @@ def test_bundles_pin_to_the_nodes_ray_will_declare(inventory):
     for pg in plan.placement_groups("m"):
         node = inventory.node(pg.bundle_label_selector[0]["sekisho/node"])
         assert pg.strategy == "STRICT_PACK"
-        assert pg.bundles == [{"GPU": 1.0, "CPU": 1.0, f"sekisho_node_{node.name}": 0.001}] * 4
+        assert pg.bundles == [{"GPU": 4.0, "CPU": 4.0, f"sekisho_node_{node.name}": 0.001}]
         for selector in pg.bundle_label_selector:
             assert validate_label_selector(selector) is None
     validate_node_labels({"sekisho/node": "dgx-01"})  # the label each node starts with
