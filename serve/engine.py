@@ -112,6 +112,7 @@ class VLLMEngine:
             from serve.pipeline_stages import start_stages
 
             cmd, self.stages = start_stages(cmd, engine, self.host)
+            env["VLLM_HOST_IP"] = self.host  # where the other stages reach this one
         self.proc = subprocess.Popen(
             cmd,
             env=env,

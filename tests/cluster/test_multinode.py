@@ -11,7 +11,12 @@ loopback-only namespace (`make test`, or `unshare -n`), from which it makes its 
    on the shared storage) loses a whole worker host mid-run: every process in that
    host's namespace is SIGKILLed, the host is started again with the same command,
    and the job resumes from its last checkpoint and finishes, its ranks again on
-   both hosts."""
+   both hosts.
+3. A serve replica of pipeline_parallel_size=2, planned on the inventory: one
+   placement-group bundle per stage, pinned by label to the node the plan chose
+   (stage 0 with the replica on w1, stage 1 on w2, as Ray's placement-group table
+   shows), stage 1 a headless vLLM on w2 (vLLM's multi-node mp mode), and the app
+   answers a chat request through its gateway on w1."""
 
 from __future__ import annotations
 
@@ -103,6 +108,43 @@ JOB_DRIVER = CONNECT + textwrap.dedent("""
     (out / "job.json").write_text(json.dumps({"run_id": result.run_id, "version": result.version,
                                               "workers": workers}))
     print("JOB DONE")
+""")
+
+
+# A serve app of one tiny model in two pipeline stages, planned on the inventory
+# (sekisho serve up --inventory), then where Ray put everything and a chat answer.
+SERVE_DRIVER = CONNECT + textwrap.dedent("""
+    import httpx, ray
+    from ray.util import placement_group_table
+    from ray.util.state import list_actors
+    from sekisho.gpu_plan import check_against_running_cluster, plan_serve_app
+    from serve import ServeAppConfig, deploy, resolve_app
+    from serve.gateway import KeyStore
+
+    cfg = ServeAppConfig.model_validate_json(sys.argv[3])
+    app = resolve_app(cfg, out / "serve-cache")
+    plan = plan_serve_app(app, sys.argv[1])
+    check_against_running_cluster(cfg, [n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]])
+    deploy(app)
+    ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    pgs = [{"bundles": t["bundles"], "strategy": t["strategy"],
+            "nodes": [ips[t["bundles_to_node_id"][i]] for i in sorted(t["bundles_to_node_id"])],
+            "name": t["name"]}
+           for t in placement_group_table().values() if t["state"] == "CREATED"]
+    actors = [{"class": a.class_name, "ip": ips[a.node_id]}
+              for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=1000,
+                                   filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+              if a.class_name == "PipelineStage" or a.class_name.startswith("ServeReplica:pp:engine-")]
+    (stage0,) = {p["nodes"][0] for p in pgs}
+    key = KeyStore().create("pp-test", ["*"])
+    r = httpx.post(f"http://{stage0}:{cfg.port}/v1/chat/completions", timeout=120,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "tiny", "max_tokens": 8, "temperature": 0,
+                         "messages": [{"role": "user", "content": "hello"}]})
+    (out / "serve.json").write_text(json.dumps({
+        "stage_nodes": app.stage_nodes, "pgs": pgs, "actors": actors, "status": r.status_code,
+        "answer": r.json()}))
+    print("SERVED")
 """)
 
 
@@ -446,3 +488,56 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
         f"\nlost host {victim}: job {time.monotonic() - started:.0f} s wall; host killed and "
         f"started again in {restarted_at - killed_at:.1f} s; 20 steps, 2 resumed"
     )
+
+
+def test_a_two_stage_replica_spans_both_worker_hosts_and_answers(cluster, tiny_model_dir):
+    out = cluster.root / "shared"
+    app = {
+        "name": "pp",
+        "host": "0.0.0.0",  # the client is on the head host
+        "port": 18777,
+        "models": [
+            {
+                "name": "tiny",
+                "source": str(tiny_model_dir),
+                "engine": {
+                    "max_model_len": 256,
+                    "max_num_seqs": 4,
+                    "dtype": "float32",
+                    "pipeline_parallel_size": 2,
+                    "tool_call_parser": None,
+                },
+                "cpus_per_replica": 1,
+            }
+        ],
+    }
+    log_path = cluster.root / "serve-driver.log"
+    with log_path.open("w") as log:
+        run = subprocess.run(
+            ["ip", "netns", "exec", cluster.head, sys.executable, "-c", SERVE_DRIVER]
+            + [str(cluster.inv_file), str(out), json.dumps(app)],
+            env=cluster.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+            check=False,
+        )
+    assert run.returncode == 0 and (out / "serve.json").is_file(), log_path.read_text()[-6000:]
+    got = json.loads((out / "serve.json").read_text())
+    w1, w2 = f"{SUBNET}.11", f"{SUBNET}.12"
+    # The plan: stage 0 on w1, stage 1 on w2; the replica's placement group as deployed.
+    assert got["stage_nodes"] == {"tiny": [["w1"], ["w2"]]}
+    (pg,) = got["pgs"]
+    assert pg["strategy"] == "PACK" and pg["nodes"] == [w1, w2]
+    assert [{k: v for k, v in b.items() if k in ("CPU", "GPU")} for b in pg["bundles"].values()] == [
+        {"CPU": 1.0, "GPU": 1.0}
+    ] * 2
+    # The replica (stage 0) on w1, the headless stage 1 on w2.
+    assert sorted((a["class"], a["ip"]) for a in got["actors"]) == sorted(
+        [("ServeReplica:pp:engine-tiny", w1), ("PipelineStage", w2)]
+    ), got["actors"]
+    assert got["status"] == 200, got["answer"]
+    assert (
+        got["answer"]["choices"][0]["message"]["content"] and got["answer"]["usage"]["completion_tokens"] > 0
+    )
+    assert "-pp2-" in got["answer"]["system_fingerprint"]  # vLLM says: two pipeline stages
