@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from airlock.safetensors_check import read_header
-from cluster import GpuRequest, Inventory, Plan, plan_placement
+from cluster import GpuRequest, Inventory, PlacementError, Plan, plan_placement
 from foundation import UserError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -67,7 +67,16 @@ def plan_serve_app(app, inventory_path: str | Path) -> Plan:
     Raises:
         PlacementError: (a UserError) what does not fit, and what would.
     """
-    plan = plan_placement(Inventory.from_yaml(inventory_path), serve_requests(app))
+    try:
+        plan = plan_placement(Inventory.from_yaml(inventory_path), serve_requests(app))
+    except PlacementError as err:  # the planner's words, in the serve config's fields
+        fields = ", ".join(
+            f"{request_name(app.config.name, m.name)} = models.{i}" for i, m in enumerate(app.config.models)
+        )
+        raise PlacementError(
+            f"{err} [{fields}; tensor_parallel is engine.tensor_parallel_size, pipeline_parallel "
+            f"is engine.pipeline_parallel_size, data_parallel is num_replicas]"
+        ) from None
     app.stage_nodes = {
         spec.name: stage_nodes(plan, request_name(app.config.name, spec.name)) for spec in app.config.models
     }

@@ -182,3 +182,16 @@ def test_shipped_gpu_configs_plan_on_the_reference_cluster(tmp_path, config, gpu
         out["placement_group_bundles"] == [{"CPU": float(spec.cpus_per_replica), "GPU": float(tp)}] * stages
     )
     assert [s["sekisho/node"] for s in out["placement_group_bundle_label_selector"]] == [n for (n,) in pinned]
+
+
+def test_a_70b_on_one_node_is_refused_with_the_two_stage_split_in_config_fields(tmp_path):
+    cfg = ServeAppConfig.from_yaml(REPO / "configs" / "serve" / "llama70b_two_nodes.yaml")
+    (m,) = cfg.models
+    one_node = m.model_copy(update={"engine": m.engine.model_copy(update={"pipeline_parallel_size": 1})})
+    app = ResolvedApp(cfg.model_copy(update={"models": [one_node]}))
+    app.models[m.name] = llama_folder(tmp_path, "llama-3.1-70b-instruct")
+    with pytest.raises(UserError) as err:
+        plan_serve_app(app, REFERENCE)
+    msg = str(err.value)
+    assert "tensor_parallel=8, pipeline_parallel=2 fits" in msg, msg
+    assert "llama70b-llama-3-1-70b = models.0" in msg and "engine.pipeline_parallel_size" in msg
