@@ -116,7 +116,12 @@ def check_job(cfg: JobFields, data_cfg: DatasetConfig, inventory: Inventory | No
     recipe_class(cfg).check(cfg)
 
 
-def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = None) -> JobResult:
+def run_job(
+    cfg: JobFields,
+    yaml_text: str | None = None,
+    home: Path | None = None,
+    inventory: Inventory | None = None,
+) -> JobResult:
     """Run a fine-tuning job on the Ray cluster this process is connected to; with
     `cfg.resume == "auto"` a rerun of the same job name resumes it (module doc).
 
@@ -126,11 +131,13 @@ def run_job(cfg: JobFields, yaml_text: str | None = None, home: Path | None = No
             different config, base or data, or training failed.
         ConfigError: with `epochs`, the derived steps are fewer than warmup_steps
             or checkpoint_every.
+
+    `inventory`: the cluster's nodes, whose host memory the job's memory check uses.
     """
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
     data_cfg = DatasetConfig.from_yaml(cfg.dataset)
-    check_job(cfg, data_cfg)
+    check_job(cfg, data_cfg, inventory)
     base = load(cfg.base_model, work / "base")
     manifest = prepare(data_cfg, base.path, work / "data")
     # From here on the job has its number of steps (derived from the data with `epochs`):

@@ -14,15 +14,20 @@ from sekisho.cli_common import home_from_args as _home
 def cmd_train_run(args) -> int:
     """Run a fine-tuning job on a local Ray cluster (or join the one at --address,
     as a submitted job does); registers the adapter."""
+    from cluster import Inventory
     from cluster.local import start_local, stop
+    from data import DatasetConfig
     from train import TrainJobConfig
-    from train.job import run_job
+    from train.job import check_job, run_job
 
     cfg = TrainJobConfig.from_yaml(args.config)
+    inventory = Inventory.from_yaml(args.inventory) if args.inventory else None
+    if inventory is not None:  # the nodes' host memory, checked before Ray starts
+        check_job(cfg, DatasetConfig.from_yaml(cfg.dataset), inventory)
     home = _home(args)
     start_local(home, address=args.address)
     try:
-        r = run_job(cfg, Path(args.config).read_text(encoding="utf-8"), home)
+        r = run_job(cfg, Path(args.config).read_text(encoding="utf-8"), home, inventory)
     finally:
         stop()
     print(f"run {r.run_id}: registered {r.model_name} version {r.version}; metrics {r.metrics}")
@@ -84,6 +89,11 @@ def register(groups) -> None:
         default=os.environ.get("RAY_ADDRESS"),
         help="join this Ray cluster (GCS address; a submitted job gets it as RAY_ADDRESS) "
         "instead of starting one here",
+    )
+    c.add_argument(
+        "--inventory",
+        help="the cluster's inventory (configs/cluster/*.yaml): the job's host-memory "
+        "estimate is checked against its GPU nodes' memory_gb",
     )
     c = add_command(train, "submit", cmd_train_submit)
     c.add_argument("config")
