@@ -19,6 +19,7 @@ from pathlib import Path
 
 from foundation import offline
 from foundation.net import free_port
+from serve.engine_guard import ADAPTER_CACHE_ENV
 from serve.vllm_process import engine_preexec, take_niceness, vllm_command
 
 ROUTES_REFRESH_S = 1.0
@@ -48,7 +49,8 @@ class VLLMEngine:
     ):
         """Args:
         adapters: [{"served", "ref", "version", "sha256", "path"}] (see serve.follow).
-        engine_key: the secret vLLM requires on /v1 (only the gateway has it).
+        engine_key: the secret every route of the engine but /health requires
+            (serve.engine_guard; only the gateway has it).
         gateway: {"host", "port", "opts", "routes"}: run the gateway inside this
             replica's vLLM server (serve.gateway.embedded) on the app's port.
         """
@@ -73,10 +75,13 @@ class VLLMEngine:
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine["kv_cache_gb"]))
         env["VLLM_API_KEY"] = engine_key
+        # Runtime LoRA loads are accepted only from here (serve.engine_guard).
+        self.adapter_cache = Path(tempfile.mkdtemp(prefix="sekisho-adapters-"))
+        env[ADAPTER_CACHE_ENV] = str(self.adapter_cache)
         if any(a.ref for a in self.adapters):
             # Lets this replica load a new adapter version in place. Reachable only
-            # with the engine key, which only the gateway holds; the gateway never
-            # forwards these routes.
+            # with the engine key, which only the gateway holds, and only from the
+            # adapter cache (serve.engine_guard); the gateway never forwards these routes.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         ctx = serve.get_replica_context()
         self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
@@ -123,9 +128,7 @@ class VLLMEngine:
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
         self.publish()
-        self.follower = AliasFollower(
-            self, self.adapters, follow_interval_s, Path(tempfile.mkdtemp(prefix="sekisho-adapters-"))
-        )
+        self.follower = AliasFollower(self, self.adapters, follow_interval_s, self.adapter_cache)
         self.follower.start()
         self._stop_tables = threading.Event()
         if self.routes_file:
@@ -261,10 +264,10 @@ class VLLMEngine:
         from serve.autoscaling import LOAD_PATH, parse_load
 
         if self.load_endpoint:
-            r = httpx.get(f"{self.url()}{LOAD_PATH}", timeout=5)
+            r = httpx.get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
             r.raise_for_status()
             return float(r.json()["load"])
-        r = httpx.get(f"{self.url()}/metrics", timeout=5)
+        r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=5)
         r.raise_for_status()
         return parse_load(r.text)
 

@@ -127,6 +127,9 @@ def engine_flags(
         cmd += ["--middleware", "serve.gateway.embedded.EmbeddedGateway"]
     if engine.get("autoscaling"):
         cmd += ["--middleware", "serve.autoscaling.EngineLoadEndpoint"]  # the load Serve scales by
+    # Added last, so it runs first: every route but /health needs the engine key
+    # (serve.engine_guard); vLLM's own key guards only /v1, /v2, /inference, /cohere.
+    cmd += ["--middleware", "serve.engine_guard.EngineGuard"]
     if engine.get("enforce_eager"):
         cmd += ["--enforce-eager"]
     if engine.get("task") == "embed":

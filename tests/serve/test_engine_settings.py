@@ -257,7 +257,8 @@ def test_a_served_model_stops_at_its_turn_end_token(tmp_path, family_model):
     port = _free_port()
     cmd = vllm_command(str(model), "phi", {}, {**engine.model_dump(), "task": "generate"}, "127.0.0.1", port)
     log = (tmp_path / "vllm.log").open("wb")
-    proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=log, stderr=log)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "engine-key"}  # serve.engine_guard
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
     try:
         _wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "vllm.log")
         r = httpx.post(
@@ -269,6 +270,7 @@ def test_a_served_model_stops_at_its_turn_end_token(tmp_path, family_model):
                 "logit_bias": {str(end): 100},
                 "skip_special_tokens": False,
             },
+            headers={"Authorization": "Bearer engine-key"},
             timeout=120,
         )
         r.raise_for_status()
