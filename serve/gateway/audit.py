@@ -8,24 +8,45 @@ Appends take the chain head's row lock (PostgreSQL) or the write lock (SQLite)
 and commit before the gateway sends the response's last byte; a gateway appends
 through its ledger process (serve.gateway.ledger), which groups the records
 that arrive during a commit into the next one.
+
+A request is first recorded as admitted (a row outside the chain, before its
+answer's first byte) and its completed record replaces that row in the chain.
+The chain's head is also written outside the database (`anchor`, to a file the
+app config names): whoever can rewrite the database cannot rewrite an anchor, so
+`verify` with the anchors fails for a chain rebuilt after them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from serve.gateway.db import audit_head, audit_records, connect
+from serve.gateway.db import audit_admitted, audit_head, audit_records, connect, reading
 
 GENESIS = "0" * 64
 
 
+def storable(value):
+    """`value` with every string made encodable as UTF-8: a lone surrogate (JSON's
+    "\\ud800" decodes to one) is kept as its escape text, not an error."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
 def canonical(record: dict) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(storable(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def link_hash(seq: int, prev_hash: str, record_json: str) -> str:
@@ -38,6 +59,41 @@ class VerifyResult:
     records: int
     broken_at: int | None = None
     reason: str = ""
+    anchors: int = 0  # anchored heads the chain was checked against
+    open_admissions: int = 0  # requests admitted whose completed record is missing
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A chain head written outside the database."""
+
+    chain: str
+    seq: int
+    hash: str
+    time: float
+
+    def line(self) -> str:
+        return json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "time": self.time}) + "\n"
+
+
+def read_anchors(path: str | Path, chain: str) -> list[Anchor]:
+    """The anchors of `chain` in an anchor file (one JSON object a line).
+
+    Raises:
+        ValueError: the file has a line that is not an anchor (its number named).
+    """
+    anchors = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            a = json.loads(line)
+            anchor = Anchor(str(a["chain"]), int(a["seq"]), str(a["hash"]), float(a["time"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{n}: not an anchor line ({exc})") from None
+        if anchor.chain == chain:
+            anchors.append(anchor)
+    return anchors
 
 
 class AuditLog:
@@ -45,9 +101,23 @@ class AuditLog:
 
     def __init__(self, chain: str, url: str | None = None):
         self.chain, self.engine = chain, connect(url)
-        with self.engine.begin() as conn:
-            if conn.execute(select(audit_head.c.seq).where(audit_head.c.chain == chain)).first() is None:
-                conn.execute(insert(audit_head).values(chain=chain, seq=0, hash=GENESIS))
+        self.reader = reading(self.engine)
+        self._head_made = False
+
+    def _make_head(self) -> None:
+        """Create the chain's head the first time this log writes (readers never do)."""
+        if self._head_made:
+            return
+        try:
+            with self.engine.begin() as conn:
+                if (
+                    conn.execute(select(audit_head.c.seq).where(audit_head.c.chain == self.chain)).first()
+                    is None
+                ):
+                    conn.execute(insert(audit_head).values(chain=self.chain, seq=0, hash=GENESIS))
+        except IntegrityError:
+            pass  # another writer created it meanwhile
+        self._head_made = True
 
     def append(self, record: dict) -> int:
         """Commit one record; returns its sequence number. Blocking: call from a thread."""
@@ -56,7 +126,23 @@ class AuditLog:
     def append_many(self, records: list[dict]) -> list[int]:
         """Commit several records in one transaction (one fsync), in order; returns
         their sequence numbers. Blocking: call from a thread."""
-        bodies = [canonical(r) for r in records]
+        return self.write([], records)
+
+    def write(self, admitted: list[dict], completed: list[dict], before: float | None = None) -> list[int]:
+        """In one transaction: record requests as `admitted` (rows keyed by their
+        request_id) and append `completed` records to the chain, in order, removing
+        their admitted rows. Returns the completed records' sequence numbers.
+
+        Args:
+            before: a wall time: if the write lock comes later, write nothing (its
+                callers have given up and answered 503).
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: nothing of it was written.
+            TimeoutError: the lock came after `before`; nothing was written.
+        """
+        self._make_head()
+        bodies = [canonical(r) for r in completed]
         rows, seqs = [], []
         with self.engine.begin() as conn:
             # Lock the head first (row lock on PostgreSQL; SQLite holds the write lock).
@@ -66,7 +152,24 @@ class AuditLog:
             seq, prev = conn.execute(
                 select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
             ).one()
-            for record, body in zip(records, bodies):
+            if before is not None and time.time() > before:
+                raise TimeoutError("the chain's lock came after the callers gave up")
+            if admitted:
+                conn.execute(
+                    insert(audit_admitted),
+                    [
+                        {
+                            "chain": self.chain,
+                            "request_id": str(r["request_id"]),
+                            "ts": r.get("ts", time.time()),
+                            "record": canonical(r),
+                        }
+                        for r in admitted
+                    ],
+                )
+            if not completed:
+                return []
+            for record, body in zip(completed, bodies):
                 seq += 1
                 h = link_hash(seq, prev, body)
                 rows.append(
@@ -85,7 +188,45 @@ class AuditLog:
             conn.execute(
                 update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=prev)
             )
+            done = [str(r["request_id"]) for r in completed if r.get("request_id")]
+            if done:
+                conn.execute(
+                    delete(audit_admitted).where(
+                        audit_admitted.c.chain == self.chain, audit_admitted.c.request_id.in_(done)
+                    )
+                )
         return seqs
+
+    def admitted(self) -> list[dict]:
+        """Requests admitted whose completed record is not in the chain."""
+        q = select(audit_admitted.c.record).where(audit_admitted.c.chain == self.chain)
+        with self.reader.connect() as conn:
+            return [json.loads(r) for (r,) in conn.execute(q.order_by(audit_admitted.c.ts))]
+
+    def head(self) -> tuple[int, str] | None:
+        """(sequence, hash) of the chain's last record; None for no chain of this name."""
+        with self.reader.connect() as conn:
+            row = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+    def anchor(self, path: str | Path) -> Anchor:
+        """Append the chain's head to the anchor file `path` (created 0600).
+
+        Raises:
+            LookupError: there is no chain of this name.
+        """
+        head = self.head()
+        if head is None:
+            raise LookupError(f"no audit chain named {self.chain!r} in this database")
+        anchor = Anchor(self.chain, head[0], head[1], time.time())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(anchor.line())
+            f.flush()
+            os.fsync(f.fileno())
+        return anchor
 
     def records(self, since: float | None = None, limit: int | None = None) -> list[dict]:
         q = select(audit_records.c.seq, audit_records.c.record).where(audit_records.c.chain == self.chain)
@@ -94,12 +235,23 @@ class AuditLog:
         q = q.order_by(audit_records.c.seq.desc() if limit else audit_records.c.seq)
         if limit:
             q = q.limit(limit)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = [{"seq": s, **json.loads(r)} for s, r in conn.execute(q)]
         return sorted(rows, key=lambda r: r["seq"])
 
-    def verify(self) -> VerifyResult:
-        """Walk the chain from the start; report the first record that does not check out."""
+    def verify(self, anchors: list[Anchor] = ()) -> VerifyResult:
+        """Walk the chain from the start; report the first record that does not check
+        out, or an anchored head the chain no longer reaches. Read-only."""
+        result = self._walk({a.seq: a for a in anchors})
+        if not result.ok:
+            return result
+        with self.reader.connect() as conn:
+            n_open = conn.execute(
+                select(func.count()).select_from(audit_admitted).where(audit_admitted.c.chain == self.chain)
+            ).scalar_one()
+        return VerifyResult(True, result.records, anchors=len(anchors), open_admissions=n_open)
+
+    def _walk(self, anchored: dict[int, Anchor]) -> VerifyResult:
         q = (
             select(
                 audit_records.c.seq, audit_records.c.record, audit_records.c.prev_hash, audit_records.c.hash
@@ -108,7 +260,7 @@ class AuditLog:
             .order_by(audit_records.c.seq)
         )
         prev, expected_seq, n = GENESIS, 1, 0
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for seq, body, prev_hash, h in conn.execute(q):
                 if seq != expected_seq:
                     return VerifyResult(
@@ -118,10 +270,28 @@ class AuditLog:
                     return VerifyResult(False, n, seq, f"record {seq} does not link to record {seq - 1}")
                 if link_hash(seq, prev, body) != h:
                     return VerifyResult(False, n, seq, f"record {seq} was changed after it was written")
+                if seq in anchored and anchored[seq].hash != h:
+                    return VerifyResult(
+                        False, n, seq, f"record {seq} is not the one anchored at {_when(anchored[seq])}"
+                    )
                 prev, expected_seq, n = h, seq + 1, n + 1
-            head_seq, head_hash = conn.execute(
+            head = conn.execute(
                 select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
-            ).one()
+            ).first()
+        if head is None:
+            return VerifyResult(
+                False,
+                0,
+                None,
+                f"there is no audit chain named {self.chain!r} in this database (check the app name)",
+            )
+        missing = [a for a in anchored.values() if a.seq > n]
+        if missing:
+            a = min(missing, key=lambda a: a.seq)
+            return VerifyResult(
+                False, n, n + 1, f"the chain ends at record {n} but record {a.seq} was anchored at {_when(a)}"
+            )
+        head_seq, head_hash = head
         if head_seq != n or head_hash != prev:
             return VerifyResult(
                 False,
@@ -130,3 +300,7 @@ class AuditLog:
                 f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted",
             )
         return VerifyResult(True, n)
+
+
+def _when(anchor: Anchor) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(anchor.time))

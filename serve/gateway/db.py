@@ -1,15 +1,30 @@
 """The gateway's database: keys, usage windows and the audit chain.
 
 SQLite for the embedded default, PostgreSQL for a team: the same SQLAlchemy
-code. SQLite runs in WAL mode with synchronous=FULL, so a commit is on disk.
+code. SQLite runs in WAL mode with synchronous=FULL, so a commit is on disk; its
+file is created 0600 (SQLite gives its WAL and shared-memory files the same
+mode). Writers take SQLite's write lock at BEGIN; readers (`reading(engine)`)
+begin a plain read transaction and never stall the writers.
 """
 
 from __future__ import annotations
 
 import os
 
-from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.engine import Engine, make_url
 
 metadata = MetaData()
 
@@ -57,6 +72,29 @@ audit_records = Table(
 )
 
 
+audit_admitted = Table(
+    # A request recorded as admitted before its answer's first byte; the row goes
+    # in the transaction that appends its completed record to the chain, so a row
+    # left here is an answer that started and never completed its record.
+    "sekisho_audit_admitted",
+    metadata,
+    Column("chain", String(128), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("record", Text, nullable=False),  # canonical JSON
+)
+
+# How long a SQLite statement waits for another connection's lock; the ledger
+# process sets it to its own call timeout so it gives up when its caller does.
+BUSY_TIMEOUT_S = 30.0
+READ = {"sekisho_read": True}
+
+
+def reading(engine: Engine) -> Engine:
+    """`engine` for read-only transactions (no write lock on SQLite)."""
+    return engine.execution_options(**READ)
+
+
 def default_url() -> str:
     from foundation import sekisho_home
 
@@ -72,8 +110,12 @@ def connect(url: str | None = None) -> Engine:
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
+        _create_private(url)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=8
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=8,
         )
 
         @event.listens_for(engine, "connect")
@@ -86,11 +128,24 @@ def connect(url: str | None = None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _immediate(conn):
-            # Take the write lock at BEGIN so read-modify-write (the audit head,
-            # usage windows) is serialised across processes.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock at BEGIN so read-modify-write (the audit
+            # head, usage windows) is serialised across processes; readers don't.
+            read = conn.get_execution_options().get("sekisho_read")
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
     else:
         engine = create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
-    metadata.create_all(engine)
+    with reading(engine).connect() as conn:
+        missing = set(metadata.tables) - set(inspect(conn).get_table_names())
+    if missing:  # only then take the write lock
+        metadata.create_all(engine)
     _engines[url] = engine
     return engine
+
+
+def _create_private(url: str) -> None:
+    """Create a SQLite file database 0600 (whatever the umask) before SQLite does."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)

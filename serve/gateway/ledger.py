@@ -10,10 +10,15 @@ its own process the same commit takes about a millisecond, and the gateway's
 loop only writes one line to a socket and reads one back.
 
 Protocol (one JSON object a line, over a socketpair): {"id", "op", ...} in,
-{"id", ...} or {"id", "error"} out. Audit records that arrive while a commit is
-on disk are committed together in the next transaction (group commit); the
-reply comes only after the commit, so the gateway still sends a response's last
-byte only once its record is committed. The hash chain is kept by the database
+{"id", ...} or {"id", "error"} out. Admissions ("admitted": a request about to
+be answered) and audit records that arrive while a commit is on disk are
+committed together in the next transaction (group commit); the reply comes only
+after the commit, so the gateway sends an answer's first byte only once the
+request is recorded as admitted, and its last only once its record is complete.
+A group that fails is retried one message at a time, so a record that cannot be
+written fails alone, never the other requests of its group. Every call has a
+timeout (TIMEOUT_S): a locked, full or unreachable database, or a dead child,
+ends in a LedgerError (the client's 503), never a wait without end. The hash chain is kept by the database
 (AuditLog.append_many), however many gateway processes append to it. The child
 exits when the gateway's end of the socket closes (the gateway process died).
 """
@@ -27,22 +32,38 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from serve.gateway.errors import GatewayError
 
 READY = b'{"ready":true}\n'
 MAX_BATCH = 512
 START_TIMEOUT_S = 120.0
+TIMEOUT_S = 5.0  # a ledger call's limit; the child's database waits are held to it too
 
 
-class LedgerError(RuntimeError):
-    pass
+class LedgerError(GatewayError):
+    """The ledger could not record: the request gets this 503 (OpenAI's shape) and no answer."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            503,
+            "The gateway cannot record requests right now, so it answers none; retry shortly.",
+            code="audit_unavailable",
+            headers={"Retry-After": "5"},
+        )
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class Ledger:
     """The gateway side: starts the child on first use (and again if it died)."""
 
-    def __init__(self, db_url: str | None, chain: str):
-        self.db_url, self.chain = db_url, chain
+    def __init__(self, db_url: str | None, chain: str, timeout_s: float = TIMEOUT_S):
+        self.db_url, self.chain, self.timeout_s = db_url, chain, timeout_s
         self.proc: subprocess.Popen | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future] = {}
@@ -62,7 +83,14 @@ class Ledger:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
             if self.db_url:  # in the environment, not the command line: a URL may carry a password
                 env["SEKISHO_GATEWAY_DB"] = self.db_url
-            cmd = [sys.executable, "-m", "serve.gateway.ledger", str(theirs.fileno()), self.chain]
+            cmd = [
+                sys.executable,
+                "-m",
+                "serve.gateway.ledger",
+                str(theirs.fileno()),
+                self.chain,
+                str(self.timeout_s),
+            ]
             try:
                 self.proc = subprocess.Popen(
                     cmd, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL
@@ -113,13 +141,33 @@ class Ledger:
         self.proc = None
 
     async def call(self, op: str, **args) -> dict:
+        """Send one message and wait (at most timeout_s) for its reply.
+
+        Raises:
+            LedgerError: the child could not do it, is gone, or did not answer in time.
+        """
         if self.writer is None:
             await self.start()
         rid = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
-        self.writer.write(json.dumps({"id": rid, "op": op, **args}).encode() + b"\n")
-        return await fut
+        try:
+            deadline = time.time() + self.timeout_s  # the child drops what its caller gave up on
+            msg = {"id": rid, "op": op, "deadline": deadline, **args}
+            self.writer.write(json.dumps(msg).encode() + b"\n")
+            return await asyncio.wait_for(fut, self.timeout_s)
+        except TimeoutError:
+            raise LedgerError(
+                f"the gateway's audit/quota process did not answer in {self.timeout_s} s"
+            ) from None
+        except OSError as exc:  # the child went away as we wrote
+            raise LedgerError(f"the gateway's audit/quota process is gone ({exc})") from None
+        finally:
+            self.pending.pop(rid, None)
+
+    async def admitted(self, record: dict) -> None:
+        """Commit `record` (with its request_id) as an admitted request, before its answer starts."""
+        await self.call("admitted", record=record)
 
     async def audit(self, record: dict, tokens: tuple[str, int] | None = None) -> int:
         """Commit `record` (and count `tokens` = (key, n) against the key's minute); its sequence number."""
@@ -174,50 +222,87 @@ def serve(sock: socket.socket, chain: str) -> None:
         finally:
             sock.setblocking(True)
         *lines, buf = buf.split(b"\n")
-        msgs = [json.loads(line) for line in lines if line]
-        replies = []
-        audits = [m for m in msgs if m["op"] == "audit"]
-        for i in range(0, len(audits), MAX_BATCH):
-            batch = audits[i : i + MAX_BATCH]
-            try:
-                seqs = log.append_many([m["record"] for m in batch])
-            except Exception as exc:  # every waiter learns its record was not written
-                replies += [{"id": m["id"], "error": f"audit record not written: {exc}"} for m in batch]
-                continue
-            replies += [{"id": m["id"], "seq": s, "batch": len(batch)} for m, s in zip(batch, seqs)]
-            tokens: dict[str, int] = {}
-            for m in batch:
-                if m.get("tokens"):
-                    tokens[m["tokens"][0]] = tokens.get(m["tokens"][0], 0) + m["tokens"][1]
-            for key, n in tokens.items():
-                try:
-                    quota.add_tokens(key, n)
-                except Exception:  # the answer is committed; its tokens count from the next success
-                    pass
+        msgs, replies = _unexpired([json.loads(line) for line in lines if line])
+        writes = [m for m in msgs if m["op"] in ("audit", "admitted")]
+        for i in range(0, len(writes), MAX_BATCH):
+            replies += _commit(log, quota, writes[i : i + MAX_BATCH])
         for m in msgs:
             if m["op"] == "admit":
-                try:
-                    d = quota.admit(m["key"], m["rpm"], m["tpm"])
-                    replies.append(
-                        {
-                            "id": m["id"],
-                            "allowed": d.allowed,
-                            "reason": d.reason,
-                            "retry_after_s": d.retry_after_s,
-                        }
-                    )
-                except Exception as exc:
-                    replies.append({"id": m["id"], "error": f"quota check failed: {exc}"})
-            elif m["op"] != "audit":
+                replies.append(_admit(quota, m))
+            elif m["op"] not in ("audit", "admitted"):
                 replies.append({"id": m["id"], "error": f"unknown op {m['op']!r}"})
         if replies:
             sock.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in replies))
 
 
+def _unexpired(msgs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The messages whose caller still waits, and error replies for the others (never
+    written late: their requests got a 503)."""
+    now = time.time()
+    late = [m for m in msgs if m.get("deadline", now) < now]
+    return [m for m in msgs if m.get("deadline", now) >= now], [
+        {"id": m["id"], "error": "dropped: the gateway stopped waiting for it"} for m in late
+    ]
+
+
+def _commit(log, quota, batch: list[dict]) -> list[dict]:
+    """Commit a group of admissions and audit records in one transaction; if it
+    fails for one of them (not for the database: locked, full, unreachable), each
+    one alone, so that only the ones that cannot be written fail."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        replies = _write(log, batch)
+    except OperationalError as exc:  # the database, not a record: the whole group fails
+        return [{"id": m["id"], "error": f"audit record not written: {exc}"} for m in batch]
+    except Exception:
+        replies, down = [], None
+        for m in batch:
+            try:
+                if down is not None:
+                    raise down
+                replies += _write(log, [m])
+            except Exception as exc:  # its waiter learns its record was not written
+                down = exc if isinstance(exc, OperationalError) else None
+                replies.append({"id": m["id"], "error": f"audit record not written: {exc}"})
+    tokens: dict[str, int] = {}
+    written = {r["id"] for r in replies if "error" not in r}
+    for m in batch:
+        if m["id"] in written and m.get("tokens"):
+            tokens[m["tokens"][0]] = tokens.get(m["tokens"][0], 0) + m["tokens"][1]
+    for key, n in tokens.items():
+        try:
+            quota.add_tokens(key, n)
+        except Exception:  # the answer is committed; its tokens count from the next success
+            pass
+    return replies
+
+
+def _write(log, batch: list[dict]) -> list[dict]:
+    admitted = [m for m in batch if m["op"] == "admitted"]
+    audits = [m for m in batch if m["op"] == "audit"]
+    before = min((m["deadline"] for m in batch if "deadline" in m), default=None)
+    seqs = log.write([m["record"] for m in admitted], [m["record"] for m in audits], before)
+    replies = [{"id": m["id"], "admitted": True, "batch": len(batch)} for m in admitted]
+    return replies + [{"id": m["id"], "seq": s, "batch": len(batch)} for m, s in zip(audits, seqs)]
+
+
+def _admit(quota, m: dict) -> dict:
+    if m.get("deadline", float("inf")) < time.time():
+        return {"id": m["id"], "error": "dropped: the gateway stopped waiting for it"}
+    try:
+        d = quota.admit(m["key"], m["rpm"], m["tpm"])
+    except Exception as exc:
+        return {"id": m["id"], "error": f"quota check failed: {exc}"}
+    return {"id": m["id"], "allowed": d.allowed, "reason": d.reason, "retry_after_s": d.retry_after_s}
+
+
 def main() -> None:
     from foundation import offline
+    from serve.gateway import db
 
     offline.apply()
+    db.BUSY_TIMEOUT_S = float(sys.argv[3])  # give up on a locked database when the gateway does
     sock = socket.socket(fileno=int(sys.argv[1]))
     try:
         serve(sock, sys.argv[2])

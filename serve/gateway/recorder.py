@@ -1,14 +1,19 @@
-"""Each request's outcome, written once: its audit record (through the ledger,
-which also counts its tokens against the key's quota) and its metrics."""
+"""Each request's outcome: recorded as admitted before its answer starts, then
+its completed audit record (through the ledger, which also counts its tokens
+against the key's quota) and its metrics.
+
+Fail closed: when the ledger cannot record, `admit` and `finish` raise
+LedgerError (a 503 GatewayError) and the caller sends that instead of the answer."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 
+from serve.gateway.audit import storable
 from serve.gateway.context import RequestContext
 from serve.gateway.errors import GatewayError
-from serve.gateway.ledger import Ledger
+from serve.gateway.ledger import Ledger, LedgerError
 from serve.gateway.metrics import GatewayMetrics
 
 
@@ -32,7 +37,7 @@ class Recorder:
             "key": ctx.key.name,
             "client": ctx.client,
             "route": ctx.path,
-            "model": ctx.model,
+            "model": storable(ctx.model),
             "model_version": ctx.route.version,
             "model_sha256": ctx.route.sha256,
             "stream": ctx.stream,
@@ -40,6 +45,14 @@ class Recorder:
         }
         if self.record_text:
             ctx.record["request_body"] = ctx.body.decode("utf-8", "replace")
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """Durably record the opened request as admitted; call before its answer's first byte.
+
+        Raises:
+            LedgerError: it could not be recorded (send that 503, not the answer).
+        """
+        await self.ledger.admitted({**ctx.record, "ts": time.time(), "admitted": True})
 
     def served_by(self, ctx: RequestContext, version: str | None, sha256: str | None) -> None:
         """The replica about to answer serves this version (else the route's)."""
@@ -55,6 +68,9 @@ class Recorder:
         text: bytes | None = None,
     ) -> None:
         """Complete and commit the audit record, count the tokens, observe the metrics.
+
+        Raises:
+            LedgerError: the record could not be committed (send that 503, not the answer).
 
         Args:
             usage: (prompt_tokens, completion_tokens).
@@ -82,23 +98,32 @@ class Recorder:
         key = ctx.key
         if key is not None and key.tpm is not None and (prompt_tokens or completion_tokens):
             tokens = (key.name, prompt_tokens + completion_tokens)
-        await self.ledger.audit(record, tokens)
+        try:
+            await self.ledger.audit(record, tokens)
+        except LedgerError:
+            self.metrics.observe(record["model"], 503, latency, prompt_tokens, completion_tokens)
+            raise
         self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
 
-    async def reject(self, ctx: RequestContext, err: GatewayError) -> None:
-        """Audit a request the gateway answered itself with `err`."""
+    async def reject(self, ctx: RequestContext, err: GatewayError) -> GatewayError:
+        """Audit a request the gateway answers itself with `err`; returns what to send:
+        `err`, or the ledger's 503 if it could not be recorded."""
         ctx.record = {
             "request_id": ctx.request_id,
             "key": ctx.key.name if ctx.key else None,
             "client": ctx.client,
             "route": ctx.path,
-            "model": ctx.model,
+            "model": storable(ctx.model),
             "model_version": None,
             "model_sha256": None,
             "stream": None,
         }
         self.metrics.rejections.labels(err.code or str(err.status)).inc()
-        await self.finish(ctx, err.status, error=err.code)
+        try:
+            await self.finish(ctx, err.status, error=err.code)
+        except LedgerError as unrecorded:
+            return unrecorded
+        return err
 
     def first_token(self, ctx: RequestContext) -> None:
         self.metrics.ttft.labels(ctx.model).observe(time.perf_counter() - ctx.started)
