@@ -82,6 +82,7 @@ class Forwarder:
         ctx.body set) from a live replica, trying another while one is unreachable."""
         self._ask_for_usage(ctx)
         self.recorder.open(ctx)
+        await self.recorder.admit(ctx)  # fail closed: no answer starts unrecorded (raises a 503)
         prefer = self.local.url if self.local is not None else None
         deadline = time.monotonic() + NO_REPLICA_WAIT_S
         unreachable: list[str] = []

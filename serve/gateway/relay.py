@@ -11,6 +11,7 @@ from aiohttp import web
 
 from serve.gateway.context import RequestContext
 from serve.gateway.errors import GatewayError
+from serve.gateway.ledger import LedgerError
 from serve.gateway.recorder import Recorder
 
 
@@ -101,7 +102,13 @@ class SseRelay:
         if self.finished:
             return self.response
         self.finished = True
-        await self.recorder.finish(self.ctx, err.status, self.usage, self.digest, error=err.code)
+        try:
+            await self.recorder.finish(self.ctx, err.status, self.usage, self.digest, error=err.code)
+        except LedgerError as unrecorded:
+            err = unrecorded
+        return await self._end(err)
+
+    async def _end(self, err: GatewayError) -> web.StreamResponse:
         try:
             await self.response.write(b"data: " + err.body() + b"\n\n")
             await self.response.write_eof()
@@ -114,7 +121,10 @@ class SseRelay:
         if self.finished:
             return self.response
         self.finished = True
-        await self.recorder.finish(self.ctx, status, self.usage, self.digest)
+        try:
+            await self.recorder.finish(self.ctx, status, self.usage, self.digest)
+        except LedgerError as err:  # not recorded: the stream ends in the 503 event, not [DONE]
+            return await self._end(err)
         if status != 200:
             return self.response
         final = b"\n\n".join(self.tail) + b"\n\n" if self.tail else b""

@@ -27,7 +27,7 @@ from serve.gateway.context import ModelRoute, RequestContext
 from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.forward import Forwarder
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
-from serve.gateway.ledger import Ledger
+from serve.gateway.ledger import Ledger, LedgerError
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.recorder import Recorder
 from serve.gateway.relay import error_response
@@ -177,7 +177,7 @@ class Gateway:
         try:
             key = await self.authenticate(request)
         except GatewayError as err:
-            await self.recorder.reject(RequestContext.arrive(request, uuid.uuid4().hex), err)
+            err = await self.recorder.reject(RequestContext.arrive(request, uuid.uuid4().hex), err)
             return error_response(err)
         data = []
         for name, r in self.routes.items():
@@ -204,9 +204,12 @@ class Gateway:
         try:
             await self._check(ctx)
         except GatewayError as err:
-            await self.recorder.reject(ctx, err)
+            err = await self.recorder.reject(ctx, err)  # the ledger's 503 if it was not recorded
             return error_response(err, ctx.request_id)
-        return await self.forwarder.forward(ctx)
+        try:
+            return await self.forwarder.forward(ctx)
+        except LedgerError as err:  # not recorded: the 503, not the answer (streams: the relay's end)
+            return error_response(err, ctx.request_id)
 
     async def _check(self, ctx: RequestContext) -> None:
         """Authenticate, read and check the request and admit it under the key's
