@@ -357,6 +357,12 @@ class GatewaySettings(StrictConfig):
     record_text: bool = Field(
         False, description="Store prompt and response text in the audit log (off: only their SHA-256)."
     )
+    audit_anchor_path: str | None = Field(
+        None,
+        description="File that `sekisho audit anchor --config` appends the audit chain's head to "
+        "(sequence, hash, time), kept where the gateway database's writers cannot write; "
+        "`sekisho audit verify --anchors` checks the chain still reaches every anchored head.",
+    )
 
 
 class ServeAppConfig(StrictConfig):
