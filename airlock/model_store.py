@@ -23,16 +23,16 @@ from pathlib import Path
 from airlock.safetensors_check import read_header
 from foundation import sekisho_home
 from foundation.hashing import file_sha256
+from foundation.home import private_dir
 
 SAMPLE_COUNT = 4
 SAMPLE_BYTES = 1024 * 1024
 
 
 def store_root() -> Path:
-    """The model store folder (created if missing)."""
+    """The model store folder (created 0700 if missing: its files are its owner's alone)."""
     root = Path(os.environ.get("SEKISHO_MODEL_STORE") or sekisho_home() / "model-store")
-    root.mkdir(parents=True, exist_ok=True)
-    return root.resolve()
+    return private_dir(root).resolve()
 
 
 def staging_dir() -> Path:

@@ -1,4 +1,9 @@
-"""`sekisho audit`: the gateway's hash-chained audit trail."""
+"""`sekisho audit`: the gateway's hash-chained audit trail.
+
+`audit anchor` writes the chain's head outside the database (to the file the app
+config's `gateway.audit_anchor_path` names); run it from cron, e.g. every 5
+minutes: `sekisho audit anchor --config configs/serve/APP.yaml`.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,77 @@ import sys
 
 from foundation import UserError
 from sekisho.cli_common import add_command, command_group, home_from_args
+from sekisho.commands.keys import db_url
+
+
+def _config(args):
+    """The app config named by --config (app name, database, anchor file), or None."""
+    if not getattr(args, "config", None):
+        return None
+    from serve import ServeAppConfig
+
+    return ServeAppConfig.from_yaml(args.config)
 
 
 def _log(args):
     from serve.gateway import AuditLog
 
     home_from_args(args)
-    return AuditLog(args.app, args.db)
+    cfg = _config(args)
+    app = args.app or (cfg.name if cfg else "demo")
+    return AuditLog(app, db_url(args) or (cfg.gateway.db_url if cfg else None))
 
 
 def cmd_audit_verify(args) -> int:
-    """Check the whole chain; exit 1 and name the first bad record if it is broken."""
-    r = _log(args).verify()
+    """Check the whole chain (read-only); exit 1 and name the first bad record if it
+    is broken, no longer reaches an anchored head (--anchors), or does not exist."""
+    from serve.gateway.audit import read_anchors
+
+    log = _log(args)
+    anchors = []
+    if args.anchors:
+        try:
+            anchors = read_anchors(args.anchors, log.chain)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--anchors {args.anchors}: {exc}") from None
+        if not anchors:
+            raise UserError(f"--anchors {args.anchors}: no anchor of chain {log.chain!r} in it")
+    r = log.verify(anchors)
     if r.ok:
-        print(f"audit chain {args.app!r}: {r.records} records, intact")
+        extra = f", reaches its {r.anchors} anchored heads" if anchors else ""
+        print(f"audit chain {log.chain!r}: {r.records} records, intact{extra}")
+        if r.open_admissions:
+            print(
+                f"  {r.open_admissions} admitted requests have no completed record yet "
+                "(in flight, or their gateway stopped mid-answer)"
+            )
         return 0
+    where = f"BROKEN at record {r.broken_at}: " if r.broken_at is not None else "FAILED: "
     print(
-        f"audit chain {args.app!r}: BROKEN at record {r.broken_at}: {r.reason} "
-        f"({r.records} records verified before it)",
+        f"audit chain {log.chain!r}: {where}{r.reason} ({r.records} records verified before it)",
         file=sys.stderr,
     )
     return 1
+
+
+def cmd_audit_anchor(args) -> int:
+    """Append the chain's head (sequence, hash, time) to the anchor file (--to, else
+    the app config's gateway.audit_anchor_path); cron-ready."""
+    cfg = _config(args)
+    target = args.to or (cfg.gateway.audit_anchor_path if cfg else None)
+    if not target:
+        raise UserError(
+            "audit anchor: no anchor file; pass --to FILE or --config with gateway.audit_anchor_path set"
+        )
+    log = _log(args)
+    try:
+        a = log.anchor(target)
+    except LookupError as exc:
+        raise UserError(f"audit anchor: {exc} (check --app)") from None
+    except OSError as exc:
+        raise UserError(f"audit anchor: cannot write {target}: {exc}") from None
+    print(f"anchored chain {a.chain!r} at record {a.seq} ({a.hash[:16]}…) in {target}")
+    return 0
 
 
 def cmd_audit_tail(args) -> int:
@@ -55,12 +110,22 @@ def cmd_audit_export(args) -> int:
 
 
 def register(groups) -> None:
+    from sekisho.commands.keys import add_db_options
+
     audit = command_group(groups, "audit", "the audit trail")
     c = add_command(audit, "verify", cmd_audit_verify)
+    c.add_argument(
+        "--anchors", help="anchor file (from `audit anchor`): the chain must reach every head in it"
+    )
+    c = add_command(audit, "anchor", cmd_audit_anchor)
+    c.add_argument(
+        "--to", help="anchor file to append to (default: the app config's gateway.audit_anchor_path)"
+    )
     c = add_command(audit, "tail", cmd_audit_tail)
     c.add_argument("-n", type=int, default=20)
     c = add_command(audit, "export", cmd_audit_export)
     c.add_argument("--since", help="ISO 8601 date or time")
     for p in audit.choices.values():
-        p.add_argument("--app", default="demo", help="serve app name (one chain per app)")
-        p.add_argument("--db", help="gateway database URL (default: SQLite in the Sekisho home)")
+        p.add_argument("--app", help="serve app name (one chain per app; default: the --config's, else demo)")
+        p.add_argument("--config", help="the app's serve config (its name, gateway database and anchor file)")
+        add_db_options(p)

@@ -35,10 +35,10 @@ def cmd_eval_run(args) -> int:
             )
         print(f"stopped {tmp.app_name} and revoked key {tmp.key_name}")
     else:
-        api_key = args.api_key or os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        api_key = _api_key(args)
         if not api_key:
             raise UserError(
-                "eval run: no API key; pass --api-key or set SEKISHO_API_KEY "
+                "eval run: no API key; set SEKISHO_API_KEY or pass --api-key-file "
                 "(`sekisho keys create` makes one)."
             )
         r = run_eval(
@@ -49,6 +49,28 @@ def cmd_eval_run(args) -> int:
         if not k.startswith("category."):
             print(f"  {k:24} {v:.4f}")
     return 0
+
+
+def _api_key(args) -> str | None:
+    """The endpoint's key: --api-key-file, $SEKISHO_API_KEY / $OPENAI_API_KEY, or
+    --api-key (with a warning: a command line is visible to every user of the machine)."""
+    import sys
+
+    from foundation import UserError
+
+    if args.api_key_file:
+        try:
+            return Path(args.api_key_file).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise UserError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
+    if args.api_key:
+        print(
+            "warning: --api-key is visible on the command line to every user of this machine; "
+            "set SEKISHO_API_KEY or pass --api-key-file instead",
+            file=sys.stderr,
+        )
+        return args.api_key
+    return os.environ.get("SEKISHO_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
 
 def register(groups) -> None:
@@ -62,9 +84,11 @@ def register(groups) -> None:
         "without it the version is served for the evaluation and taken down after",
     )
     c.add_argument(
-        "--api-key",
-        help="key for the endpoint (default $SEKISHO_API_KEY; without --base-url a temporary key is made)",
+        "--api-key-file",
+        help="file holding the endpoint's key (default $SEKISHO_API_KEY; without --base-url a temporary "
+        "key is made)",
     )
+    c.add_argument("--api-key", help="deprecated (visible on the command line): use $SEKISHO_API_KEY")
     c.add_argument("--served-as", help="model name the endpoint serves it under (default: the registry name)")
     c.add_argument(
         "--address",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 
 from foundation import UserError
-from serve.gateway.db import api_keys, connect
+from serve.gateway.db import api_keys, connect, reading
 
 KEY_PREFIX = "sk-sekisho-"
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -68,6 +68,7 @@ class KeyStore:
 
     def __init__(self, url: str | None = None):
         self.engine = connect(url)
+        self.reader = reading(self.engine)  # reads take no write lock
 
     def create(
         self,
@@ -121,10 +122,10 @@ class KeyStore:
             raise UserError(f"no active key named {name!r}.")
 
     def list(self) -> list[ApiKey]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [_row_to_key(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.name))]
 
     def by_hash(self) -> dict[str, ApiKey]:
         """secret hash -> key, for the gateway's cache."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return {r.secret_sha256: _row_to_key(r) for r in conn.execute(select(api_keys))}
