@@ -9,9 +9,11 @@ TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_exceeded",
+    500: "api_error",
     503: "service_unavailable",
 }
 

@@ -1,9 +1,16 @@
 """Request limits, checked before a request reaches an engine. Each violation
-names the request field (`param`) and uses OpenAI's status conventions."""
+names the request field (`param`) and uses OpenAI's status conventions.
+
+A request may carry only the fields listed for its route (FIELDS: OpenAI's, as
+vLLM documents them, and a few of vLLM's sampling parameters); any other field
+is refused rather than passed to vLLM unchecked. Risky families of fields
+(structured outputs: grammars, JSON schemas, regexes) pass only where the
+app's limits switch them on.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from foundation import StrictConfig
 from serve.gateway.errors import GatewayError
@@ -20,13 +27,64 @@ class RequestLimits(StrictConfig):
     max_embedding_inputs: int = Field(
         256, ge=1, description="Cap on the number of inputs in one /v1/embeddings request."
     )
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="max_tokens inserted into a completion request that sends neither max_tokens nor "
+        "max_completion_tokens (default: the max_tokens cap); the engine stops earlier at the context's end.",
+    )
+    max_json_depth: int = Field(
+        32, ge=4, le=256, description="Deepest nesting of JSON objects and lists a request body may have."
+    )
+    allow_structured_outputs: bool = Field(
+        False,
+        description="Accept structured-output requests (structured_outputs, guided_*, response_format "
+        "json_schema / json_object / structural_tag): grammars compiled per request cost the engine "
+        "CPU time no token count shows.",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_cap(self):
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) is above the max_tokens cap ({self.max_tokens})"
+            )
+        return self
+
+
+SAMPLING = frozenset(
+    {
+        "model", "frequency_penalty", "presence_penalty", "logit_bias", "max_tokens", "n", "seed",
+        "stop", "stream", "stream_options", "temperature", "top_p", "user",
+        # vLLM's own sampling parameters (its docs: "Extra parameters")
+        "top_k", "min_p", "repetition_penalty", "min_tokens", "stop_token_ids", "ignore_eos",
+        "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    }
+)  # fmt: skip
+STRUCTURED_OUTPUTS = frozenset(
+    {
+        "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+        "guided_decoding_backend", "guided_whitespace_pattern",
+    }
+)  # fmt: skip
+FIELDS = {
+    "/v1/chat/completions": SAMPLING
+    | STRUCTURED_OUTPUTS
+    | {
+        "messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "tools",
+        "tool_choice", "parallel_tool_calls", "reasoning_effort", "functions", "function_call",
+        "add_generation_prompt", "continue_final_message",
+    },
+    "/v1/completions": SAMPLING | STRUCTURED_OUTPUTS | {"prompt", "logprobs", "echo", "response_format"},
+    "/v1/embeddings": frozenset({"model", "input", "dimensions", "encoding_format", "user"}),
+}  # fmt: skip
+TEXT_FORMATS = ("text", None)  # response_format types that ask for no structure
 
 
 FORBIDDEN = {
     "best_of": "best_of is not supported (it multiplies the work of one request)",
     "chat_template": "a client-supplied chat_template is not accepted",
     "chat_template_kwargs": "client-supplied chat_template_kwargs are not accepted",
-    "guided_grammar": "guided_grammar is not accepted",
 }
 
 
@@ -39,11 +97,56 @@ def _int_field(payload: dict, name: str) -> int | None:
     return v
 
 
+def check_fields(payload: dict, route: str, limits: RequestLimits) -> None:
+    """Raise GatewayError (400, naming the field) for a field the route does not take
+    or the app's limits switch off."""
+    for name, why in FORBIDDEN.items():
+        if name in payload:
+            raise GatewayError(400, why, param=name, code="unsupported_parameter")
+    allowed = FIELDS[route]
+    for name in payload:
+        if name not in allowed:
+            raise GatewayError(
+                400, f"Unrecognized request field '{name}' for {route}.", param=name, code="unknown_parameter"
+            )
+    if limits.allow_structured_outputs:
+        return
+    for name in STRUCTURED_OUTPUTS & payload.keys():
+        raise GatewayError(
+            400,
+            f"'{name}' (structured outputs) is switched off for this app.",
+            param=name,
+            code="unsupported_parameter",
+        )
+    fmt = payload.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in TEXT_FORMATS):
+        raise GatewayError(
+            400,
+            "'response_format' may only be {\"type\": \"text\"}: structured outputs are switched off for this app.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+
+
+def with_default_max_tokens(payload: dict, route: str, limits: RequestLimits, context_len: int) -> bool:
+    """Insert max_tokens into a completion request that sends no token limit, so no
+    request generates unbounded; returns whether `payload` changed."""
+    if route == "/v1/embeddings" or payload.get("max_tokens") is not None:
+        return False
+    if payload.get("max_completion_tokens") is not None:
+        return False
+    payload["max_tokens"] = min(limits.default_max_tokens or limits.max_tokens, context_len)
+    return True
+
+
 def check(payload: dict, route: str, limits: RequestLimits, context_len: int) -> None:
     """Raise GatewayError for the first limit `payload` breaks."""
-    for name, why in FORBIDDEN.items():
-        if payload.get(name) is not None:
-            raise GatewayError(400, why, param=name, code="unsupported_parameter")
+    check_fields(payload, route, limits)
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise GatewayError(
+            400, "'stream_options' must be an object.", param="stream_options", code="invalid_type"
+        )
     for name in ("max_tokens", "max_completion_tokens"):
         v = _int_field(payload, name)
         if v is not None and not 1 <= v <= min(limits.max_tokens, context_len):

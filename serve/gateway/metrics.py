@@ -1,16 +1,24 @@
 """Prometheus metrics of one gateway process: requests, tokens, latency,
-time to first token and rejections by reason, per model."""
+time to first token and rejections by reason, per model. Requests for a model
+the app does not serve share one series (model="unknown"): a client cannot
+grow the metrics by sending new names."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+UNKNOWN_MODEL = "unknown"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class GatewayMetrics:
-    def __init__(self):
+    """Args:
+    known_models: the model names the app serves (each its own series).
+    """
+
+    def __init__(self, known_models=()):
+        self.known_models = frozenset(known_models)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "sekisho_requests",
@@ -52,7 +60,7 @@ class GatewayMetrics:
         )
 
     def observe(self, model: str | None, status: int, latency_s: float, prompt: int, completion: int) -> None:
-        m = model or ""
+        m = model if model in self.known_models else UNKNOWN_MODEL
         self.requests.labels(m, str(status)).inc()
         self.latency.labels(m).observe(latency_s)
         if prompt:

@@ -40,12 +40,17 @@ async def buffered(
 class SseRelay:
     """Relays a 200 event stream to the client as vLLM wrote it. Only the usage
     event is parsed (token counts); `[DONE]` is held back until the audit record
-    is committed, so a client never sees the end of an unaudited answer."""
+    is committed, so a client never sees the end of an unaudited answer.
+
+    Until the usage event arrives, each event relayed counts as one completion
+    token: a stream the client drops early still counts against its key's tpm.
+    """
 
     def __init__(self, ctx: RequestContext, recorder: Recorder):
         self.ctx, self.recorder = ctx, recorder
         self.digest = hashlib.sha256()
-        self.usage, self.pending, self.tail, self.first = (0, 0), b"", [], True
+        self.reported: tuple[int, int] | None = None  # (prompt, completion) from the usage event
+        self.events, self.pending, self.tail, self.first = 0, b"", [], True
         self.response = web.StreamResponse(
             status=200,
             headers={
@@ -55,6 +60,11 @@ class SseRelay:
             },
         )
         self.finished = False
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """(prompt_tokens, completion_tokens): the engine's count, else one per event relayed."""
+        return self.reported if self.reported is not None else (0, self.events)
 
     async def prepare(self) -> None:
         await self.response.prepare(self.ctx.request)
@@ -67,6 +77,7 @@ class SseRelay:
             and not chunk.startswith(b"data: [DONE]")
             and b'"usage":{' not in chunk
         ):
+            self.events += 1
             await self._send(chunk)  # the usual case: one token's event, relayed as it came
             return
         pending = self.pending + chunk if self.pending else chunk
@@ -79,10 +90,11 @@ class SseRelay:
             if ev.startswith(b"data: [DONE]"):
                 self.tail.append(ev)
             elif b'"usage":{' in ev and b'"choices":[]' in ev:
-                self.usage = usage_of(ev[6:])
+                self.reported = usage_of(ev[6:])
                 if not self.ctx.strip_usage:
                     out.append(ev)
             else:
+                self.events += 1
                 out.append(ev)
         if out:
             await self._send(b"\n\n".join(out) + b"\n\n")

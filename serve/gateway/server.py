@@ -15,14 +15,16 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from foundation.net import is_loopback
 from serve.gateway import limits as request_limits
+from serve.gateway import request_body
 from serve.gateway.context import ModelRoute, RequestContext
 from serve.gateway.errors import GatewayError, model_not_found
 from serve.gateway.forward import Forwarder
@@ -68,7 +70,7 @@ class Gateway:
         self.keys = KeyStore(opts.db_url)
         # Audit appends and quota counts: in a child process (see serve.gateway.ledger).
         self.ledger = Ledger(opts.db_url, opts.app)
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(known_models=routes)
         self.upstreams = Upstreams()
         self.recorder = Recorder(self.ledger, self.metrics, opts.record_text)
         self.forwarder = Forwarder(self.upstreams, self.recorder, self.refresh_routes, engine_key, local)
@@ -80,7 +82,9 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.opts.limits.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.opts.limits.max_body_bytes, middlewares=[self._unrouted_in_openai_shape]
+        )
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_route)
         app.router.add_get("/v1/models", self.list_models)
@@ -89,6 +93,24 @@ class Gateway:
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    @web.middleware
+    async def _unrouted_in_openai_shape(self, request: web.Request, handler):
+        """A request no route takes (unknown path, wrong method) gets an OpenAI-shaped
+        error and an audit record, like every other answer."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            err = GatewayError(
+                exc.status, f"{request.method} {request.path}: {exc.reason}.", code="not_found"
+            )
+            if exc.status == 405:
+                err.code = "method_not_allowed"
+        ctx = RequestContext.arrive(request)
+        answer = await self.recorder.reject(ctx, err) or err
+        return error_response(answer, ctx.request_id)
 
     async def _startup(self, _app) -> None:
         await self.forwarder.start()
@@ -138,6 +160,8 @@ class Gateway:
             GatewayError: 401, no key, or one unknown, revoked or expired.
         """
         header = request.headers.get("Authorization", "")
+        if not header.isascii():  # keys are ASCII; bytes that are not UTF-8 arrive as surrogates
+            raise GatewayError(401, "Invalid API key (unknown, revoked or expired).", code="invalid_api_key")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise GatewayError(
                 401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
@@ -177,8 +201,9 @@ class Gateway:
         try:
             key = await self.authenticate(request)
         except GatewayError as err:
-            err = await self.recorder.reject(RequestContext.arrive(request, uuid.uuid4().hex), err)
-            return error_response(err)
+            ctx = RequestContext.arrive(request)
+            answer = await self.recorder.reject(ctx, err) or err
+            return error_response(answer, ctx.request_id)
         data = []
         for name, r in self.routes.items():
             if not key.allows(name):
@@ -216,10 +241,24 @@ class Gateway:
         rate limits, filling in ctx (key, model, route, payload, body).
 
         Raises:
-            GatewayError: the answer the client gets instead.
+            GatewayError: the answer the client gets instead (a 500 in OpenAI's
+                shape, audited, where a check itself failed).
         """
+        try:
+            await self._check_request(ctx)
+        except GatewayError:
+            raise
+        except Exception:
+            log.exception("%s: checking the request failed", ctx.request_id)
+            raise GatewayError(
+                500, "Internal error while checking the request.", code="internal_error"
+            ) from None
+
+    async def _check_request(self, ctx: RequestContext) -> None:
         ctx.key = await self.authenticate(ctx.request)
         ctx.payload, ctx.body = await self._read_json(ctx.request)
+        # Every authenticated request counts against rpm, one for a model that does not exist too.
+        await self._admit(ctx.key)
         model = ctx.payload.get("model")
         ctx.model = model if isinstance(model, str) else None
         ctx.route = self.routes.get(ctx.model) if ctx.model is not None else None
@@ -234,7 +273,17 @@ class Gateway:
                 code="unsupported_model_for_route",
             )
         request_limits.check(ctx.payload, ctx.path, self.opts.limits, ctx.route.context_len)
-        key = ctx.key
+        if request_limits.with_default_max_tokens(
+            ctx.payload, ctx.path, self.opts.limits, ctx.route.context_len
+        ):
+            ctx.body = json.dumps(ctx.payload).encode()
+
+    async def _admit(self, key: ApiKey) -> None:
+        """Count a request against the key's rate limits.
+
+        Raises:
+            GatewayError: 429, over a limit.
+        """
         decision = await self.ledger.admit(key.name, key.rpm, key.tpm) if key.limited else None
         if decision is not None and not decision.allowed:
             raise GatewayError(
@@ -258,10 +307,9 @@ class Gateway:
             raise GatewayError(
                 413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large"
             ) from None
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GatewayError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(payload, dict):
-            raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
-        return payload, body
+        except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a Content-Encoding it lacks
+            detail = getattr(exc, "message", None) or str(exc).strip()
+            raise GatewayError(
+                400, f"Request body could not be read: {detail}", code="invalid_body"
+            ) from None
+        return request_body.parse(body, self.opts.limits.max_json_depth), body
