@@ -30,17 +30,15 @@ class RequestLimits(StrictConfig):
     default_max_tokens: int | None = Field(
         None,
         ge=1,
-        description="max_tokens inserted into a completion request that sends neither max_tokens nor "
-        "max_completion_tokens (default: the max_tokens cap); the engine stops earlier at the context's end.",
+        description="max_tokens put into a request that sends no token limit (default: the max_tokens cap).",
     )
     max_json_depth: int = Field(
         32, ge=4, le=256, description="Deepest nesting of JSON objects and lists a request body may have."
     )
     allow_structured_outputs: bool = Field(
         False,
-        description="Accept structured-output requests (structured_outputs, guided_*, response_format "
-        "json_schema / json_object / structural_tag): grammars compiled per request cost the engine "
-        "CPU time no token count shows.",
+        description="Accept structured outputs (structured_outputs, guided_*, response_format beyond text): "
+        "per-request grammars cost engine CPU no token count shows.",
     )
 
     @model_validator(mode="after")
