@@ -43,9 +43,8 @@ class Node(StrictConfig):
     memory_gb: float | None = Field(
         default=None,
         gt=0,
-        description="Host memory (RAM) of the node in GB (DGX H100: 2000, i.e. 2 TB). Training jobs' "
-        "host-memory estimates (model loading, offloaded optimizer state) are checked against it; "
-        "none: unknown, and a job's own plan.cpu_memory_gb is used instead.",
+        description="Host RAM of the node in GB (DGX H100: 2000); training jobs' host-memory "
+        "estimates are checked against it (none: the job's plan.cpu_memory_gb).",
     )
     ib_hcas: list[str] = Field(
         default_factory=list,

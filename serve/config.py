@@ -359,9 +359,8 @@ class GatewaySettings(StrictConfig):
     )
     audit_anchor_path: str | None = Field(
         None,
-        description="File that `sekisho audit anchor --config` appends the audit chain's head to "
-        "(sequence, hash, time), kept where the gateway database's writers cannot write; "
-        "`sekisho audit verify --anchors` checks the chain still reaches every anchored head.",
+        description="File `sekisho audit anchor` appends the audit chain's head to, out of the "
+        "database writers' reach; `audit verify --anchors` checks the chain still reaches it.",
     )
 
 
