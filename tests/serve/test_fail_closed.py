@@ -165,7 +165,10 @@ def test_a_dead_ledger_process_fails_the_waiting_call(tmp_path):
             await ledger.start()
             conn.execute("BEGIN EXCLUSIVE")
             call = asyncio.create_task(ledger.audit({"request_id": "r1", "ts": time.time()}))
-            await asyncio.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while not ledger.pending:  # the call is sent and waits on the child
+                assert time.monotonic() < deadline, "the audit call never reached the ledger"
+                await asyncio.sleep(0.01)
             ledger.proc.kill()
             with pytest.raises(LedgerError, match="exited") as exc:
                 await call
