@@ -12,17 +12,19 @@ import json
 import sys
 
 from foundation import UserError
-from sekisho.cli_common import add_command, command_group, home_from_args
-from sekisho.commands.keys import db_url
+from sekisho.cli_common import (
+    add_command,
+    add_gateway_db_options,
+    app_config,
+    command_group,
+    gateway_db_url,
+    home_from_args,
+)
 
 
 def _config(args):
     """The app config named by --config (app name, database, anchor file), or None."""
-    if not getattr(args, "config", None):
-        return None
-    from serve import ServeAppConfig
-
-    return ServeAppConfig.from_yaml(args.config)
+    return app_config(args)
 
 
 def _log(args):
@@ -31,7 +33,7 @@ def _log(args):
     home_from_args(args)
     cfg = _config(args)
     app = args.app or (cfg.name if cfg else "demo")
-    return AuditLog(app, db_url(args) or (cfg.gateway.db_url if cfg else None))
+    return AuditLog(app, gateway_db_url(args))
 
 
 def cmd_audit_verify(args) -> int:
@@ -110,8 +112,6 @@ def cmd_audit_export(args) -> int:
 
 
 def register(groups) -> None:
-    from sekisho.commands.keys import add_db_options
-
     audit = command_group(groups, "audit", "the audit trail")
     c = add_command(audit, "verify", cmd_audit_verify)
     c.add_argument(
@@ -122,10 +122,9 @@ def register(groups) -> None:
         "--to", help="anchor file to append to (default: the app config's gateway.audit_anchor_path)"
     )
     c = add_command(audit, "tail", cmd_audit_tail)
-    c.add_argument("-n", type=int, default=20)
+    c.add_argument("-n", type=int, default=20, help="records to show (default 20)")
     c = add_command(audit, "export", cmd_audit_export)
     c.add_argument("--since", help="ISO 8601 date or time")
     for p in audit.choices.values():
         p.add_argument("--app", help="serve app name (one chain per app; default: the --config's, else demo)")
-        p.add_argument("--config", help="the app's serve config (its name, gateway database and anchor file)")
-        add_db_options(p)
+        add_gateway_db_options(p)
