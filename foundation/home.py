@@ -16,9 +16,13 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+DEFAULT_HOME = "~/.sekisho"
+
+
 def sekisho_home() -> Path:
-    """`$SEKISHO_HOME`, or `.sekisho` in the current directory, made absolute (and
-    written back to the environment) so that workers started from here agree."""
-    home = private_dir(Path(os.environ.get("SEKISHO_HOME", ".sekisho")).resolve())
+    """`$SEKISHO_HOME`, or `~/.sekisho` (the same state from whatever folder a command
+    runs in), made absolute (and written back to the environment) so that workers
+    started from here agree."""
+    home = private_dir(Path(os.environ.get("SEKISHO_HOME") or DEFAULT_HOME).expanduser().resolve())
     os.environ["SEKISHO_HOME"] = str(home)
     return home

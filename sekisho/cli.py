@@ -15,17 +15,31 @@ import importlib  # noqa: E402
 import sys  # noqa: E402
 
 from foundation import UserError  # noqa: E402
+from sekisho.cli_common import HOME_HELP, home_option_everywhere  # noqa: E402
 from sekisho.commands import GROUPS  # noqa: E402
+
+DISTRIBUTION = "sekisho"  # pyproject.toml's project name
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed; run `make install`)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sekisho", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--home", help="state folder (MLflow store, models, Ray token); default $SEKISHO_HOME or ./.sekisho"
-    )
+    p.add_argument("--version", action="version", version=f"sekisho {version()}")
+    p.add_argument("--home", help=HOME_HELP)
     groups = p.add_subparsers(dest="group", required=True, metavar="GROUP")
     for name in GROUPS:
         importlib.import_module(f"sekisho.commands.{name}").register(groups)
+    home_option_everywhere(p)
     return p
 
 

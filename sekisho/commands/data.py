@@ -111,7 +111,7 @@ def _tokenizer(path: Path, manifest: dict):
 def register(groups) -> None:
     data = command_group(groups, "data", "datasets")
     c = add_command(data, "prepare", cmd_data_prepare)
-    c.add_argument("config")
+    c.add_argument("config", help="dataset config, e.g. configs/data/sharegpt_example.yaml")
     c.add_argument("--model", required=True, help="registry reference of the model whose tokenizer to use")
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
     c.add_argument(

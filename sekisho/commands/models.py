@@ -27,10 +27,11 @@ def cmd_models_show(args) -> int:
     """Show one version (NAME, NAME@ALIAS or NAME/VERSION) with its lineage, its
     evaluations, and the history of the model's aliases."""
     import json
+    import sys
 
     from mlflow import MlflowClient
 
-    from experiments import alias_history, get_version, promotion_log
+    from experiments import alias_history, alias_log, get_version, promotion_log
 
     _home(args)
     ref = args.ref
@@ -49,6 +50,8 @@ def cmd_models_show(args) -> int:
         elif k.startswith("sekisho.forced."):
             print(f"forced to {k.removeprefix('sekisho.forced.')}: {v}")
     rm = MlflowClient().get_registered_model(mv.name)
+    for bad in alias_log.ignored(mv.name, rm):
+        print(f"warning: alias history of {mv.name}: ignored tag {bad.key!r}: {bad.why}", file=sys.stderr)
     for alias in sorted(rm.aliases):
         history = alias_history(mv.name, alias)
         print(
@@ -148,17 +151,17 @@ def register(groups) -> None:
     c = add_command(models, "show", cmd_models_show)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")
     c = add_command(models, "promote", cmd_models_promote)
-    c.add_argument("name")
-    c.add_argument("version")
-    c.add_argument("--alias", default="production")
+    c.add_argument("name", help="registered model name")
+    c.add_argument("version", help="the version the alias is to point at")
+    c.add_argument("--alias", default="production", help="alias to move (default production)")
     c.add_argument("--force", action="store_true", help="skip the gate (needs --reason, which is recorded)")
     c.add_argument("--reason", help="why the gate is skipped")
     c.add_argument(
         "--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply"
     )
     c = add_command(models, "rollback", cmd_models_rollback)
-    c.add_argument("name")
-    c.add_argument("--alias", default="production")
+    c.add_argument("name", help="registered model name")
+    c.add_argument("--alias", default="production", help="alias to move back (default production)")
     c = add_command(models, "import", cmd_models_import)
     c.add_argument("dir", help="the model folder as carried in (e.g. made by `hf download --local-dir`)")
     c.add_argument("--name", required=True, help="registered model name")

@@ -115,7 +115,7 @@ def register(groups) -> None:
         dest="command", required=True, metavar="COMMAND"
     )
     c = serve.add_parser("up", help=cmd_serve_up.__doc__)
-    c.add_argument("config")
+    c.add_argument("config", help="serve app config, e.g. configs/serve/demo.yaml")
     c.add_argument(
         "--inventory",
         help="plan the app's GPUs on this cluster inventory first "
@@ -125,11 +125,11 @@ def register(groups) -> None:
     c = serve.add_parser("status", help=cmd_serve_status.__doc__)
     c.set_defaults(fn=cmd_serve_status)
     c = serve.add_parser("reload", help=cmd_serve_reload.__doc__)
-    c.add_argument("name", nargs="?", default="demo")
+    c.add_argument("name", nargs="?", default="demo", help="serve app name (default demo)")
     c.set_defaults(fn=cmd_serve_reload)
     c = serve.add_parser("down", help=cmd_serve_down.__doc__)
-    c.add_argument("name", nargs="?", default="demo")
-    c.add_argument("--all", action="store_true")
+    c.add_argument("name", nargs="?", default="demo", help="serve app name (default demo)")
+    c.add_argument("--all", action="store_true", help="stop every app (and Serve itself)")
     c.set_defaults(fn=cmd_serve_down)
     for p in serve.choices.values():
         p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")

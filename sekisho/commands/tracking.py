@@ -83,10 +83,15 @@ def register(groups) -> None:
         dest="user_command", required=True, metavar="COMMAND"
     )
     c = add_command(user, "add", cmd_tracking_user_add)
-    c.add_argument("username")
+    c.add_argument("username", help="the new user's name")
     c = add_command(tracking, "grant", cmd_tracking_grant)
-    c.add_argument("username")
+    c.add_argument("username", help="user to grant the permission to")
     on = c.add_mutually_exclusive_group(required=True)
     on.add_argument("--experiment", help="experiment name")
     on.add_argument("--model", help="registered model name")
-    c.add_argument("--permission", required=True, choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"])
+    c.add_argument(
+        "--permission",
+        required=True,
+        choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"],
+        help="what the user may do",
+    )

@@ -83,7 +83,7 @@ def cmd_train_stop(args) -> int:
 def register(groups) -> None:
     train = command_group(groups, "train", "fine-tuning jobs")
     c = add_command(train, "run", cmd_train_run)
-    c.add_argument("config")
+    c.add_argument("config", help="training job config, e.g. configs/train/demo_lora.yaml")
     c.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
@@ -96,7 +96,7 @@ def register(groups) -> None:
         "estimate is checked against its GPU nodes' memory_gb",
     )
     c = add_command(train, "submit", cmd_train_submit)
-    c.add_argument("config")
+    c.add_argument("config", help="training job config, a path inside --working-dir")
     c.add_argument(
         "--follow",
         action=argparse.BooleanOptionalAction,
@@ -110,9 +110,9 @@ def register(groups) -> None:
     )
     c.add_argument("--cluster-home", help="$SEKISHO_HOME for the job on the cluster (default: the nodes')")
     c = add_command(train, "status", cmd_train_status)
-    c.add_argument("job", nargs="?")
+    c.add_argument("job", nargs="?", help="job id (default: list every job)")
     c = add_command(train, "stop", cmd_train_stop)
-    c.add_argument("job")
+    c.add_argument("job", help="job id (from `sekisho train status`)")
     for name in ("submit", "status", "stop"):
         train.choices[name].add_argument(
             "--address",
