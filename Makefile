@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) download --only-binary=:all: --no-deps -d $(BUNDLE_CACHE) $(BUNDLE_TEST_PINS)
 	touch $@
 
+# The demo keeps its state (tiny models, keys, audit chain) in its own home here,
+# apart from the operator's ~/.sekisho (and, like it, left alone by `make clean`).
+DEMO_HOME ?= .sekisho
 demo: $(STAMP)
-	$(LOOPBACK_ONLY) $(VENV)/bin/sekisho demo $(DEMO_ARGS)
+	$(LOOPBACK_ONLY) $(VENV)/bin/sekisho --home $(DEMO_HOME) demo $(DEMO_ARGS)
 
 # Lint and format check: seconds, so they run first.
 lint: $(STAMP)
@@ -44,5 +47,7 @@ test: lint
 	SEKISHO_TEST_PG_URL="$${SEKISHO_TEST_PG_URL:-$$(.ci/postgres | tail -1)}" \
 	  $(LOOPBACK_ONLY) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# Build outputs and caches only: never a Sekisho home (registry, keys, audit chain).
 clean:
-	rm -rf .sekisho
+	rm -rf build .pytest_cache .ruff_cache *.egg-info
+	find . \( -path ./$(VENV) -o -path ./$(DEMO_HOME) \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
