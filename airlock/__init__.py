@@ -4,8 +4,10 @@ checked on the way in.
 Models: `import_model` accepts a folder of safetensors weights only (no pickle, no
 code), checks every header, the tokenizer, the chat template and the architecture,
 hashes every file, copies it into the content-addressed model store and registers
-it with its import record; `load` hands a version's files to Serve or training only
-after checking the store copy against that record. Software: `build_bundle` writes
+it with its import record; `register_trained` does the same for a training job's
+output (adapter or merged weights); `load` hands a version's files to Serve or
+training only after checking the store copy against that record, and refuses a
+version that has none. Software: `build_bundle` writes
 the offline bundle of wheels, `verify_bundle` checks it on the far side.
 """
 
@@ -15,7 +17,8 @@ from airlock.errors import ModelImportRefused, ModelNotInStoreError
 from airlock.file_hashes import read_manifest
 from airlock.model_import import ImportedModel, ImportPolicy, import_model
 from airlock.model_store import store_root
-from airlock.model_verify import StoredModel, load, verify_all_bytes, verify_store_copy
+from airlock.model_verify import StoredModel, copy_checked, load, verify_all_bytes, verify_store_copy
+from airlock.trained_export import register_trained
 
 __all__ = [
     "BundleError",
@@ -26,9 +29,11 @@ __all__ = [
     "ModelNotInStoreError",
     "StoredModel",
     "build_bundle",
+    "copy_checked",
     "import_model",
     "load",
     "read_manifest",
+    "register_trained",
     "store_root",
     "verify_all_bytes",
     "verify_bundle",

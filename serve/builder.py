@@ -50,10 +50,10 @@ def _resolve_source(source: str, where: str, cache_dir: Path) -> ResolvedModel |
     if source.startswith("registry:"):
         from experiments import get_version
 
-        # One folder per version: a redeploy after an alias moved (serve.follow)
-        # never writes into files a running engine has open.
+        # The version's read-only store copy, checked against its record; one
+        # without a record (registered straight through MLflow) is refused.
         mv = get_version(source.removeprefix("registry:"))
-        return load(f"{mv.name}/{mv.version}", cache_dir / f"{mv.name}_v{mv.version}")
+        return load(f"{mv.name}/{mv.version}")
     path = Path(source)
     if not path.is_dir():
         raise UserError(f"{where}: {source}: no such model folder.")

@@ -143,7 +143,8 @@ class AliasFollower:
 
     def sync(self) -> bool:
         """Bring every followed adapter to its alias's version. Returns True if one changed."""
-        from experiments import get_version, resolve
+        from airlock import load
+        from experiments import get_version
 
         changed = False
         for a in self.adapters:
@@ -153,7 +154,9 @@ class AliasFollower:
             version = str(mv.version)
             if version == a.version:
                 continue
-            resolved = resolve(f"{mv.name}/{version}", self.cache_dir / f"{a.served}--v{version}")
+            # Checked against its store record, copied into the adapter cache (the
+            # only place runtime LoRA loads are accepted from, serve.engine_guard).
+            resolved = load(f"{mv.name}/{version}", copy_to=self.cache_dir / f"{a.served}--v{version}")
             new_internal = internal_name(a.served, version)
             if new_internal not in a.loaded:
                 self.engine.load_adapter(new_internal, str(resolved.path))

@@ -88,16 +88,15 @@ def main_job(sekisho_home):
 
 @pytest.fixture(scope="session")
 def train_prefixed_adapter(sekisho_home, sample_conversations):
-    """A function that trains and registers a new demo-ja-adapter version whose
-    answers all start with `prefix` (on base `base_ref`), with its lineage and no
-    alias; returns the version."""
+    """A function that trains a new demo-ja-adapter version whose answers all start
+    with `prefix` (on base `base_ref`), stores and registers it as training does
+    (airlock.register_trained) with its lineage and no alias; returns the version."""
 
     def train(name: str, prefix: str, base_ref: str, note: str):
         import json
 
-        from airlock import load
+        from airlock import load, register_trained
         from data import DatasetConfig, prepare
-        from experiments import register_folder
         from train import LoraJobConfig, LoraRecipe
 
         rows = sekisho_home / f"{name}.jsonl"
@@ -112,7 +111,7 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
             ),
             encoding="utf-8",
         )
-        base = load(base_ref, sekisho_home / f"{name}-base")
+        base = load(base_ref)
         prepare(DatasetConfig(name=name, path=str(rows)), base.path, sekisho_home / f"{name}-data")
         job = LoraJobConfig(
             name=name,
@@ -125,9 +124,9 @@ def train_prefixed_adapter(sekisho_home, sample_conversations):
         recipe.setup(base.path, sekisho_home / f"{name}-data" / "tokens.parquet")
         recipe.train()
         out = recipe.save(sekisho_home / f"{name}-adapter")
-        return register_folder(
+        return register_trained(
             "demo-ja-adapter", out, kind="adapter", tags={"base_model_version": base.ref, "note": note}
-        )
+        ).version
 
     return train
 

@@ -1,5 +1,6 @@
 """A fine-tuning job end to end: resolve the base model, prepare the data, train
-under Ray Train, and register the adapter with its lineage.
+under Ray Train, and bring the adapter (or merged weights) into the model store
+and register it with its lineage (`airlock.register_trained`).
 
 A job's storage is stable per job name (`<home>/jobs/<name>`): `job_state.json`
 there names the MLflow run, the training fingerprint and, once registered, the
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airlock import load
+from airlock import load, register_trained
 from data import DatasetConfig, prepare
-from experiments import register_folder, tracking_uri, use_store
+from experiments import tracking_uri, use_store
 from foundation import UserError, sekisho_home
 from train.config import JobFields
 from train.examples import count_examples
@@ -138,7 +139,7 @@ def run_job(
     work = home / "jobs" / cfg.name
     data_cfg = DatasetConfig.from_yaml(cfg.dataset)
     check_job(cfg, data_cfg, inventory)
-    base = load(cfg.base_model, work / "base")
+    base = load(cfg.base_model)
     manifest = prepare(data_cfg, base.path, work / "data")
     # From here on the job has its number of steps (derived from the data with `epochs`):
     # what is logged, fingerprinted and trained.
@@ -186,7 +187,7 @@ def run_job(
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
     recipe = recipe_class(cfg)
     adapter_dir = Path(result.checkpoint.path) / recipe.export_dir
-    version = register_folder(
+    version = register_trained(
         cfg.register_as,
         adapter_dir,
         kind=recipe.export_kind,
@@ -201,7 +202,7 @@ def run_job(
             "config_sha256": config_hash(cfg),
             "git_commit": git_commit(),
         },
-    )
+    ).version
     MlflowClient().set_terminated(run_id, "FINISHED")
     write_job_state(
         work, run_id=run_id, fingerprint=fingerprint, version=version, adapter_dir=str(adapter_dir)

@@ -23,7 +23,7 @@ class Recipe(Protocol):
     """A training recipe; `step`, `attempt` and `batch_ids` are read by the caller's hooks."""
 
     export_dir: ClassVar[str]  # the folder of a final checkpoint that holds the export
-    export_kind: ClassVar[str]  # what the export registers as (experiments.register_folder)
+    export_kind: ClassVar[str]  # what the export registers as (airlock.register_trained)
     full_parameters: ClassVar[bool]  # trains every weight (False: an adapter on a frozen base)
     step: int
     attempt: int

@@ -116,44 +116,52 @@ def test_streaming_through_the_gateway(main_job, qa):
 
 
 def test_corrupted_adapter_is_refused_before_deploy(main_job, sekisho_home):
-    from mlflow import MlflowClient
-
+    """A changed byte in the store copy Serve loads the production adapter from
+    (same size, valid header): the app is refused before anything deploys."""
     from experiments import ModelIntegrityError, get_version
     from serve import ServeAppConfig, resolve_app
 
     mv = get_version("demo-ja-adapter@production")
-    artifact_dir = Path(MlflowClient().get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))
-    weights = artifact_dir / "adapter" / "adapter_model.safetensors"
+    weights = Path(mv.tags["store_path"]) / "adapter_model.safetensors"
     original = weights.read_bytes()
+    weights.parent.chmod(0o755)
+    weights.chmod(0o644)
     try:
         weights.write_bytes(original[:-64] + bytes(64))  # same size, valid header, changed weights
         cfg = ServeAppConfig.from_yaml(REPO / "configs" / "serve" / "demo.yaml")
-        with pytest.raises(ModelIntegrityError, match=r"demo-ja-adapter/\d+ .*refusing to serve"):
+        with pytest.raises(
+            ModelIntegrityError,
+            match=r"adapter_model.safetensors: bytes .* changed since demo-ja-adapter/\d+ was stored; "
+            "refusing to load it",
+        ):
             resolve_app(cfg, sekisho_home / "corrupt-check")
     finally:
         weights.write_bytes(original)
+        weights.chmod(0o444)
+        weights.parent.chmod(0o555)
 
 
 def test_alias_on_an_untrained_adapter_answers_like_the_base(main_job, sekisho_home, tiny_model_dir, qa):
     """Skipping training (an adapter registered straight from its initialisation)
     and moving an alias to it: N drops to the base model's level, while the
     production alias in the same engine still answers."""
-    from experiments import register_folder, resolve, set_alias
+    from airlock import load, register_trained
+    from experiments import set_alias
     from sekisho.demo import ask_all
     from serve import AdapterSpec, ServeAppConfig, deploy, resolve_app
     from train import LoraJobConfig, LoraRecipe
 
     job = LoraJobConfig.from_yaml(REPO / "configs" / "train" / "demo_lora.yaml")
-    base = resolve("sekisho-tiny-base@production", sekisho_home / "untrained-base")
+    base = load("sekisho-tiny-base@production")
     recipe = LoraRecipe(job)
     recipe.setup(base.path, sekisho_home / "jobs" / job.name / "data" / "tokens.parquet")
     untrained = recipe.save(sekisho_home / "untrained-adapter")
-    version = register_folder(
+    version = register_trained(
         "demo-ja-adapter",
         untrained,
         kind="adapter",
         tags={"base_model_version": base.ref, "note": "untrained"},
-    )
+    ).version
     set_alias("demo-ja-adapter", "candidate", version)
 
     cfg = ServeAppConfig.from_yaml(REPO / "configs" / "serve" / "demo.yaml")
