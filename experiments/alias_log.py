@@ -18,7 +18,16 @@ until the record has not moved on. Whoever writes last therefore sets the alias
 last, after every event that was written, so when the writers are done the alias
 is the top of the history. Moves made outside Sekisho (MLflow's UI) are not
 recorded; an alias that has no recorded move starts its history at the version it
-points at."""
+points at.
+
+Anyone who may edit the model can add tags too, so the record is read strictly:
+a tag under `sekisho.event.` counts only if its key has the exact form Sekisho
+writes (20 digits, a dot, 8 hex digits, stamped no later than a day after this
+machine's clock) and its value is a JSON object with a known action, a string
+alias and, where the action carries one, the number of a registered version.
+Any other tag is left out of the replay and reported by `ignored()`, so that a
+tag written by hand (say `sekisho.event.zzz`, which sorts after every real
+event) can neither pin an alias nor break the replay."""
 
 from __future__ import annotations
 
@@ -33,6 +42,10 @@ from experiments import tracking
 from foundation import UserError
 
 EVENT_TAG = "sekisho.event."
+ACTIONS = ("promote", "set", "rollback", "observed")
+_KEY = re.compile(re.escape(EVENT_TAG) + r"(\d{20})\.[0-9a-f]{8}")
+_VERSION = re.compile(r"[1-9]\d{0,17}")
+_FUTURE_NS = 86_400 * 10**9  # a key stamped later than this after now is not Sekisho's
 SETTLE_ROUNDS = 100
 # A registry store answers concurrent first writes of the same row with a
 # uniqueness error (MLflow upserts with select-then-insert) and SQLite with
@@ -59,6 +72,14 @@ class Step:
     applied: bool  # False for a rollback that found nothing to go back to
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """A tag under `sekisho.event.` that is not a well-formed event, left out of the replay."""
+
+    key: str
+    why: str
+
+
 def record(name: str, event: dict) -> str:
     """Append `event` (with at least "action" and "alias") to `name`'s record.
 
@@ -68,7 +89,7 @@ def record(name: str, event: dict) -> str:
     from mlflow import MlflowClient
 
     tracking.use_store()
-    newest = max((_stamp(k) for k in _tags(name) if k.startswith(EVENT_TAG)), default=0)
+    newest = max((_stamp(k) for k, _ in _read(_model(name))[0]), default=0)
     key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
     _retry(
         lambda: MlflowClient().set_registered_model_tag(
@@ -79,16 +100,14 @@ def record(name: str, event: dict) -> str:
     return key
 
 
-def steps(name: str, alias: str | None = None, tags: dict[str, str] | None = None) -> list[Step]:
+def steps(name: str, alias: str | None = None, model=None) -> list[Step]:
     """The recorded events of `name` (of `alias` only, when given) in order, each with
-    its effect.
+    its effect; tags that are not well-formed events are left out (see `ignored`).
 
     Args:
-        tags: the model's tags when already fetched.
+        model: the registered model when already fetched.
     """
-    if tags is None:
-        tags = _tags(name)
-    events = sorted((k, json.loads(v)) for k, v in tags.items() if k.startswith(EVENT_TAG))
+    events, _ = _read(model if model is not None else _model(name))
     stacks: dict[str, list[str]] = {}
     out = []
     for key, event in events:
@@ -107,18 +126,90 @@ def steps(name: str, alias: str | None = None, tags: dict[str, str] | None = Non
             if stack:
                 applied = False
             else:
-                stack.append(str(event["version"]))
-        elif not stack or stack[-1] != str(event["version"]):
-            stack.append(str(event["version"]))
+                stack.append(event["version"])
+        elif not stack or stack[-1] != event["version"]:
+            stack.append(event["version"])
         out.append(Step(key, event, before, stack[-1] if stack else None, tuple(stack), applied))
     return out
+
+
+def ignored(name: str, model=None) -> list[Ignored]:
+    """The tags of `name` under `sekisho.event.` that the replay leaves out, each with why."""
+    return _read(model if model is not None else _model(name))[1]
+
+
+def _read(model) -> tuple[list[tuple[str, dict]], list[Ignored]]:
+    """The well-formed events among `model`'s tags in record order, and the other
+    `sekisho.event.` tags."""
+    events: list[tuple[str, dict]] = []
+    bad: list[Ignored] = []
+    latest = max((int(v.version) for v in model.latest_versions or ()), default=0)
+    known: dict[str, bool] = {}
+    for key, value in sorted(model.tags.items()):
+        if not key.startswith(EVENT_TAG):
+            continue
+        why = _key_problem(key) or _event_problem(value)
+        if why is None:
+            event = json.loads(value)
+            v = event.get("version") if event["action"] != "rollback" else None
+            if v is not None and int(v) > latest:
+                if v not in known:
+                    known[v] = _version_exists(model.name, v)
+                if not known[v]:
+                    why = f"version {v} is not registered"
+        if why is None:
+            events.append((key, event))
+        else:
+            bad.append(Ignored(key, why))
+    return events, bad
+
+
+def _key_problem(key: str) -> str | None:
+    m = _KEY.fullmatch(key)
+    if m is None:
+        return "the key is not sekisho.event.<20 digits>.<8 hex digits>"
+    if int(m.group(1)) > time.time_ns() + _FUTURE_NS:
+        return "the key is stamped more than a day after this machine's clock"
+    return None
+
+
+def _event_problem(value: str) -> str | None:
+    try:
+        event = json.loads(value)
+    except ValueError:
+        return "the value is not JSON"
+    if not isinstance(event, dict):
+        return f"the value is JSON {type(event).__name__}, not an object"
+    action = event.get("action")
+    if action not in ACTIONS:
+        return f"action {action!r} is not one of {', '.join(ACTIONS)}"
+    if not isinstance(event.get("alias"), str) or not event["alias"]:
+        return f"alias {event.get('alias')!r} is not a non-empty string"
+    if action != "rollback":
+        v = event.get("version")
+        if not isinstance(v, str) or not _VERSION.fullmatch(v):
+            return f"version {v!r} of a {action!r} event is not a version number as a string"
+    return None
+
+
+def _version_exists(name: str, version: str) -> bool:
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient().get_model_version(name, version)
+        return True
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
 
 
 def history(name: str, alias: str) -> list[str]:
     """The versions `name@alias` has pointed at, oldest first, as the record says
     (the alias's current version alone when nothing was recorded for it)."""
     rm = _model(name)
-    mine = steps(name, alias, rm.tags)
+    mine = steps(name, alias, rm)
     if mine:
         return list(mine[-1].history)
     return [str(rm.aliases[alias])] if alias in rm.aliases else []
@@ -135,7 +226,7 @@ def move(name: str, alias: str, event: dict) -> Step:
         This event's step in the record as it stood once the alias had settled.
     """
     rm = _model(name)
-    if alias in rm.aliases and not steps(name, alias, rm.tags):
+    if alias in rm.aliases and not steps(name, alias, rm):
         record(name, {"action": "observed", "alias": alias, "version": str(rm.aliases[alias])})
     key = record(name, event | {"alias": alias})
     return next(s for s in settle(name, alias) if s.key == key)
@@ -175,15 +266,8 @@ def _model(name: str):
         ) from None
 
 
-def _tags(name: str) -> dict[str, str]:
-    return _model(name).tags
-
-
 def _stamp(key: str) -> int:
-    try:
-        return int(key.removeprefix(EVENT_TAG).split(".", 1)[0])
-    except ValueError:
-        return 0
+    return int(key.removeprefix(EVENT_TAG).split(".", 1)[0])
 
 
 def _retry(call, name: str, attempts: int = 20) -> None:
