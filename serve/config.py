@@ -359,9 +359,18 @@ class GatewaySettings(StrictConfig):
     )
     audit_anchor_path: str | None = Field(
         None,
-        description="File `sekisho audit anchor` appends the audit chain's head to, out of the "
-        "database writers' reach; `audit verify --anchors` checks the chain still reaches it.",
+        description="Where `sekisho audit anchor` writes the audit chain's head, out of the database "
+        "writers' reach: a file, syslog://HOST:PORT (UDP) or syslog+tcp://HOST:PORT.",
     )
+
+    @field_validator("audit_anchor_path")
+    @classmethod
+    def _anchor_target(cls, value: str | None) -> str | None:
+        from serve.gateway.anchors import parse_target
+
+        if value is not None:
+            parse_target(value)
+        return value
 
 
 class ServeAppConfig(StrictConfig):

@@ -1,7 +1,7 @@
 """`sekisho audit`: the gateway's hash-chained audit trail.
 
-`audit anchor` writes the chain's head outside the database (to the file the app
-config's `gateway.audit_anchor_path` names); run it from cron, e.g. every 5
+`audit anchor` writes the chain's head outside the database (to the file or syslog
+collector the app config's `gateway.audit_anchor_path` names); run it from cron, e.g. every 5
 minutes: `sekisho audit anchor --config configs/serve/APP.yaml`.
 """
 
@@ -39,17 +39,25 @@ def _log(args):
 def cmd_audit_verify(args) -> int:
     """Check the whole chain (read-only); exit 1 and name the first bad record if it
     is broken, no longer reaches an anchored head (--anchors), or does not exist."""
-    from serve.gateway.audit import read_anchors
+    from serve.gateway.anchors import scan_anchors
 
     log = _log(args)
     anchors = []
     if args.anchors:
         try:
-            anchors = read_anchors(args.anchors, log.chain)
+            found = scan_anchors(args.anchors, log.chain)
         except (OSError, ValueError) as exc:
             raise UserError(f"--anchors {args.anchors}: {exc}") from None
+        anchors = found.anchors
         if not anchors:
-            raise UserError(f"--anchors {args.anchors}: no anchor of chain {log.chain!r} in it")
+            raise UserError(
+                f"--anchors {args.anchors}: no anchor of chain {log.chain!r} in it "
+                f"({found.other_chains} of other chains, {found.skipped_lines} lines without an anchor)"
+            )
+        print(
+            f"--anchors {args.anchors}: read {len(anchors)} anchors of chain {log.chain!r} "
+            f"({found.other_chains} of other chains, {found.skipped_lines} other lines skipped)"
+        )
     r = log.verify(anchors)
     if r.ok:
         extra = f", reaches its {r.anchors} anchored heads" if anchors else ""
@@ -69,8 +77,8 @@ def cmd_audit_verify(args) -> int:
 
 
 def cmd_audit_anchor(args) -> int:
-    """Append the chain's head (sequence, hash, time) to the anchor file (--to, else
-    the app config's gateway.audit_anchor_path); cron-ready."""
+    """Write the chain's head (sequence, hash, time) to the anchor target (--to, else
+    the app config's gateway.audit_anchor_path: a file or a syslog collector); cron-ready."""
     cfg = _config(args)
     target = args.to or (cfg.gateway.audit_anchor_path if cfg else None)
     if not target:
@@ -82,6 +90,8 @@ def cmd_audit_anchor(args) -> int:
         a = log.anchor(target)
     except LookupError as exc:
         raise UserError(f"audit anchor: {exc} (check --app)") from None
+    except ValueError as exc:
+        raise UserError(f"audit anchor: {'--to' if args.to else 'gateway.audit_anchor_path'}: {exc}") from None
     except OSError as exc:
         raise UserError(f"audit anchor: cannot write {target}: {exc}") from None
     print(f"anchored chain {a.chain!r} at record {a.seq} ({a.hash[:16]}…) in {target}")
@@ -115,11 +125,15 @@ def register(groups) -> None:
     audit = command_group(groups, "audit", "the audit trail")
     c = add_command(audit, "verify", cmd_audit_verify)
     c.add_argument(
-        "--anchors", help="anchor file (from `audit anchor`): the chain must reach every head in it"
+        "--anchors",
+        help="anchor file (from `audit anchor`, or a syslog collector's file of its messages): "
+        "the chain must reach every head in it",
     )
     c = add_command(audit, "anchor", cmd_audit_anchor)
     c.add_argument(
-        "--to", help="anchor file to append to (default: the app config's gateway.audit_anchor_path)"
+        "--to",
+        help="anchor file to append to, or syslog://HOST:PORT / syslog+tcp://HOST:PORT "
+        "(default: the app config's gateway.audit_anchor_path)",
     )
     c = add_command(audit, "tail", cmd_audit_tail)
     c.add_argument("-n", type=int, default=20, help="records to show (default 20)")

@@ -11,8 +11,8 @@ that arrive during a commit into the next one.
 
 A request is first recorded as admitted (a row outside the chain, before its
 answer's first byte) and its completed record replaces that row in the chain.
-The chain's head is also written outside the database (`anchor`, to a file the
-app config names): whoever can rewrite the database cannot rewrite an anchor, so
+The chain's head is also written outside the database (`anchor`, to the file or
+syslog collector the app config names, see serve.gateway.anchors): whoever can rewrite the database cannot rewrite an anchor, so
 `verify` with the anchors fails for a chain rebuilt after them.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from serve.gateway.anchors import Anchor, parse_target, scan_anchors, write_anchor
 from serve.gateway.db import audit_admitted, audit_head, audit_records, connect, reading
 
 GENESIS = "0" * 64
@@ -63,37 +63,14 @@ class VerifyResult:
     open_admissions: int = 0  # requests admitted whose completed record is missing
 
 
-@dataclass(frozen=True)
-class Anchor:
-    """A chain head written outside the database."""
-
-    chain: str
-    seq: int
-    hash: str
-    time: float
-
-    def line(self) -> str:
-        return json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "time": self.time}) + "\n"
-
-
 def read_anchors(path: str | Path, chain: str) -> list[Anchor]:
-    """The anchors of `chain` in an anchor file (one JSON object a line).
+    """The anchors of `chain` in an anchor file or a syslog collector's file (see
+    serve.gateway.anchors.scan_anchors).
 
     Raises:
-        ValueError: the file has a line that is not an anchor (its number named).
+        ValueError: a line's anchor has a wrong value (its number named).
     """
-    anchors = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            a = json.loads(line)
-            anchor = Anchor(str(a["chain"]), int(a["seq"]), str(a["hash"]), float(a["time"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{n}: not an anchor line ({exc})") from None
-        if anchor.chain == chain:
-            anchors.append(anchor)
-    return anchors
+    return scan_anchors(path, chain).anchors
 
 
 class AuditLog:
@@ -211,21 +188,21 @@ class AuditLog:
             ).first()
         return None if row is None else (row[0], row[1])
 
-    def anchor(self, path: str | Path) -> Anchor:
-        """Append the chain's head to the anchor file `path` (created 0600).
+    def anchor(self, target: str | Path) -> Anchor:
+        """Write the chain's head to `target`: a file it is appended to (created 0600),
+        `syslog://HOST:PORT` or `syslog+tcp://HOST:PORT`.
 
         Raises:
             LookupError: there is no chain of this name.
+            ValueError: `target` is malformed.
+            OSError: the file cannot be written or the collector cannot be reached.
         """
+        where = parse_target(str(target))
         head = self.head()
         if head is None:
             raise LookupError(f"no audit chain named {self.chain!r} in this database")
         anchor = Anchor(self.chain, head[0], head[1], time.time())
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(anchor.line())
-            f.flush()
-            os.fsync(f.fileno())
+        write_anchor(anchor, where)
         return anchor
 
     def records(self, since: float | None = None, limit: int | None = None) -> list[dict]:

@@ -198,3 +198,124 @@ def test_eval_api_key_from_a_file_or_the_environment_and_a_warning_on_the_comman
     assert capsys.readouterr().err == ""
     assert _api_key(Namespace(api_key_file=None, api_key="sk-flag")) == "sk-flag"
     assert "--api-key is visible on the command line" in capsys.readouterr().err
+
+
+def _received_lines(datagrams: list[bytes]) -> str:
+    """A collector's file: its own prefix before each message, other programs' messages between."""
+    out = ["Jan  1 00:00:00 collector rsyslogd: [origin software=rsyslogd] start"]
+    for i, d in enumerate(datagrams):
+        out.append(f"2026-01-01T00:00:0{i}+00:00 127.0.0.1 {d.decode()}")
+        out.append(f'2026-01-01T00:00:0{i}+00:00 127.0.0.1 <14>1 - h cron 1 - - {{"job": "backup"}}')
+    return "\n".join(out) + "\n"
+
+
+def test_anchors_to_a_syslog_collector_over_udp(db_url, tmp_path, capsys):
+    """`syslog://HOST:PORT`: each anchor is one RFC 5424 datagram; the collector's file
+    verifies the chain, and no longer once the chain is rebuilt."""
+    import re
+    import socket
+
+    log = AuditLog("app", db_url)
+    for i in range(3):
+        log.append({"i": i, "status": 200, "ts": time.time()})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.settimeout(10)
+        target = f"syslog://127.0.0.1:{collector.getsockname()[1]}"
+        datagrams = []
+        for extra in range(2):
+            assert cli(["audit", "anchor", "--app", "app", "--db", db_url, "--to", target]) == 0
+            datagrams.append(collector.recv(65535))
+            log.append({"i": 3 + extra, "status": 200, "ts": time.time()})
+    assert f"in {target}" in capsys.readouterr().out
+    header = re.compile(
+        r"<109>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \S+ sekisho-audit \d+ anchor - (\{.*\})"
+    )
+    bodies = [json.loads(header.fullmatch(d.decode("ascii")).group(1)) for d in datagrams]
+    assert [(b["chain"], b["seq"]) for b in bodies] == [("app", 3), ("app", 4)]
+
+    exported = tmp_path / "collector.log"
+    exported.write_text(_received_lines(datagrams), encoding="utf-8")
+    assert cli(["audit", "verify", "--app", "app", "--db", db_url, "--anchors", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "read 2 anchors of chain 'app' (0 of other chains, 3 other lines skipped)" in out
+    assert "reaches its 2 anchored heads" in out
+
+    _rebuild(log, lambda r: {**r, "status": 500} if r["i"] == 1 else r)
+    assert log.verify().ok
+    assert cli(["audit", "verify", "--app", "app", "--db", db_url, "--anchors", str(exported)]) == 1
+    assert "BROKEN at record 3" in capsys.readouterr().err
+
+
+def test_anchors_to_a_syslog_collector_over_tcp_are_octet_counted(tmp_path):
+    import socket
+    import threading
+
+    log = AuditLog("app", f"sqlite:///{tmp_path / 'gateway.db'}")
+    log.append({"ts": time.time()})
+    received = bytearray()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def collect():
+            conn, _ = server.accept()
+            with conn:
+                while chunk := conn.recv(4096):
+                    received.extend(chunk)
+
+        t = threading.Thread(target=collect)
+        t.start()
+        a = log.anchor(f"syslog+tcp://127.0.0.1:{server.getsockname()[1]}")
+        t.join(timeout=10)
+    length, message = bytes(received).split(b" ", 1)
+    assert int(length) == len(message) and message.startswith(b"<109>1 ")
+    assert json.loads(message.split(b" anchor - ", 1)[1]) == {
+        "chain": "app",
+        "seq": 1,
+        "hash": a.hash,
+        "time": a.time,
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("syslog://collector", "no port"),
+        ("syslog://collector:70000", "Port out of range"),
+        ("syslog://:514", "no host"),
+        ("syslog://collector:514/anchors", "no path"),
+        ("syslog://me:pw@collector:514", "no user or password"),
+        ("syslog+udp://collector:514", "unknown scheme 'syslog+udp'"),
+        ("", "empty anchor target"),
+    ],
+)
+def test_a_malformed_anchor_target_is_refused_with_its_field_path(tmp_path, target, why):
+    from foundation import ConfigError
+
+    cfg = tmp_path / "app.yaml"
+    cfg.write_text(
+        f"name: a\nmodels:\n  - name: m\n    source: registry:m@production\n"
+        f"gateway:\n  audit_anchor_path: '{target}'\n",
+        encoding="utf-8",
+    )
+    from serve.config import ServeAppConfig
+
+    with pytest.raises(ConfigError) as e:
+        ServeAppConfig.from_yaml(cfg)
+    msg = str(e.value)
+    assert f"{cfg}:6: gateway.audit_anchor_path" in msg and why in msg, msg
+
+
+def test_a_syslog_file_without_an_anchor_of_the_chain_is_refused(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    AuditLog("app", url).append({"ts": time.time()})
+    exported = tmp_path / "collector.log"
+    other = json.dumps({"chain": "other", "seq": 1, "hash": "0" * 64, "time": 1.0})
+    exported.write_text(f"<109>1 - h sekisho-audit 1 anchor - {other}\nnoise\n", encoding="utf-8")
+    assert cli(["audit", "verify", "--app", "app", "--db", url, "--anchors", str(exported)]) == 2
+    assert "no anchor of chain 'app' in it (1 of other chains, 1 lines without an anchor)" in (
+        capsys.readouterr().err
+    )
+    bad = json.dumps({"chain": "app", "seq": "1", "hash": "0" * 64, "time": 1.0})
+    exported.write_text(f"noise\nx {bad}\n", encoding="utf-8")
+    assert cli(["audit", "verify", "--app", "app", "--db", url, "--anchors", str(exported)]) == 2
+    assert f"{exported}:2: not an anchor (seq '1' is not a record number)" in capsys.readouterr().err
