@@ -91,7 +91,9 @@ def cmd_audit_anchor(args) -> int:
     except LookupError as exc:
         raise UserError(f"audit anchor: {exc} (check --app)") from None
     except ValueError as exc:
-        raise UserError(f"audit anchor: {'--to' if args.to else 'gateway.audit_anchor_path'}: {exc}") from None
+        raise UserError(
+            f"audit anchor: {'--to' if args.to else 'gateway.audit_anchor_path'}: {exc}"
+        ) from None
     except OSError as exc:
         raise UserError(f"audit anchor: cannot write {target}: {exc}") from None
     print(f"anchored chain {a.chain!r} at record {a.seq} ({a.hash[:16]}…) in {target}")
