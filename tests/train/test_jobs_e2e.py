@@ -142,6 +142,7 @@ def test_zero3_full_finetune_on_two_workers_registers_merged_weights(ray_cluster
     from mlflow import MlflowClient
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from airlock import load, verify_all_bytes
     from train.job import run_job
 
     cfg = FullJobConfig(
@@ -173,5 +174,9 @@ def test_zero3_full_finetune_on_two_workers_registers_merged_weights(ray_cluster
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     version = MlflowClient().get_model_version("zero3-full-model", result.version)
     assert version.tags["base_model_version"] and version.tags["config_sha256"]
+    # The merged weights went through the model store, with a record naming the run.
+    stored = verify_all_bytes(f"zero3-full-model/{result.version}")
+    assert stored.source == {"kind": "training", "run_id": result.run_id, "export": "merged"}
+    assert version.tags["kind"] == "merged" and load(stored.ref).path == stored.path
     assert AutoTokenizer.from_pretrained(str(result.adapter_dir)).chat_template
     AutoModelForCausalLM.from_pretrained(str(result.adapter_dir), dtype=torch.float32)
