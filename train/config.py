@@ -46,6 +46,15 @@ class OptimSettings(StrictConfig):
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    group_by_length: bool = Field(
+        False,
+        description=(
+            "Batch examples of similar length together: each epoch sees the same examples in "
+            "the same number of batches, but with less padding when lengths vary widely (short "
+            "answers beside long tool prompts or documents). The order stays a function of the "
+            "seed, so a resumed run continues exactly."
+        ),
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+LENGTH_GROUP_BATCHES = 50  # batches regrouped together (Hugging Face's LengthGroupedSampler uses 50)
+
 
 def read_examples(path: str | Path) -> list[tuple]:
     """(input_ids, labels) per row of a tokens file or shard folder, with
@@ -54,19 +56,53 @@ def data_position(index: int, n_examples: int, cfg, rank: int, world_size: int) 
     return divmod(index, len(_batch_starts(n_examples, cfg, rank, world_size)))
 
 
-def batch_order(n_examples: int, cfg, rank: int, world_size: int, start: int = 0) -> Iterator[list[int]]:
+def batch_order(
+    n_examples: int, cfg, rank: int, world_size: int, start: int = 0, lengths: list[int] | None = None
+) -> Iterator[list[int]]:
     """This rank's micro-batches as example indices, forever, from micro-batch `start`:
-    a permutation per epoch seeded by `cfg.seed`, sharded by rank."""
+    a permutation per epoch seeded by `cfg.seed`, sharded by rank.
+
+    With `cfg.optim.group_by_length` and the examples' `lengths`, each epoch's
+    batches hold the same examples, regrouped by length (`group_by_length`)."""
     import torch
 
     epoch, offset = data_position(start, n_examples, cfg, rank, world_size)
     starts = _batch_starts(n_examples, cfg, rank, world_size)
+    bs = cfg.optim.batch_size
+    grouped = getattr(cfg.optim, "group_by_length", False) and lengths is not None
     while True:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(n_examples, generator=g).tolist()[rank::world_size]
-        for i in starts[offset:]:
-            yield order[i : i + cfg.optim.batch_size]
+        batches = [order[i : i + bs] for i in starts]
+        if grouped:
+            batches = group_by_length(batches, lengths, g)
+        yield from batches[offset:]
         epoch, offset = epoch + 1, 0
+
+
+def group_by_length(batches: list[list[int]], lengths: list[int], generator) -> list[list[int]]:
+    """The same examples in the same number of batches, regrouped so that each batch
+    holds examples of similar length (less padding): windows of `LENGTH_GROUP_BATCHES`
+    batches are sorted by length and cut again, then the batches are shuffled with
+    `generator`, except that the one holding the longest example goes first (a batch
+    that does not fit in memory fails at the first step, not hours in)."""
+    import torch
+
+    out: list[list[int]] = []
+    for w in range(0, len(batches), LENGTH_GROUP_BATCHES):
+        window = batches[w : w + LENGTH_GROUP_BATCHES]
+        ids = sorted((i for b in window for i in b), key=lambda i: -lengths[i])
+        cuts = [len(b) for b in window]
+        pos = 0
+        for size in cuts:
+            out.append(ids[pos : pos + size])
+            pos += size
+    if len(out) > 1:
+        perm = torch.randperm(len(out), generator=generator).tolist()
+        out = [out[i] for i in perm]
+        longest = max(range(len(out)), key=lambda k: max(lengths[i] for i in out[k]))
+        out.insert(0, out.pop(longest))
+    return out
 
 
 def collate(batch, pad_id: int, device=None) -> tuple[dict, int]:

@@ -69,9 +69,15 @@ class FullRecipe:
 
     def batches(self, start_step: int = 0):
         """This rank's micro-batches from micro-batch `start_step`; `batch_ids` holds the last one's."""
-        for ids in examples.batch_order(len(self.examples), self.cfg, self.rank, self.world_size, start_step):
+        for ids in examples.batch_order(
+            len(self.examples), self.cfg, self.rank, self.world_size, start_step, self.lengths()
+        ):
             self.batch_ids = ids
             yield [self.examples[j] for j in ids]
+
+    def lengths(self) -> list[int]:
+        """Tokens of each example (for `optim.group_by_length`)."""
+        return [len(e[0]) for e in self.examples]
 
     def data_position(self, index: int) -> tuple[int, int]:
         return examples.data_position(index, len(self.examples), self.cfg, self.rank, self.world_size)
