@@ -1,5 +1,6 @@
 """Prometheus metrics of one gateway process: requests, tokens, latency,
-time to first token and rejections by reason, per model. Requests for a model
+time to first token and rejections by reason, per model, and how long the
+audit ledger takes to record a request as admitted. Requests for a model
 the app does not serve share one series (model="unknown"): a client cannot
 grow the metrics by sending new names."""
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 UNKNOWN_MODEL = "unknown"
+AUDIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -50,6 +52,12 @@ class GatewayMetrics:
             "sekisho_rejections",
             "Requests the gateway answered itself, by reason",
             ["reason"],
+            registry=self.registry,
+        )
+        self.audit_admit = Histogram(
+            "sekisho_audit_admit_seconds",
+            "Time to record a request as admitted, durably, before its answer starts (fail closed)",
+            buckets=AUDIT_BUCKETS,
             registry=self.registry,
         )
         self.failovers = Counter(

@@ -52,7 +52,9 @@ class Recorder:
         Raises:
             LedgerError: it could not be recorded (send that 503, not the answer).
         """
+        start = time.perf_counter()
         await self.ledger.admitted({**ctx.record, "ts": time.time(), "admitted": True})
+        self.metrics.audit_admit.observe(time.perf_counter() - start)
 
     def served_by(self, ctx: RequestContext, version: str | None, sha256: str | None) -> None:
         """The replica about to answer serves this version (else the route's)."""

@@ -5,6 +5,7 @@ audit under concurrency, metrics."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -208,3 +209,6 @@ def test_metrics_from_loopback(main_job):
     assert r.status_code == 200
     assert 'sekisho_requests_total{model="tiny-ja",status="200"}' in r.text
     assert "sekisho_rejections_total" in r.text and "sekisho_time_to_first_token_seconds" in r.text
+    # Every answered request was first recorded as admitted, and that write was timed.
+    admits = re.search(r"^sekisho_audit_admit_seconds_count (\S+)$", r.text, re.M)
+    assert admits and float(admits.group(1)) >= 1, r.text[:2000]
