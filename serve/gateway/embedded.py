@@ -136,7 +136,7 @@ class EmbeddedGateway:
 
         from serve.gateway.context import ModelRoute
         from serve.gateway.limits import RequestLimits
-        from serve.gateway.server import Gateway, GatewayOptions
+        from serve.gateway.server import SERVER_OPTIONS, Gateway, GatewayOptions
 
         opts = cfg["opts"]
         options = GatewayOptions(
@@ -153,7 +153,9 @@ class EmbeddedGateway:
         app = gateway.app()
         app.on_response_prepare.append(self._close_when_draining)
         self.drained_file = cfg.get("drained_file")
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=30, **SERVER_OPTIONS
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, cfg["host"], cfg["port"], reuse_port=True, backlog=1024)
         await site.start()

@@ -36,10 +36,12 @@ class GatewayReplica:
     def _serve(self) -> None:
         from aiohttp import web
 
+        from serve.gateway.server import SERVER_OPTIONS
+
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop
-        runner = web.AppRunner(self.gateway.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.gateway.app(), access_log=None, handle_signals=False, **SERVER_OPTIONS)
         try:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port, reuse_port=True, backlog=1024)

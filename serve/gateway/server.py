@@ -38,6 +38,10 @@ from serve.gateway.routing import Upstreams, read_table, read_table_file
 log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
 FORWARDED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# How every runner of the gateway's app must serve it: bodies arrive as sent and
+# request_body.decode undoes their Content-Encoding (aiohttp's own decoding
+# refuses br and zstd before any route runs, so with no audit record).
+SERVER_OPTIONS = {"auto_decompress": False}
 
 
 @dataclass(frozen=True)
@@ -307,9 +311,11 @@ class Gateway:
             raise GatewayError(
                 413, f"Request body exceeds the limit of {limit} bytes.", code="request_too_large"
             ) from None
-        except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a Content-Encoding it lacks
+        except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a cut-short chunked body
             detail = getattr(exc, "message", None) or str(exc).strip()
             raise GatewayError(
                 400, f"Request body could not be read: {detail}", code="invalid_body"
             ) from None
+        codings = request.headers.getall("Content-Encoding", None)
+        body = request_body.decode(body, ", ".join(codings) if codings else None, limit)
         return request_body.parse(body, self.opts.limits.max_json_depth), body
