@@ -7,7 +7,9 @@ There is no default admin password: one is taken from
 `SEKISHO_MLFLOW_ADMIN_PASSWORD`, or from the state folder, or generated, stored
 there with mode 0600 and shown once. Clients authenticate with MLflow's own
 `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` and point Sekisho at the
-server with `SEKISHO_MLFLOW_URI=http://HOST:PORT`."""
+server with `SEKISHO_MLFLOW_URI=http://HOST:PORT` (or MLflow's own `MLFLOW_TRACKING_URI`).
+Grants are per experiment (`sekisho tracking grant USER --experiment NAME`, the
+experiment a train config names) or per registered model."""
 
 from __future__ import annotations
 
@@ -311,8 +313,9 @@ PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
 def _auth_client():
-    """MLflow's basic-auth client for the team server in SEKISHO_MLFLOW_URI, logged in
-    with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the admin)."""
+    """MLflow's basic-auth client for the team server in SEKISHO_MLFLOW_URI (or
+    MLFLOW_TRACKING_URI), logged in with MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD (the admin)."""
     from mlflow.server import get_app_client
 
     from experiments.tracking import tracking_uri
@@ -320,8 +323,8 @@ def _auth_client():
     url = tracking_uri()
     if not url.startswith(("http://", "https://")):
         raise UserError(
-            f"users and grants live on the team tracking server, but SEKISHO_MLFLOW_URI is "
-            f"{url!r}: export SEKISHO_MLFLOW_URI=http://HOST:PORT and the admin's "
+            f"users and grants live on the team tracking server, but the tracking URI in force "
+            f"is {url!r}: export SEKISHO_MLFLOW_URI=http://HOST:PORT and the admin's "
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."
         )
     return get_app_client("basic-auth", tracking_uri=url), url
