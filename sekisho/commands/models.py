@@ -115,7 +115,7 @@ def cmd_models_import(args) -> int:
 
 def cmd_models_verify(args) -> int:
     """Re-hash every file of a stored model (NAME, NAME@ALIAS or NAME/VERSION) and
-    compare it with what import recorded."""
+    compare it with the store record (written by the import or the training job)."""
     from airlock import verify_all_bytes
     from experiments import get_version
 
@@ -126,7 +126,7 @@ def cmd_models_verify(args) -> int:
     stored = verify_all_bytes(get_version(ref))
     print(
         f"{stored.ref}: OK, {stored.files} files, {stored.total_bytes / 1e6:.1f} MB match the "
-        f"import record (content_sha256 {stored.content_sha256})"
+        f"store record from {stored.origin} (content_sha256 {stored.content_sha256})"
     )
     return 0
 

@@ -131,7 +131,7 @@ def test_cli_import_and_verify(model_copy, sekisho_home, capsys):
     assert main(["models", "import", str(model_copy), "--name", "tiny-cli"]) == 0
     assert "imported tiny-cli version 1 (LlamaForCausalLM)" in capsys.readouterr().out
     assert main(["models", "verify", "tiny-cli"]) == 0
-    assert "tiny-cli/1: OK" in capsys.readouterr().out
+    assert "tiny-cli/1: OK" in (out := capsys.readouterr().out) and "store record from import" in out
     weights = store_root() / "sha256" / get_version("tiny-cli/1").tags["content_sha256"] / "config.json"
     _writable(weights)
     weights.write_text(weights.read_text().replace("128", "129", 1))

@@ -75,8 +75,10 @@ def test_version_registered_straight_through_mlflow_is_refused(sekisho_home, own
     assert "`sekisho models import`" in msg and "re-run the training job" in msg
 
 
-def test_training_export_is_stored_registered_and_loads(sekisho_home, own_adapter):
+def test_training_export_is_stored_registered_and_loads(sekisho_home, own_adapter, capsys):
     import mlflow
+
+    from sekisho.cli import main
 
     stored = register_trained(
         "trained-adapter", own_adapter, kind="adapter", tags={"base_model_version": "tiny-base/1"}
@@ -99,6 +101,10 @@ def test_training_export_is_stored_registered_and_loads(sekisho_home, own_adapte
     # Researchers still download the files from the run's artifacts.
     downloaded = mlflow.artifacts.download_artifacts(f"runs:/{stored.source['run_id']}/model")
     assert dir_sha256(downloaded) == tags["content_sha256"]
+    assert main(["models", "verify", ref]) == 0
+    out = capsys.readouterr().out
+    assert f"{ref}: OK, 3 files" in out
+    assert f"store record from training export (run {stored.source['run_id']})" in out
 
 
 def test_checked_copy_for_an_engine_cache(sekisho_home, own_adapter, tmp_path):
