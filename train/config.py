@@ -94,6 +94,16 @@ class JobFields(StrictConfig):
         description="Path of the dataset config (configs/data/*.yaml), relative to this file."
     )
     register_as: str = Field(description="Registered model name the trained output becomes a version of.")
+    experiment: str = Field(
+        "sekisho",
+        min_length=1,
+        max_length=500,
+        pattern=r"^\S(.*\S)?$",
+        description=(
+            "MLflow experiment the run is recorded in (one per team or project, e.g. "
+            "team-a/faq-bot); created on first use. A resumed run stays where it started."
+        ),
+    )
     seed: int = Field(0, description="Seed for initialisation and data order.")
     optim: OptimSettings = Field(default_factory=OptimSettings, description="Optimiser settings.")
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Ray Train scaling.")

@@ -25,6 +25,7 @@ from foundation import UserError, sekisho_home
 from train.config import JobFields
 from train.examples import count_examples
 from train.loop import resolve_epochs
+from train.progress import Printer, ProgressWatch
 from train.registry import recipe_class, trains_on_raw_text
 from train.trainer import JobInputs, build_trainer
 
@@ -66,7 +67,15 @@ def git_commit() -> str:
 
 
 # Fields that change how a run is operated, not what it computes: a rerun may change them.
-OPERATIONAL_FIELDS = {"resume", "max_failures", "checkpoint_every", "keep_checkpoints", "log_every"}
+# `experiment` too: where the run is recorded (a resumed run stays where it started).
+OPERATIONAL_FIELDS = {
+    "resume",
+    "max_failures",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "experiment",
+}
 
 
 def training_fingerprint(cfg: JobFields, base_sha256: str, dataset_version: str) -> str:
@@ -122,6 +131,7 @@ def run_job(
     yaml_text: str | None = None,
     home: Path | None = None,
     inventory: Inventory | None = None,
+    progress: Printer | None = None,
 ) -> JobResult:
     """Run a fine-tuning job on the Ray cluster this process is connected to; with
     `cfg.resume == "auto"` a rerun of the same job name resumes it (module doc).
@@ -134,6 +144,8 @@ def run_job(
             or checkpoint_every.
 
     `inventory`: the cluster's nodes, whose host memory the job's memory check uses.
+    `progress`: called with one line per logged step while the job trains
+    (train.progress: step/total, loss, lr, tokens/s, ETA).
     """
     home = home or sekisho_home()
     work = home / "jobs" / cfg.name
@@ -181,7 +193,12 @@ def run_job(
         state_dir=str(work / "ray" / run_id / "attempts"),
         fingerprint=fingerprint,
     )
-    result = build_trainer(cfg, inputs, work / "ray", run_name=run_id).fit()
+    trainer = build_trainer(cfg, inputs, work / "ray", run_name=run_id)
+    if progress is None:
+        result = trainer.fit()
+    else:
+        with ProgressWatch(run_id, inputs.mlflow_uri, cfg.optim.steps, progress):
+            result = trainer.fit()
     if result.error is not None or result.checkpoint is None:
         MlflowClient().set_terminated(run_id, "FAILED")
         raise UserError(f"training job {cfg.name!r} failed: {result.error}")
@@ -216,7 +233,7 @@ def _start_run(cfg: JobFields, yaml_text: str | None, base, data_cfg, manifest: 
 
     from experiments import RunLogger
 
-    run_id = MlflowClient().create_run(use_store(), run_name=cfg.name).info.run_id
+    run_id = MlflowClient().create_run(use_store(experiment=cfg.experiment), run_name=cfg.name).info.run_id
     logger = RunLogger(run_id, tracking_uri())
     logger.log_config(cfg.model_dump(mode="json"), yaml_text)
     logger.client.log_dict(run_id, manifest, "dataset/manifest.json")

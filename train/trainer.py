@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             recipe.load_checkpoint(folder)
     hook = StepHook(cfg.name, rank)
 
+    flushed = [time.monotonic()]
+
     def on_metrics(metrics: dict[str, float], step: int) -> None:
         # The attempt goes with every logged step, so steps re-run after a
-        # restore show which attempt ran them.
-        logger.log_metrics(
-            {**metrics, "attempt": recipe.attempt}, step, flush=step % (cfg.log_every * 10) == 0
-        )
+        # restore show which attempt ran them. Written at least every second, so
+        # the driver's progress lines (train.progress) follow the training.
+        now = time.monotonic()
+        flush = step % (cfg.log_every * 10) == 0 or now - flushed[0] >= 1.0
+        logger.log_metrics({**metrics, "attempt": recipe.attempt}, step, flush=flush)
+        if flush:
+            flushed[0] = now
 
     def on_checkpoint(step: int, last: dict[str, float]) -> None:
         # Flush first: whatever a restore might repeat is already in MLflow.

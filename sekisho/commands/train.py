@@ -13,12 +13,15 @@ from sekisho.cli_common import home_from_args as _home
 
 def cmd_train_run(args) -> int:
     """Run a fine-tuning job on a local Ray cluster (or join the one at --address,
-    as a submitted job does); registers the adapter."""
+    as a submitted job does); prints a line per logged step, registers the adapter
+    and ends with its version and the MLflow run's page."""
     from cluster import Inventory
     from cluster.local import start_local, stop
     from data import DatasetConfig
+    from experiments import tracking_uri
     from train import TrainJobConfig
     from train.job import check_job, run_job
+    from train.progress import finished_line
 
     cfg = TrainJobConfig.from_yaml(args.config)
     inventory = Inventory.from_yaml(args.inventory) if args.inventory else None
@@ -27,10 +30,17 @@ def cmd_train_run(args) -> int:
     home = _home(args)
     start_local(home, address=args.address)
     try:
-        r = run_job(cfg, Path(args.config).read_text(encoding="utf-8"), home, inventory)
+        r = run_job(
+            cfg,
+            Path(args.config).read_text(encoding="utf-8"),
+            home,
+            inventory,
+            progress=lambda line: print(line, flush=True),
+        )
     finally:
         stop()
-    print(f"run {r.run_id}: registered {r.model_name} version {r.version}; metrics {r.metrics}")
+    print(f"run {r.run_id}: metrics {r.metrics}")
+    print(finished_line(r.run_id, r.model_name, r.version, tracking_uri()), flush=True)
     return 0
 
 
