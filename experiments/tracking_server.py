@@ -369,7 +369,12 @@ def grant(username: str, permission: str, experiment: str | None = None, model: 
         raise UserError("name exactly one of --experiment NAME or --model NAME to grant on.")
     client, url = _auth_client()
     if experiment is not None:
-        found = MlflowClient(url).get_experiment_by_name(experiment)
+        try:
+            found = MlflowClient(url).get_experiment_by_name(experiment)
+        except mlflow.exceptions.MlflowException as exc:
+            raise _refused(
+                exc, f"grant {permission} on experiment {experiment!r} to {username!r}", url
+            ) from None
         if found is None:
             raise UserError(f"no experiment named {experiment!r} on the tracking server at {url}.")
         resource = ("experiment", found.experiment_id)

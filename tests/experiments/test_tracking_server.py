@@ -376,3 +376,67 @@ def test_a_user_changes_only_what_they_were_granted(as_admin, tmp_path, monkeypa
         ("rollback", "1", user),
     ]
     forbidden(lambda: client.delete_registered_model(model))  # EDIT is not MANAGE
+
+
+@pytest.fixture(scope="module")
+def closed_team(tmp_path_factory, new_pg_database):
+    """A team server where nobody may read what they were not granted
+    (default_permission: NO_PERMISSIONS)."""
+    from experiments import TrackingServerConfig, start_server
+
+    root = tmp_path_factory.mktemp("closed-team")
+    cfg = TrackingServerConfig.from_yaml(
+        write_config(root, new_pg_database(), default_permission="NO_PERMISSIONS")
+    )
+    server = start_server(cfg, log_path=root / "server.log")
+    yield server
+    server.stop()
+
+
+def test_read_on_one_experiment_reads_its_runs_and_no_others(closed_team, monkeypatch, capsys):
+    """Teams keep their runs apart: the admin grants a user READ on team A's experiment
+    (through the CLI, the server named by MLflow's own MLFLOW_TRACKING_URI); the user
+    reads A's runs, may not add one, and gets 403 for team B's experiment and runs."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from sekisho.cli import main
+
+    monkeypatch.delenv("SEKISHO_MLFLOW_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_team.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", closed_team.admin.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", closed_team.admin.password)
+    client = MlflowClient(closed_team.url)
+    tag = uuid.uuid4().hex[:6]
+    user, team_a, team_b = f"bob-{tag}", f"team-a-{tag}", f"team-b-{tag}"
+    runs = {}
+    for name in (team_a, team_b):
+        exp_id = client.create_experiment(name)
+        run_id = client.create_run(exp_id, run_name=f"{name}-run").info.run_id
+        client.log_metric(run_id, "loss", 0.5 if name == team_a else 0.7, step=1)
+        runs[name] = (exp_id, run_id)
+
+    assert main(["tracking", "user", "add", user]) == 0
+    password = capsys.readouterr().out.split("password (shown once): ")[1].split()[0]
+    assert main(["tracking", "grant", user, "--experiment", team_a, "--permission", "READ"]) == 0
+    assert capsys.readouterr().out.strip() == f"{user}: READ on experiment {team_a!r}"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    (a_id, a_run), (b_id, b_run) = runs[team_a], runs[team_b]
+    assert client.get_experiment_by_name(team_a).experiment_id == a_id
+    assert client.get_run(a_run).data.metrics == {"loss": 0.5}
+    assert [r.info.run_id for r in client.search_runs([a_id])] == [a_run]
+    assert [m.value for m in client.get_metric_history(a_run, "loss")] == [0.5]
+
+    def forbidden(call) -> None:
+        with pytest.raises(MlflowException) as e:
+            call()
+        assert e.value.get_http_status_code() == 403, e.value
+
+    forbidden(lambda: client.create_run(a_id))  # READ is not EDIT
+    forbidden(lambda: client.get_run(b_run))
+    forbidden(lambda: client.get_experiment(b_id))
+    forbidden(lambda: client.get_metric_history(b_run, "loss"))
+    assert main(["tracking", "grant", user, "--experiment", team_b, "--permission", "READ"]) == 2
+    assert "only its admin can" in capsys.readouterr().err
