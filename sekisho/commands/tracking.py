@@ -87,7 +87,9 @@ def register(groups) -> None:
     c = add_command(tracking, "grant", cmd_tracking_grant)
     c.add_argument("username", help="user to grant the permission to")
     on = c.add_mutually_exclusive_group(required=True)
-    on.add_argument("--experiment", help="experiment name")
+    on.add_argument(
+        "--experiment", help="experiment name (a train config's `experiment`: one per team or project)"
+    )
     on.add_argument("--model", help="registered model name")
     c.add_argument(
         "--permission",
