@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ import pytest
 from foundation import offline
 
 offline.apply()
+# The Sekisho home defaults to ~/.sekisho and MLflow's own default store is
+# ./mlflow.db: a test that asks for neither `sekisho_home` nor a store of its own
+# must not write into the user's home or the checkout.
+os.environ["SEKISHO_HOME"] = tempfile.mkdtemp(prefix="sekisho-test-home-")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "samples" / "internal_faq_ja.jsonl"
