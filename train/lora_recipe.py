@@ -127,9 +127,9 @@ class LoraRecipe:
             self.batch_ids = ids
             yield [self.examples[j] for j in ids]
 
-    def lengths(self) -> list[int]:
-        """Tokens of each example (for `optim.group_by_length`)."""
-        return [len(e[0]) for e in self.examples]
+    def lengths(self) -> list[int] | None:
+        """Tokens of each example when `optim.group_by_length` regroups batches by them."""
+        return [len(e[0]) for e in self.examples] if self.cfg.optim.group_by_length else None
 
     def data_position(self, index: int) -> tuple[int, int]:
         return examples.data_position(index, len(self.examples), self.cfg, self.rank, self.world_size)
