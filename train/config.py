@@ -49,10 +49,8 @@ class OptimSettings(StrictConfig):
     group_by_length: bool = Field(
         False,
         description=(
-            "Batch examples of similar length together: each epoch sees the same examples in "
-            "the same number of batches, but with less padding when lengths vary widely (short "
-            "answers beside long tool prompts or documents). The order stays a function of the "
-            "seed, so a resumed run continues exactly."
+            "Batch examples of similar length together: the same examples each epoch, less "
+            "padding when lengths vary widely; the order still follows the seed (exact resume)."
         ),
     )
 
