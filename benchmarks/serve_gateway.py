@@ -130,6 +130,37 @@ def _cpu_ticks() -> tuple[int, int]:
     return mine, user + nice + system + irq + softirq + steal - mine
 
 
+ROLES = (  # (role, what its command line or process name holds), first match wins
+    ("ledger", "serve.gateway.ledger"),
+    ("engine", "VLLM::"),
+    ("api-server", "vllm.entrypoints"),
+    ("api-server", "ServeReplica"),
+    ("client", "serve_gateway.py"),
+)
+
+
+def cpu_by_role() -> dict[str, int]:
+    """CPU ticks used so far by the benchmark's processes, by role: the OpenAI
+    server (with Sekisho's gateway inside it, or Serve's replica), the engine
+    (core and worker), the gateway's ledger child, the load client, the rest."""
+    out: dict[str, int] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        name = st[st.find("(") + 1 : st.rfind(")")]
+        fields = st[st.rfind(")") + 2 :].split()
+        role = next((r for r, mark in ROLES if mark in cmd or mark in name), "other")
+        out[role] = out.get(role, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
 FOREIGN_OK = 0.15  # loads during which other processes took more than this share of a core are set aside
 QUIET_WAIT_S = 90.0
 
@@ -173,12 +204,14 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
                 results.append(await one_request(session, url, headers, model))
 
         admit0 = await admission_totals(session, base_url)
+        roles0 = cpu_by_role()
         _, foreign0 = _cpu_ticks()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
         _, foreign1 = _cpu_ticks()
         admit1 = await admission_totals(session, base_url)
+        roles1 = cpu_by_role()
     ttfts = sorted(r[0] for r in results)
     return {
         "tok_s": sum(r[1] for r in results) / wall,
@@ -188,6 +221,12 @@ async def load(base_url: str, model: str, key: str | None, concurrency: int) -> 
         "ttft_p99": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
         "requests": n + concurrency,
         "foreign": (foreign1 - foreign0) / os.sysconf("SC_CLK_TCK") / wall,
+        # CPU milliseconds per request, by role (where an arm's extra work goes).
+        "cpu_ms": {
+            role: (roles1.get(role, 0) - roles0.get(role, 0)) / os.sysconf("SC_CLK_TCK") * 1000 / n
+            for role in sorted(set(roles0) | set(roles1))
+            if roles1.get(role, 0) > roles0.get(role, 0)
+        },
         # Mean time the gateway took to record each request as admitted (fail closed),
         # from its own metrics; nan for the arms without Sekisho's gateway.
         "admit_ms": (admit1[0] - admit0[0]) / max(admit1[1] - admit0[1], 1) * 1000
@@ -235,7 +274,9 @@ def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, rep
                 f"p99 {r['ttft_p99'] * 1000:6.1f} ms  between tokens {r['itl_p50'] * 1000:5.2f} ms  "
                 f"last token to end {r['tail_p50'] * 1000:5.1f} ms  "
                 + ("" if r["admit_ms"] != r["admit_ms"] else f"audit admission {r['admit_ms']:.2f} ms  ")
-                + f"(other processes: {r['foreign'] * 100:.0f}% of a core"
+                + "CPU ms/request "
+                + " ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms"].items())
+                + f"  (other processes: {r['foreign'] * 100:.0f}% of a core"
                 f"{', set aside' if r['foreign'] > FOREIGN_OK else ''})",
                 flush=True,
             )
