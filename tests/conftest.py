@@ -44,6 +44,37 @@ def _sekisho_home_kept():
         os.environ["SEKISHO_HOME"] = before
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """A test may point this process's MLflow client at another store (a team server,
+    a PostgreSQL database, an import's registry); later tests must find it where it
+    was. `mlflow.set_*_uri` also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
+    which Sekisho takes for the user's choice: they are put back too."""
+    import mlflow
+
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_stays_clean():
+    """No test leaves state in the checkout (MLflow's own default store is
+    ./mlflow.db with ./mlartifacts; Sekisho's goes under the Sekisho home)."""
+    stray = ("mlflow.db", "mlartifacts", "mlruns", ".sekisho")
+    before = {name for name in stray if (REPO / name).exists()}
+    yield
+    after = {name for name in stray if (REPO / name).exists()}
+    assert after <= before, f"tests left {sorted(after - before)} in the checkout {REPO}"
+
+
 @pytest.fixture(scope="session")
 def sekisho_home(tmp_path_factory) -> Path:
     """One Sekisho home (MLflow SQLite store, artifacts, Ray token) per test session."""

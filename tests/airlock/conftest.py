@@ -9,18 +9,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_uris_restored():
-    """Imports register versions in this process's MLflow store; later tests must
-    find the client pointed where it was."""
-    import mlflow
-
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-
-
 @pytest.fixture
 def model_copy(tmp_path, tiny_model_dir) -> Path:
     """A fresh, writable copy of the tiny model (safetensors, tokenizer, template)."""

@@ -1,29 +1,9 @@
-"""Fixtures for the tracking, registry and promotion tests: MLflow URIs restored
-after each test, and fresh PostgreSQL databases."""
+"""Fixtures for the tracking, registry and promotion tests: fresh PostgreSQL
+databases (MLflow URIs are restored after each test by tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(autouse=True)
-def _mlflow_uris_restored():
-    """Tests here point this process's MLflow client at other stores (a team server,
-    a PostgreSQL database); later tests must find it where it was."""
-    import os
-
-    import mlflow
-
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-    for k, v in env.items():  # set_*_uri write the variables; they stay the user's
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
