@@ -116,15 +116,16 @@ def _record(staged: Path, hashes: TreeHashes, source: dict) -> dict:
     files = {rel: file_record(staged / rel, sha, hashes.sizes[rel]) for rel, sha in hashes.files.items()}
     existing = store_root() / "records" / f"{hashes.content_sha256}.json"
     if existing.is_file():
+        data = existing.read_bytes()
         try:
-            old = json.loads(existing.read_bytes())
+            old = json.loads(data)
         except ValueError:
             old = None
         if (
             isinstance(old, dict)
             and old.get("files") == files
             and old.get("content_sha256") == hashes.content_sha256
-            and record_bytes(old) == existing.read_bytes()
+            and record_bytes(old) == data
         ):
             return old
     return {"format": 1, "content_sha256": hashes.content_sha256, "files": files, "source": source}

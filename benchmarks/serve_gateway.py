@@ -101,10 +101,8 @@ async def one_request(session, url, headers, model) -> tuple[float, int, float, 
     return ttft or float("nan"), tokens, itl, end - last
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """CPU ticks used so far by this benchmark's process tree (the client and the
-    arm's servers) and by everything else on the machine."""
-    procs = {}
+def _processes():
+    """(pid, name, ppid, utime + stime ticks) of every process still running."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -114,7 +112,18 @@ def _cpu_ticks() -> tuple[int, int]:
         except OSError:
             continue
         fields = st[st.rfind(")") + 2 :].split()
-        procs[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+        yield (
+            int(pid),
+            st[st.find("(") + 1 : st.rfind(")")],
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]),
+        )
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """CPU ticks used so far by this benchmark's process tree (the client and the
+    arm's servers) and by everything else on the machine."""
+    procs = {pid: (ppid, ticks) for pid, _, ppid, ticks in _processes()}
     ours, frontier = {os.getpid()}, [os.getpid()]
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in procs.items():
@@ -144,20 +153,14 @@ def cpu_by_role() -> dict[str, int]:
     server (with Sekisho's gateway inside it, or Serve's replica), the engine
     (core and worker), the gateway's ledger child, the load client, the rest."""
     out: dict[str, int] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid, name, _, ticks in _processes():
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                st = f.read()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        name = st[st.find("(") + 1 : st.rfind(")")]
-        fields = st[st.rfind(")") + 2 :].split()
         role = next((r for r, mark in ROLES if mark in cmd or mark in name), "other")
-        out[role] = out.get(role, 0) + int(fields[11]) + int(fields[12])
+        out[role] = out.get(role, 0) + ticks
     return out
 
 

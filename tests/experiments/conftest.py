@@ -1,7 +1,10 @@
 """Fixtures for the tracking, registry and promotion tests: fresh PostgreSQL
-databases (MLflow URIs are restored after each test by tests/conftest.py)."""
+databases, a fresh model with three versions (MLflow URIs are restored after each test by tests/conftest.py)."""
 
 from __future__ import annotations
+
+import json
+import uuid
 
 import pytest
 
@@ -48,3 +51,17 @@ def registry_store(request, sekisho_home):
         yield url
     finally:
         os.environ.pop("SEKISHO_MLFLOW_URI", None)
+
+
+@pytest.fixture
+def model(registry_store, tmp_path):
+    """A fresh registered model with three versions, in each registry store."""
+    from experiments import register_folder
+
+    name = f"model-{uuid.uuid4().hex[:8]}"
+    for i in range(3):
+        folder = tmp_path / f"v{i}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"i": i}))
+        register_folder(name, folder, kind="adapter")
+    return name

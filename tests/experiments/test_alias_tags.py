@@ -10,23 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import uuid
-
-import pytest
-
-
-@pytest.fixture
-def model(registry_store, tmp_path):
-    """A fresh registered model with three versions, in each registry store."""
-    from experiments import register_folder
-
-    name = f"tags-{uuid.uuid4().hex[:8]}"
-    for i in range(3):
-        folder = tmp_path / f"v{i}"
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text(json.dumps({"i": i}))
-        register_folder(name, folder, kind="adapter")
-    return name
 
 
 def tag(name: str, key: str, value) -> None:

@@ -16,20 +16,6 @@ import pytest
 from experiments.evaluation import EvalConfig, EvalResult, GateConfig, log_eval_run
 
 
-@pytest.fixture
-def model(registry_store, tmp_path):
-    """A fresh registered model with three versions, in each registry store."""
-    from experiments import register_folder
-
-    name = f"gate-{uuid.uuid4().hex[:8]}"
-    for i in range(3):
-        folder = tmp_path / f"v{i}"
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text(json.dumps({"i": i}))
-        register_folder(name, folder, kind="adapter")
-    return name
-
-
 def gates_for(name: str, aliases=("production",)) -> list[tuple[str, GateConfig]]:
     return [
         (
