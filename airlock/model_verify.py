@@ -24,7 +24,8 @@ from experiments.registry import ModelIntegrityError, ResolvedModel
 @dataclass(frozen=True)
 class StoredModel:
     """A model version whose store copy matched its record; `source` says how it
-    entered the store: {"kind": "import"} or {"kind": "training", "run_id": ...}."""
+    entered the store: {"kind": "import"}, {"kind": "training", "run_id": ...} or
+    {"kind": "merge", "adapter": ..., "base": ..., "run_id": ...}."""
 
     name: str
     version: str
@@ -44,6 +45,9 @@ class StoredModel:
         """How the version entered the store, in words (`models verify`, `models show`)."""
         if self.source.get("kind") == "training":
             return f"training export (run {self.source.get('run_id')})"
+        if self.source.get("kind") == "merge":
+            s = self.source
+            return f"merge of {s.get('adapter')} into {s.get('base')} (run {s.get('run_id')})"
         return "import"
 
 
