@@ -1,8 +1,12 @@
 """Prometheus metrics of one gateway process: requests, tokens, latency,
-time to first token and rejections by reason, per model, and how long the
-audit ledger takes to record a request as admitted. Requests for a model
-the app does not serve share one series (model="unknown"): a client cannot
-grow the metrics by sending new names."""
+time to first token and rejections by reason, per model; tokens per API key
+(keys are made by admins, so their count is bounded); how long the audit
+ledger takes to record a request as admitted and to commit its completion.
+Requests for a model the app does not serve share one series
+(model="unknown"): a client cannot grow the metrics by sending new names.
+
+`render_with` adds other registries of the same process (vLLM's engine
+metrics) for the replica's own metrics port (serve.gateway.scrape)."""
 
 from __future__ import annotations
 
@@ -54,6 +58,18 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.key_tokens = Counter(
+            "sekisho_key_tokens",
+            "Tokens by API key name and kind (prompt|completion)",
+            ["key", "kind"],
+            registry=self.registry,
+        )
+        self.audit_commit = Histogram(
+            "sekisho_audit_commit_seconds",
+            "Time to commit a request's completed audit record (before its last byte goes out)",
+            buckets=AUDIT_BUCKETS,
+            registry=self.registry,
+        )
         self.audit_admit = Histogram(
             "sekisho_audit_admit_seconds",
             "Time to record a request as admitted, durably, before its answer starts (fail closed)",
@@ -67,14 +83,28 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def observe(self, model: str | None, status: int, latency_s: float, prompt: int, completion: int) -> None:
+    def observe(
+        self,
+        model: str | None,
+        status: int,
+        latency_s: float,
+        prompt: int,
+        completion: int,
+        key: str | None = None,
+    ) -> None:
+        """One finished request; `key`: the name of the API key it came with, if any."""
         m = model if model in self.known_models else UNKNOWN_MODEL
         self.requests.labels(m, str(status)).inc()
         self.latency.labels(m).observe(latency_s)
-        if prompt:
-            self.tokens.labels(m, "prompt").inc(prompt)
-        if completion:
-            self.tokens.labels(m, "completion").inc(completion)
+        for kind, n in (("prompt", prompt), ("completion", completion)):
+            if n:
+                self.tokens.labels(m, kind).inc(n)
+                if key:
+                    self.key_tokens.labels(key, kind).inc(n)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def render_with(self, *others: CollectorRegistry) -> tuple[bytes, str]:
+        """This gateway's metrics followed by those of `others` (no name in common)."""
+        return b"".join(generate_latest(r) for r in (self.registry, *others)), CONTENT_TYPE_LATEST

@@ -100,12 +100,15 @@ class Recorder:
         key = ctx.key
         if key is not None and key.tpm is not None and (prompt_tokens or completion_tokens):
             tokens = (key.name, prompt_tokens + completion_tokens)
+        key_name = key.name if key is not None else None
+        committing = time.perf_counter()
         try:
             await self.ledger.audit(record, tokens)
         except LedgerError:
-            self.metrics.observe(record["model"], 503, latency, prompt_tokens, completion_tokens)
+            self.metrics.observe(record["model"], 503, latency, prompt_tokens, completion_tokens, key_name)
             raise
-        self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens)
+        self.metrics.audit_commit.observe(time.perf_counter() - committing)
+        self.metrics.observe(record["model"], status, latency, prompt_tokens, completion_tokens, key_name)
 
     async def reject(self, ctx: RequestContext, err: GatewayError) -> GatewayError:
         """Audit a request the gateway answers itself with `err`; returns what to send:
