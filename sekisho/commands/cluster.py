@@ -96,9 +96,14 @@ def _bringup(args, action) -> int:
     from sekisho.cli_common import home_from_args
 
     inventory = _inventory(args.inventory)
-    config = prepare(inventory, home_from_args(args))
+    home = home_from_args(args)
+    config = prepare(inventory, home)
     command = ray_command(action, config)
     print(f"config: {config}")
+    if action == "up":
+        from cluster.scrape_config import write_scrape_config
+
+        print(f"prometheus scrape config: {write_scrape_config(inventory, home)}")
     print(f"command: {' '.join(command)}")
     if args.dry_run:
         return 0
