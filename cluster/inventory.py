@@ -121,14 +121,65 @@ class KubernetesSettings(StrictConfig):
     )
 
 
+class SharedStorage(StrictConfig):
+    """The shared file server, mounted at the same path on every node. Sekisho's
+    state lives on it (`home`), so every node resolves the same paths: the
+    registry, the model store, the serve cache of downloaded versions, checkpoints."""
+
+    path: Path = Field(
+        description="Mount point of the shared file server, the same absolute path on every node "
+        "(models, data, checkpoints)."
+    )
+    home: str = Field(
+        default="sekisho-home",
+        description="The Sekisho home on it, relative to path: $SEKISHO_HOME of every node's Ray "
+        "processes (MLflow store, model store, serve cache).",
+    )
+    persistent_volume_claim: str | None = Field(
+        default=None,
+        pattern=NODE_NAME,
+        description="KubeRay: a ReadWriteMany PersistentVolumeClaim mounted at path in every pod; "
+        "none: the node's own mount of path (hostPath).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"{v} is not an absolute path; every node mounts the share at the same one")
+        return v
+
+    @field_validator("home")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if not v or Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError(f"{v}: give the home relative to path, inside the shared storage")
+        return v
+
+    @property
+    def home_dir(self) -> Path:
+        """The Sekisho home every node uses."""
+        return self.path / self.home
+
+    def env(self) -> dict[str, str]:
+        """The variables that put Sekisho's state on the shared storage: the home
+        (its serve-cache/ holds the versions a driver downloads for engines on other
+        nodes) and the model store in it."""
+        return {
+            "SEKISHO_HOME": str(self.home_dir),
+            "SEKISHO_MODEL_STORE": str(self.home_dir / "model-store"),
+        }
+
+
 class Inventory(StrictConfig):
     """The machines of one installation, and how Ray runs on them."""
 
     name: str = Field(pattern=NODE_NAME, description="Cluster name (ray up cluster_name, RayCluster name).")
     nodes: list[Node] = Field(min_length=1, description="Every machine, head included.")
-    shared_storage: Path = Field(
-        description="Shared file server path, mounted at the "
-        "same place on every node (models, data, checkpoints)."
+    shared_storage: SharedStorage | None = Field(
+        default=None,
+        description="The shared file server every node mounts (Sekisho's home on it). Required "
+        "for more than one node; none: one node keeps its state in its own home.",
     )
     nccl_env: dict[str, str] = Field(
         default_factory=dict, description="Extra NCCL variables for every node (e.g. NCCL_IB_GID_INDEX)."
@@ -137,6 +188,18 @@ class Inventory(StrictConfig):
     kubernetes: KubernetesSettings | None = Field(
         default=None, description="Settings for `cluster render --kuberay`."
     )
+
+    @field_validator("shared_storage")
+    @classmethod
+    def _shared_for_several_nodes(cls, v: SharedStorage | None, info) -> SharedStorage | None:
+        nodes = info.data.get("nodes") or []
+        if v is None and len(nodes) > 1:
+            raise ValueError(
+                f"required for a cluster of {len(nodes)} nodes: every node must find the same "
+                f"registry, model store and serve cache; add `shared_storage: {{path: /shared/sekisho}}` "
+                f"(the file server's mount point, the same on every node)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_head_unique_nodes(self) -> Inventory:

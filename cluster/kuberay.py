@@ -38,7 +38,6 @@ def _settings(inventory: Inventory) -> KubernetesSettings:
 
 def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str, Any]:
     env = [{"name": k, "value": v} for k, v in node_env(inventory, node, None).items()]
-    shared = str(inventory.shared_storage)
     health = f"wget -T 2 -q -O- http://{node.address}:52365/api/local_raylet_healthz"
     if node.role == "head":
         health += f" && wget -T 2 -q -O- http://{node.address}:{inventory.ray.dashboard_port}/api/gcs_healthz"
@@ -57,7 +56,7 @@ def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str,
         # GPUs only: a CPU request of the whole node would exceed its allocatable
         # CPUs (kubelet reserves some); Ray's share is set by num-cpus instead.
         "resources": {"limits": {"nvidia.com/gpu": node.gpus}, "requests": {"nvidia.com/gpu": node.gpus}},
-        "volumeMounts": [{"name": "shared", "mountPath": shared}],
+        "volumeMounts": _mounts(inventory),
         # KubeRay's default probes ask localhost, where nothing listens here.
         "readinessProbe": probe,
         "livenessProbe": probe,
@@ -68,9 +67,24 @@ def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str,
             "dnsPolicy": "ClusterFirstWithHostNet",
             "nodeSelector": {"kubernetes.io/hostname": node.kubernetes_node or node.name},
             "containers": [container],
-            "volumes": [{"name": "shared", "hostPath": {"path": shared, "type": "Directory"}}],
+            "volumes": _volumes(inventory),
         }
     }
+
+
+def _mounts(inventory: Inventory) -> list[dict[str, Any]]:
+    shared = inventory.shared_storage
+    return [] if shared is None else [{"name": "shared", "mountPath": str(shared.path)}]
+
+
+def _volumes(inventory: Inventory) -> list[dict[str, Any]]:
+    """The shared storage at the same path in every pod: the claim, else the node's mount."""
+    shared = inventory.shared_storage
+    if shared is None:
+        return []
+    if shared.persistent_volume_claim:
+        return [{"name": "shared", "persistentVolumeClaim": {"claimName": shared.persistent_volume_claim}}]
+    return [{"name": "shared", "hostPath": {"path": str(shared.path), "type": "Directory"}}]
 
 
 def _start_params(inventory: Inventory, node: Node) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """The environment every Ray process on a node starts with.
 
 Zero egress (`foundation.offline.OFFLINE_ENV`), Ray token authentication (the token
-read from a file, never an inline value) and NCCL/Gloo settings for InfiniBand.
+read from a file, never an inline value), NCCL/Gloo settings for InfiniBand, and
+the Sekisho home on the shared storage (`SharedStorage.env`), so a replica or
+training rank on any node finds the registry, model store and serve cache the
+driver wrote.
 Both renderers (`ray up`, KubeRay) take their variables from here, so the two
 ways of bringing a cluster up cannot drift apart.
 
@@ -65,6 +68,8 @@ def node_env(
     if token_path is not None:
         env["RAY_AUTH_TOKEN_PATH"] = token_path
     env.update(nccl_env(inventory, node))
+    if inventory.shared_storage is not None:
+        env.update(inventory.shared_storage.env())
     if hook_dir is not None:
         env["PYTHONPATH"] = hook_dir
     return env

@@ -110,7 +110,9 @@ def shared_storage(
 ) -> CheckResult:
     """`seen`: node address -> (mark file -> content as that node read it)."""
     name = "shared storage"
-    path = str(inventory.shared_storage)
+    if inventory.shared_storage is None:
+        return skipped(name, "none in the inventory (a single node keeps its state in its own home)")
+    path = str(inventory.shared_storage.path)
     bad = [f"{ip}: {p['storage_error']}" for ip, p in probes.items() if p["storage_error"]]
     for ip, marks in seen.items():
         bad += [

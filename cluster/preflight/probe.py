@@ -62,25 +62,28 @@ def _free_gib(path: str) -> float | None:
         return None
 
 
-def probe(shared: str, mark: str) -> dict:
+def probe(shared: str | None, mark: str) -> dict:
     """Driver, GPUs, InfiniBand ports, free disk; writes `mark` to a file of its
-    own on the shared storage and reads it back."""
+    own on the shared storage (if the inventory has one) and reads it back."""
     ip = ray.util.get_node_ip_address()
-    own = Path(shared) / ".sekisho-doctor" / f"{ip}-{mark}"
-    try:
-        own.parent.mkdir(parents=True, exist_ok=True)
-        own.write_text(mark)
-        storage = None if own.read_text() == mark else "read back something else"
-    except OSError as exc:
-        storage = f"{type(exc).__name__}: {exc}"
+    own, storage = None, None
+    if shared is not None:
+        own = Path(shared) / ".sekisho-doctor" / f"{ip}-{mark}"
+        try:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            own.write_text(mark)
+            storage = None if own.read_text() == mark else "read back something else"
+        except OSError as exc:
+            storage = f"{type(exc).__name__}: {exc}"
+    disks = [shared] if shared is not None else []
     return {
         "ip": ip,
         "host": socket.gethostname(),
         "nvidia": _nvidia(),
         "ib": _infiniband(),
         "storage_error": storage,
-        "storage_file": str(own),
-        "free_gib": {shared: _free_gib(shared), tempfile.gettempdir(): _free_gib(tempfile.gettempdir())},
+        "storage_file": own and str(own),
+        "free_gib": {p: _free_gib(p) for p in [*disks, tempfile.gettempdir()]},
     }
 
 

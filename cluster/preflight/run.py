@@ -47,16 +47,20 @@ def run_doctor(
     ours = {ip: nid for ip, nid in alive.items() if ip in {n.address for n in inventory.nodes}}
     results = [nc.nodes_joined(inventory, alive)]
     mark = uuid.uuid4().hex[:12]
-    shared = str(inventory.shared_storage)
+    shared = str(inventory.shared_storage.path) if inventory.shared_storage else None
     probes = dict(
         zip(ours, ray.get([on_node(probe, nid).remote(shared, mark) for nid in ours.values()], timeout=300))
     )
-    files = [p["storage_file"] for p in probes.values()]
+    files = [p["storage_file"] for p in probes.values() if p["storage_file"]]
     seen = dict(
         zip(ours, ray.get([on_node(read_marks, nid).remote(files) for nid in ours.values()], timeout=120))
     )
     ray.get(
-        [on_node(forget, nid).remote(p["storage_file"]) for nid, p in zip(ours.values(), probes.values())],
+        [
+            on_node(forget, nid).remote(p["storage_file"])
+            for nid, p in zip(ours.values(), probes.values())
+            if p["storage_file"]
+        ],
         timeout=120,
     )
     results += [

@@ -45,7 +45,7 @@ class Head:
 def single_node_inventory(root: Path, cpus: int = 4) -> Path:
     doc = {
         "name": "sekisho-test",
-        "shared_storage": str(root / "shared"),
+        "shared_storage": {"path": str(root / "shared")},
         "ray": {
             "gcs_port": free_port(),
             "dashboard_port": free_port(),

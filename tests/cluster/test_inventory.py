@@ -22,7 +22,7 @@ def test_reference_inventory_is_the_installation_in_design_md(inventory):
     assert [n.gpus for n in inventory.workers] == [8, 8, 8, 8]
     assert {n.gpu_memory_gib for n in inventory.nodes} == {80}
     assert all(n.ib_hcas and n.nccl_socket_ifname for n in inventory.nodes)
-    assert str(inventory.shared_storage) == "/shared/sekisho"
+    assert str(inventory.shared_storage.path) == "/shared/sekisho"
     assert [n.memory_gb for n in inventory.workers] == [2000] * 4  # DGX H100: 2 TB of host RAM
     assert inventory.gpu_node_memory_gb == 1000  # the HGX head is the smallest GPU node
 
@@ -58,9 +58,9 @@ def test_a_training_job_is_checked_against_the_nodes_host_memory(inventory, tmp_
 
 def test_every_field_has_a_description():
     from cluster.gpu_requests import GpuRequest, GpuRequests
-    from cluster.inventory import KubernetesSettings, Node, RaySettings
+    from cluster.inventory import KubernetesSettings, Node, RaySettings, SharedStorage
 
-    for cls in (Inventory, Node, RaySettings, KubernetesSettings, GpuRequest, GpuRequests):
+    for cls in (Inventory, Node, RaySettings, KubernetesSettings, SharedStorage, GpuRequest, GpuRequests):
         assert all(cls.field_help().values()), cls.__name__
 
 
@@ -104,3 +104,33 @@ def test_public_address_and_duplicate_address_are_refused(tmp_path):
 def test_node_names_must_work_as_ray_labels_and_k8s_names(tmp_path):
     with pytest.raises(ConfigError, match=r"nodes.1.name: String should match pattern"):
         Inventory.from_yaml(_broken(tmp_path, "name: dgx-01", "name: DGX_01"))
+
+
+def test_several_nodes_without_shared_storage_are_refused_naming_the_field(tmp_path):
+    text = REFERENCE.read_text()
+    start = text.index("shared_storage:")
+    end = text.index("\nray:", start)
+    p = tmp_path / "inv.yaml"
+    p.write_text(text[:start] + text[end + 1 :])
+    with pytest.raises(ConfigError) as e:
+        Inventory.from_yaml(p)
+    line = p.read_text().splitlines().index("name: sekisho-ref") + 1  # the top level: no such key
+    assert f"{p}:{line}: shared_storage: " in str(e.value)
+    assert "required for a cluster of 5 nodes" in str(e.value)
+    assert "shared_storage: {path: /shared/sekisho}" in str(e.value)
+    # One node needs none: it keeps its state in its own home.
+    head = text[: text.index("  - name: dgx-01")]
+    p.write_text(head[:start] + head[end + 1 :])
+    assert Inventory.from_yaml(p).shared_storage is None
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("path: /shared/sekisho", "path: shared/sekisho", "shared_storage.path: .*not an absolute path"),
+        ("home: sekisho-home", "home: ../elsewhere", "shared_storage.home: .*relative to path"),
+    ],
+)
+def test_shared_storage_paths_are_checked(tmp_path, old, new, message):
+    with pytest.raises(ConfigError, match=message):
+        Inventory.from_yaml(_broken(tmp_path, old, new))

@@ -184,9 +184,11 @@ def three_hosts():
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
 
 
-def inventory_file(root: Path) -> Path:
+def inventory_file(root: Path, sekisho_home: Path) -> Path:
     # The head offers 1 CPU and each worker host 2: a training rank that asks for 2
-    # CPUs fits on a worker host only, one rank per host.
+    # CPUs fits on a worker host only, one rank per host. The hosts share this
+    # machine's disk: the "shared storage" is the folder holding the session's
+    # Sekisho home, which the rendered commands make every host's SEKISHO_HOME.
     def node(name, i, role, gpus, cpus):
         return {
             "name": name,
@@ -200,7 +202,10 @@ def inventory_file(root: Path) -> Path:
 
     doc = {
         "name": "sekisho-netns",
-        "shared_storage": str(root / "shared"),
+        "shared_storage": {
+            "path": os.path.commonpath([root, sekisho_home]),
+            "home": os.path.relpath(sekisho_home, os.path.commonpath([root, sekisho_home])),
+        },
         "ray": {"auth_token_file": str(root / "launcher" / "auth_token"), "python_env": sys.prefix},
         "nodes": [
             node("head", 0, "head", 0, 1),
@@ -219,7 +224,7 @@ class Hosts:
 
     def __init__(self, namespaces: list[str], root: Path, sekisho_home: Path):
         self.root, self.head = root, namespaces[0]
-        self.inv_file = inventory_file(root)
+        self.inv_file = inventory_file(root, sekisho_home)
         self.inventory = Inventory.from_yaml(self.inv_file)
         ensure_token(self.inventory.ray.auth_token_file)
         home = root / "node-home"  # what `ray up` leaves on each host: the token, 0600

@@ -195,7 +195,8 @@ def test_the_token_file_ends_up_private_on_the_node(inventory, tmp_path):
     leaves modes as rsync found them), run for real on a fake home."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    config = render_ray_up(inventory.model_copy(update={"shared_storage": shared}))
+    storage = inventory.shared_storage.model_copy(update={"path": shared})
+    config = render_ray_up(inventory.model_copy(update={"shared_storage": storage}))
     token = tmp_path / ".sekisho" / "ray" / "auth_token"
     token.parent.mkdir(parents=True)
     token.write_text(TOKEN)
@@ -209,6 +210,8 @@ def test_the_token_file_ends_up_private_on_the_node(inventory, tmp_path):
     )
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    # the shared Sekisho home is made (private) by the first node to run it
+    assert stat.S_IMODE((shared / "sekisho-home").stat().st_mode) == 0o700
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert all(TOKEN not in c and "RAY_AUTH_TOKEN=" not in c for c in config[key])
     # an empty token (a failed copy) stops the node before Ray starts
@@ -220,6 +223,37 @@ def test_the_token_file_ends_up_private_on_the_node(inventory, tmp_path):
         check=False,
     )
     assert done.returncode != 0
+
+
+SHARED_ENV = {
+    "SEKISHO_HOME": "/shared/sekisho/sekisho-home",
+    "SEKISHO_MODEL_STORE": "/shared/sekisho/sekisho-home/model-store",
+}
+
+
+@pytest.mark.parametrize(
+    "command_key, addresses",
+    [("head_start_ray_commands", "10.20.0.10"), ("worker_start_ray_commands", "10.20.0.12")],
+)
+def test_every_node_keeps_sekishos_state_on_the_shared_storage(inventory, tmp_path, command_key, addresses):
+    """Head and workers start Ray with the same home and model store on the share,
+    so a version the driver downloads to the serve cache is found by an engine on
+    any node; the YAML's header tells the operator to use the same home."""
+    done, started = on_fake_node(inventory, tmp_path, command_key, addresses)
+    assert done.returncode == 0, done.stderr
+    assert {k: started.get(k) for k in SHARED_ENV} == SHARED_ENV
+    header = write_ray_up(inventory, tmp_path / "up.yaml").read_text().split("\ncluster_name:")[0]
+    assert "export SEKISHO_HOME=/shared/sekisho/sekisho-home" in header
+
+
+def test_a_single_node_without_shared_storage_keeps_its_own_home(inventory, tmp_path):
+    head = inventory.head.model_copy(update={"address": "127.0.0.1"})
+    one = inventory.model_copy(update={"nodes": [head], "shared_storage": None})
+    config = render_ray_up(one)
+    assert "SEKISHO_HOME" not in json.dumps(config) and "shared storage" not in config["setup_commands"][0]
+    pod = render_kuberay(one)["raycluster.yaml"]["spec"]["headGroupSpec"]["template"]["spec"]
+    assert pod["volumes"] == [] and pod["containers"][0]["volumeMounts"] == []
+    assert "SEKISHO_HOME" not in {e["name"] for e in pod["containers"][0]["env"]}
 
 
 # ---- KubeRay ----------------------------------------------------------------
@@ -239,6 +273,29 @@ def test_kuberay_manifests_validate_against_the_crds(inventory, tmp_path, file, 
     spec["workerGroupSpecs"][0]["replicas"] = "four"
     with pytest.raises(jsonschema.ValidationError, match="'four' is not of type 'integer'"):
         validator.validate(manifest)
+
+
+@pytest.mark.parametrize("claim", [None, "sekisho-shared"])
+def test_every_pod_mounts_the_shared_storage_where_its_home_is(inventory, claim):
+    """The share at the same path in every pod (the node's own mount, or one
+    ReadWriteMany claim), and every pod's Ray processes use the home on it."""
+    storage = inventory.shared_storage.model_copy(update={"persistent_volume_claim": claim})
+    manifest = render_kuberay(inventory.model_copy(update={"shared_storage": storage}))["raycluster.yaml"]
+    jsonschema.Draft7Validator(crd_schema("rayclusters")).validate(manifest)
+    spec = manifest["spec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        (volume,) = pod["volumes"]
+        assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/shared/sekisho"}]
+        source = {k: v for k, v in volume.items() if k != "name"}
+        assert source == (
+            {"persistentVolumeClaim": {"claimName": claim}}
+            if claim
+            else {"hostPath": {"path": "/shared/sekisho", "type": "Directory"}}
+        )
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert {k: env[k] for k in SHARED_ENV} == SHARED_ENV
 
 
 def test_every_pod_is_offline_authenticated_and_pinned(inventory):
