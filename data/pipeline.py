@@ -52,6 +52,7 @@ class Accounting:
     dedup_index_bytes: int = 0
     template: Counter = field(default_factory=Counter)  # what labelling noted (`data.template_labels`)
     log: IO[str] | None = None  # dropped.jsonl, one line per dropped row
+    on_batch: Callable[[Accounting], None] | None = None  # after each batch is counted (a progress display)
 
     def drop(self, error: RowError, invalid: bool = False) -> None:
         """Count a dropped row under its reason code (and list it when it is invalid)."""
@@ -418,6 +419,8 @@ def processed_rows(
                 acc.drop(error)
             else:
                 yield ("eval" if is_eval[i] else "train"), batch.tokens(i)
+        if acc.on_batch is not None:
+            acc.on_batch(acc)
     acc.dedup_index_bytes = dedup.index_bytes
 
 

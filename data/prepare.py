@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +163,17 @@ def _load_tokenizer(tokenizer_dir: str | Path):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
-def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
+def prepare(
+    cfg: DatasetConfig,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    progress: Callable[[Accounting], None] | None = None,
+) -> dict:
     """Run the whole pipeline and write the dataset to `out_dir`.
+
+    Args:
+        progress: called with the running counts (rows in, dropped by reason)
+            after each batch of rows, and once more at the end.
 
     Returns:
         The manifest (also written as manifest.json).
@@ -174,10 +184,15 @@ def prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) 
         UserError: no tokenizer in `tokenizer_dir`.
     """
     with bounded_allocators():  # see data.memory: flat memory however long the input
-        return _prepare(cfg, tokenizer_dir, out_dir)
+        return _prepare(cfg, tokenizer_dir, out_dir, progress)
 
 
-def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path) -> dict:
+def _prepare(
+    cfg: DatasetConfig,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    progress: Callable[[Accounting], None] | None = None,
+) -> dict:
     tokenizer = _load_tokenizer(tokenizer_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +202,7 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
     log_path = out / "dropped.jsonl.partial"
     try:
         with log_path.open("w", encoding="utf-8") as log:
-            acc = Accounting(log=log)
+            acc = Accounting(log=log, on_batch=progress)
             try:
                 for split, tokens in processed_rows(cfg, tokenizer, acc, tokenizer_dir, spill_dir=out):
                     examples[split] += 1
@@ -204,6 +219,8 @@ def _prepare(cfg: DatasetConfig, tokenizer_dir: str | Path, out_dir: str | Path)
             finally:
                 for w in writers.values():
                     w.close()
+        if progress is not None:
+            progress(acc)
         if cfg.on_error == "fail":
             acc.raise_if_invalid(cfg.path)
         if not examples["train"]:

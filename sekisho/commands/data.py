@@ -2,15 +2,65 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
 
+class PrepareProgress:
+    """Rows read, rows/s, rows kept and rows dropped by reason, on `stream`: on a
+    terminal one line redrawn in place, else (--progress into a file) a line every
+    `every_s` seconds. Called by `data.prepare` after each batch and at the end."""
+
+    def __init__(self, stream, terminal: bool, every_s: float = 5.0):
+        import time
+
+        self.stream, self.terminal = stream, terminal
+        self.every_s = 0.2 if terminal else every_s
+        self.clock = time.monotonic
+        self.started = self.shown = self.clock()
+        self.acc = None
+
+    def __call__(self, acc) -> None:
+        self.acc = acc
+        now = self.clock()
+        if now - self.shown >= self.every_s:
+            self.shown = now
+            self._show(acc)
+
+    def line(self, acc) -> str:
+        """`rows 12,288 (4,096 rows/s)  kept 12,100  dropped 188: exact_duplicate 150, too_long 38`."""
+        rate = acc.rows_in / max(self.clock() - self.started, 1e-9)
+        dropped = sum(acc.dropped.values())
+        text = (
+            f"rows {acc.rows_in:,} ({rate:,.0f} rows/s)  kept {acc.rows_in - dropped:,}  dropped {dropped:,}"
+        )
+        if dropped:
+            text += ": " + ", ".join(f"{code} {n:,}" for code, n in acc.dropped.most_common())
+        return text
+
+    def _show(self, acc) -> None:
+        line = self.line(acc)
+        self.stream.write(f"\r{line}\x1b[K" if self.terminal else line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """The final counts (those of the last call), ending the redrawn line."""
+        if self.acc is None:
+            return
+        self._show(self.acc)
+        if self.terminal:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def cmd_data_prepare(args) -> int:
-    """Validate, mask, deduplicate, split and tokenise a dataset with a registered model's tokenizer."""
+    """Validate, mask, deduplicate, split and tokenise a dataset with a registered model's tokenizer;
+    on a terminal (or with --progress) a progress line on stderr: rows/s, rows dropped by reason."""
     import json
+    import sys
 
     from data import DatasetConfig, prepare, validate_rows
     from experiments import resolve
@@ -24,9 +74,13 @@ def cmd_data_prepare(args) -> int:
         from cluster.local import start_local, stop
 
         start_local(home, address=args.ray_address)
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    progress = PrepareProgress(sys.stderr, terminal=sys.stderr.isatty()) if show else None
     try:
-        manifest = prepare(cfg, model.path, out)
+        manifest = prepare(cfg, model.path, out, progress=progress)
     finally:
+        if progress is not None:
+            progress.finish()
         if cfg.executor == "ray":
             stop()
     print(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -116,6 +170,12 @@ def register(groups) -> None:
     c.add_argument("--out", help="output folder (default $SEKISHO_HOME/datasets/NAME)")
     c.add_argument(
         "--ray-address", help="with executor: ray, the cluster to join (default: start a local one)"
+    )
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress on stderr (rows/s, rows dropped by reason); default: only when stderr is a terminal",
     )
     c = add_command(data, "inspect", cmd_data_inspect)
     c.add_argument("name", help="dataset name (under $SEKISHO_HOME/datasets) or a prepared dataset folder")
