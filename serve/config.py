@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from foundation import StrictConfig
 from serve.gateway.limits import RequestLimits
@@ -397,6 +399,27 @@ class ServeAppConfig(StrictConfig):
         if dupes:
             raise ValueError(f"model names must be unique across the app; repeated: {sorted(dupes)}")
         return self
+
+    @model_validator(mode="after")
+    def _one_database_across_nodes(self):
+        """An app whose engines span nodes needs one database every gateway reaches:
+        SQLite is a file of one node (and unsafe on a network file system)."""
+        url = self.gateway.db_url or os.environ.get("SEKISHO_GATEWAY_DB") or "sqlite:"
+        spanning = [i for i, m in enumerate(self.models) if m.engine.pipeline_parallel_size > 1]
+        if not spanning or not url.startswith("sqlite"):
+            return self
+        i, given = spanning[0], "db_url" in self.gateway.model_fields_set
+        stages = self.models[i].engine.pipeline_parallel_size
+        msg = (
+            f"{stages} pipeline stages put each replica of models.{i} on {stages} nodes, and every "
+            f"node's gateway must keep keys, quotas and "
+            f"the audit chain in one database, but gateway.db_url is "
+            f"{'SQLite' if given else 'unset (SQLite in the Sekisho home)'}. PostgreSQL is required: set "
+            f"gateway.db_url: postgresql+psycopg://USER@HOST/DB (password in ~/.pgpass)"
+        )
+        loc = ("gateway", "db_url") if given else ("models", i, "engine", "pipeline_parallel_size")
+        error = InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=None)
+        raise ValidationError.from_exception_data(type(self).__name__, [error])
 
     @field_validator("models")
     @classmethod

@@ -16,7 +16,8 @@ loopback-only namespace (`make test`, or `unshare -n`), from which it makes its 
    placement-group bundle per stage, pinned by label to the node the plan chose
    (stage 0 with the replica on w1, stage 1 on w2, as Ray's placement-group table
    shows), stage 1 a headless vLLM on w2 (vLLM's multi-node mp mode), and the app
-   answers a chat request through its gateway on w1."""
+   answers a chat request through its gateway on w1 (keys and audit in PostgreSQL:
+   an app across nodes on SQLite is refused at config load)."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ SERVE_DRIVER = CONNECT + textwrap.dedent("""
                                    filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
               if a.class_name == "PipelineStage" or a.class_name.startswith("ServeReplica:pp:engine-")]
     (stage0,) = {p["nodes"][0] for p in pgs}
-    key = KeyStore().create("pp-test", ["*"])
+    key = KeyStore(cfg.gateway.db_url).create("pp-test", ["*"])
     r = httpx.post(f"http://{stage0}:{cfg.port}/v1/chat/completions", timeout=120,
                    headers={"Authorization": f"Bearer {key}"},
                    json={"model": "tiny", "max_tokens": 8, "temperature": 0,
@@ -495,10 +496,13 @@ def test_a_killed_worker_host_comes_back_and_the_job_resumes(cluster, sekisho_ho
     )
 
 
-def test_a_two_stage_replica_spans_both_worker_hosts_and_answers(cluster, tiny_model_dir):
+def test_a_two_stage_replica_spans_both_worker_hosts_and_answers(cluster, tiny_model_dir, postgres_url):
     out = cluster.root / "shared"
     app = {
         "name": "pp",
+        # Its engines span two hosts: SQLite is refused, their gateways share PostgreSQL
+        # (on a Unix socket, which every host's namespace reaches).
+        "gateway": {"db_url": postgres_url},
         "host": "0.0.0.0",  # the client is on the head host
         "port": 18777,
         "models": [

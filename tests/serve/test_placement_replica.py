@@ -19,6 +19,7 @@ from serve.pipeline_stages import stage_commands
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "configs" / "cluster" / "reference.yaml"
+PG = "postgresql+psycopg://gw@db.internal/sekisho"
 # Llama-3.1's shapes (config.json) and parameter counts.
 LLAMA = {
     "llama-3.1-8b-instruct": (
@@ -37,6 +38,7 @@ def spec(**engine):
         {
             "name": "a",
             "models": [{"name": "m", "source": "registry:m@p", "cpus_per_replica": 2, "engine": engine}],
+            "gateway": {"db_url": PG},  # pipeline stages span nodes: one PostgreSQL for their gateways
         }
     )
     return cfg.models[0]
@@ -118,6 +120,7 @@ def test_what_the_live_cluster_cannot_hold_is_refused_naming_the_field():
                     "engine": {"tensor_parallel_size": 8, "pipeline_parallel_size": 3},
                 },
             ],
+            "gateway": {"db_url": PG},
         }
     )
     check_against_running_cluster(cfg.model_copy(update={"models": cfg.models[:1]}), [8.0, 8.0, 4.0])
@@ -135,6 +138,7 @@ def test_what_the_live_cluster_cannot_hold_is_refused_naming_the_field():
                     "engine": {"pipeline_parallel_size": 2, "enforce_eager": True},
                 }
             ],
+            "gateway": {"db_url": PG},
         }
     )
     with pytest.raises(UserError, match="models.0.engine.enforce_eager"):
