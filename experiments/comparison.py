@@ -1,5 +1,7 @@
 """Compare runs side by side: the params that differ, the final value of every
-metric, and (optionally) a PNG of one metric's curve per run."""
+metric, and (optionally) a PNG of one metric's curve per run, each curve labelled
+with its run's name, which can be logged to MLflow as the artifact of a
+comparison run of its own."""
 
 from __future__ import annotations
 
@@ -69,8 +71,49 @@ def runs_of(experiment: str, last: int = 10) -> list[str]:
     return [r.info.run_id for r in found]
 
 
-def plot_metric(run_ids: list[str], metric: str, path: str | Path) -> Path | None:
-    """Write a PNG of `metric` against step, one line per run; None if no run logged it."""
+def curve_labels(run_ids: list[str], run_names: list[str]) -> list[str]:
+    """Each run's name; a name two runs share (reruns of one job) or none gets the
+    run id's first 8 characters, so every curve is told apart."""
+    taken = [n for n in run_names if n]
+    return [
+        name if name and taken.count(name) == 1 else (f"{name} ({rid[:8]})" if name else rid[:8])
+        for rid, name in zip(run_ids, run_names, strict=True)
+    ]
+
+
+def log_comparison(c: Comparison, metric: str, png: str | Path) -> str:
+    """Log the plot and the tables (with each run's curve label) as artifacts of a new
+    run, `compare-METRIC`, in the first run's experiment, tagged with the runs
+    compared; returns its run id."""
+    from mlflow import MlflowClient
+
+    tracking.use_store()
+    client = MlflowClient()
+    experiment_id = client.get_run(c.run_ids[0]).info.experiment_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"compare-{metric}",
+        tags={"sekisho.compared_runs": ",".join(c.run_ids), "sekisho.compared_metric": metric},
+    )
+    rid = run.info.run_id
+    client.log_artifact(rid, str(png), "comparison")
+    tables = {
+        "runs": c.run_ids,
+        "names": c.run_names,
+        "labels": curve_labels(c.run_ids, c.run_names),
+        "params": c.params,
+        "metrics": c.metrics,
+    }
+    client.log_dict(rid, tables, "comparison/tables.json")
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def plot_metric(
+    run_ids: list[str], metric: str, path: str | Path, labels: list[str] | None = None
+) -> Path | None:
+    """Write a PNG of `metric` against step, one line per run labelled `labels` (default
+    the run ids' first 8 characters); None if no run logged it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +123,10 @@ def plot_metric(run_ids: list[str], metric: str, path: str | Path) -> Path | Non
     client = MlflowClient()
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
-    for rid in run_ids:
+    for rid, label in zip(run_ids, labels or [rid[:8] for rid in run_ids], strict=True):
         history = sorted(client.get_metric_history(rid, metric), key=lambda m: m.step)
         if history:
-            ax.plot([m.step for m in history], [m.value for m in history], label=rid[:8])
+            ax.plot([m.step for m in history], [m.value for m in history], label=label)
             drawn += 1
     if drawn:
         ax.set_xlabel("step")

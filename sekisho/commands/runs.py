@@ -14,11 +14,15 @@ def _cell(v) -> str:
 
 def cmd_runs_compare(args) -> int:
     """Print the params that differ and the final metrics of two or more runs
-    (RUN_ID ... or --experiment NAME), and write a PNG of one metric's curves."""
+    (RUN_ID ... or --experiment NAME), and write a PNG of one metric's curves, each
+    labelled with its run's name (--plot), or log it to MLflow (--log-to-mlflow)."""
+    import tempfile
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
-    from experiments.comparison import compare_runs, plot_metric, runs_of
+    from experiments.comparison import compare_runs, curve_labels, log_comparison, plot_metric, runs_of
     from foundation import UserError
 
     _home(args)
@@ -37,9 +41,20 @@ def cmd_runs_compare(args) -> int:
         for key, values in rows.items():
             table.add_row(key, *(_cell(v) for v in values))
         console.print(table)
-    if args.plot:
-        written = plot_metric(c.run_ids, args.metric, args.plot)
-        print(f"wrote {written}" if written else f"no run logged {args.metric!r}; no plot written")
+    if args.plot or args.log_to_mlflow:
+        with tempfile.TemporaryDirectory(prefix="sekisho-compare-") as tmp:
+            png = args.plot or str(Path(tmp) / f"{args.metric}.png")
+            written = plot_metric(c.run_ids, args.metric, png, curve_labels(c.run_ids, c.run_names))
+            if not written:
+                print(f"no run logged {args.metric!r}; no plot written")
+                return 0
+            if args.plot:
+                print(f"wrote {written}")
+            if args.log_to_mlflow:
+                rid = log_comparison(c, args.metric, written)
+                print(
+                    f"logged {written.name} to MLflow run {rid} (compare-{args.metric}), artifact comparison/"
+                )
     return 0
 
 
@@ -51,3 +66,10 @@ def register(groups) -> None:
     c.add_argument("--last", type=int, default=5, help="how many runs of --experiment")
     c.add_argument("--plot", help="write a PNG of --metric per run here")
     c.add_argument("--metric", default="loss", help="metric to plot (default loss)")
+    c.add_argument(
+        "--log-to-mlflow",
+        action="store_true",
+        help="log the PNG (and the tables as JSON) as artifacts, under comparison/, of a new run named "
+        "compare-METRIC in the first compared run's experiment, tagged with the compared run ids; the "
+        "compared runs are left as they are",
+    )

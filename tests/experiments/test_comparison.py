@@ -60,3 +60,39 @@ def test_cli_compare_errors(two_runs, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["runs", "compare", "--experiment", "no-such-experiment"]) == 2
     assert "experiment 'no-such-experiment' not found" in capsys.readouterr().err
+
+
+def test_curves_are_labelled_by_run_name():
+    from experiments.comparison import curve_labels
+
+    ids = ["a" * 32, "b" * 32, "c" * 32, "d" * 32]
+    assert curve_labels(ids, ["lr-1", "job", "job", ""]) == [
+        "lr-1",
+        "job (bbbbbbbb)",
+        "job (cccccccc)",
+        "dddddddd",
+    ]
+
+
+def test_cli_logs_the_plot_to_a_comparison_run(two_runs, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from sekisho.cli import main
+
+    experiment, ids = two_runs
+    assert main(["runs", "compare", *ids, "--log-to-mlflow"]) == 0
+    out = capsys.readouterr().out
+    rid = out.split("to MLflow run ", 1)[1].split()[0]
+    client = MlflowClient()
+    run = client.get_run(rid)
+    assert run.info.run_name == "compare-loss" and run.info.status == "FINISHED"
+    assert run.info.experiment_id == mlflow.get_experiment_by_name(experiment).experiment_id
+    assert run.data.tags["sekisho.compared_runs"] == ",".join(ids)
+    png = client.download_artifacts(rid, "comparison/loss.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    tables = mlflow.artifacts.load_dict(f"runs:/{rid}/comparison/tables.json")
+    assert tables["labels"] == ["lr-0.001", "lr-0.0005"] and tables["metrics"] == {"loss": [0.12, 0.34]}
+    for compared in ids:  # the compared runs are left as they were
+        assert not client.list_artifacts(compared)
