@@ -1,6 +1,7 @@
 """Bring a training job's output into the model store: check it, copy it in with a
 record that names the run it came from, and register it as an adapter or merged
-version.
+version. A LoRA adapter merged into its base (`sekisho models export --merge`)
+comes in the same way, its record's source naming the merge.
 
 A trained folder is checked like an import, where the checks apply: only
 safetensors and plain data files (no pickle, no code, no symlinks), every JSON
@@ -58,6 +59,7 @@ def register_trained(
     run_id: str | None = None,
     artifact_path: str = "model",
     progress: bool | None = False,
+    source: dict | None = None,
 ) -> StoredModel:
     """Check a training job's output, copy it into the model store with its record
     and register it as a new version of `name`.
@@ -71,6 +73,10 @@ def register_trained(
             it. A new run is made when None.
         artifact_path: where the files go among the run's artifacts.
         progress: progress bar while hashing; None means only on a terminal.
+        source: how the files came to be, kept in the store record; default a
+            training run's export ({"kind": "training", "run_id", "export"}). A
+            merge of an adapter into its base (`train.merge`) passes {"kind":
+            "merge", "run_id", "adapter", "base", ...}.
 
     Returns:
         The registered version and its store folder, checked.
@@ -91,7 +97,8 @@ def register_trained(
             check_trained_folder(staged, select_files(staged).files, kind)
         except ModelImportRefused as exc:  # the source changed while it was copied
             raise ModelImportRefused(str(exc).replace(str(staged), str(src))) from None
-        record = _record(staged, hashes, {"kind": "training", "run_id": run_id, "export": kind})
+        made = source or {"kind": "training", "run_id": run_id, "export": kind}
+        record = _record(staged, hashes, made)
         store_folder, record_sha = commit(staged, record)
     except BaseException:
         if staged.exists():

@@ -176,3 +176,6 @@ def register(groups) -> None:
     c.add_argument("--alias", help="point this alias (e.g. production) at the new version")
     c = add_command(models, "verify", cmd_models_verify)
     c.add_argument("ref", help="NAME (latest version), NAME@ALIAS or NAME/VERSION")
+    from sekisho.commands.models_export import add_export
+
+    add_export(models)
