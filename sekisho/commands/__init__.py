@@ -8,6 +8,7 @@ GROUPS = [
     "data",
     "train",
     "serve",
+    "chat",
     "models",
     "keys",
     "audit",
