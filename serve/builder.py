@@ -125,6 +125,8 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         # What each further pipeline stage's process asks of its bundle (serve.pipeline_stages).
         "stage_gpus": placement["ray_actor_options"]["num_gpus"],
         "stage_cpus": spec.cpus_per_replica,
+        # Registered adapters on this base behind that alias, loaded at run time (serve.follow).
+        "adapter_catalog": _adapter_catalog(spec, app),
     }
     return deployment.bind(
         _path(app.models[spec.name]),
@@ -137,6 +139,13 @@ def build_engine(spec: ModelSpec, app: ResolvedApp, engine_key: str, gateway: di
         tracking_uri(),
         gateway,
     )
+
+
+def _adapter_catalog(spec: ModelSpec, app: ResolvedApp) -> dict | None:
+    base = app.models[spec.name]
+    if not spec.adapter_alias or not isinstance(base, ResolvedModel):
+        return None
+    return {"alias": spec.adapter_alias, "base": base.ref}
 
 
 def replica_placement(spec: ModelSpec, gpus: bool, stage_nodes: list[list[str]] | None = None) -> dict:
@@ -250,6 +259,7 @@ def build_app(app: ResolvedApp):
         "db_url": db_url,
         "limits": cfg.gateway.limits.model_dump(),
         "record_text": cfg.gateway.record_text,
+        "routing": cfg.gateway.routing.model_dump(),
     }
     if cfg.gateway.placement == "embedded":
         embedded = {"host": cfg.host, "port": cfg.port, "opts": opts, "routes": model_routes(app)}

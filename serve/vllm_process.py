@@ -1,14 +1,20 @@
 """vLLM's OpenAI server as a process of an engine replica: its command line,
-and what runs in the process before vLLM (die with the replica, take the
-engine's niceness)."""
+what runs in the process before vLLM (die with the replica, take the engine's
+niceness), where its log goes and what phase of its start the log shows.
+
+Each engine's log is `logs/serve/APP/MODEL--REPLICA.log` in the Sekisho home
+(on a cluster the home is on shared storage, so every node's logs are in one
+place); `sekisho serve up` follows the phases, `sekisho serve logs` prints them."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 from serve.tool_parsers import resolve_tool_call_parser
 
@@ -136,16 +142,18 @@ def engine_flags(
         cmd += ["--runner", "pooling", "--convert", "embed"]
     if tool_call_parser:
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
-    if adapters:
+    if adapters or engine.get("adapter_catalog"):  # a catalog loads adapters at run time
         cmd += [
             "--enable-lora",
             "--max-loras",
             str(engine["max_loras"]),
             "--max-lora-rank",
             str(engine["max_lora_rank"]),
-            "--lora-modules",
         ]
-        cmd += [f"{name}={path}" for name, path in adapters.items()]
+        if engine.get("max_cpu_loras"):
+            cmd += ["--max-cpu-loras", str(engine["max_cpu_loras"])]
+        if adapters:
+            cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     return cmd
 
 
@@ -162,3 +170,54 @@ def _log_to_stderr() -> None:
         )
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+# A replica's start as its engine's log shows it. Placing: Serve has not yet
+# started the replica (no log yet); starting: vLLM reads its config and starts
+# the engine core; loading weights; compiling: profiling, KV cache, torch.compile,
+# CUDA graphs and warmup; ready: the server (and the gateway inside it) listens.
+PHASES = ("placing", "starting", "loading weights", "compiling", "ready")
+_PHASE_MARKERS = (  # latest phase first: the first that matches wins
+    ("ready", ("sekisho gateway listening", "Starting vLLM server on")),
+    ("compiling", ("Loading weights took", "Model loading took")),
+    ("loading weights", ("Starting to load model", "Loading safetensors checkpoint")),
+)
+
+
+def engine_logs_dir(app: str, home: Path | None = None) -> Path:
+    """The folder of an app's engine logs."""
+    if home is None:
+        from foundation import sekisho_home
+
+        home = sekisho_home()
+    return Path(home) / "logs" / "serve" / _safe(app)
+
+
+def engine_log_path(app: str, model: str, replica: str, home: Path | None = None) -> Path:
+    """Where the engine of one replica logs (its folder created 0700)."""
+    from foundation.home import private_dir
+
+    return private_dir(engine_logs_dir(app, home)) / f"{_safe(model)}--{_safe(replica)}.log"
+
+
+def engine_logs(app: str, model: str | None = None, home: Path | None = None) -> list[tuple[str, str, Path]]:
+    """(model, replica, log) of the app's engines, `model`'s only if given, oldest first."""
+    folder = engine_logs_dir(app, home)
+    found = []
+    for path in folder.glob("*--*.log") if folder.is_dir() else ():
+        name, _, replica = path.stem.rpartition("--")
+        if model is None or name == _safe(model):
+            found.append((path.stat().st_mtime, name, replica, path))
+    return [(name, replica, path) for _, name, replica, path in sorted(found)]
+
+
+def engine_phase(log_text: str) -> str:
+    """The phase of an engine's start its log shows (PHASES, never "placing")."""
+    for phase, markers in _PHASE_MARKERS:
+        if any(m in log_text for m in markers):
+            return phase
+    return "starting"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -138,7 +138,7 @@ def test_a_value_vllm_refuses_is_refused_at_config_load(tmp_path):
         ServeAppConfig.from_yaml(p)
     assert "models.0.engine.extra_args:" in str(e.value) and "'many'" in str(e.value)
     ok = _serve_yaml(
-        tmp_path / "configs" / "serve", "      extra_args: ['--max-logprobs=5', '--max_cpu_loras', '2']\n"
+        tmp_path / "configs" / "serve", "      extra_args: ['--max-logprobs=5', '--seed', '2']\n"
     )
     assert main(["config", "check", str(ok)]) == 0  # `sekisho config check`; `serve up` loads the same way
 
