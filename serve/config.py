@@ -150,6 +150,12 @@ class EngineSettings(StrictConfig):
         "(turn ends) stops.",
     )
     max_loras: int = Field(4, ge=1, description="Adapters active in one batch.")
+    max_cpu_loras: int | None = Field(
+        None,
+        ge=1,
+        description="Adapters kept loaded in host memory (least recently used out); more adapters "
+        "than this load from disk on use. Default: max_loras.",
+    )
     max_lora_rank: int = Field(
         16, description=f"Largest adapter rank accepted; one of {', '.join(map(str, LORA_RANKS))}."
     )
@@ -287,6 +293,13 @@ class ModelSpec(StrictConfig):
         "runner, converting a decoder model to an embedding model where needed).",
     )
     adapters: list[AdapterSpec] = Field(default_factory=list, description="LoRA adapters on this base.")
+    adapter_alias: str | None = Field(
+        None,
+        pattern=NAME,
+        description="Also serve every registered adapter trained on this base (registry source) whose "
+        "alias of this name is set, under its registered name: one aliased later is served within "
+        "follow_aliases_every_s, without a redeploy.",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     num_replicas: int | None = Field(
         None,
@@ -325,13 +338,40 @@ class ModelSpec(StrictConfig):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
-        if len(self.adapters) > self.engine.max_loras * 8:
-            raise ValueError("too many adapters for engine.max_loras")
-        if self.task == "embed" and self.adapters:
+        cpu_loras = self.engine.max_cpu_loras
+        if cpu_loras is not None and cpu_loras < self.engine.max_loras:
+            raise ValueError(
+                f"engine.max_cpu_loras ({cpu_loras}) must be at least engine.max_loras ({self.engine.max_loras})"
+            )
+        if self.adapter_alias and not self.source.startswith("registry:"):
+            raise ValueError(
+                "adapter_alias needs a registry source (registry:NAME@ALIAS): adapters name their base by its version"
+            )
+        if self.task == "embed" and (self.adapters or self.adapter_alias):
             raise ValueError("an embedding model (task: embed) takes no adapters")
         if self.task == "embed" and self.engine.tool_call_parser not in (None, "auto", "none"):
             raise ValueError("engine.tool_call_parser: an embedding model (task: embed) has no tool calls")
         return self
+
+
+class RoutingSettings(StrictConfig):
+    """How each gateway picks the engine replica for a request (serve.gateway.router)."""
+
+    by: Literal["affinity", "connection"] = Field(
+        "affinity",
+        description="affinity: per request, the replica holding the longest prefix of the prompt, "
+        "then the adapter, then the least loaded; connection: the engine in the process the "
+        "client's connection reached (the kernel's SO_REUSEPORT spreading).",
+    )
+    max_imbalance: int = Field(
+        4,
+        ge=0,
+        description="Affinity never sends a request to a replica with more than this many requests "
+        "in flight above the least loaded one.",
+    )
+    block_chars: int = Field(
+        64, ge=8, le=4096, description="Prompt characters per block of the gateways' prefix index."
+    )
 
 
 class GatewaySettings(StrictConfig):
@@ -356,6 +396,9 @@ class GatewaySettings(StrictConfig):
         "default: SQLite in the Sekisho home. PostgreSQL for a team.",
     )
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request limits.")
+    routing: RoutingSettings = Field(
+        default_factory=RoutingSettings, description="How a request picks its engine replica."
+    )
     record_text: bool = Field(
         False, description="Store prompt and response text in the audit log (off: only their SHA-256)."
     )
@@ -384,7 +427,7 @@ class ServeAppConfig(StrictConfig):
     models: list[ModelSpec] = Field(min_length=1, description="Base models (each with adapters) to serve.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="Gateway settings.")
     follow_aliases_every_s: float = Field(
-        10.0,
+        5.0,
         ge=0.5,
         le=300,
         description="How often engines re-read the "

@@ -64,6 +64,10 @@ class VLLMEngine:
         if mlflow_uri:
             os.environ["SEKISHO_MLFLOW_URI"] = mlflow_uri
         self.app, self.served_name, self.engine_key = app, served_name, engine_key
+        self.lora_slots = engine.get("max_cpu_loras") or engine["max_loras"]
+        if engine.get("enable_prefix_caching") is None and engine.get("task", "generate") == "generate":
+            # The gateways route prompts to the replica that holds their prefix (serve.gateway.router).
+            engine = {**engine, "enable_prefix_caching": True}
         self.load_endpoint = bool(engine.get("autoscaling"))
         self.adapters = [ServedAdapter(**a) for a in adapters]
         for a in self.adapters:
@@ -78,7 +82,7 @@ class VLLMEngine:
         # Runtime LoRA loads are accepted only from here (serve.engine_guard).
         self.adapter_cache = Path(tempfile.mkdtemp(prefix="sekisho-adapters-"))
         env[ADAPTER_CACHE_ENV] = str(self.adapter_cache)
-        if any(a.ref for a in self.adapters):
+        if any(a.ref for a in self.adapters) or engine.get("adapter_catalog"):
             # Lets this replica load a new adapter version in place. Reachable only
             # with the engine key, which only the gateway holds, and only from the
             # adapter cache (serve.engine_guard); the gateway never forwards these routes.
@@ -86,17 +90,19 @@ class VLLMEngine:
         ctx = serve.get_replica_context()
         self._where = (ctx.app_name, ctx.deployment, ctx.replica_id.unique_id)
         self._deployment = ctx.deployment
-        self.routes_file = self.drained_file = None
+        self.routes_file = self.drained_file = self.state_file = None
         if gateway is not None:
             from serve.gateway.embedded import ENV
 
             self.routes_file = tempfile.mkstemp(prefix="sekisho-routes-", suffix=".json")[1]
             self._write_routes_file(include_self=True)
             self.drained_file = self.routes_file + ".drained"
+            self.state_file = self.routes_file + ".state"  # the gateway's routing state, published here
             env[ENV] = json.dumps(
                 {
                     **gateway,
                     "routes_file": self.routes_file,
+                    "state_file": self.state_file,
                     "local_url": self.url(),
                     "drained_file": self.drained_file,
                 }
@@ -128,7 +134,9 @@ class VLLMEngine:
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
         self.publish()
-        self.follower = AliasFollower(self, self.adapters, follow_interval_s, self.adapter_cache)
+        self.follower = AliasFollower(
+            self, self.adapters, follow_interval_s, self.adapter_cache, engine.get("adapter_catalog")
+        )
         self.follower.start()
         self._stop_tables = threading.Event()
         if self.routes_file:
@@ -156,7 +164,7 @@ class VLLMEngine:
     def routes(self) -> dict:
         """Served name -> what answers to it on this replica (internal name, version, hash)."""
         names = {self.served_name: {"internal": self.served_name}}
-        names.update({a.served: a.route() for a in self.adapters})
+        names.update({a.served: {**a.route(), "base": self.served_name} for a in self.adapters})
         return names
 
     def publish(self) -> None:
@@ -167,14 +175,17 @@ class VLLMEngine:
         where = self._where
         if where is None:  # leaving: a late health check must not put it back
             return
-        routing.publish(*where, self.url(), self.routes())
+        state = routing.read_state_file(self.state_file) if self.state_file else None
+        routing.publish(*where, self.url(), self.routes(), state=state, lora_slots=self.lora_slots)
         if self.routes_file:
             self._write_routes_file()
 
     def _refresh_routes_file(self) -> None:
+        """Every ROUTES_REFRESH_S: publish this replica's entry with its gateway's
+        routing state (load, prefixes, adapters), then hand the gateway the table."""
         while not self._stop_tables.wait(ROUTES_REFRESH_S):
             try:
-                self._write_routes_file()
+                self.publish()
             except Exception:  # the cluster may be going away; the next round retries
                 pass
 
@@ -314,6 +325,7 @@ class VLLMEngine:
             self._wait_until_idle(IDLE_WAIT_S, not_before=withdrawn_at + WITHDRAW_GRACE_S if where else 0.0)
         if getattr(self, "routes_file", None):
             Path(self.routes_file).unlink(missing_ok=True)
+            Path(self.routes_file + ".state").unlink(missing_ok=True)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -47,6 +47,7 @@ OWNED = {
     "enable_lora": "the model's adapters (models[].adapters)",
     "lora_modules": "the model's adapters (models[].adapters)",
     "max_loras": "engine.max_loras",
+    "max_cpu_loras": "engine.max_cpu_loras",
     "max_lora_rank": "engine.max_lora_rank",
     "uvicorn_log_level": "nothing: Sekisho keeps the engine's HTTP log quiet",
     "disable_uvicorn_access_log": "nothing: Sekisho keeps the engine's HTTP log quiet",

@@ -119,18 +119,47 @@ class BaseFollower:
         return True
 
 
-class AliasFollower:
-    """Polls the registry for each followed adapter; loads and switches on change."""
+def catalog_adapters(alias: str, base: str) -> dict[str, str]:
+    """Registered adapters trained on `base` (NAME/VERSION, their base_model_version
+    tag) with `alias` set: registered name -> the version the alias names."""
+    from mlflow import MlflowClient
 
-    def __init__(self, engine, adapters: list[ServedAdapter], interval_s: float, cache_dir: Path):
+    from experiments import use_store
+
+    use_store()
+    client = MlflowClient()
+    out = {}
+    for rm in client.search_registered_models(filter_string="tags.kind = 'adapter'"):
+        version = (rm.aliases or {}).get(alias)
+        if version is None:
+            continue
+        tags = client.get_model_version(rm.name, version).tags
+        if tags.get("base_model_version") == base:
+            out[rm.name] = str(version)
+    return out
+
+
+class AliasFollower:
+    """Polls the registry for each followed adapter; loads and switches on change.
+    With a catalog ({"alias", "base"}: the model's adapter_alias), also loads every
+    registered adapter on the base that the alias reaches, then follows it too."""
+
+    def __init__(
+        self,
+        engine,
+        adapters: list[ServedAdapter],
+        interval_s: float,
+        cache_dir: Path,
+        catalog: dict | None = None,
+    ):
         self.engine, self.adapters, self.interval_s = engine, adapters, interval_s
-        self.cache_dir = cache_dir
+        self.cache_dir, self.catalog = cache_dir, catalog
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sekisho-alias-follower", daemon=True)
 
     def start(self) -> None:
-        if any(a.ref and "@" in a.ref for a in self.adapters):
+        if self.catalog or any(a.ref and "@" in a.ref for a in self.adapters):
             self._thread.start()
 
     def stop(self) -> None:
@@ -146,7 +175,7 @@ class AliasFollower:
         from airlock import load
         from experiments import get_version
 
-        changed = False
+        changed = self._discover() if self.catalog else False
         for a in self.adapters:
             if not a.ref or "@" not in a.ref:
                 continue
@@ -171,3 +200,26 @@ class AliasFollower:
         if changed:
             self.engine.publish()
         return changed
+
+    def _discover(self) -> bool:
+        """Load the catalog's adapters this engine does not serve yet. Returns True if one was."""
+        from airlock import load
+
+        served = {a.served for a in self.adapters} | {self.engine.served_name}
+        found = False
+        for name, version in catalog_adapters(self.catalog["alias"], self.catalog["base"]).items():
+            if name in served:
+                continue
+            resolved = load(f"{name}/{version}", copy_to=self.cache_dir / f"{name}--v{version}")
+            adapter = ServedAdapter(
+                served=name,
+                ref=f"{name}@{self.catalog['alias']}",
+                version=version,
+                sha256=resolved.sha256,
+                path=str(resolved.path),
+            )
+            self.engine.load_adapter(adapter.internal, adapter.path)
+            adapter.loaded.append(adapter.internal)
+            self.adapters.append(adapter)
+            found = True
+        return found

@@ -36,12 +36,17 @@ DRAIN_S = 5.0
 log = logging.getLogger("sekisho.gateway")
 
 
-class LocalEngine:
-    """The vLLM server in this process: its URL (as the route table names it)
-    and its ASGI app."""
+# The routes that put work on the engine: their requests in flight are its load.
+WORK_PATHS = frozenset(("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
 
-    def __init__(self, url: str, app, engine_key: str):
-        self.url, self.app = url, app
+
+class LocalEngine:
+    """The vLLM server in this process: its URL (as the route table names it),
+    its ASGI app, and its load (`load()`: requests in flight at it, whichever
+    gateway sent them)."""
+
+    def __init__(self, url: str, app, engine_key: str, load=lambda: 0):
+        self.url, self.app, self.load = url, app, load
         self._headers = [
             (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {engine_key}".encode()),
@@ -92,11 +97,18 @@ class EmbeddedGateway:
 
     def __init__(self, app):
         self.app = app
+        self.inflight = 0  # requests at the engine's work routes: this gateway's and forwarded ones
         self.runner = None
         self.draining = False
         self.drained_file: str | None = None
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in WORK_PATHS:
+            self.inflight += 1
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.inflight -= 1
         if scope["type"] != "lifespan":
             return await self.app(scope, receive, send)
         root = scope.get("app")
@@ -145,10 +157,11 @@ class EmbeddedGateway:
                 "limits": RequestLimits(**opts["limits"]),
                 "routes_file": cfg["routes_file"],
                 "route_refresh_s": 1.0,
+                "state_file": cfg.get("state_file"),
             }
         )
         key = os.environ.get("VLLM_API_KEY", "")
-        local = LocalEngine(cfg["local_url"], root, key)
+        local = LocalEngine(cfg["local_url"], root, key, load=lambda: self.inflight)
         gateway = Gateway(options, {k: ModelRoute(**v) for k, v in cfg["routes"].items()}, key, local=local)
         app = gateway.app()
         app.on_response_prepare.append(self._close_when_draining)

@@ -1,9 +1,14 @@
-"""Forwarding a checked request to an engine replica: pick one, fail over to
-another while nothing of the answer has been relayed, and relay the answer.
+"""Forwarding a checked request to an engine replica: pick one (serve.gateway.router),
+fail over to another while nothing of the answer has been relayed, and relay the answer.
 
 The data path is one hop: client -> gateway -> the engine replica's vLLM
 server, over HTTP, or, for the engine in this very process (the embedded
 gateway), by calling vLLM's ASGI app as a function (serve.gateway.local_call).
+A request sent to another replica goes straight to that replica's vLLM server
+(pooled keep-alive connections) with the engine key, which only gateways hold:
+the receiving replica's own gateway never sees it, so it is audited and counted
+against the key's quota once, here. Its event stream is relayed as the bytes
+vLLM wrote (serve.gateway.relay).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from serve.gateway.errors import GatewayError
 from serve.gateway.local_call import call_local
 from serve.gateway.recorder import Recorder
 from serve.gateway.relay import SseRelay, buffered, error_response
+from serve.gateway.router import Choice, Router
 from serve.gateway.routing import Upstreams
 
 log = logging.getLogger("sekisho.gateway")
@@ -52,6 +58,7 @@ class Forwarder:
         refresh_routes: re-reads the route table (while no replica is named yet).
         engine_key: vLLM's API key on the engines.
         local: the vLLM server in this process (serve.gateway.embedded.LocalEngine), if any.
+        router: picks the replica per request.
     """
 
     def __init__(
@@ -61,8 +68,17 @@ class Forwarder:
         refresh_routes: Callable[[], Awaitable[None]],
         engine_key: str = "",
         local=None,
+        router: Router | None = None,
     ):
         self.upstreams, self.recorder, self.refresh_routes = upstreams, recorder, refresh_routes
+        if router is None:
+            from prometheus_client import CollectorRegistry
+
+            from serve.gateway.route_metrics import RouteMetrics
+            from serve.gateway.router import RoutingOptions
+
+            router = Router(upstreams, RoutingOptions(), RouteMetrics(CollectorRegistry()), local)
+        self.router = router
         self.engine_auth = f"Bearer {engine_key}"
         self.local = local
         self.session: ClientSession | None = None
@@ -83,16 +99,17 @@ class Forwarder:
         self._ask_for_usage(ctx)
         self.recorder.open(ctx)
         await self.recorder.admit(ctx)  # fail closed: no answer starts unrecorded (raises a 503)
-        prefer = self.local.url if self.local is not None else None
+        hashes = self.router.hashes(ctx)
         deadline = time.monotonic() + NO_REPLICA_WAIT_S
         unreachable: list[str] = []
         while True:
-            replica = await self._replica_for(ctx.route.deployment, prefer, frozenset(unreachable), deadline)
-            if replica is None:
+            choice = await self._replica_for(ctx, hashes, frozenset(unreachable), deadline)
+            if choice is None:
                 err = self._no_replica(ctx, bool(unreachable))
                 await self.recorder.finish(ctx, err.status, error=err.code)
                 return error_response(err, ctx.request_id)
-            url = replica["url"]
+            replica, url = choice.entry, choice.entry["url"]
+            self.router.routed(ctx, choice, hashes)
             sent = self._for_replica(ctx, replica.get("names", {}).get(ctx.model, {}))
             self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
             try:
@@ -146,17 +163,17 @@ class Forwarder:
         return sent
 
     async def _replica_for(
-        self, deployment: str, prefer: str | None, exclude: frozenset[str], deadline: float
-    ) -> dict | None:
-        """A live replica of `deployment`, waiting until `deadline` for the route
-        table to name one (just deployed, or a replica is being replaced)."""
-        replica = self.upstreams.pick(deployment, prefer, exclude)
-        while replica is None and time.monotonic() < deadline:
+        self, ctx: RequestContext, hashes: list[int], exclude: frozenset[str], deadline: float
+    ) -> Choice | None:
+        """The replica for `ctx`, waiting until `deadline` for the route table to
+        name a live one (just deployed, or a replica is being replaced)."""
+        choice = self.router.choose(ctx, hashes, exclude)
+        while choice is None and time.monotonic() < deadline:
             await self.refresh_routes()
-            replica = self.upstreams.pick(deployment, prefer, exclude)
-            if replica is None:
+            choice = self.router.choose(ctx, hashes, exclude)
+            if choice is None:
                 await asyncio.sleep(0.25)
-        return replica
+        return choice
 
     async def _exchange(self, ctx: RequestContext, url: str, body: bytes) -> web.StreamResponse:
         """Send `body` to the replica at `url` and relay its answer.

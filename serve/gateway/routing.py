@@ -1,7 +1,8 @@
 """Where the engines are. Each engine replica publishes its URL in Ray's
 internal KV store (serve.ray_state) and refreshes it on every Serve health
-check; the gateway reads the table every couple of seconds and sends each
-request to the live replica with the fewest requests in flight."""
+check, and every second with its gateway's routing state (load, the prompt
+prefixes and adapters it routed, serve.gateway.router); each gateway reads the
+table every second or two and picks a replica per request (serve.gateway.router)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,26 @@ from serve import ray_state
 STALE_AFTER_S = 45.0
 
 
-def publish(app: str, deployment: str, replica: str, url: str, names: dict | None = None) -> None:
+def publish(
+    app: str,
+    deployment: str,
+    replica: str,
+    url: str,
+    names: dict | None = None,
+    state: dict | None = None,
+    lora_slots: int | None = None,
+) -> None:
     """Called by an engine replica (at start, at each health check, after an alias
-    moved). `names`: served model name -> {"internal", "version", "sha256"}."""
-    ray_state.publish_engine(app, deployment, replica, {"url": url, "ts": time.time(), "names": names or {}})
+    moved, every second with its gateway's state). `names`: served model name ->
+    {"internal", "version", "sha256"}; `state`: what its embedded gateway's router
+    publishes (serve.gateway.router.Router.state); `lora_slots`: adapters its engine
+    keeps loaded at once."""
+    entry = {"url": url, "ts": time.time(), "names": names or {}}
+    if state is not None:
+        entry["state"] = state
+    if lora_slots is not None:
+        entry["lora_slots"] = lora_slots
+    ray_state.publish_engine(app, deployment, replica, entry)
 
 
 def withdraw(app: str, deployment: str, replica: str) -> None:
@@ -67,18 +84,23 @@ class Upstreams:
     def update(self, table: dict[str, list[dict]]) -> None:
         self.table = table
 
+    def live(self, deployment: str, exclude: frozenset[str] = frozenset()) -> list[dict]:
+        """The entries of `deployment`'s replicas not marked down, none in `exclude`
+        (those a request already failed to reach), in the table's order."""
+        now = time.monotonic()
+        return [
+            e
+            for e in self.table.get(deployment, [])
+            if self.down_until.get(e["url"], 0) <= now and e["url"] not in exclude
+        ]
+
     def pick(
         self, deployment: str, prefer: str | None = None, exclude: frozenset[str] = frozenset()
     ) -> dict | None:
         """The live replica of `deployment` at `prefer` (the engine in the caller's own
         process), else the one with the fewest requests in flight; never one in
-        `exclude` (those this request already failed to reach)."""
-        now = time.monotonic()
-        live = [
-            e
-            for e in self.table.get(deployment, [])
-            if self.down_until.get(e["url"], 0) <= now and e["url"] not in exclude
-        ]
+        `exclude`."""
+        live = self.live(deployment, exclude)
         if not live:
             return None
         for e in live:
@@ -88,3 +110,16 @@ class Upstreams:
 
     def mark_down(self, url: str, seconds: float = 5.0) -> None:
         self.down_until[url] = time.monotonic() + seconds
+
+
+def write_state_file(path: str, state: dict) -> None:
+    """An embedded gateway's routing state, for its engine replica to publish."""
+    write_table_file(path, state)
+
+
+def read_state_file(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None

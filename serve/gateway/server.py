@@ -12,6 +12,7 @@ is a buffer split and a socket write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -33,7 +34,9 @@ from serve.gateway.ledger import Ledger, LedgerError
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.recorder import Recorder
 from serve.gateway.relay import error_response
-from serve.gateway.routing import Upstreams, read_table, read_table_file
+from serve.gateway.route_metrics import RouteMetrics
+from serve.gateway.router import Router, RoutingOptions
+from serve.gateway.routing import Upstreams, read_table, read_table_file, write_state_file
 
 log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
@@ -57,6 +60,12 @@ class GatewayOptions:
     # Embedded gateways read the route table from a file their engine replica
     # keeps current (they have no Ray connection); else from Ray's internal KV.
     routes_file: str | None = None
+    # How each request picks its replica (serve.gateway.router; the config's gateway.routing).
+    routing: dict | None = None
+    # Embedded: where this gateway's routing state goes every state_every_s, for
+    # its engine replica to publish beside its route entry.
+    state_file: str | None = None
+    state_every_s: float = 1.0
 
 
 class Gateway:
@@ -77,7 +86,12 @@ class Gateway:
         self.metrics = GatewayMetrics(known_models=routes)
         self.upstreams = Upstreams()
         self.recorder = Recorder(self.ledger, self.metrics, opts.record_text)
-        self.forwarder = Forwarder(self.upstreams, self.recorder, self.refresh_routes, engine_key, local)
+        self.router = Router(
+            self.upstreams, RoutingOptions(**(opts.routing or {})), RouteMetrics(self.metrics.registry), local
+        )
+        self.forwarder = Forwarder(
+            self.upstreams, self.recorder, self.refresh_routes, engine_key, local, self.router
+        )
         self.key_cache: dict[str, ApiKey] = {}
         self._keys_loaded_at = 0.0
         self._miss_lock = asyncio.Lock()
@@ -124,6 +138,8 @@ class Gateway:
             asyncio.create_task(self._every(self.opts.key_refresh_s, self.refresh_keys)),
             asyncio.create_task(self._every(self.opts.route_refresh_s, self.refresh_routes)),
         ]
+        if self.opts.state_file:
+            self._tasks.append(asyncio.create_task(self._every(self.opts.state_every_s, self.write_state)))
 
     async def _cleanup(self, _app) -> None:
         for t in self._tasks:
@@ -152,6 +168,27 @@ class Gateway:
             self.upstreams.update(read_table_file(self.opts.routes_file))
         else:
             self.upstreams.update(await self._db(read_table, self.opts.app))
+        self.router.merge(self.upstreams.table)
+
+    async def write_state(self) -> None:
+        """Hand this gateway's routing state to its engine replica (which publishes it)."""
+        write_state_file(self.opts.state_file, self.router.state())
+
+    def route_of(self, model: str) -> ModelRoute | None:
+        """The route of a served model name: from the app config, or an adapter an
+        engine loaded since (serve.follow's adapter catalog), as its replicas publish it."""
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        for entries in self.upstreams.table.values():
+            for e in entries:
+                served = e.get("names", {}).get(model)
+                base = self.routes.get(served.get("base", "")) if served else None
+                if base is not None:
+                    return dataclasses.replace(
+                        base, version=served.get("version") or "", sha256=served.get("sha256") or ""
+                    )
+        return None
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -209,8 +246,9 @@ class Gateway:
             answer = await self.recorder.reject(ctx, err) or err
             return error_response(answer, ctx.request_id)
         data = []
-        for name, r in self.routes.items():
-            if not key.allows(name):
+        for name in self._served_names():
+            r = self.route_of(name)
+            if r is None or not key.allows(name):
                 continue
             replica = self.upstreams.pick(r.deployment, self.local.url if self.local else None) or {}
             live = replica.get("names", {}).get(name, {})
@@ -227,6 +265,14 @@ class Gateway:
                 }
             )
         return web.json_response({"object": "list", "data": data})
+
+    def _served_names(self) -> list[str]:
+        """The app config's model names, then adapters the engines loaded since."""
+        names = dict.fromkeys(self.routes)
+        for entries in self.upstreams.table.values():
+            for e in entries:
+                names.update(dict.fromkeys(n for n, s in e.get("names", {}).items() if s.get("base")))
+        return list(names)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         ctx = RequestContext.arrive(request)
@@ -265,7 +311,7 @@ class Gateway:
         await self._admit(ctx.key)
         model = ctx.payload.get("model")
         ctx.model = model if isinstance(model, str) else None
-        ctx.route = self.routes.get(ctx.model) if ctx.model is not None else None
+        ctx.route = self.route_of(ctx.model) if ctx.model is not None else None
         if ctx.route is None or not ctx.key.allows(model):
             raise model_not_found(model)
         wanted = "embed" if ctx.path == "/v1/embeddings" else "generate"

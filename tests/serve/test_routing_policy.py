@@ -1,0 +1,118 @@
+"""The router's choice, without engines: the prefix index (chained block
+hashes, LRU-aged, published and merged between gateways), adapter affinity,
+and the bound on imbalance that keeps affinity from piling work on one replica."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry
+
+from serve.gateway.context import ModelRoute
+from serve.gateway.prefix_index import AdapterIndex, PrefixIndex, block_hashes, prompt_text
+from serve.gateway.route_metrics import RouteMetrics
+from serve.gateway.router import Router, RoutingOptions
+from serve.gateway.routing import Upstreams
+
+DEP = "engine-base"
+A, B = "http://10.0.0.1:9000", "http://10.0.0.2:9000"
+ROUTE = ModelRoute(deployment=DEP, version="base/1", sha256="0" * 64, context_len=4096, base="base")
+CONTEXT = "第七倉庫の記録です。" * 40  # a long shared document
+
+
+def _ctx(text: str, model: str = "base"):
+    route = ROUTE if model == "base" else ModelRoute(**{**ROUTE.__dict__, "base": "base"})
+    payload = {
+        "model": model,
+        "messages": [{"role": "system", "content": CONTEXT}, {"role": "user", "content": text}],
+    }
+    return SimpleNamespace(path="/v1/chat/completions", model=model, route=route, payload=payload)
+
+
+def _router(local_load=None, **options) -> tuple[Router, Upstreams]:
+    upstreams = Upstreams()
+    upstreams.update(
+        {DEP: [{"url": A, "ts": time.time(), "names": {}}, {"url": B, "ts": time.time(), "names": {}}]}
+    )
+    local = SimpleNamespace(url=A, load=local_load) if local_load else None
+    return Router(upstreams, RoutingOptions(**options), RouteMetrics(CollectorRegistry()), local), upstreams
+
+
+def test_block_hashes_chain_so_a_shared_prefix_shares_leading_hashes():
+    one = block_hashes("base", prompt_text(_ctx("q1").payload))
+    two = block_hashes("base", prompt_text(_ctx("another question entirely").payload))
+    shared = len(prompt_text(_ctx("").payload)) // 64
+    assert one[:shared] == two[:shared] and len(one) >= shared
+    assert block_hashes("adapter", prompt_text(_ctx("q1").payload))[0] != one[0]  # per model
+    assert block_hashes("base", "x" * 63) == []  # only whole blocks
+
+
+def test_the_index_is_lru_aged_and_merges_what_peers_published():
+    index = PrefixIndex(keep=4)
+    index.record(A, [1, 2, 3])
+    index.record(A, [9, 8, 7])
+    assert index.matched(A, [1, 2, 3]) == 1 and index.matched(A, [9, 8, 7]) == 3  # 2, 3 aged out
+    other = PrefixIndex()
+    other.merge("peer", index.export())
+    assert other.matched(A, [9, 8, 7, 6]) == 3 and other.matched(B, [9]) == 0
+    other.forget({B}, set())
+    assert other.matched(A, [9, 8, 7]) == 0
+    adapters = AdapterIndex()
+    for name in ("a", "b", "c"):
+        adapters.record(B, name, slots=2)
+    assert adapters.held(B) == {"b", "c"}
+
+
+def test_a_repeated_prefix_goes_where_it_went_before_and_new_ones_spread_by_load():
+    router, upstreams = _router()
+    first = _ctx("q1")
+    choice = router.choose(first, router.hashes(first))
+    assert choice.entry["url"] == A and choice.reason == "load"  # equals: the table's order
+    router.routed(first, choice, router.hashes(first))
+    upstreams.inflight[A] = 2  # busy, but within max_imbalance
+    again = _ctx("a different question after the same document")
+    choice = router.choose(again, router.hashes(again))
+    assert (choice.entry["url"], choice.reason) == (A, "prefix") and choice.matched > 5
+    upstreams.inflight[A] = 5  # past the bound: load wins over affinity
+    assert router.choose(again, router.hashes(again)).entry["url"] == B
+
+
+def test_an_adapter_goes_to_a_replica_holding_it():
+    router, _ = _router()
+    ctx = SimpleNamespace(
+        path="/v1/completions",
+        model="ja",
+        route=ModelRoute(**{**ROUTE.__dict__}),
+        payload={"model": "ja", "prompt": "short"},
+    )
+    router.adapters.record(B, "ja", slots=4)
+    choice = router.choose(ctx, router.hashes(ctx))
+    assert (choice.entry["url"], choice.reason) == (B, "adapter")
+
+
+def test_the_local_engine_wins_ties_and_connection_mode_keeps_it():
+    load = {"n": 0}
+    router, upstreams = _router(local_load=lambda: load["n"])
+    upstreams.table[DEP].reverse()  # the local engine is not first in the table
+    ctx = _ctx("q")
+    assert router.choose(ctx, []).entry["url"] == A
+    load["n"] = 3
+    assert router.choose(ctx, []).entry["url"] == B
+    router.options = RoutingOptions(by="connection")
+    assert router.choose(ctx, []).reason == "local"
+
+
+def test_published_state_round_trips_between_two_gateways():
+    one, _ = _router(local_load=lambda: 1)
+    ctx = _ctx("q1")
+    choice = one.choose(ctx, one.hashes(ctx))
+    one.routed(ctx, choice, one.hashes(ctx))
+    two, upstreams = _router()
+    upstreams.table[DEP][0]["state"] = one.state()
+    two.merge(upstreams.table)
+    again = _ctx("q2")
+    hashes = two.hashes(again)
+    went = choice.entry["url"]
+    upstreams.inflight[went] = 3  # the other idle, this one within the bound
+    assert two.choose(again, hashes).entry["url"] == went
