@@ -8,6 +8,10 @@ is saved as safetensors with the base's tokenizer and chat template, stored with
 record whose source says it is a merge (`airlock.register_trained(source=...)`)
 and registered as a new version of the base model's name, with its lineage: the
 adapter version, the base version and the adapter's dataset.
+
+The merge runs in this process on the CPU, in the base's dtype: the whole base is
+held in host memory once (about 2 bytes a parameter in bf16: 16 GB for an 8B
+model), which a GPU node's host memory holds for any model it trains.
 """
 
 from __future__ import annotations
