@@ -54,12 +54,13 @@ def cmd_serve_status(args) -> int:
     """Show each app's models, the version each serves, replicas and health."""
     from ray import serve
 
+    from serve.gateway.routing import replica_views
     from serve.ray_state import app_routes, app_sizing
 
     _connect(args)
     for app_name, app in serve.status().applications.items():
         print(f"{app_name}: {app.status}")
-        routes, sizing = app_routes(app_name), app_sizing(app_name)
+        routes, sizing, views = app_routes(app_name), app_sizing(app_name), replica_views(app_name)
         for dep_name, dep in app.deployments.items():
             replicas = ", ".join(f"{n} {state}" for state, n in dep.replica_states.items())
             print(
@@ -68,6 +69,11 @@ def cmd_serve_status(args) -> int:
             for model, r in routes.items():
                 if r["deployment"] == dep_name:
                     print(f"    {model:22} {r['version']}  sha256 {r['sha256'][:16]}…")
+            for v in views.get(dep_name, []):  # routing state per replica (serve.gateway.router)
+                print(
+                    f"    replica {v['replica']}  load {v['load']:g}  adapters {v['adapters']}/"
+                    f"{v['lora_slots'] or '-'}  prefix hits {v['prefix_hits']}  forwarded in {v['forwarded_in']}"
+                )
     return 0
 
 

@@ -35,9 +35,10 @@ from serve.gateway.local_call import call_local
 from serve.gateway.recorder import Recorder
 from serve.gateway.relay import SseRelay, buffered, error_response
 from serve.gateway.router import Choice, Router
-from serve.gateway.routing import Upstreams
+from serve.gateway.routing import Upstreams, replica_id
 
 log = logging.getLogger("sekisho.gateway")
+ANSWERED_BY = "sekisho_replica"  # the request's key for the replica it went to (X-Sekisho-Replica)
 NO_REPLICA_WAIT_S = 5.0
 # An engine that went away mid-answer (its answer had started, so no failover).
 REPLICA_LOST = GatewayError(
@@ -110,6 +111,7 @@ class Forwarder:
                 return error_response(err, ctx.request_id)
             replica, url = choice.entry, choice.entry["url"]
             self.router.routed(ctx, choice, hashes)
+            ctx.request[ANSWERED_BY] = replica_id(url)
             sent = self._for_replica(ctx, replica.get("names", {}).get(ctx.model, {}))
             self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
             try:

@@ -56,11 +56,11 @@ def block_hashes(model: str, text: str, block_chars: int = BLOCK_CHARS) -> list[
     return out
 
 
-def _pack(hashes) -> str:
+def pack_blocks(hashes) -> str:
     return base64.b64encode(array("Q", hashes).tobytes()).decode()
 
 
-def _unpack(packed: str) -> frozenset[int]:
+def unpack_blocks(packed: str) -> frozenset[int]:
     a = array("Q")
     a.frombytes(base64.b64decode(packed))
     return frozenset(a)
@@ -99,7 +99,7 @@ class PrefixIndex:
         out = {}
         for url, blocks in self.own.items():
             newest = list(reversed(blocks))[:limit] if len(blocks) > limit else list(blocks)
-            out[url] = _pack(newest)
+            out[url] = pack_blocks(newest)
         return out
 
     def merge(self, peer: str, exported: dict[str, str]) -> None:
@@ -107,7 +107,7 @@ class PrefixIndex:
         if self._seen.get(peer) == exported:
             return
         self._seen[peer] = exported
-        self.peers[peer] = {url: _unpack(packed) for url, packed in exported.items()}
+        self.peers[peer] = {url: unpack_blocks(packed) for url, packed in exported.items()}
 
     def forget(self, live_urls: set[str], live_peers: set[str]) -> None:
         """Drop replicas and peers that have left."""

@@ -37,6 +37,13 @@ def publish(
     ray_state.publish_engine(app, deployment, replica, entry)
 
 
+def replica_id(url: str) -> str:
+    """A replica's name in answers (X-Sekisho-Replica) and operators' views: opaque, stable per URL."""
+    import hashlib
+
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
 def withdraw(app: str, deployment: str, replica: str) -> None:
     ray_state.withdraw_engine(app, deployment, replica)
 
@@ -123,3 +130,29 @@ def read_state_file(path: str) -> dict | None:
             return json.load(f)
     except (FileNotFoundError, ValueError):
         return None
+
+
+def replica_views(app: str) -> dict[str, list[dict]]:
+    """deployment -> per live replica, what `sekisho serve status` shows of its
+    routing: id, load, adapters held and prefix hits and forwards as every
+    gateway of the app counted them (from the states they published)."""
+    table = read_table(app)
+    states = [e["state"] for entries in table.values() for e in entries if e.get("state")]
+    views: dict[str, list[dict]] = {}
+    for deployment, entries in table.items():
+        for e in entries:
+            url = e["url"]
+            adapters = set()
+            for s in states:
+                adapters.update((s.get("adapters") or {}).get(url, ()))
+            views.setdefault(deployment, []).append(
+                {
+                    "replica": replica_id(url),
+                    "load": (e.get("state") or {}).get("load", 0),
+                    "adapters": len(adapters),
+                    "lora_slots": e.get("lora_slots"),
+                    "prefix_hits": sum((s.get("prefix_hits") or {}).get(url, 0) for s in states),
+                    "forwarded_in": sum((s.get("forwards") or {}).get(url, 0) for s in states),
+                }
+            )
+    return views

@@ -28,7 +28,7 @@ from serve.gateway import limits as request_limits
 from serve.gateway import request_body
 from serve.gateway.context import ModelRoute, RequestContext
 from serve.gateway.errors import GatewayError, model_not_found
-from serve.gateway.forward import Forwarder
+from serve.gateway.forward import ANSWERED_BY, Forwarder
 from serve.gateway.keys import ApiKey, KeyStore, secret_hash
 from serve.gateway.ledger import Ledger, LedgerError
 from serve.gateway.metrics import GatewayMetrics
@@ -36,7 +36,7 @@ from serve.gateway.recorder import Recorder
 from serve.gateway.relay import error_response
 from serve.gateway.route_metrics import RouteMetrics
 from serve.gateway.router import Router, RoutingOptions
-from serve.gateway.routing import Upstreams, read_table, read_table_file, write_state_file
+from serve.gateway.routing import Upstreams, read_table, read_table_file, replica_id, write_state_file
 
 log = logging.getLogger("sekisho.gateway")
 MISS_REFRESH_S = 0.5
@@ -108,6 +108,7 @@ class Gateway:
         app.router.add_get("/v1/models", self.list_models)
         for route in FORWARDED_ROUTES:
             app.router.add_post(route, self.forward)
+        app.on_response_prepare.append(self._name_replicas)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -129,6 +130,15 @@ class Gateway:
         ctx = RequestContext.arrive(request)
         answer = await self.recorder.reject(ctx, err) or err
         return error_response(answer, ctx.request_id)
+
+    async def _name_replicas(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Say which engine replica answered (X-Sekisho-Replica) and, embedded, which
+        process took the connection (X-Sekisho-Gateway), as opaque ids."""
+        answered_by = request.get(ANSWERED_BY)
+        if answered_by:
+            response.headers["X-Sekisho-Replica"] = answered_by
+        if self.local is not None:
+            response.headers["X-Sekisho-Gateway"] = replica_id(self.local.url)
 
     async def _startup(self, _app) -> None:
         await self.forwarder.start()
