@@ -173,3 +173,81 @@ def _delete_app(name: str) -> None:
     if name in serve.status().applications:
         serve.delete(name)
     forget_app_routes(name)
+
+
+def pii_types_in(text: str) -> list[str]:
+    """The PII types data/'s masking finds in `text` (the evaluation's PII leak probe)."""
+    from collections import Counter
+
+    from data.pii import mask_pii
+
+    counts: Counter = Counter()
+    mask_pii(text, counts=counts)
+    return sorted(counts)
+
+
+def eval_configs(folder: str | Path) -> dict:
+    """Eval set name -> (config, YAML text) for every eval config in `folder`."""
+    from experiments.evaluation import EvalConfig
+
+    out = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        cfg = EvalConfig.from_yaml(path)
+        out[cfg.name] = (cfg, path.read_text(encoding="utf-8"))
+    return out
+
+
+def evaluate_version(
+    cfg,
+    config_text: str,
+    ref: str,
+    home: Path,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    served_as: str | None = None,
+    address: str | None = None,
+    judge_url: str | None = None,
+    judge_key: str | None = None,
+    log=print,
+):
+    """Evaluate `ref` on `cfg` through `base_url` (with `api_key`), or, without one,
+    serve it for the evaluation (`serve_for_eval`: a temporary app and an `eval-` key
+    of its own, both removed after). Returns the `EvalResult`."""
+    from experiments.evaluation import run_eval
+
+    kw = dict(
+        config_text=config_text,
+        judge_url=judge_url,
+        judge_key=judge_key,
+        home=home,
+        pii_detector=pii_types_in,
+    )
+    if base_url:
+        return run_eval(cfg, ref, base_url, api_key, served_as=served_as, **kw)
+    with serve_for_eval(ref, home, served_as, address) as tmp:
+        base = f" on {tmp.base_version}" if tmp.base_version else ""
+        log(
+            f"serving {tmp.version}{base} as {tmp.served_as!r} at {tmp.base_url} "
+            f"(temporary app {tmp.app_name}, key {tmp.key_name})"
+        )
+        r = run_eval(cfg, tmp.version, tmp.base_url, tmp.api_key, served_as=tmp.served_as, **kw)
+    log(f"stopped {tmp.app_name} and revoked key {tmp.key_name}")
+    return r
+
+
+def print_result(r, log=print) -> None:
+    """The evaluation's summary lines: the run, every overall metric, and the judge's
+    unparseable verdicts (shown whenever there was a judge, zero included)."""
+    log(f"evaluated {r.model_version} (served as {r.served_as}) on {r.eval_set}: run {r.run_id}")
+    for k, v in sorted(r.metrics.items()):
+        if not k.startswith(("category.", "safety.", "suite.", "judge.")) or k.count(".") == 1:
+            log(f"  {k:28} {v:.4f}")
+    for k, v in sorted(r.metrics.items()):
+        if k.startswith(("suite.", "safety.")) and k.count(".") == 2:
+            log(f"  {k:40} {v:.4f}")
+    if r.judge:
+        m = r.metrics
+        log(
+            f"judge {r.judge['model']} (version {r.judge['version']}): {int(m.get('judge.verdicts', 0))} verdicts, "
+            f"{int(m.get('judge.unparseable', 0))} unparseable (kept in eval/judge.json, left out of the rates)"
+        )

@@ -5,6 +5,7 @@ segmentation, plus latency percentiles. Scores are in [0, 1]."""
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -129,3 +130,59 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(s) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def char_f1(prediction: str, reference: str) -> float:
+    """llm-jp-eval's `char_f1`: fuzzywuzzy's token_sort_ratio / 100, which on text
+    without spaces is 2·LCS / (|prediction| + |reference|) over characters, i.e. the
+    F1 of LCS precision and recall. Tokens split on whitespace are sorted first, as
+    token_sort_ratio does; NFKC applied.
+
+    Returns:
+        The score in [0, 1]; 1.0 for two empty strings.
+    """
+    hyp = " ".join(sorted(normalize(prediction).split()))
+    ref = " ".join(sorted(normalize(reference).split()))
+    if not hyp and not ref:
+        return 1.0
+    return 2 * _lcs_length(hyp, ref) / (len(hyp) + len(ref))
+
+
+def set_f1(prediction: str, reference: str) -> float:
+    """llm-jp-eval's `set_f1`: F1 of the sets of non-empty lines (each NFKC, stripped)."""
+    hyp = {x for x in (normalize(s) for s in normalize(prediction).split("\n")) if x}
+    ref = {x for x in (normalize(s) for s in normalize(reference).split("\n")) if x}
+    if not hyp or not ref:
+        return float(hyp == ref)
+    tp = len(hyp & ref)
+    if tp == 0:
+        return 0.0
+    p, r = tp / len(hyp), tp / len(ref)
+    return 2 * p * r / (p + r)
+
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    """The last number in `text` (NFKC, thousands separators allowed), or None."""
+    found = _NUMBER.findall(normalize(text))
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def mathematical_equivalence(prediction: str, reference: str) -> float:
+    """1.0 when the last number of the answer equals the reference's number (math
+    tasks: the working may precede the result), else 0.0."""
+    want, got = last_number(reference), last_number(prediction)
+    return float(want is not None and got is not None and abs(want - got) < 1e-9)
+
+
+def chosen_label(answer: str, choices: dict[str, str]) -> str | None:
+    """The choice an answer picks: a label standing alone at its start ("c", "c.",
+    "(c)", "ｃ：…"), else the one choice whose whole text the answer contains, else None."""
+    text = normalize(answer).casefold()
+    m = re.match(r"^[\s(（\[]*([a-z])(?![a-z])", text)
+    if m and m.group(1) in choices:
+        return m.group(1)
+    found = [k for k, v in choices.items() if normalize(v).casefold() and normalize(v).casefold() in text]
+    return found[0] if len(found) == 1 else None

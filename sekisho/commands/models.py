@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sekisho.cli_common import add_command, command_group
 from sekisho.cli_common import home_from_args as _home
 
@@ -64,21 +62,13 @@ def cmd_models_show(args) -> int:
 
 
 def cmd_models_promote(args) -> int:
-    """Point an alias at a version through the promotion gate (an evaluation run of
-    that version meeting the thresholds in configs/eval/), or with --force --reason."""
-    from experiments import promote
-    from experiments.evaluation import load_gates
+    """Point an alias at a version through the promotion gate (evaluations of that
+    version meeting the thresholds in configs/eval/, absolute or against the version
+    the alias points at now; missing ones are run first and the side-by-side table
+    is shown), or with --force --reason."""
+    from sekisho.commands.eval import promote_through_gate
 
-    _home(args)
-    gates = load_gates(args.gates) if Path(args.gates).is_dir() else []
-    p = promote(args.name, args.version, args.alias, force=args.force, reason=args.reason, gates=gates)
-    how = (
-        f"forced: {p.reason}"
-        if p.forced
-        else (f"gate passed by eval run {', '.join(p.eval_runs)}" if p.eval_runs else "alias not gated")
-    )
-    print(f"{p.name}@{p.alias} -> version {p.version} (was {p.previous or 'unset'}; {how})")
-    return 0
+    return promote_through_gate(args)
 
 
 def cmd_models_rollback(args) -> int:
@@ -159,6 +149,9 @@ def register(groups) -> None:
     c.add_argument(
         "--gates", default="configs/eval", help="folder of eval configs whose `gate:` sections apply"
     )
+    from sekisho.commands.eval import add_promote_arguments
+
+    add_promote_arguments(c)
     c = add_command(models, "rollback", cmd_models_rollback)
     c.add_argument("name", help="registered model name")
     c.add_argument("--alias", default="production", help="alias to move back (default production)")
