@@ -6,11 +6,13 @@ metal. Pods use the host network: NCCL_SOCKET_IFNAME names host interfaces and
 the dashboard binds to the head's internal address. The Ray token comes from a
 Secret through KubeRay's `authOptions`; no manifest holds it.
 
-The egress hook (see `cluster.node_env`) is not rendered: its folder inside the
-image depends on how the image was built, which the renderer cannot know. The
-README written beside the manifests tells the image builder to put it on
-PYTHONPATH; it matters most here, since on Kubernetes the Ray dashboard asks the
-cloud metadata servers which cloud it runs on, whatever the usage-stats switch.
+The image is built from Sekisho's Dockerfile (the repository root): it installs
+the offline bundle with no network and puts the egress hook (see
+`cluster.node_env`) first on PYTHONPATH, which the renderer cannot do since the
+hook's folder depends on the image; it matters most here, since on Kubernetes the
+Ray dashboard asks the cloud metadata servers which cloud it runs on, whatever the
+usage-stats switch. The manifests name the Dockerfile in an annotation, and the
+README written beside them gives the build command.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from cluster.inventory import NODE_LABEL_KEY, Inventory, KubernetesSettings, Nod
 from cluster.node_env import node_env
 from foundation import UserError
 
+IMAGE_BUILD = "Dockerfile"  # in Sekisho's repository root
+IMAGE_ANNOTATION = "sekisho/image-build"
+
 
 def _settings(inventory: Inventory) -> KubernetesSettings:
     if inventory.kubernetes is None:
@@ -38,11 +43,11 @@ def _settings(inventory: Inventory) -> KubernetesSettings:
 
 def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str, Any]:
     env = [{"name": k, "value": v} for k, v in node_env(inventory, node, None).items()]
-    health = f"wget -T 2 -q -O- http://{node.address}:52365/api/local_raylet_healthz"
+    urls = [f"http://{node.address}:52365/api/local_raylet_healthz"]
     if node.role == "head":
-        health += f" && wget -T 2 -q -O- http://{node.address}:{inventory.ray.dashboard_port}/api/gcs_healthz"
+        urls.append(f"http://{node.address}:{inventory.ray.dashboard_port}/api/gcs_healthz")
     probe = {
-        "exec": {"command": ["bash", "-c", health]},
+        "exec": {"command": health_command(urls)},
         "initialDelaySeconds": 30,
         "periodSeconds": 10,
         "timeoutSeconds": 5,
@@ -70,6 +75,13 @@ def _pod(inventory: Inventory, node: Node, k8s: KubernetesSettings) -> dict[str,
             "volumes": _volumes(inventory),
         }
     }
+
+
+def health_command(urls: list[str]) -> list[str]:
+    """A probe that fails unless every URL answers 2xx within 2 s, with nothing but
+    the image's Python (the Dockerfile's slim base has no wget or curl)."""
+    code = "import sys, urllib.request as u\nfor url in sys.argv[1:]:\n    u.urlopen(url, timeout=2).close()"
+    return ["python3", "-c", code, *urls]
 
 
 def _mounts(inventory: Inventory) -> list[dict[str, Any]]:
@@ -135,7 +147,11 @@ def render_kuberay(inventory: Inventory) -> dict[str, dict[str, Any]]:
         UserError: the inventory has no `kubernetes:` section.
     """
     k8s = _settings(inventory)
-    meta = {"namespace": k8s.namespace, "labels": {"app.kubernetes.io/part-of": "sekisho"}}
+    meta = {
+        "namespace": k8s.namespace,
+        "labels": {"app.kubernetes.io/part-of": "sekisho"},
+        "annotations": {IMAGE_ANNOTATION: f"{k8s.image} from Sekisho's {IMAGE_BUILD} and an offline bundle"},
+    }
     spec = raycluster_spec(inventory)
     serve_config = yaml.safe_dump(
         {"http_options": {"host": "0.0.0.0", "port": 8000}, "applications": []}, sort_keys=False
@@ -176,10 +192,13 @@ def write_kuberay(inventory: Inventory, out_dir: Path) -> list[Path]:
         f"  kubectl -n {k8s.namespace} create secret generic {k8s.auth_secret} "
         f"--from-file=auth_token={inventory.ray.auth_token_file}\n"
         f"Then: kubectl apply -f {out_dir / 'raycluster.yaml'}  (or rayservice.yaml).\n"
-        f"The image must put Sekisho's cluster/egress_hook folder first on PYTHONPATH\n"
-        f"  (e.g. ENV PYTHONPATH=<site-packages>/cluster/egress_hook): it stops the Ray\n"
-        f"  dashboard asking cloud metadata servers (169.254.169.254,\n"
-        f"  metadata.google.internal) where it runs; the renderer cannot know the path.\n"
+        f"The image {k8s.image}: build it from Sekisho's {IMAGE_BUILD} (repository root)\n"
+        f"  and an offline bundle (`sekisho bundle build --gpu --out BUNDLE`), with no network:\n"
+        f"  docker build --network=none -f {IMAGE_BUILD} -t {k8s.image} BUNDLE\n"
+        f"  docker push {k8s.image}\n"
+        f"  It puts Sekisho's cluster/egress_hook folder first on PYTHONPATH, which stops\n"
+        f"  the Ray dashboard asking cloud metadata servers (169.254.169.254,\n"
+        f"  metadata.google.internal) where it runs; an image built otherwise must too.\n"
         f"Node resources and labels: {json.dumps({n.name: n.ray_resource for n in inventory.nodes})}\n",
         encoding="utf-8",
     )
