@@ -54,6 +54,14 @@ class OptimSettings(StrictConfig):
         ),
     )
 
+    split_padding: bool = Field(
+        True,
+        description=(
+            "Run a batch whose lengths differ widely as a few forward passes of similar "
+            "lengths, each padded on its own; the loss and gradients are the whole batch's."
+        ),
+    )
+
     @model_validator(mode="after")
     def _warmup_fits(self):
         if self.warmup_steps > self.steps:

@@ -135,6 +135,51 @@ def collate(batch, pad_id: int, device=None) -> tuple[dict, int]:
     return {"input_ids": ids, "labels": labels, "attention_mask": extra}, tokens
 
 
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Rows of one right-padded batch, grouped so that padding each group to its own
+    longest row computes the fewest tokens, where every group beyond the first costs
+    as much as one more row of the batch's longest length (the cost of another forward
+    pass). One group, all rows, when splitting saves nothing; else groups of rows of
+    similar length, shortest first.
+
+    For example lengths [60] * 7 + [600] (a tool-call conversation among short
+    answers): one pass pads 8 x 600 = 4800 tokens, two passes 7 x 60 + 600."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    extra = max(sizes, default=0)
+    # best[j]: least cost of the j shortest rows; cut[j]: where its last group starts.
+    best, cut = [0] + [0] * len(sizes), [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        best[j], cut[j] = min((best[i] + extra + (j - i) * sizes[j - 1], i) for i in range(j))
+    groups, j = [], len(sizes)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def split_padded(inputs: dict) -> tuple[list[dict], int]:
+    """An unpacked batch from `collate` as the micro-batches of `length_groups`, each cut
+    to its own longest row, and the batch's number of label tokens (what each part's
+    summed loss is divided by, so that the parts' losses and gradients add up to the
+    whole batch's mean). A packed batch (no attention mask) stays whole."""
+    labels = inputs["labels"]
+    n_labels = int((labels[:, 1:] != -100).sum())
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return [inputs], n_labels
+    lengths = mask.sum(dim=1).tolist()
+    groups = length_groups(lengths)
+    if len(groups) == 1:
+        return [inputs], n_labels
+    parts = []
+    for rows in groups:
+        width = max(lengths[r] for r in rows)
+        index = mask.new_tensor(sorted(rows))
+        parts.append({k: v[index, :width] for k, v in inputs.items()})
+    return parts, n_labels
+
+
 def evaluate(model, examples: list, batch_size: int, pad_id: int, device=None) -> float | None:
     """Mean loss per label token of `model` over `examples` (None when there are none).
     Every rank computes the same number (and takes part in every forward, as ZeRO-3 needs)."""

@@ -151,12 +151,23 @@ class LoraRecipe:
             self.engine.backward(loss)
             self.engine.step()
             return float(loss.detach()) / self.cfg.optim.grad_accum_steps
-        # Under DDP, gradients are all-reduced once per step, on the last micro-batch.
-        quiet = not last and hasattr(self.model, "no_sync")
-        with self.model.no_sync() if quiet else contextlib.nullcontext():
-            loss = self.model(**inputs).loss / self.cfg.optim.grad_accum_steps
-            loss.backward()
-        return float(loss.detach())
+        accum = self.cfg.optim.grad_accum_steps
+        if not self.cfg.optim.split_padding:
+            parts, n_labels = [inputs], None
+        else:
+            parts, n_labels = examples.split_padded(inputs)
+        total = 0.0
+        for k, part in enumerate(parts):
+            # Under DDP, gradients are all-reduced once per step, on the last forward pass.
+            quiet = not (last and k == len(parts) - 1) and hasattr(self.model, "no_sync")
+            with self.model.no_sync() if quiet else contextlib.nullcontext():
+                if n_labels is None:
+                    loss = self.model(**part).loss / accum
+                else:  # this part's summed token losses over the whole batch's label count
+                    loss = self.model(**part, num_items_in_batch=max(n_labels, 1)).loss / accum
+                loss.backward()
+            total += float(loss.detach())
+        return total
 
     def optimizer_step(self):
         import torch
