@@ -123,7 +123,7 @@ def _text(row: dict, key: str, where: str, errors: list[str], required: bool = T
     value = row.get(key)
     if isinstance(value, str) and value.strip():
         return value
-    if value is None and not required:
+    if not required and (value is None or value == ""):
         return ""
     errors.append(
         f"{where}: `{key}` must be a non-empty string (got {json.dumps(value, ensure_ascii=False)})."
