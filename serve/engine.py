@@ -20,7 +20,7 @@ from pathlib import Path
 from foundation import offline
 from foundation.net import free_port
 from serve.engine_guard import ADAPTER_CACHE_ENV
-from serve.vllm_process import engine_preexec, take_niceness, vllm_command
+from serve.vllm_process import engine_log_path, engine_preexec, take_niceness, vllm_command
 
 ROUTES_REFRESH_S = 1.0
 # Leaving (scale-down, roll, delete): after the replica withdraws from the route
@@ -93,6 +93,7 @@ class VLLMEngine:
         self.routes_file = self.drained_file = self.state_file = None
         if gateway is not None:
             from serve.gateway.embedded import ENV
+            from serve.gateway.scrape import replica_settings
 
             self.routes_file = tempfile.mkstemp(prefix="sekisho-routes-", suffix=".json")[1]
             self._write_routes_file(include_self=True)
@@ -105,9 +106,10 @@ class VLLMEngine:
                     "state_file": self.state_file,
                     "local_url": self.url(),
                     "drained_file": self.drained_file,
+                    "metrics": replica_settings(app, ctx.deployment, served_name, self._where[2], self.host),
                 }
             )
-        self.log_path = Path(tempfile.mkstemp(prefix=f"sekisho-vllm-{served_name}-", suffix=".log")[1])
+        self.log_path = engine_log_path(app, served_name, self._where[2])
         lora_modules = {a.internal: a.path for a in self.adapters}
         cmd = vllm_command(
             model_dir,

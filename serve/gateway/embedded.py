@@ -101,6 +101,7 @@ class EmbeddedGateway:
         self.runner = None
         self.draining = False
         self.drained_file: str | None = None
+        self.metrics_server = None  # this replica's own metrics port (serve.gateway.scrape)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] in WORK_PATHS:
@@ -175,6 +176,11 @@ class EmbeddedGateway:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, lambda: asyncio.ensure_future(self.drain(cfg.get("drain_s", DRAIN_S)))
         )
+        if cfg.get("metrics"):
+            from serve.gateway.scrape import ReplicaMetricsServer
+
+            self.metrics_server = ReplicaMetricsServer(gateway, cfg["metrics"])
+            await self.metrics_server.start()
         log.info("sekisho gateway listening on %s:%s", cfg["host"], cfg["port"])
 
     async def _close_when_draining(self, _request, response) -> None:
@@ -195,6 +201,9 @@ class EmbeddedGateway:
             Path(self.drained_file).write_text("drained\n")
 
     async def stop(self) -> None:
+        if self.metrics_server is not None:
+            server, self.metrics_server = self.metrics_server, None
+            await server.stop()
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()
