@@ -1,9 +1,70 @@
-"""`sekisho serve`: serving apps (up, status, down)."""
+"""`sekisho serve`: serving apps (up, status, logs, reload, down)."""
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+from pathlib import Path
+
 from foundation import UserError
 from sekisho.cli_common import home_from_args as _home
+
+POLL_S = 1.0
+
+
+class EnginePhases:
+    """While `serve up` deploys: print where each engine's log is and each phase of
+    its start as the log shows it (serve.vllm_process.PHASES). Logs written
+    before `serve up` began (earlier replicas) are left out."""
+
+    def __init__(self, app: str, models: list[str], home: Path, out=None):
+        self.app, self.models, self.home = app, models, home
+        self.out = out or sys.stdout
+        self.since = time.time() - 1.0
+        self.phases: dict[Path, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sekisho-engine-phases", daemon=True)
+
+    def __enter__(self):
+        for model in self.models:
+            self._say(f"  {model}: placing")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the last phases (ready) before `serving at`
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self.poll()
+            except OSError:  # a log replaced or the home's storage away: the next round
+                pass
+
+    def poll(self) -> None:
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
+        from serve.vllm_process import engine_logs, engine_phase
+
+        for model, replica, path in engine_logs(self.app, home=self.home):
+            if path.stat().st_mtime < self.since:
+                continue
+            who = f"  {model} [replica {replica}]"
+            if path not in self.phases:
+                self._say(f"{who}: log {path}")
+            phase = engine_phase(path.read_text(errors="replace"))
+            if self.phases.get(path) != phase:
+                self.phases[path] = phase
+                self._say(f"{who}: {phase}")
 
 
 def cmd_serve_up(args) -> int:
@@ -27,7 +88,8 @@ def cmd_serve_up(args) -> int:
         import ray
 
         check_against_running_cluster(cfg, [n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]])
-        url = deploy(resolved)
+        with EnginePhases(cfg.name, [m.name for m in cfg.models], home):
+            url = deploy(resolved)
         print(f"{cfg.name}: serving at {url}", flush=True)
         if args.address:
             return 0
@@ -89,6 +151,76 @@ def _bounds(sizing: dict | None) -> str:
     return f"  (fixed {sizing['num_replicas']})"
 
 
+def _live_replicas(app: str, home: Path) -> set[str]:
+    """Replicas whose metrics target is current (each live replica keeps one)."""
+    import json
+
+    from cluster.scrape_config import targets_dir
+
+    live = set()
+    for f in targets_dir(home).glob("*.json"):
+        try:
+            for entry in json.loads(f.read_text()):
+                if entry["labels"].get("app") == app:
+                    live.add(entry["labels"]["replica"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return live
+
+
+def _pick_logs(app: str, model: str | None, home: Path, every: bool) -> list[tuple[str, str, Path]]:
+    from serve.vllm_process import engine_logs, engine_logs_dir
+
+    logs = engine_logs(app, model, home=home)
+    if not logs:
+        what = f"model {model!r} of app {app!r}" if model else f"app {app!r}"
+        raise UserError(f"no engine log of {what} in {engine_logs_dir(app, home)}.")
+    if every:
+        return logs
+    live = _live_replicas(app, home)
+    current = [entry for entry in logs if entry[1] in live]
+    if current:
+        return current
+    newest = {}  # no live replica known (gateway placed separately, or all gone): each model's newest
+    for entry in logs:
+        newest[entry[0]] = entry
+    return list(newest.values())
+
+
+def cmd_serve_logs(args) -> int:
+    """Print an app's engine logs (each live replica's; --all: every replica's),
+    the last --lines of each; --follow keeps printing what they write."""
+    home = _home(args)
+    logs = _pick_logs(args.app, args.model, home, args.all)
+    offsets = {}
+    for model, replica, path in logs:
+        if len(logs) > 1:
+            print(f"==> {model} [replica {replica}] {path} <==", flush=True)
+        data = path.read_bytes()
+        offsets[path] = len(data)
+        lines = data.decode(errors="replace").splitlines()
+        print("\n".join(lines[-args.lines :] if args.lines else lines), flush=True)
+    try:
+        _follow(logs, offsets, args.follow)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _follow(logs: list[tuple[str, str, Path]], offsets: dict[Path, int], follow: bool) -> None:
+    while follow:
+        time.sleep(POLL_S)
+        for model, replica, path in logs:
+            with path.open("rb") as f:
+                f.seek(offsets[path])
+                new = f.read()
+            if new:
+                offsets[path] += len(new)
+                prefix = f"[{model} {replica}] " if len(logs) > 1 else ""
+                for line in new.decode(errors="replace").splitlines():
+                    print(prefix + line, flush=True)
+
+
 def cmd_serve_reload(args) -> int:
     """Make every engine of an app re-read the aliases it follows, now."""
     from serve.ray_state import request_reload
@@ -130,6 +262,17 @@ def register(groups) -> None:
     c.set_defaults(fn=cmd_serve_up)
     c = serve.add_parser("status", help=cmd_serve_status.__doc__)
     c.set_defaults(fn=cmd_serve_status)
+    c = serve.add_parser("logs", help=cmd_serve_logs.__doc__)
+    c.add_argument("app", help="serve app name (the config's `name`, e.g. demo)")
+    c.add_argument("model", nargs="?", help="only this model's engines (a `models[].name` of the app)")
+    c.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what the logs write (Ctrl-C stops)"
+    )
+    c.add_argument("-n", "--lines", type=int, default=100, help="print the last N lines of each log (0: all)")
+    c.add_argument(
+        "--all", action="store_true", help="every replica's log, also of replicas that have stopped"
+    )
+    c.set_defaults(fn=cmd_serve_logs)
     c = serve.add_parser("reload", help=cmd_serve_reload.__doc__)
     c.add_argument("name", nargs="?", default="demo", help="serve app name (default demo)")
     c.set_defaults(fn=cmd_serve_reload)
