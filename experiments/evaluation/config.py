@@ -108,8 +108,8 @@ class GateConfig(StrictConfig):
     thresholds: dict[str, Threshold] = Field(
         min_length=1,
         description=(
-            f"Metric -> bounds. Metrics: {', '.join(METRICS)}, or category.C.M, suite.S.M, safety.C.M, "
-            "judge.M; `*` stands for one part (category.*.exact_match: every category)."
+            "Metric -> bounds: a metric (exact_match, chrf, safety.leak_rate, ...) or category.C.M, suite.S.M, "
+            "safety.C.M, judge.M; `*` stands for one part (category.*.exact_match)."
         ),
     )
     baseline: str | None = Field(
