@@ -194,10 +194,19 @@ def engine_logs_dir(app: str, home: Path | None = None) -> Path:
 
 
 def engine_log_path(app: str, model: str, replica: str, home: Path | None = None) -> Path:
-    """Where the engine of one replica logs (its folder created 0700)."""
+    """Where the engine of one replica logs (its folder created 0700); in the temporary
+    folder where the home cannot be written (logged, so the path is still known)."""
     from foundation.home import private_dir
 
-    return private_dir(engine_logs_dir(app, home)) / f"{_safe(model)}--{_safe(replica)}.log"
+    name = f"{_safe(model)}--{_safe(replica)}.log"
+    try:
+        return private_dir(engine_logs_dir(app, home)) / name
+    except OSError as exc:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="sekisho-vllm-")) / name
+        logging.getLogger("sekisho.serve").warning("engine log %s: the home is not writable (%s)", path, exc)
+        return path
 
 
 def engine_logs(app: str, model: str | None = None, home: Path | None = None) -> list[tuple[str, str, Path]]:

@@ -86,7 +86,10 @@ class ReplicaMetricsServer:
         await web.TCPSite(self.runner, self.settings["host"], 0).start()
         host, port = self.runner.addresses[0][:2]
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        await asyncio.to_thread(self._announce)
+        try:
+            await asyncio.to_thread(self._announce)
+        except OSError as exc:  # serving goes on; Prometheus finds the replica once the file is written
+            log.warning("could not write the metrics target file %s: %s", self.file, exc)
         self._task = asyncio.create_task(self._keep_announcing())
         log.info("sekisho replica metrics on http://%s/metrics (target file %s)", self.target, self.file)
 
