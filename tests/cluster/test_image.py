@@ -116,6 +116,8 @@ def test_the_install_steps_install_a_bundle_with_only_loopback(steps, tmp_path):
         "--requirements", tmp_path / "reqs.txt", "--no-project",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    constraints = json.loads((bundle / "manifest.json").read_text())["constraints"]
+    assert constraints["file"] == "constraints.txt"  # --cpu: the CPU build's pins
     build_stage = steps[: next(i for i, (op, _) in enumerate(steps) if op == "FROM" and i > 1)]
     env = {
         k: v for op, a in build_stage if op == "ENV" for k, v in (kv.split("=", 1) for kv in shlex.split(a))
