@@ -1,5 +1,5 @@
 """`sekisho train`: Fine-tuning jobs, here (`run`) or on a running cluster
-through the Ray Jobs API (`submit`, `status`, `stop`)."""
+through the Ray Jobs API (`submit`, `logs`, `status`, `stop`)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,27 @@ def cmd_train_status(args) -> int:
     return 0
 
 
+def cmd_train_logs(args) -> int:
+    """Show a submitted job's logs from the start (its progress lines included) and
+    follow them until the job ends; exits 0 if it succeeded."""
+    import sys
+
+    from train import submission
+
+    client = submission.connect(args.address, _home(args))
+    submission.job_info(client, args.job)  # an unknown job is named, not a traceback
+    if not args.follow:
+        sys.stdout.write(client.get_job_logs(args.job))
+        return 0
+    try:
+        status = submission.follow(client, args.job)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {args.job} keeps running (`sekisho train stop {args.job}` stops it).")
+        return 130
+    print(f"{args.job}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def cmd_train_stop(args) -> int:
     """Stop a submitted job and wait until it has stopped."""
     from train import submission
@@ -121,9 +142,17 @@ def register(groups) -> None:
     c.add_argument("--cluster-home", help="$SEKISHO_HOME for the job on the cluster (default: the nodes')")
     c = add_command(train, "status", cmd_train_status)
     c.add_argument("job", nargs="?", help="job id (default: list every job)")
+    c = add_command(train, "logs", cmd_train_logs)
+    c.add_argument("job", help="job id (printed by `train submit`; `sekisho train status` lists them)")
+    c.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep following until the job ends (default on); --no-follow prints what is there and returns",
+    )
     c = add_command(train, "stop", cmd_train_stop)
     c.add_argument("job", help="job id (from `sekisho train status`)")
-    for name in ("submit", "status", "stop"):
+    for name in ("submit", "logs", "status", "stop"):
         train.choices[name].add_argument(
             "--address",
             default=os.environ.get("RAY_API_SERVER_ADDRESS"),

@@ -154,6 +154,36 @@ def sekisho(*args, cwd=None, env=None, timeout=600):
     )
 
 
+class Follower:
+    """A CLI process whose output is read as it comes (`train logs` following a job)."""
+
+    def __init__(self, *args: str):
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sekisho", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"no {text!r} within {timeout} s: " + "".join(self.lines)[-3000:])
+            time.sleep(0.2)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        self.reader.join(timeout)
+        return self.proc.returncode, "".join(self.lines)
+
+
 def test_submit_follows_to_succeeded_then_status_lists_it_and_stop_stops(jobs_cluster, project):
     r = sekisho("train", "submit", "configs/train/tiny.yaml", "--address", jobs_cluster, cwd=project)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -170,8 +200,18 @@ def test_submit_follows_to_succeeded_then_status_lists_it_and_stop_stops(jobs_cl
     while "RUNNING" not in (s := sekisho("train", "status", long, "--address", jobs_cluster)).stdout:
         assert time.monotonic() < deadline, s.stdout + s.stderr
         time.sleep(1)
+    # `train logs` re-attaches to the running job: its progress lines, then its end.
+    follower = Follower("train", "logs", long, "--address", jobs_cluster)
+    follower.wait_for("step 2/100000", timeout=180)
     r = sekisho("train", "stop", long, "--address", jobs_cluster)
     assert r.returncode == 0 and r.stdout.strip() == f"{long}: STOPPED", r.stdout + r.stderr
+    code, out = follower.finish(timeout=120)
+    assert code == 1 and out.rstrip().endswith(f"{long}: STOPPED"), out[-3000:]
+    r = sekisho("train", "logs", done, "--address", jobs_cluster)  # a finished job: its whole log
+    assert r.returncode == 0 and r.stdout.rstrip().endswith(f"{done}: SUCCEEDED"), r.stdout + r.stderr
+    assert "step 6/6" in r.stdout and "registered submit-adapter version" in r.stdout
+    r = sekisho("train", "logs", "no-such-job", "--address", jobs_cluster)
+    assert r.returncode == 2 and "no job 'no-such-job'" in r.stderr
 
     r = sekisho("train", "status", "--address", jobs_cluster)
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
