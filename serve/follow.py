@@ -119,24 +119,35 @@ class BaseFollower:
         return True
 
 
-def catalog_adapters(alias: str, base: str) -> dict[str, str]:
+def catalog_adapters(alias: str, base: str, bases: dict | None = None) -> dict[str, str]:
     """Registered adapters trained on `base` (NAME/VERSION, their base_model_version
-    tag) with `alias` set: registered name -> the version the alias names."""
+    tag) with `alias` set: registered name -> the version the alias names.
+    `bases` caches (name, version) -> base across calls (a version's tags stay)."""
+    bases = {} if bases is None else bases
     from mlflow import MlflowClient
 
     from experiments import use_store
 
     use_store()
     client = MlflowClient()
-    out = {}
-    for rm in client.search_registered_models(filter_string="tags.kind = 'adapter'"):
-        version = (rm.aliases or {}).get(alias)
-        if version is None:
-            continue
-        tags = client.get_model_version(rm.name, version).tags
-        if tags.get("base_model_version") == base:
-            out[rm.name] = str(version)
-    return out
+    out, token = {}, None
+    while True:
+        page = client.search_registered_models(
+            filter_string="tags.kind = 'adapter'", max_results=1000, page_token=token
+        )
+        for rm in page:
+            version = (rm.aliases or {}).get(alias)
+            if version is None:
+                continue
+            if (rm.name, version) not in bases:
+                bases[(rm.name, version)] = client.get_model_version(rm.name, version).tags.get(
+                    "base_model_version"
+                )
+            if bases[(rm.name, version)] == base:
+                out[rm.name] = str(version)
+        token = page.token
+        if not token:
+            return out
 
 
 class AliasFollower:
@@ -154,6 +165,7 @@ class AliasFollower:
     ):
         self.engine, self.adapters, self.interval_s = engine, adapters, interval_s
         self.cache_dir, self.catalog = cache_dir, catalog
+        self._catalog_bases: dict = {}
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sekisho-alias-follower", daemon=True)
@@ -207,7 +219,9 @@ class AliasFollower:
 
         served = {a.served for a in self.adapters} | {self.engine.served_name}
         found = False
-        for name, version in catalog_adapters(self.catalog["alias"], self.catalog["base"]).items():
+        for name, version in catalog_adapters(
+            self.catalog["alias"], self.catalog["base"], self._catalog_bases
+        ).items():
             if name in served:
                 continue
             resolved = load(f"{name}/{version}", copy_to=self.cache_dir / f"{name}--v{version}")
