@@ -116,3 +116,33 @@ def test_published_state_round_trips_between_two_gateways():
     went = choice.entry["url"]
     upstreams.inflight[went] = 3  # the other idle, this one within the bound
     assert two.choose(again, hashes).entry["url"] == went
+
+
+def test_many_adapters_take_lora_slots_and_a_catalog_needs_a_registry_base():
+    import pytest
+
+    from serve import ServeAppConfig
+
+    adapters = [{"name": f"lora-{i}", "source": "/adapters/x"} for i in range(64)]
+    model = {"name": "base", "source": "registry:base@production", "adapters": adapters}
+    cfg = ServeAppConfig.model_validate(
+        {"name": "app", "models": [{**model, "engine": {"max_loras": 4, "max_cpu_loras": 16}}]}
+    )
+    assert cfg.models[0].engine.max_cpu_loras == 16 and cfg.gateway.routing.by == "affinity"
+    with pytest.raises(
+        ValueError, match=r"(?s)models\.0.*max_cpu_loras \(2\) must be at least engine.max_loras \(4\)"
+    ):
+        ServeAppConfig.model_validate(
+            {"name": "app", "models": [{**model, "engine": {"max_loras": 4, "max_cpu_loras": 2}}]}
+        )
+    with pytest.raises(ValueError, match=r"(?s)models\.0.*adapter_alias needs a registry source"):
+        ServeAppConfig.model_validate(
+            {
+                "name": "app",
+                "models": [{"name": "base", "source": "/models/base", "adapter_alias": "production"}],
+            }
+        )
+    with pytest.raises(ValueError, match=r"(?s)gateway\.routing\.by"):
+        ServeAppConfig.model_validate(
+            {"name": "app", "models": [model], "gateway": {"routing": {"by": "random"}}}
+        )
