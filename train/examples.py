@@ -137,18 +137,20 @@ def collate(batch, pad_id: int, device=None) -> tuple[dict, int]:
 
 def length_groups(lengths: list[int]) -> list[list[int]]:
     """Rows of one right-padded batch, grouped so that padding each group to its own
-    longest row computes the fewest tokens, where every group beyond the first costs
-    as much as one more row of the batch's longest length (the cost of another forward
-    pass). One group, all rows, when splitting saves nothing; else groups of rows of
-    similar length, shortest first.
+    longest row computes the fewest tokens, where every group costs as much as a
+    quarter of the whole padded batch, or one row of its longest length if more (the
+    cost of a forward pass of its own): a batch is split only where that saves more
+    than a quarter of its compute. One group, all rows, when splitting saves less;
+    else groups of rows of similar length, shortest first.
 
     For example lengths [60] * 7 + [600] (a tool-call conversation among short
     answers): one pass pads 8 x 600 = 4800 tokens, two passes 7 x 60 + 600."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     sizes = [lengths[i] for i in order]
-    extra = max(sizes, default=0)
+    longest = max(sizes, default=0)
+    extra = max(longest, longest * len(sizes) // 4)
     # best[j]: least cost of the j shortest rows; cut[j]: where its last group starts.
-    best, cut = [0] + [0] * len(sizes), [0] * (len(sizes) + 1)
+    best, cut = [0] * (len(sizes) + 1), [0] * (len(sizes) + 1)
     for j in range(1, len(sizes) + 1):
         best[j], cut[j] = min((best[i] + extra + (j - i) * sizes[j - 1], i) for i in range(j))
     groups, j = [], len(sizes)
@@ -158,20 +160,20 @@ def length_groups(lengths: list[int]) -> list[list[int]]:
     return groups[::-1]
 
 
-def split_padded(inputs: dict) -> tuple[list[dict], int]:
+def split_padded(inputs: dict) -> tuple[list[dict], int | None]:
     """An unpacked batch from `collate` as the micro-batches of `length_groups`, each cut
     to its own longest row, and the batch's number of label tokens (what each part's
     summed loss is divided by, so that the parts' losses and gradients add up to the
-    whole batch's mean). A packed batch (no attention mask) stays whole."""
-    labels = inputs["labels"]
-    n_labels = int((labels[:, 1:] != -100).sum())
+    whole batch's mean); None with the batch whole, when it is packed (no attention
+    mask) or splitting saves too little (the model's own mean loss, as without the split)."""
     mask = inputs.get("attention_mask")
     if mask is None:
-        return [inputs], n_labels
+        return [inputs], None
     lengths = mask.sum(dim=1).tolist()
     groups = length_groups(lengths)
     if len(groups) == 1:
-        return [inputs], n_labels
+        return [inputs], None
+    n_labels = int((inputs["labels"][:, 1:] != -100).sum())
     parts = []
     for rows in groups:
         width = max(lengths[r] for r in rows)

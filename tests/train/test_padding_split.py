@@ -29,6 +29,7 @@ def cfg(split: bool) -> LoraJobConfig:
         ([60] * 7 + [600], [list(range(7)), [7]]),
         ([600, 55, 60, 58, 600, 52, 59, 57], [[5, 1, 7, 3, 6, 2], [0, 4]]),
         ([40, 48, 44, 50], [[0, 2, 1, 3]]),  # similar lengths: one pass
+        ([45, 80, 50, 75, 55, 70, 60, 62], [[0, 2, 4, 6, 7, 5, 3, 1]]),  # saves < 1/4: one pass
         ([10, 100, 1000], [[0, 1], [2]]),
         ([7], [[0]]),
     ],
@@ -60,7 +61,8 @@ def test_parts_are_cut_to_their_own_longest_row_and_keep_every_label():
         "labels": inputs["labels"],
         "position_ids": inputs["attention_mask"],
     }
-    assert split_padded(packed)[0] == [packed]  # packed rows have no padding to split
+    assert split_padded(packed) == ([packed], None)  # packed rows have no padding to split
+    assert split_padded(collate(_batch([50, 60, 70]), pad_id=0)[0])[1] is None  # too little to save
 
 
 def _one_step(tiny_model_dir, tmp_path, split: bool, batch: list):
