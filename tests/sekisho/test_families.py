@@ -30,6 +30,12 @@ CPU build stop its adapter from being served as an adapter:
   template renders (what serving sends), and its tool calls (harmony's `openai`
   parser) are not tried.
 
+Margins: at 300 steps the tiny families sit at the edge of what they learn. A change
+that keeps every step's loss and gradients but not their float rounding
+(`optim.split_padding`, which is 2-3x faster on this data) left Qwen2.5 at 27/30 with
+a tool call that ran on past `</tool_call>`; six tool-call copies instead of three
+fixed the call and dropped the answers to 21/30. The test trains with the split off.
+
 The families share the session's Ray cluster (the demo's); each family's app is
 served alone and deleted after its test, so engines never pile up on CI's two
 cores."""
@@ -205,7 +211,9 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
         dataset=str(tmp_path / "data.yaml"),
         register_as=f"{name}-adapter",
         lora={"target_modules": spec.lora_target_modules},
-        optim={"steps": STEPS, "lr": 0.004, "warmup_steps": 10, "batch_size": 8},
+        # split_padding off: the same loss and gradients up to float rounding, but the
+        # tiny families sit at the edge of what 300 steps teach (module doc).
+        optim={"steps": STEPS, "lr": 0.004, "warmup_steps": 10, "batch_size": 8, "split_padding": False},
     )
     result = run_job(job, home=sekisho_home)
     adapter = get_version(f"{name}-adapter/{result.version}")
