@@ -296,9 +296,8 @@ class ModelSpec(StrictConfig):
     adapter_alias: str | None = Field(
         None,
         pattern=NAME,
-        description="Also serve every registered adapter trained on this base (registry source) whose "
-        "alias of this name is set, under its registered name: one aliased later is served within "
-        "follow_aliases_every_s, without a redeploy.",
+        description="Also serve each registered adapter of this base whose alias of this name is set, "
+        "under its registered name; one aliased later is served without a redeploy.",
     )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     num_replicas: int | None = Field(
@@ -359,9 +358,8 @@ class RoutingSettings(StrictConfig):
 
     by: Literal["affinity", "connection"] = Field(
         "affinity",
-        description="affinity: per request, the replica holding the longest prefix of the prompt, "
-        "then the adapter, then the least loaded; connection: the engine in the process the "
-        "client's connection reached (the kernel's SO_REUSEPORT spreading).",
+        description="affinity: per request, the replica with the longest cached prompt prefix, then "
+        "the adapter, then the least loaded; connection: the replica whose process took the connection.",
     )
     max_imbalance: int = Field(
         4,
