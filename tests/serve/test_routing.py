@@ -231,7 +231,8 @@ def test_a_replica_that_leaves_is_routed_around_with_no_failed_request(routed):
     try:
         time.sleep(2)
         handle = serve.get_deployment_handle(f"engine-{MODEL}", app_name=APP)
-        handle.shutdown.remote().result(timeout_s=180)  # returns once its vLLM has stopped
+        # `shutdown` is also a handle method: name the replica method explicitly.
+        handle.options(method_name="shutdown").remote().result(timeout_s=180)  # once its vLLM has stopped
         left = time.monotonic()
         time.sleep(3)
     finally:
