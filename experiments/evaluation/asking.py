@@ -132,7 +132,7 @@ class BatchAsker:
         out = {}
         todo = []
         for key, ask in jobs:
-            hit = cache.get(key) if key not in out else out[key]
+            hit = cache.get(key)  # counted once per question, a repeated one included
             if hit is not None:
                 out[key] = hit
             else:
