@@ -291,13 +291,41 @@ def build_app(app: ResolvedApp):
 def deploy(app: ResolvedApp) -> str:
     """Deploy the app (Serve's own HTTP proxy stays off: the gateway is the entry
     point); returns the OpenAI base URL."""
+    import ray
     from ray import serve
 
     cfg = app.config
+    check_database_reach(cfg, sum(1 for n in ray.nodes() if n.get("Alive")))
     serve.start(proxy_location="Disabled")
     serve.run(build_app(app), name=cfg.name, route_prefix=None)
     _publish_for_status(app)
     return f"http://{cfg.host}:{cfg.port}/v1"
+
+
+def check_database_reach(cfg: ServeAppConfig, nodes: int) -> None:
+    """Every engine replica runs a gateway, and on a cluster of several nodes Serve
+    may place replicas (of one model, or of the app's models) on different nodes;
+    their keys, quotas and audit chain must be one database every node reaches.
+    SQLite is a file of one node (and unsafe on a network file system), so an app
+    on SQLite is deployed only where the Ray cluster is one node. Config load already
+    refuses pipeline stages on SQLite; this covers replicas Serve spreads.
+
+    Raises:
+        UserError: `nodes` > 1 and the app's gateway database is SQLite.
+    """
+    url = cfg.gateway.db_url or os.environ.get("SEKISHO_GATEWAY_DB") or "sqlite:"
+    if nodes > 1 and url.startswith("sqlite"):
+        where = (
+            "gateway.db_url is SQLite"
+            if cfg.gateway.db_url
+            else "gateway.db_url is unset (SQLite in the Sekisho home)"
+        )
+        raise UserError(
+            f"app {cfg.name}: the Ray cluster has {nodes} nodes and Serve may place the app's "
+            f"replicas, each with its gateway, on any of them, but {where}: keys, quotas and "
+            "the audit chain would split into one file per node. PostgreSQL is required: set "
+            "gateway.db_url: postgresql+psycopg://USER@HOST/DB (password in ~/.pgpass)."
+        )
 
 
 def engine_sizing(cfg: ServeAppConfig) -> dict[str, dict]:

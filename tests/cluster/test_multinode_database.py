@@ -78,3 +78,19 @@ def test_postgresql_across_nodes_and_sqlite_on_one_node_load(tmp_path):
     one_node = ServeAppConfig.from_yaml(app_yaml(tmp_path, ""))  # TP 8 inside one node, SQLite
     assert one_node.gateway.db_url is None and one_node.models[0].engine.pipeline_parallel_size == 1
     assert ServeAppConfig.from_yaml(TWO_NODES).gateway.db_url.startswith("postgresql+psycopg://")
+
+
+def test_replicas_serve_may_spread_over_nodes_need_postgresql_at_deploy(tmp_path):
+    """Config load cannot know where Serve places replicas; deploy does (the Ray
+    cluster's live nodes): on more than one node an app on SQLite is refused."""
+    from foundation import UserError
+    from serve.builder import check_database_reach
+
+    one_node_app = ServeAppConfig.from_yaml(app_yaml(tmp_path, ""))
+    check_database_reach(one_node_app, 1)
+    with pytest.raises(UserError) as err:
+        check_database_reach(one_node_app, 3)
+    assert "3 nodes" in str(err.value) and "gateway.db_url is unset" in str(err.value)
+    assert "PostgreSQL is required" in str(err.value)
+    on_pg = ServeAppConfig.from_yaml(app_yaml(tmp_path, "", f"gateway:\n  db_url: {PG}\n"))
+    check_database_reach(on_pg, 3)

@@ -271,7 +271,6 @@ def test_gate_refuses_the_base_and_promotes_the_adapter(main_job, judge, gates, 
             == 0
         )
         out = capsys.readouterr().out
-        print(out)
         base_run = re.search(r"on ja_suite: run (\w+)", out).group(1)
         m = metrics_of(base_run)
         assert re.search(
@@ -348,8 +347,7 @@ def test_gate_refuses_the_base_and_promotes_the_adapter(main_job, judge, gates, 
             ]
         )
         captured = capsys.readouterr()
-        print(captured.out, captured.err)
-        assert rc == 2
+        assert rc == 2, (captured.out, captured.err)
         # The baseline (the adapter at production) had no evaluation: promote ran it first.
         assert f"gate needs an evaluation of demo-ja-adapter/{adapter} on ja_suite" in captured.out
         assert "category.demo_faq.exact_match" in captured.err and "worse than the baseline's" in captured.err
@@ -393,7 +391,6 @@ def test_gate_refuses_the_base_and_promotes_the_adapter(main_job, judge, gates, 
             == 0
         )
         out = capsys.readouterr().out
-        print(out)
         assert "gate needs an evaluation" not in out and "category.demo_faq.exact_match" in out
         assert "gate passed by eval run" in out and "FAIL" not in out
         assert str(get_version("demo-ja-adapter@candidate").version) == adapter
