@@ -115,6 +115,7 @@ JOB_DRIVER = CONNECT + textwrap.dedent("""
 # A serve app of one tiny model in two pipeline stages, planned on the inventory
 # (sekisho serve up --inventory), then where Ray put everything and a chat answer.
 SERVE_DRIVER = CONNECT + textwrap.dedent("""
+    import uuid
     import httpx, ray
     from ray.util import placement_group_table
     from ray.util.state import list_actors
@@ -137,7 +138,8 @@ SERVE_DRIVER = CONNECT + textwrap.dedent("""
                                    filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
               if a.class_name == "PipelineStage" or a.class_name.startswith("ServeReplica:pp:engine-")]
     (stage0,) = {p["nodes"][0] for p in pgs}
-    key = KeyStore(cfg.gateway.db_url).create("pp-test", ["*"])
+    # The session's PostgreSQL outlives this cluster: a key name of this run only.
+    key = KeyStore(cfg.gateway.db_url).create(f"pp-test-{uuid.uuid4().hex[:8]}", ["*"])
     r = httpx.post(f"http://{stage0}:{cfg.port}/v1/chat/completions", timeout=120,
                    headers={"Authorization": f"Bearer {key}"},
                    json={"model": "tiny", "max_tokens": 8, "temperature": 0,
