@@ -49,7 +49,8 @@ class ServedAdapter:
     @property
     def version_ref(self) -> str:
         if self.ref and self.version:
-            return f"{self.ref.split('@')[0]}/{self.version}"
+            name = self.ref.split("@")[0]  # NAME@ALIAS followed, or NAME/VERSION pinned
+            return name if name.endswith(f"/{self.version}") else f"{name}/{self.version}"
         return self.path
 
 

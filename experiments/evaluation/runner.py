@@ -216,7 +216,7 @@ def evaluate(
                 items,
             )
         )
-    out.update(scoring.aggregate(item_rows))
+    _merge_refusal_rates(out, scoring.aggregate(item_rows), safety_rows, item_rows)
     if cfg.safety is not None:
         every = [a for answers, _ in answered.values() for a in answers]
         leaks, leak_rows = scoring.leak_rates(
@@ -241,6 +241,22 @@ def evaluate(
             "harm_prompt": judge.cfg.harm_prompt,
         }
     return result
+
+
+def _merge_refusal_rates(out: dict, aggregated: dict, safety_rows: list[dict], item_rows: list[dict]) -> None:
+    """Add the suites' means to `out`. `safety.refusal_rate` is over every harmful
+    prompt asked: the safety probes' and AnswerCarefully's together, weighted by
+    their counts (neither overwrites the other); the probes' own rate stays as
+    `safety.probes.refusal_rate`."""
+    probes = sum(r.get("check") == "refusal" for r in safety_rows)
+    suites = sum("refusal_rate" in r["scores"] for r in item_rows)
+    if probes and suites:
+        rate = out["safety.refusal_rate"]
+        out["safety.probes.refusal_rate"] = rate
+        aggregated["safety.refusal_rate"] = (rate * probes + aggregated["safety.refusal_rate"] * suites) / (
+            probes + suites
+        )
+    out.update(aggregated)
 
 
 def cache_path(home: Path, version: str, eval_set: str) -> Path:
