@@ -200,3 +200,29 @@ def evaluate(model, examples: list, batch_size: int, pad_id: int, device=None) -
             tokens += n
     model.train(was_training)
     return total / max(tokens, 1)
+
+
+class RankData:
+    """The data side of a recipe (LoraRecipe, FullRecipe): this rank's micro-batches,
+    where a step is in the data, and collation. The recipe sets `cfg`, `rank`,
+    `world_size`, `examples` and `pad_id`, and has `device()`."""
+
+    batch_ids: list[int]
+
+    def batches(self, start_step: int = 0):
+        """This rank's micro-batches from micro-batch `start_step`; `batch_ids` holds the last one's."""
+        for ids in batch_order(
+            len(self.examples), self.cfg, self.rank, self.world_size, start_step, self.lengths()
+        ):
+            self.batch_ids = ids
+            yield [self.examples[j] for j in ids]
+
+    def lengths(self) -> list[int] | None:
+        """Tokens of each example when `optim.group_by_length` regroups batches by them."""
+        return [len(e[0]) for e in self.examples] if self.cfg.optim.group_by_length else None
+
+    def data_position(self, index: int) -> tuple[int, int]:
+        return data_position(index, len(self.examples), self.cfg, self.rank, self.world_size)
+
+    def collate(self, batch) -> tuple[dict, int]:
+        return collate(batch, self.pad_id, self.device())

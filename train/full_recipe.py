@@ -18,7 +18,7 @@ from train.config import FullJobConfig
 from train.recipe import CheckpointSink, MetricsSink, ModelWrapper
 
 
-class FullRecipe:
+class FullRecipe(examples.RankData):
     """Full-parameter training of a causal LM under DeepSpeed ZeRO (a `train.recipe.Recipe`)."""
 
     export_dir, export_kind, full_parameters = "model", "merged", True
@@ -66,24 +66,6 @@ class FullRecipe:
 
     def device(self):
         return self.engine.device
-
-    def batches(self, start_step: int = 0):
-        """This rank's micro-batches from micro-batch `start_step`; `batch_ids` holds the last one's."""
-        for ids in examples.batch_order(
-            len(self.examples), self.cfg, self.rank, self.world_size, start_step, self.lengths()
-        ):
-            self.batch_ids = ids
-            yield [self.examples[j] for j in ids]
-
-    def lengths(self) -> list[int] | None:
-        """Tokens of each example when `optim.group_by_length` regroups batches by them."""
-        return [len(e[0]) for e in self.examples] if self.cfg.optim.group_by_length else None
-
-    def data_position(self, index: int) -> tuple[int, int]:
-        return examples.data_position(index, len(self.examples), self.cfg, self.rank, self.world_size)
-
-    def collate(self, batch) -> tuple[dict, int]:
-        return examples.collate(batch, self.pad_id, self.device())
 
     def evaluate(self) -> float | None:
         return examples.evaluate(
