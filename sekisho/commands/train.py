@@ -54,10 +54,18 @@ def cmd_train_submit(args) -> int:
     print(f"submitted {job_id}", flush=True)
     if not args.follow:
         return 0
+    return _follow(client, job_id)
+
+
+def _follow(client, job_id: str) -> int:
+    """Print the job's logs until it ends (Ctrl-C stops following, not the job);
+    exits 0 if it succeeded."""
+    from train import submission
+
     try:
         status = submission.follow(client, job_id)
     except KeyboardInterrupt:
-        print(f"\n{job_id} keeps running; `sekisho train stop {job_id}` stops it.")
+        print(f"\nstopped following; {job_id} keeps running (`sekisho train stop {job_id}` stops it).")
         return 130
     print(f"{job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
@@ -93,13 +101,7 @@ def cmd_train_logs(args) -> int:
     if not args.follow:
         sys.stdout.write(client.get_job_logs(args.job))
         return 0
-    try:
-        status = submission.follow(client, args.job)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; {args.job} keeps running (`sekisho train stop {args.job}` stops it).")
-        return 130
-    print(f"{args.job}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
+    return _follow(client, args.job)
 
 
 def cmd_train_stop(args) -> int:
