@@ -95,10 +95,13 @@ def runner(
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=96)
+    # 384 questions: a round of ~8 s, so that the runner's fixed costs (reading and
+    # hashing the suite file, scoring) weigh as they do in a real evaluation's
+    # thousands of questions, not as in a round of 2 s.
+    p.add_argument("--questions", type=int, default=384)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="sekisho-evalbench-"))
     os.environ["SEKISHO_HOME"] = str(home)

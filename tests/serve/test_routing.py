@@ -64,22 +64,52 @@ def _config(port: int, replicas: int):
 
 
 @pytest.fixture(scope="module")
-def routed(main_job, sekisho_home):
+def routed(main_job, sekisho_home, tmp_path_factory):
+    """The app, deployed as an operator does: `sekisho serve up APP.yaml --address`
+    to the session's running cluster (its output kept for the phase test)."""
+    import contextlib
+    import io
+
+    import ray
+    import yaml
     from ray import serve
 
-    from serve import deploy, resolve_app
+    from sekisho.cli import main
     from serve.gateway import KeyStore
 
     port = _free_port()
-    base_url = deploy(resolve_app(_config(port, 2), sekisho_home / "serve-cache-routed"))
+    config = tmp_path_factory.mktemp("routed") / f"{APP}.yaml"
+    config.write_text(yaml.safe_dump(_config(port, 2).model_dump(exclude_unset=True), allow_unicode=True))
+    out = io.StringIO()
+    address = ray.get_runtime_context().gcs_address
+    with contextlib.redirect_stdout(out):
+        code = main(["--home", str(sekisho_home), "serve", "up", str(config), "--address", address])
+    printed = out.getvalue()
+    assert code == 0, printed
+    base_url = printed.rsplit("serving at ", 1)[1].split()[0]
     key = KeyStore().create(f"routed-{time.time_ns()}", ["*"])
     yield SimpleNamespace(
-        base_url=base_url,
-        headers={"Authorization": f"Bearer {key}"},
-        port=port,
-        cache=sekisho_home / "serve-cache-routed",
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, port=port, serve_up_output=printed
     )
     serve.delete(APP)
+
+
+def test_serve_up_shows_each_engine_replicas_log_and_phases(routed):
+    """`serve up` names each replica's engine log and follows its start to ready."""
+    from serve.vllm_process import PHASES
+
+    lines = routed.serve_up_output.splitlines()
+    logs = [line for line in lines if line.startswith(f"  {MODEL} [replica ") and ": log " in line]
+    assert len(logs) == 2, routed.serve_up_output  # one per replica
+    for log_line in logs:
+        who, path = log_line.split(": log ")
+        assert path.endswith(".log") and f"/logs/serve/{APP}/" in path
+        phases = [line.split(": ", 1)[1] for line in lines if line.startswith(who + ": ")][1:]
+        # Polled once a second, so a short phase may pass unseen; what is seen is in order.
+        order = [PHASES.index(p) for p in phases]
+        assert order == sorted(set(order)) and len(phases) >= 2, routed.serve_up_output
+        assert phases[-1] == "ready", routed.serve_up_output
+    assert lines[0] == f"  {MODEL}: placing" and f"{APP}: serving at " in lines[-1]
 
 
 def _ask(
