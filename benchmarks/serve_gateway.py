@@ -143,14 +143,17 @@ ROLES = (  # (role, what its command line or process name holds), first match wi
     ("ledger", "serve.gateway.ledger"),
     ("engine", "VLLM::"),
     ("api-server", "vllm.entrypoints"),
-    ("api-server", "ServeReplica"),
+    # Serve's replica actors: plain ray.serve.llm's server (its arm's API server),
+    # or Sekisho's engine replica beside its vLLM process (health checks, route
+    # publishing, the alias follower): shown apart, not counted as the gateway's.
+    ("serve-replica", "ServeReplica"),
     ("client", "serve_gateway.py"),
 )
 
 
 def cpu_by_role() -> dict[str, int]:
     """CPU ticks used so far by the benchmark's processes, by role: the OpenAI
-    server (with Sekisho's gateway inside it, or Serve's replica), the engine
+    server (with Sekisho's gateway inside it), Serve's replica actors, the engine
     (core and worker), the gateway's ledger child, the load client, the rest."""
     out: dict[str, int] = {}
     for pid, name, _, ticks in _processes():
