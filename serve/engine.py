@@ -205,20 +205,10 @@ class VLLMEngine:
     def _auth(self) -> dict:
         return {"Authorization": f"Bearer {self.engine_key}"}
 
-    def _http(self):
-        """One HTTP client for every call to this replica's engine (health checks,
-        load, adapters): a client per call built a TLS context each time, which
-        cost the replica more CPU than the calls themselves. No proxies from the
-        environment: the engine is on this node."""
-        client = getattr(self, "_client", None)
-        if client is None:
-            import httpx
-
-            client = self._client = httpx.Client(trust_env=False)
-        return client
-
     def load_adapter(self, name: str, path: str) -> None:
-        r = self._http().post(
+        import httpx
+
+        r = httpx.post(
             f"{self.url()}/v1/load_lora_adapter",
             json={"lora_name": name, "lora_path": path},
             headers=self._auth(),
@@ -228,7 +218,9 @@ class VLLMEngine:
             raise RuntimeError(f"vLLM refused to load adapter {name} from {path}: {r.status_code} {r.text}")
 
     def unload_adapter(self, name: str) -> None:
-        self._http().post(
+        import httpx
+
+        httpx.post(
             f"{self.url()}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._auth(), timeout=60
         )
 
@@ -251,7 +243,7 @@ class VLLMEngine:
                     f"last log lines:\n{self.log_tail()}"
                 )
             try:
-                if self._http().get(f"{self.url()}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url()}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -280,13 +272,15 @@ class VLLMEngine:
         """vLLM's running + waiting requests: from its gauges in-process where the
         engine was started for autoscaling (serve.autoscaling.EngineLoadEndpoint),
         else from its /metrics."""
+        import httpx
+
         from serve.autoscaling import LOAD_PATH, parse_load
 
         if self.load_endpoint:
-            r = self._http().get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
+            r = httpx.get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
             r.raise_for_status()
             return float(r.json()["load"])
-        r = self._http().get(f"{self.url()}/metrics", headers=self._auth(), timeout=5)
+        r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=5)
         r.raise_for_status()
         return parse_load(r.text)
 
@@ -299,9 +293,11 @@ class VLLMEngine:
 
     def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
+        import httpx
+
         if self.proc.poll() is not None:
             raise RuntimeError(f"vLLM exited with status {self.proc.returncode}:\n{self.log_tail()}")
-        self._http().get(f"{self.url()}/health", timeout=5).raise_for_status()
+        httpx.get(f"{self.url()}/health", timeout=5).raise_for_status()
         self.publish()
 
     def shutdown(self) -> None:
@@ -343,9 +339,6 @@ class VLLMEngine:
 
             stop_stages(self.stages)
             self.stages = []
-        client, self._client = getattr(self, "_client", None), None
-        if client is not None:
-            client.close()
 
     def _wait_until_idle(self, timeout_s: float, not_before: float = 0.0) -> None:
         """Let requests other gateways sent before they saw the withdrawal finish
