@@ -12,6 +12,17 @@ every reader agrees on; replaying them gives each alias's history, a stack:
 `promote` and `set` push a version (unless it is already on top), `rollback` pops
 one.
 
+Reading the newest key and writing the next one is done under a lock of the store
+(PostgreSQL: an advisory lock per model; the embedded SQLite store: a lock file
+beside the database), so keys grow in the order their tags are written and an
+event can never land before one that is already recorded. Without it, a writer
+delayed between stamping its key and writing it (a loaded machine) put its event
+into the past after another promotion had returned, and that promotion's reported
+`previous` no longer matched the history. A team tracking server gives clients no
+lock: there, two moves of one alias in the same instant are both kept and the
+alias ends at the top of the history, but the `previous` one of them reported may
+differ from the history's order.
+
 The alias itself then follows the record: after writing its event a writer sets
 the alias to the top of the replayed history, reads the record again, and repeats
 until the record has not moved on. Whoever writes last therefore sets the alias
@@ -31,12 +42,15 @@ event) can neither pin an alias nor break the replay."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from experiments import tracking
 from foundation import UserError
@@ -89,15 +103,53 @@ def record(name: str, event: dict) -> str:
     from mlflow import MlflowClient
 
     tracking.use_store()
-    newest = max((_stamp(k) for k, _ in _read(_model(name))[0]), default=0)
-    key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
-    _retry(
-        lambda: MlflowClient().set_registered_model_tag(
-            name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)
-        ),
-        name,
-    )
+    with _writer_lock(name):
+        newest = max((_stamp(k) for k, _ in _read(_model(name))[0]), default=0)
+        key = f"{EVENT_TAG}{max(time.time_ns(), newest + 1):020d}.{secrets.token_hex(4)}"
+        _retry(
+            lambda: MlflowClient().set_registered_model_tag(
+                name, key, json.dumps(event, ensure_ascii=False, sort_keys=True)
+            ),
+            name,
+        )
     return key
+
+
+@contextlib.contextmanager
+def _writer_lock(name: str):
+    """One writer of `name`'s record at a time, across processes and nodes, where the
+    store offers a lock (module doc): an advisory lock on PostgreSQL, a lock file
+    beside the embedded SQLite database (one for all its models); none through a tracking server."""
+    uri = tracking.tracking_uri()
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme == "postgresql":
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        digest = hashlib.sha256(f"sekisho.alias_log:{name}".encode()).digest()
+        lock = {"k": int.from_bytes(digest[:8], "big", signed=True)}
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), lock)
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), lock)
+        finally:
+            engine.dispose()
+    elif scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
+        import fcntl
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        with open(db.with_name(db.name + ".sekisho-alias.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def steps(name: str, alias: str | None = None, model=None) -> list[Step]:

@@ -257,3 +257,49 @@ def test_concurrent_promotions_and_rollbacks_lose_no_history(registry_store, tmp
     with pytest.raises(UserError, match="nothing to roll back to"):
         rollback(name)
     assert len(promotion_log(name)) == WORKERS + 3 + WORKERS - 4
+
+
+def test_a_writer_stalled_before_its_write_cannot_reorder_a_returned_promotion(model, monkeypatch):
+    """A promotion that stamps its record key and then stalls (a loaded machine) must not
+    land before a promotion that started after it and has already returned: what each
+    reports as its previous version stays what the history says. The stall is injected:
+    the slow writer waits (3 s at most) for the other promotion to return before it
+    writes; under the store's writer lock the other cannot return first, so it waits
+    its turn and records after the slow one."""
+    import threading
+
+    import mlflow
+
+    from experiments import alias_history, promote, promotion_log
+
+    promote(model, "1", force=True, reason="start")
+    write = mlflow.MlflowClient.set_registered_model_tag
+    stamped, fast_returned = threading.Event(), threading.Event()
+
+    def stalling_write(self, name, key, value):
+        if '"reason": "slow"' in value:
+            stamped.set()
+            fast_returned.wait(3)
+        return write(self, name, key, value)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_tag", stalling_write)
+    reported = {}
+
+    def run(version: str, reason: str) -> None:
+        reported[version] = promote(model, version, force=True, reason=reason).previous
+        if reason == "fast":
+            fast_returned.set()
+
+    slow = threading.Thread(target=run, args=("3", "slow"))
+    slow.start()
+    assert stamped.wait(60), "the slow promotion never reached its write"
+    fast = threading.Thread(target=run, args=("2", "fast"))
+    fast.start()
+    slow.join(120)
+    fast.join(120)
+    assert set(reported) == {"2", "3"}, reported
+
+    history = alias_history(model, "production")
+    assert history == ["1", "3", "2"]
+    assert reported == {"3": "1", "2": "3"}
+    assert [(e["version"], e["previous"]) for e in promotion_log(model)][-2:] == [("3", "1"), ("2", "3")]
