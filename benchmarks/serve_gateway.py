@@ -304,14 +304,14 @@ def wait_http(url: str, timeout: float = 600) -> None:
 
 
 def arm_bare(model_dir: Path, out: dict, repeats: int) -> None:
-    from serve.vllm_process import vllm_command
+    from serve.vllm_process import engine_env, vllm_command
 
     port = free_port()
     cmd = vllm_command(str(model_dir), "tiny-base", {}, ENGINE, "127.0.0.1", port)
     # Bare: vLLM's own server, without the guard Sekisho puts in front of every engine.
     guard = cmd.index("serve.engine_guard.EngineGuard")
     del cmd[guard - 1 : guard + 1]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_gb"])}
+    env = {**os.environ, **engine_env(ENGINE)}  # the process layout Sekisho's engines get
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

