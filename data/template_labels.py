@@ -21,7 +21,10 @@ assistant turn i is found in that render from two things the template says:
   JSON). The turn-end tokens are learnt once per tokenizer, by rendering a few
   probe conversations and taking the special token that follows each probe
   answer (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, `</s>`, `<|end|>`, and for
-  gpt-oss `<|end|>`, `<|return|>` and `<|call|>`), plus the EOS token.
+  gpt-oss `<|end|>`, `<|return|>` and `<|call|>`), plus the EOS token. After a tool
+  call the first special token may only close the call (`</tool_call>`, where a
+  tokenizer makes the tags special): when a token that ends answers follows it
+  before the tool result, the turn ends there, and the closing tag is not a turn end.
 
 A turn whose content or tool call is not in its place in the render (the
 template drops or rewrites it) cannot be labelled: `SpanError`, a row-level
@@ -78,6 +81,7 @@ class TemplateProfile:
 _PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PROBE_ID = "probecall"  # 9 characters: Mistral's templates take no other length
 _PROBE_ARGS = {"probe": "sekisho probe argument"}
+_PROBE_RESULT = "Sekisho probe result"
 
 
 def _probes() -> list[tuple[list[dict], list[str]]]:
@@ -100,7 +104,7 @@ def _probes() -> list[tuple[list[dict], list[str]]]:
             }
         ],
     }
-    result = {"role": "tool", "tool_call_id": _PROBE_ID, "content": "Sekisho probe result"}
+    result = {"role": "tool", "tool_call_id": _PROBE_ID, "content": _PROBE_RESULT}
     args = json.dumps(_PROBE_ARGS, ensure_ascii=False)
     return [
         ([user(1), answer(1)], [answer(1)["content"]]),
@@ -141,7 +145,11 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
     texts = special_tokens(tokenizer)
     specials = re.compile("|".join(map(re.escape, texts)) or r"(?!)")
     special_ids = tuple(sorted({i for i in tokenizer.convert_tokens_to_ids(texts) if i is not None}))
-    probed = set()
+    # The special token after each probe answer ends its turn. After a tool call's
+    # arguments the first special token may instead close the call (`</tool_call>`,
+    # where a tokenizer makes it special) with the turn ending later: there, a token
+    # that ends answers comes before the tool result, and the call adds nothing.
+    probed, after_calls = set(), []
     for messages, after in _probes():
         try:
             text = render(messages)
@@ -150,8 +158,15 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
         for needle in after:
             at = text.find(needle)
             token = specials.search(text, at + len(needle)) if at >= 0 else None
-            if token:
+            if token and needle == json.dumps(_PROBE_ARGS, ensure_ascii=False):
+                after_calls.append((text, token))
+            elif token:
                 probed.add(token.group())
+    for text, token in after_calls:
+        result = text.find(_PROBE_RESULT, token.end())
+        between = {m.group() for m in specials.finditer(text, token.start(), result if result >= 0 else None)}
+        if token.group() in probed or not between & probed:
+            probed.add(token.group())
     eos = tokenizer.eos_token
     ends = probed | ({eos} if eos and specials.fullmatch(eos) else set())
     gen = generation_prompt(kwargs)

@@ -241,3 +241,31 @@ def test_ranges_from_ids_alone_agree_with_offsets(family):
     ranges = _anchored_ranges(tok, profile, list(texts), list(spans), _encoder(tok, False)(list(texts)))
     encodings = tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
     assert ranges == [token_ranges(e, s) for e, s in zip(encodings, spans)]
+
+
+@pytest.mark.parametrize("cut", [2, 4], ids=["call-last", "call-then-answer"])
+def test_a_call_closed_by_a_special_token_trains_the_turn_end_after_it(cut):
+    """Where a tokenizer makes the tool-call tags special tokens (Hermes-style
+    fine-tunes; the tiny Qwen models of tests/fixtures/families), the tag that closes a
+    call is not where the turn ends: `<|im_end|>` after `</tool_call>` is trained too
+    (it was not, so a model never learnt to stop after a call)."""
+    import copy
+
+    from data.template_labels import special_tokens
+
+    tok = copy.deepcopy(build_family("qwen2.5-instruct").tokenizer)
+    tok.add_tokens(["<tool_call>", "</tool_call>"], special_tokens=True)
+    assert {"<tool_call>", "</tool_call>"} <= set(special_tokens(tok))
+    assert template_profile(tok).turn_ends == {"<|im_end|>"}
+    messages = canonical_messages(conversations("qwen2.5-instruct")["tools"])[:cut]
+    ref = tokenize_conversation(tok, messages, 1 << 30, {})
+    full = tok.apply_chat_template(messages, tokenize=False)
+    offsets = tok(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    trained = [full[a:b] for a, b in runs(ref["labels"], offsets)]
+    expected = [
+        EXPECTED["qwen2.5-instruct"](messages, i, {})
+        for i, m in enumerate(messages)
+        if m["role"] == "assistant"
+    ]
+    assert trained == expected
+    assert trained[0].endswith("</tool_call><|im_end|>")
