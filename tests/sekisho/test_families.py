@@ -55,7 +55,9 @@ FAMILIES_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "families"
 FAMILIES = sorted(p.stem for p in FAMILIES_DIR.glob("*.yaml"))
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "internal_faq_ja.jsonl"
 STEPS = 300
-CONTEXT = 1024  # room for the tools' prompt (~190 tokens with the tokenizer trained on it, see _tool_prompt)
+CONTEXT = (
+    1024  # room for the tools' prompt (~190 tokens with the tokenizer trained on it, see _template_text)
+)
 TOOL_COPIES = 3  # the tool-call conversation is seen as often as three Q/A rows
 WEATHER_TOOL = {
     "type": "function",
@@ -91,29 +93,25 @@ def _training_rows(out: Path, with_tool_call: bool) -> Path:
     return out
 
 
-def _tool_prompt(family: str, corpus: list[str], vocab_size: int) -> list[str]:
-    """For a family whose template takes tools (gpt-oss's harmony tools are not tried, see
-    the module doc): the tool-call conversation as its template renders it, as tokenizer
-    training text. A real tokenizer has seen plenty of text like the template's tool
-    instructions (English, JSON); one trained on the Japanese sample alone spells them
-    nearly a byte per token, 640-840 tokens where ~190 do (306 where 27 do for Mistral),
-    and every batch that holds the row is padded to its length.
-
-    Not for Qwen's (hermes) templates yet: their tiny models trained on the shorter row
-    learn the call but not to end the turn after `</tool_call>` (they go on with
-    `<tool_call>`; tried with 3 and 6 copies of the row), so they keep the tokenizer
-    of the sample alone, with which they end it."""
+def _template_text(family: str, corpus: list[str], vocab_size: int) -> list[str]:
+    """A Q/A row and, for a family that learns a tool call, the tool-call row, as the
+    family's template renders them, as tokenizer training text. A real tokenizer has
+    seen plenty of text like a template's own (English system preambles, tool
+    instructions, JSON); one trained on the Japanese sample alone spells it nearly a
+    byte per token: gpt-oss's preamble took 230 of a Q/A row's 261 tokens, Llama-3.1's
+    tool row 842 tokens where 193 do (306 where 27 do for Mistral), and every batch
+    holding such a row is padded to its length."""
     from train.tiny_families import family_tokenizer
 
     spec, facts = load_family(FAMILIES_DIR / f"{family}.yaml")
-    if spec.tool_call_parser in (None, "openai", "hermes"):
-        return []
     tokenizer = family_tokenizer(spec, facts, corpus, vocab_size)
+    tools = spec.tool_call_parser not in (None, "openai")  # gpt-oss's tools are not tried (module doc)
     with tempfile.TemporaryDirectory() as tmp:
-        row = json.loads(
-            _training_rows(Path(tmp) / "rows.jsonl", with_tool_call=True).read_text().splitlines()[-1]
-        )
-    return [tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)]
+        rows = _training_rows(Path(tmp) / "rows.jsonl", with_tool_call=tools).read_text().splitlines()
+    picked = [json.loads(rows[0])] + ([json.loads(rows[-1])] if tools else [])
+    return [
+        tokenizer.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=False) for r in picked
+    ]
 
 
 def _client(base_url: str, api_key: str):
@@ -215,7 +213,7 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     folder = build_family_model(
         FAMILIES_DIR / f"{family}.yaml",
         tmp_path / "download",
-        corpus + _tool_prompt(family, corpus, shape.vocab_size),
+        corpus + _template_text(family, corpus, shape.vocab_size),
         shape,
     )
     imported = import_model(folder, name, alias="production")
