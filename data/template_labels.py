@@ -150,6 +150,7 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
     # where a tokenizer makes it special) with the turn ending later: there, a token
     # that ends answers comes before the tool result, and the call adds nothing.
     probed, after_calls = set(), []
+    call_args = json.dumps(_PROBE_ARGS, ensure_ascii=False)
     for messages, after in _probes():
         try:
             text = render(messages)
@@ -158,14 +159,16 @@ def template_profile(tokenizer, template_kwargs: dict | None = None) -> Template
         for needle in after:
             at = text.find(needle)
             token = specials.search(text, at + len(needle)) if at >= 0 else None
-            if token and needle == json.dumps(_PROBE_ARGS, ensure_ascii=False):
+            if token and needle == call_args:
                 after_calls.append((text, token))
             elif token:
                 probed.add(token.group())
     for text, token in after_calls:
         result = text.find(_PROBE_RESULT, token.end())
-        between = {m.group() for m in specials.finditer(text, token.start(), result if result >= 0 else None)}
-        if token.group() in probed or not between & probed:
+        later = {
+            m.group() for m in specials.finditer(text, token.end(), result if result >= 0 else len(text))
+        }
+        if not later & probed:
             probed.add(token.group())
     eos = tokenizer.eos_token
     ends = probed | ({eos} if eos and specials.fullmatch(eos) else set())

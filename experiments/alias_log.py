@@ -121,8 +121,8 @@ def _writer_lock(name: str):
     store offers a lock (module doc): an advisory lock on PostgreSQL, a lock file
     beside the embedded SQLite database (one for all its models); none through a tracking server."""
     uri = tracking.tracking_uri()
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
-    if scheme == "postgresql":
+    kind = tracking.database_kind(uri)
+    if kind == "postgresql":
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
@@ -138,7 +138,7 @@ def _writer_lock(name: str):
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), lock)
         finally:
             engine.dispose()
-    elif scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
+    elif kind == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
         import fcntl
 
         db = Path(uri.removeprefix("sqlite:///"))

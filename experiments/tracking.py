@@ -81,7 +81,12 @@ def run_page(run_id: str, experiment_id: str, uri: str | None = None) -> str:
     return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
 
 
+def database_kind(uri: str) -> str:
+    """The database of a SQLAlchemy URL ("postgresql", "sqlite", ...; the driver left
+    out), "" for anything else (a tracking server, a folder)."""
+    return uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+
+
 def _is_database(uri: str) -> bool:
     """Whether `uri` is a SQLAlchemy database URL (rather than a tracking server or folder)."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    return scheme.split("+", 1)[0] in ("postgresql", "mysql", "mssql", "sqlite")
+    return database_kind(uri) in ("postgresql", "mysql", "mssql", "sqlite")
