@@ -319,11 +319,12 @@ class VLLMEngine:
             except Exception:  # the cluster may be going away; the entry goes stale anyway
                 pass
         withdrawn_at = time.monotonic()
+        others, on_node = self._peers() if where else (False, False)
         if self.proc.poll() is None:
             if getattr(self, "drained_file", None):
-                self._drain_gateway()
+                self._drain_gateway(move_clients=on_node)
             # Requests other gateways sent until they re-read the table (every 2 s) finish.
-            self._wait_until_idle(IDLE_WAIT_S, not_before=withdrawn_at + WITHDRAW_GRACE_S if where else 0.0)
+            self._wait_until_idle(IDLE_WAIT_S, not_before=withdrawn_at + WITHDRAW_GRACE_S if others else 0.0)
         if getattr(self, "routes_file", None):
             Path(self.routes_file).unlink(missing_ok=True)
             Path(self.routes_file + ".state").unlink(missing_ok=True)
@@ -339,6 +340,21 @@ class VLLMEngine:
             stop_stages(self.stages)
             self.stages = []
 
+    def _peers(self) -> tuple[bool, bool]:
+        """After this replica withdrew: is another replica of the app still routed
+        to (its gateway may have sent requests here), and is one on this node (its
+        listener shares the app's port, so this one's clients can move to it)?"""
+        from urllib.parse import urlsplit
+
+        from serve.gateway import routing
+
+        try:
+            others = [e for entries in routing.read_table(self.app).values() for e in entries]
+        except Exception:  # the cluster may be going away: assume the worst, wait
+            return True, True
+        others = [e for e in others if e.get("url") != self.url()]
+        return bool(others), any(urlsplit(e["url"]).hostname == self.host for e in others)
+
     def _wait_until_idle(self, timeout_s: float, not_before: float = 0.0) -> None:
         """Let requests other gateways sent before they saw the withdrawal finish
         (vLLM would abort them when it stops): return once the engine is idle at
@@ -353,15 +369,16 @@ class VLLMEngine:
             time.sleep(0.2)
         logger.warning("vLLM still had requests in flight after %ss; stopping it", timeout_s)
 
-    def _drain_gateway(self, timeout_s: float = 40.0) -> None:
-        """Let the embedded gateway move its clients to the other replicas and
-        finish what it has in flight before vLLM stops (serve.gateway.embedded)."""
+    def _drain_gateway(self, move_clients: bool = True, timeout_s: float = 40.0) -> None:
+        """Let the embedded gateway move its clients to the other replicas on this
+        node (if there are any) and finish what it has in flight before vLLM stops
+        (serve.gateway.embedded)."""
         from serve.gateway.embedded import DRAIN_S
 
         drained = Path(self.drained_file)
         drained.unlink(missing_ok=True)
         try:
-            self.proc.send_signal(signal.SIGUSR1)
+            self.proc.send_signal(signal.SIGUSR1 if move_clients else signal.SIGUSR2)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + max(timeout_s, DRAIN_S + 5)

@@ -17,7 +17,9 @@ SIGUSR1 before it stops vLLM. For DRAIN_S seconds every answer carries
 `Connection: close`, so clients open their next connection to a listener that
 stays (the kernel hands it to another replica sharing the port); then the
 listener closes, requests in flight finish, and the gateway writes the
-`drained_file` the replica waits on. Connections queued on the closing listener
+`drained_file` the replica waits on. A replica with no other listener on its
+node's port (an app's last replica there, `serve down`) sends SIGUSR2: no client
+could move, so the listener closes at once and only requests in flight finish. Connections queued on the closing listener
 move to the others only with `sysctl net.ipv4.tcp_migrate_req=1` (per network
 namespace); without it a few new connections are refused at that moment.
 """
@@ -173,9 +175,12 @@ class EmbeddedGateway:
         await self.runner.setup()
         site = web.TCPSite(self.runner, cfg["host"], cfg["port"], reuse_port=True, backlog=1024)
         await site.start()
-        asyncio.get_running_loop().add_signal_handler(
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(
             signal.SIGUSR1, lambda: asyncio.ensure_future(self.drain(cfg.get("drain_s", DRAIN_S)))
         )
+        # No other listener shares the port: no client can move, so stop at once.
+        loop.add_signal_handler(signal.SIGUSR2, lambda: asyncio.ensure_future(self.drain(0.0)))
         if cfg.get("metrics"):
             from serve.gateway.scrape import ReplicaMetricsServer
 

@@ -87,6 +87,15 @@ def test_eval_serves_an_unpromoted_version_for_its_duration(main_job, unpromoted
     # Torn down: the temporary app is gone, its key revoked, nothing else touched.
     apps_after = serve.status().applications
     assert app_name not in apps_after and set(apps_after) == apps_before
+    # The app's only replica had no other listener on its port to hand clients to:
+    # its gateway closed at once instead of draining (serve.gateway.embedded).
+    from serve.vllm_process import engine_logs_dir
+
+    drains = [
+        line for log in engine_logs_dir(app_name).glob("*.log") for line in log.read_text().splitlines()
+    ]
+    drains = [line.split("draining for ")[1] for line in drains if "gateway draining for" in line]
+    assert drains == ["0.0s"], drains
     key = next(k for k in KeyStore().list() if k.name == key_name)
     assert key.models == ("demo-ja-adapter",)
     assert key.revoked_at is not None and not key.usable()

@@ -273,4 +273,9 @@ def test_a_replica_that_leaves_is_routed_around_with_no_failed_request(routed):
     after = {replica for at, replica in answered if at > left}
     before = {replica for at, replica in answered if at <= left}
     assert len(before) == 2 and len(after) == 1, (before, after)
+    # It drained (its clients moved to the other replica's listener on this node).
+    from serve.vllm_process import engine_logs_dir
+
+    logs = "".join(log.read_text() for log in engine_logs_dir(APP).glob("*.log"))
+    assert "gateway draining for 5.0s" in logs and "gateway draining for 0.0s" not in logs
     print(f"{len(answered)} requests while a replica left, 0 failed")
