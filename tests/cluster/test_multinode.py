@@ -117,13 +117,25 @@ JOB_DRIVER = CONNECT + textwrap.dedent("""
 SERVE_DRIVER = CONNECT + textwrap.dedent("""
     import uuid
     import httpx, ray
+    from ray import serve
     from ray.util import placement_group_table
     from ray.util.state import list_actors
     from sekisho.gpu_plan import check_against_running_cluster, plan_serve_app
     from serve import ServeAppConfig, deploy, resolve_app
+    from foundation import UserError
     from serve.gateway import KeyStore
 
     cfg = ServeAppConfig.model_validate_json(sys.argv[3])
+    # The same model in one stage on SQLite: refused on this cluster of three nodes.
+    one_stage = cfg.models[0].model_copy(
+        update={"engine": cfg.models[0].engine.model_copy(update={"pipeline_parallel_size": 1})})
+    on_sqlite = cfg.model_copy(update={
+        "name": "on-sqlite", "models": [one_stage], "gateway": cfg.gateway.model_copy(update={"db_url": None})})
+    try:
+        deploy(resolve_app(on_sqlite, out / "serve-cache"))
+        refused = None
+    except UserError as exc:
+        refused = str(exc)
     app = resolve_app(cfg, out / "serve-cache")
     plan = plan_serve_app(app, sys.argv[1])
     check_against_running_cluster(cfg, [n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]])
@@ -146,7 +158,7 @@ SERVE_DRIVER = CONNECT + textwrap.dedent("""
                          "messages": [{"role": "user", "content": "hello"}]})
     (out / "serve.json").write_text(json.dumps({
         "stage_nodes": app.stage_nodes, "pgs": pgs, "actors": actors, "status": r.status_code,
-        "answer": r.json()}))
+        "answer": r.json(), "sqlite_refused": refused, "apps": sorted(serve.status().applications)}))
     print("SERVED")
 """)
 
@@ -552,3 +564,8 @@ def test_a_two_stage_replica_spans_both_worker_hosts_and_answers(cluster, tiny_m
         got["answer"]["choices"][0]["message"]["content"] and got["answer"]["usage"]["completion_tokens"] > 0
     )
     assert "-pp2-" in got["answer"]["system_fingerprint"]  # vLLM says: two pipeline stages
+    # On SQLite the same model, one stage, was refused by the running 3-node cluster, before
+    # anything was deployed.
+    refused = got["sqlite_refused"] or ""
+    assert "app on-sqlite: the Ray cluster has 3 nodes" in refused and "PostgreSQL is required" in refused
+    assert "gateway.db_url is unset" in refused and got["apps"] == ["pp"]
