@@ -115,12 +115,18 @@ def _read_json(path: Path) -> dict:
 
 @contextmanager
 def serve_for_eval(
-    model: str, home: Path, served_as: str | None = None, address: str | None = None
+    model: str,
+    home: Path,
+    served_as: str | None = None,
+    address: str | None = None,
+    engine: dict | None = None,
 ) -> Iterator[TemporaryServe]:
     """Serve `model` for the duration of the `with` block, behind a gateway key
     limited to it that expires in two hours at the latest; on exit the app is
     deleted and the key revoked. Joins the Ray cluster at `address`, else uses the
     one this process is connected to, else starts a local one (stopped on exit).
+    `engine`: engine settings (serve.config.EngineSettings fields) over those read
+    from the model's files.
 
     Raises:
         ModelNotFoundError, ModelIntegrityError, UserError: nothing deployable.
@@ -138,7 +144,15 @@ def serve_for_eval(
         update={
             "models": [
                 spec.model_copy(
-                    update={"engine": spec.engine.model_copy(update=engine_settings_for(resolved))}
+                    update={
+                        "engine": spec.engine.model_validate(
+                            {
+                                **spec.engine.model_dump(exclude_unset=True),
+                                **engine_settings_for(resolved),
+                                **(engine or {}),
+                            }
+                        )
+                    }
                 )
             ]
         }

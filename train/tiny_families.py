@@ -44,7 +44,8 @@ class FamilySpec(StrictConfig):
     )
     tool_call_parser: str | None = Field(None, description="vLLM's tool-call parser for the family, if any.")
     lora_target_modules: list[str] = Field(
-        default_factory=lambda: list(ALL_LINEAR), description="The family's linear layers a LoRA adapts."
+        default_factory=lambda: list(ALL_LINEAR),
+        description="The modules of the family a LoRA adapts (its linear layers; embeddings where they help).",
     )
 
 
