@@ -186,6 +186,14 @@ class EngineSettings(StrictConfig):
         "picked from the model's chat template at engine start; or a vLLM parser name; none: tools refused.",
     )
 
+    reasoning_parser: str | None = Field(
+        "auto",
+        description="vLLM's parser that returns a reasoning model's thinking apart from its answer "
+        "(`reasoning`, not `content`). auto: picked from the model's chat template at engine start "
+        "(Qwen3: qwen3; <think> templates: deepseek_r1; none for others); or a vLLM parser name; "
+        "none: thinking stays in `content`.",
+    )
+
     @field_validator("quantization", "kv_cache_dtype")
     @classmethod
     def _vllm_choice(cls, value: str | None, info):
@@ -222,11 +230,27 @@ class EngineSettings(StrictConfig):
             port=8000,
             embedded_gateway=False,
             tool_call_parser=None,
+            reasoning_parser=None,
         )
         try:
             check_extra_args(command, value)
         except ImportError as exc:
             raise ValueError(f"cannot check extra_args: vLLM does not import here ({exc})") from None
+        return value
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_reasoning_parser(cls, value: str | None, info):
+        if value in (None, "auto", "none") or "--reasoning-parser-plugin" in info.data.get("extra_args", []):
+            return value
+        from serve.engine_args import reasoning_parser_names
+
+        names = reasoning_parser_names()
+        if value not in names:
+            raise ValueError(
+                f"{value!r} is not one of vLLM's reasoning parsers ({', '.join(names)}); or 'auto' to "
+                "pick it from the model's chat template, 'none' to leave thinking in `content`"
+            )
         return value
 
     @field_validator("tool_call_parser")
@@ -350,6 +374,8 @@ class ModelSpec(StrictConfig):
             raise ValueError("an embedding model (task: embed) takes no adapters")
         if self.task == "embed" and self.engine.tool_call_parser not in (None, "auto", "none"):
             raise ValueError("engine.tool_call_parser: an embedding model (task: embed) has no tool calls")
+        if self.task == "embed" and self.engine.reasoning_parser not in (None, "auto", "none"):
+            raise ValueError("engine.reasoning_parser: an embedding model (task: embed) does not reason")
         return self
 
 

@@ -42,6 +42,7 @@ OWNED = {
     "enable_prefix_caching": "engine.enable_prefix_caching",
     "enable_auto_tool_choice": "engine.tool_call_parser",
     "tool_call_parser": "engine.tool_call_parser",
+    "reasoning_parser": "engine.reasoning_parser",
     "runner": "the model's task (models[].task)",
     "convert": "the model's task (models[].task)",
     "enable_lora": "the model's adapters (models[].adapters)",
@@ -129,17 +130,28 @@ def tool_parser_names() -> list[str]:
     return ToolParserManager.list_registered()
 
 
+def reasoning_parser_names() -> list[str]:
+    """The reasoning parsers vLLM registers, read as `tool_parser_names` reads the
+    tool-call parsers (`vllm/reasoning/__init__.py`), else from ReasoningParserManager."""
+    names = _registry_table("reasoning", "_REASONING_PARSERS_TO_REGISTER")
+    if names:
+        return names
+    from vllm.reasoning import ReasoningParserManager
+
+    return ReasoningParserManager.list_registered()
+
+
 @functools.cache
-def _registry_table() -> list[str]:
+def _registry_table(package: str = "tool_parsers", table: str = "_TOOL_PARSERS_TO_REGISTER") -> list[str]:
     spec = importlib.util.find_spec("vllm")
     if spec is None or not spec.submodule_search_locations:
         return []
-    source = Path(next(iter(spec.submodule_search_locations)), "tool_parsers", "__init__.py")
+    source = Path(next(iter(spec.submodule_search_locations)), package, "__init__.py")
     if not source.is_file():
         return []
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         targets = node.targets if isinstance(node, ast.Assign) else []
-        if any(getattr(t, "id", None) == "_TOOL_PARSERS_TO_REGISTER" for t in targets):
+        if any(getattr(t, "id", None) == table for t in targets):
             if isinstance(node.value, ast.Dict):
                 return sorted(k.value for k in node.value.keys if isinstance(k, ast.Constant))
     return []

@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from serve.reasoning_parsers import resolve_reasoning_parser
 from serve.tool_parsers import resolve_tool_call_parser
 
 
@@ -99,11 +100,12 @@ def vllm_command(
     embedded_gateway: bool = False,
 ) -> list[str]:
     """The command line of vLLM's OpenAI server for one model and its adapters; a
-    tool-call parser of "auto" is picked from the model folder here (and logged)."""
+    tool-call or reasoning parser of "auto" is picked from the model folder here
+    (and logged)."""
     _log_to_stderr()
-    parser = resolve_tool_call_parser(
-        engine.get("tool_call_parser"), model_dir, engine.get("task", "generate")
-    )
+    task = engine.get("task", "generate")
+    parser = resolve_tool_call_parser(engine.get("tool_call_parser"), model_dir, task)
+    reasoning = resolve_reasoning_parser(engine.get("reasoning_parser"), model_dir, task)
     args = engine_flags(
         engine,
         model_dir=model_dir,
@@ -113,6 +115,7 @@ def vllm_command(
         port=port,
         embedded_gateway=embedded_gateway,
         tool_call_parser=parser,
+        reasoning_parser=reasoning,
     )
     return [sys.executable, "-m", SERVER_MODULE, *args, *engine.get("extra_args", [])]
 
@@ -127,9 +130,10 @@ def engine_flags(
     port: int,
     embedded_gateway: bool,
     tool_call_parser: str | None,
+    reasoning_parser: str | None = None,
 ) -> list[str]:
     """vLLM's flags for the engine settings (all but `extra_args`), the tool-call
-    parser already resolved."""
+    and reasoning parsers already resolved."""
     cmd = [
         "--model",
         model_dir,
@@ -175,6 +179,8 @@ def engine_flags(
         cmd += ["--runner", "pooling", "--convert", "embed"]
     if tool_call_parser:
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
+    if reasoning_parser:
+        cmd += ["--reasoning-parser", reasoning_parser]
     if adapters or engine.get("adapter_catalog"):  # a catalog loads adapters at run time
         cmd += [
             "--enable-lora",

@@ -39,10 +39,19 @@ class FamilySpec(StrictConfig):
     extra_special_tokens: list[str] = Field(
         default_factory=list, description="Special tokens the template uses beyond the fixture's."
     )
+    added_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens the family's tokenizer keeps whole but does not mark special (Qwen's "
+        "`<tool_call>` and `<think>`): single tokens that stay in decoded text, as in the real tokenizer.",
+    )
     generation: dict[str, Any] = Field(
         default_factory=dict, description="generation_config.json: `eos` as tokens, sampling settings."
     )
     tool_call_parser: str | None = Field(None, description="vLLM's tool-call parser for the family, if any.")
+    reasoning_parser: str | None = Field(
+        None,
+        description="vLLM's reasoning parser for the family (its thinking apart from its answer), if any.",
+    )
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(ALL_LINEAR),
         description="The modules of the family a LoRA adapts (its linear layers; embeddings where they help).",
@@ -82,9 +91,11 @@ def family_tokenizer(spec: FamilySpec, facts: dict, texts: Iterable[str], vocab_
     kwargs = {k: facts[k] for k in ("bos_token", "eos_token", "pad_token") if isinstance(facts.get(k), str)}
     if spec.tokenizer == "sentencepiece_bpe":
         kwargs["unk_token"] = "<unk>"
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, chat_template=facts["chat_template"], model_max_length=None, **kwargs
     )
+    fast.add_tokens(spec.added_tokens)  # whole, not special (the model's vocabulary grows to fit)
+    return fast
 
 
 def _sentencepiece_style(texts: list[str], specials: list[str], vocab_size: int):

@@ -221,6 +221,7 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     from experiments import get_version
     from sekisho.eval_serve import serve_for_eval
     from serve.gateway import KeyStore
+    from serve.reasoning_parsers import detect_reasoning_parser
     from serve.tool_parsers import detect_tool_call_parser
     from train import LoraJobConfig, TinyModelConfig
     from train.job import run_job
@@ -242,6 +243,10 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     harmony = json.loads((folder / "config.json").read_text())["model_type"] == "gpt_oss"
     parser = detect_tool_call_parser(folder)[0]
     assert parser == spec.tool_call_parser, f"{family}: the engine would pick {parser!r}"
+    # Qwen3's thinking: its `<think>` is no special token (as in the real tokenizer), so
+    # the answers below come out clean only through the reasoning parser picked here.
+    reasoning = detect_reasoning_parser(folder)[0]
+    assert reasoning == spec.reasoning_parser, f"{family}: the engine would pick {reasoning!r}"
     tools = parser is not None and not harmony
 
     # Q/A rows (and a tool call); `run_job` prepares them with the family's own template.

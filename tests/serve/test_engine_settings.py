@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from foundation import ConfigError
 from serve import ServeAppConfig
 from serve.config import KV_CACHE_DTYPES, LORA_RANKS, QUANTIZATIONS, EngineSettings
-from serve.engine_args import tool_parser_names, vllm_parser
+from serve.engine_args import reasoning_parser_names, tool_parser_names, vllm_parser
+from serve.reasoning_parsers import detect_reasoning_parser, resolve_reasoning_parser
 from serve.tool_parsers import detect_tool_call_parser, resolve_tool_call_parser
 from serve.vllm_process import engine_env, vllm_command
 from train.tiny_families import build_family_model, load_family
@@ -198,12 +199,14 @@ def test_the_typed_choices_are_vllms():
 
     from vllm.config.cache import CacheDType
     from vllm.model_executor.layers.quantization import DEPRECATED_QUANTIZATION_METHODS, QUANTIZATION_METHODS
+    from vllm.reasoning import ReasoningParserManager
     from vllm.tool_parsers import ToolParserManager
 
     assert set(QUANTIZATIONS) == set(QUANTIZATION_METHODS) - set(DEPRECATED_QUANTIZATION_METHODS)
     assert set(KV_CACHE_DTYPES) == set(get_args(CacheDType))
     assert tuple(vllm_parser()._option_string_actions["--max-lora-rank"].choices) == LORA_RANKS
     assert tool_parser_names() == ToolParserManager.list_registered()
+    assert reasoning_parser_names() == ReasoningParserManager.list_registered()
 
 
 @pytest.mark.parametrize("family", sorted(p.stem for p in FAMILIES.glob("*.yaml")))
@@ -218,6 +221,31 @@ def test_the_tool_call_parser_is_detected_from_each_family_real_template(family,
     (hub / "config.json").write_text((model / "config.json").read_text())
     (hub / "tokenizer_config.json").write_text(json.dumps({"chat_template": facts["chat_template"]}))
     assert detect_tool_call_parser(hub)[0] == spec.tool_call_parser
+    # The reasoning parser alike: Qwen3's <think> blocks; none for the others (gpt-oss's
+    # harmony channels vLLM parses itself).
+    assert detect_reasoning_parser(model)[0] == spec.reasoning_parser
+    assert detect_reasoning_parser(hub)[0] == spec.reasoning_parser
+
+
+def test_the_reasoning_parser_is_resolved_at_engine_start_an_explicit_one_wins(tmp_path, caplog):
+    facts = json.loads((FAMILIES.parent / "chat_templates" / "qwen3.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": facts["chat_template"]}))
+    with caplog.at_level(logging.INFO, logger="sekisho.serve"):
+        assert parsed(command(EngineSettings(), model_dir=tmp_path)).reasoning_parser == "qwen3"
+    assert f"reasoning parser qwen3 for {tmp_path}: the chat template writes Qwen3's" in caplog.text
+    explicit = EngineSettings(reasoning_parser="deepseek_r1")
+    assert parsed(command(explicit, model_dir=tmp_path)).reasoning_parser == "deepseek_r1"
+    r1 = tmp_path / "r1-distill"
+    r1.mkdir()
+    (r1 / "chat_template.jinja").write_text(
+        "{{ messages }}{% if add_generation_prompt %}<think>\n{% endif %}"
+    )
+    assert resolve_reasoning_parser("auto", r1) == "deepseek_r1"
+    for off in (None, "none"):
+        assert "--reasoning-parser" not in command(EngineSettings(reasoning_parser=off), model_dir=tmp_path)
+    assert "--reasoning-parser" not in command(EngineSettings(), model_dir=tmp_path, task="embed")
+    with pytest.raises(ValidationError, match="'qwen4' is not one of vLLM's reasoning parsers"):
+        EngineSettings(reasoning_parser="qwen4")
 
 
 def test_auto_is_resolved_at_engine_start_and_logged_an_explicit_parser_wins(tmp_path, caplog):

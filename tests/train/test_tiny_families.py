@@ -30,6 +30,11 @@ def test_family_model_is_built_offline_in_the_download_layout(family, corpus, tm
     assert tok.chat_template == facts["chat_template"]
     for token in special_tokens(spec, facts):
         assert tok.convert_ids_to_tokens(tok(token, add_special_tokens=False)["input_ids"]) == [token]
+    for token in spec.added_tokens:  # whole, and kept when special tokens are skipped
+        ids = tok(f"a{token}b", add_special_tokens=False)["input_ids"]
+        assert token in tok.convert_ids_to_tokens(ids) and token not in tok.all_special_tokens
+        assert tok.decode(ids, skip_special_tokens=True) == f"a{token}b"
+    assert config.vocab_size == len(tok)
     generation = json.loads((out / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
     assert tok.convert_ids_to_tokens(eos if isinstance(eos, list) else [eos]) == spec.generation.get(
