@@ -71,7 +71,7 @@ FIELDS = {
     | {
         "messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "tools",
         "tool_choice", "parallel_tool_calls", "reasoning_effort", "functions", "function_call",
-        "add_generation_prompt", "continue_final_message",
+        "add_generation_prompt", "continue_final_message", "chat_template_kwargs",
     },
     "/v1/completions": SAMPLING | STRUCTURED_OUTPUTS | {"prompt", "logprobs", "echo", "response_format"},
     "/v1/embeddings": frozenset({"model", "input", "dimensions", "encoding_format", "user"}),
@@ -82,7 +82,12 @@ TEXT_FORMATS = ("text", None)  # response_format types that ask for no structure
 FORBIDDEN = {
     "best_of": "best_of is not supported (it multiplies the work of one request)",
     "chat_template": "a client-supplied chat_template is not accepted",
-    "chat_template_kwargs": "client-supplied chat_template_kwargs are not accepted",
+}
+# chat_template_kwargs reach the model's template as variables (they could rename
+# roles or replace its system text): only the switches reasoning templates document.
+TEMPLATE_SWITCHES = {
+    "enable_thinking": "Qwen3's thinking on or off",
+    "thinking": "thinking on or off (DeepSeek-V3.1 and other hybrid templates)",
 }
 
 
@@ -93,6 +98,24 @@ def _int_field(payload: dict, name: str) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise GatewayError(400, f"'{name}' must be an integer, got {v!r}", param=name, code="invalid_type")
     return v
+
+
+def _check_template_switches(kwargs) -> None:
+    if not isinstance(kwargs, dict):
+        raise GatewayError(
+            400, "'chat_template_kwargs' must be an object", param="chat_template_kwargs", code="invalid_type"
+        )
+    for key, value in kwargs.items():
+        where = f"chat_template_kwargs.{key}"
+        if key not in TEMPLATE_SWITCHES:
+            known = ", ".join(f"{k} ({why})" for k, why in TEMPLATE_SWITCHES.items())
+            raise GatewayError(
+                400, f"'{where}' is not accepted; the template switches are: {known}", param=where,
+                code="unsupported_parameter",
+            )  # fmt: skip
+        if not isinstance(value, bool):
+            raise GatewayError(400, f"'{where}' must be true or false, got {value!r}", param=where,
+                               code="invalid_type")  # fmt: skip
 
 
 def check_fields(payload: dict, route: str, limits: RequestLimits) -> None:
@@ -107,6 +130,8 @@ def check_fields(payload: dict, route: str, limits: RequestLimits) -> None:
             raise GatewayError(
                 400, f"Unrecognized request field '{name}' for {route}.", param=name, code="unknown_parameter"
             )
+    if "chat_template_kwargs" in payload:
+        _check_template_switches(payload["chat_template_kwargs"])
     if limits.allow_structured_outputs:
         return
     for name in STRUCTURED_OUTPUTS & payload.keys():

@@ -126,14 +126,20 @@ def _client(base_url: str, api_key: str):
     return OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
 
 
-def _ask(base_url: str, api_key: str, model: str, questions: list[str], tokenizer=None) -> list[str]:
+def _ask(
+    base_url: str, api_key: str, model: str, questions: list[str], tokenizer=None, extra_body=None
+) -> list[str]:
     """Greedy answers; with `tokenizer`, through /v1/completions with the prompt the
     model's template renders (gpt-oss, see the module doc)."""
     client = _client(base_url, api_key)
 
     def chat(question: str) -> str:
         r = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=64
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=64,
+            extra_body=extra_body,
         )
         return (r.choices[0].message.content or "").strip()
 
@@ -285,6 +291,12 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
                 tuned = _ask(served.base_url, served.api_key, served.served_as, questions)
                 base = _ask(served.base_url, base_key, base_served, questions)
                 tool_call = _ask_tool(served.base_url, served.api_key, served.served_as) if tools else None
+                if spec.reasoning_parser == "qwen3":  # thinking off, as a client switches it
+                    off = {"chat_template_kwargs": {"enable_thinking": False}}
+                    unthinking = _ask(
+                        served.base_url, served.api_key, served.served_as, questions, extra_body=off
+                    )
+                    assert unthinking == tuned, f"{family}: thinking off answered otherwise: {unthinking}"
             finally:
                 keys.revoke(f"{served.key_name}-base")
 

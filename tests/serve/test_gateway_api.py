@@ -96,7 +96,9 @@ def test_key_sees_and_calls_only_its_models(main_job, keys):
         ({"logprobs": True, "top_logprobs": 19}, "top_logprobs"),
         ({"best_of": 2}, "best_of"),
         ({"chat_template": "{{ 7*7 }}"}, "chat_template"),
-        ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs"),
+        ({"chat_template_kwargs": {"x": 1}}, "chat_template_kwargs.x"),
+        ({"chat_template_kwargs": {"enable_thinking": "no"}}, "chat_template_kwargs.enable_thinking"),
+        ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
         ({"max_tokens": "ten"}, "max_tokens"),
     ],
 )
