@@ -94,6 +94,11 @@ class PrefixIndex:
                 return k + 1
         return 0
 
+    def occupancy(self, url: str) -> int:
+        """How many prompt blocks the gateways routed to `url` and still remember
+        (this gateway's and what each peer published): how full its cache looks."""
+        return len(self.own.get(url, ())) + sum(len(p.get(url, ())) for p in self.peers.values())
+
     def export(self, limit: int = PUBLISH_BLOCKS) -> dict[str, str]:
         """url -> the newest `limit` block hashes this gateway routed there, packed."""
         out = {}

@@ -39,7 +39,7 @@ class RouteMetrics:
         )
         self.decisions = Counter(
             "sekisho_route_decisions",
-            "Why each request went to the replica it went to (prefix, adapter, load, local, connection)",
+            "Why each request went to the replica it went to (prefix, adapter, room, load, local, connection)",
             ["reason"],
             registry=registry,
         )

@@ -8,7 +8,12 @@ the model's deployment on every node (serve.gateway.routing's table):
 
 1. the one holding the longest cached prefix of the prompt (serve.gateway.prefix_index);
 2. then one that has the adapter loaded;
-3. then the one with the least work in flight; then this process's own engine
+3. for a long prompt no replica holds any of (a new shared document or system
+   prompt), the one whose cache looks emptiest (fewest prompt blocks routed to
+   it), as SGLang's cache-aware router places a cold prompt on its smallest
+   tree: new documents spread over the replicas' caches instead of piling into
+   one, which then evicts what its own clients come back for;
+4. then the one with the least work in flight; then this process's own engine
    (no hop at all);
 
 but only among replicas within `max_imbalance` requests of the least loaded
@@ -33,6 +38,7 @@ from serve.gateway.route_metrics import RouteMetrics
 from serve.gateway.routing import Upstreams
 
 DEFAULT_LORA_SLOTS = 4
+COLD_BLOCKS = 8  # a prompt of 8 blocks (512 characters) or more is worth a cache's room
 
 
 @dataclass(frozen=True)
@@ -93,12 +99,15 @@ class Router:
         loads = {e["url"]: self.load(e) for e in live}
         bound = min(loads.values()) + self.options.max_imbalance
         adapter = ctx.model if ctx.route.base != ctx.model else None
+        prefix = {e["url"]: self.prefixes.matched(e["url"], hashes) if hashes else 0 for e in live}
+        cold = len(hashes) >= COLD_BLOCKS and not any(prefix.values())
 
         def score(e: dict) -> tuple:
             url = e["url"]
             return (
-                self.prefixes.matched(url, hashes) if hashes else 0,
+                prefix[url],
                 adapter is not None and self.adapters.holds(url, adapter),
+                -self.prefixes.occupancy(url) if cold else 0,
                 -loads[url],
                 url == self.local_url,
             )
@@ -110,13 +119,15 @@ class Router:
             s = score(e)
             if best_score is None or s > best_score:
                 best, best_score = e, s
-        matched, holds, _, _ = best_score
+        matched, holds, room, _, _ = best_score
         alternatives = [score(e) for e in live if e is not best and loads[e["url"]] <= bound]
         if matched and any(a[0] < matched for a in alternatives):
             reason = "prefix"
         elif holds and any(not a[1] for a in alternatives):
             reason = "adapter"
-        elif best["url"] == self.local_url and all(a[2] == best_score[2] for a in alternatives):
+        elif cold and any(a[2] < room for a in alternatives):
+            reason = "room"
+        elif best["url"] == self.local_url and all(a[3] == best_score[3] for a in alternatives):
             reason = "local"
         else:
             reason = "load"

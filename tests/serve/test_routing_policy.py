@@ -78,6 +78,49 @@ def test_a_repeated_prefix_goes_where_it_went_before_and_new_ones_spread_by_load
     assert router.choose(again, router.hashes(again)).entry["url"] == B
 
 
+def test_a_new_document_goes_where_the_cache_has_room_before_the_least_loaded_replica():
+    router, upstreams = _router()
+    documents = [f"資料{i}: " + "第{i}倉庫の在庫と手続きの記録です。" * 40 for i in range(4)]
+
+    def ask(doc: str, question: str):
+        ctx = SimpleNamespace(
+            path="/v1/chat/completions",
+            model="base",
+            route=ROUTE,
+            payload={"model": "base", "messages": [{"role": "user", "content": f"{doc}\n{question}"}]},
+        )
+        hashes = router.hashes(ctx)
+        choice = router.choose(ctx, hashes)
+        router.routed(ctx, choice, hashes)
+        return choice
+
+    assert ask(documents[0], "q").entry["url"] == A
+    upstreams.inflight[B] = 2  # B is busier, within the bound: the new document still goes to its room
+    second = ask(documents[1], "q")
+    assert (second.entry["url"], second.reason) == (B, "room")
+    upstreams.inflight[B] = 0
+    placed = {doc: ask(doc, "q").entry["url"] for doc in documents[2:]}
+    assert sorted(placed.values()) == [A, B]  # four documents, two per replica's cache
+    # Their followers go back to them (prefix); a short cold prompt is placed by load.
+    assert [ask(doc, "次の質問").reason for doc in documents] == ["prefix"] * 4
+    upstreams.inflight[A] = 1
+    assert ask("短い質問", "").entry["url"] == B
+    # Another gateway, knowing only what this one published, places a new document alike.
+    other, _ = _router()
+    other.merge({DEP: [{"url": A, "state": router.state()}, {"url": B, "state": {}}]})
+    router.prefixes.record(A, list(range(10_000, 10_050)))  # A now looks fuller
+    other.merge({DEP: [{"url": A, "state": router.state()}, {"url": B, "state": {}}]})
+    fresh = SimpleNamespace(
+        path="/v1/chat/completions",
+        model="base",
+        route=ROUTE,
+        payload={"model": "base", "messages": [{"role": "user", "content": "新資料: " + "記録" * 300}]},
+    )
+    assert other.choose(fresh, other.hashes(fresh)).entry["url"] == B
+    upstreams.inflight[B] = 9  # past the bound: load wins over room
+    assert router.choose(fresh, router.hashes(fresh)).entry["url"] == A
+
+
 def test_an_adapter_goes_to_a_replica_holding_it():
     router, _ = _router()
     ctx = SimpleNamespace(
