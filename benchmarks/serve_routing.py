@@ -5,7 +5,7 @@ the engine in the process a connection reached answers), (b) plain
 routing (prefix, adapter, load). Two engine replicas on one host, each its
 share of the cores (OMP_NUM_THREADS=1, threads not pinned).
 
-    .venv/bin/python benchmarks/serve_routing.py [--seconds 30] [--budget-s 700]
+    .venv/bin/python benchmarks/serve_routing.py [--seconds 90] [--budget-s 900] [--arms cab]
 
 Workloads, the same for every arm:
 - shared context (as llm-d publishes it, scaled to a CPU): GROUPS groups, each a
@@ -26,9 +26,10 @@ Prints TTFT p50/p90, output tokens/s, the engines' prefix-cache hit rate and
 each replica's share of the requests per arm and workload, then the result
 lines; the last: result: multilora_vs_single_adapter_tokens_per_s=...
 
-Sizes are small so that the whole run fits in about 12 minutes on a 2-core
-machine (starting two engines there takes 2-4 minutes per arm); a phase that
-would end past --budget-s is skipped and its results print as nan.
+Sizes are small so that arms (a) and (c) fit in about 15 minutes on a 2-core
+machine (starting two engines there takes 1-4 minutes per arm; arm (b)'s
+ray.serve.llm engines compile and take over 10); a phase that would end past
+--budget-s is skipped and its results print as nan.
 """
 
 from __future__ import annotations
@@ -420,10 +421,16 @@ def verdict(name: str, value: float, op: str, target: float) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=30, help="arrivals per open-loop workload, in seconds")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=90,
+        help="arrivals per open-loop workload, in seconds (long enough that the groups' first, cold "
+        "prefills are under a tenth of the requests, so p90 measures the steady state)",
+    )
     p.add_argument("--lora-seconds", type=float, default=15, help="length of each multi-LoRA load")
     p.add_argument(
-        "--budget-s", type=float, default=660, help="start no phase that would end past this many seconds"
+        "--budget-s", type=float, default=900, help="start no phase that would end past this many seconds"
     )
     p.add_argument("--arms", default="cab", help="a kernel spreading, b ray.serve.llm, c Sekisho routing")
     args = p.parse_args()
