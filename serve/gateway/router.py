@@ -7,7 +7,9 @@ Each gateway therefore picks, for every request, among the live replicas of
 the model's deployment on every node (serve.gateway.routing's table):
 
 1. the one holding the longest cached prefix of the prompt (serve.gateway.prefix_index);
-2. then one that has the adapter loaded;
+2. then one that has the adapter loaded, if it has at most ADAPTER_SLACK more
+   requests in flight than the least loaded replica (loading an adapter into a
+   LoRA slot costs less than queueing behind more requests);
 3. for a long prompt no replica holds any of (a new shared document or system
    prompt), the one whose cache looks emptiest (fewest prompt blocks routed to
    it), as SGLang's cache-aware router places a cold prompt on its smallest
@@ -38,6 +40,7 @@ from serve.gateway.route_metrics import RouteMetrics
 from serve.gateway.routing import Upstreams
 
 DEFAULT_LORA_SLOTS = 4
+ADAPTER_SLACK = 1  # requests in flight beyond the least loaded replica's that adapter affinity may add
 COLD_BLOCKS = 8  # a prompt of 8 blocks (512 characters) or more is worth a cache's room
 
 
@@ -97,7 +100,8 @@ class Router:
                 return Choice(own, "local", 0)
             return Choice(min(live, key=self.load), "load", 0)
         loads = {e["url"]: self.load(e) for e in live}
-        bound = min(loads.values()) + self.options.max_imbalance
+        least = min(loads.values())
+        bound = least + self.options.max_imbalance
         adapter = ctx.model if ctx.route.base != ctx.model else None
         prefix = {e["url"]: self.prefixes.matched(e["url"], hashes) if hashes else 0 for e in live}
         cold = len(hashes) >= COLD_BLOCKS and not any(prefix.values())
@@ -106,7 +110,9 @@ class Router:
             url = e["url"]
             return (
                 prefix[url],
-                adapter is not None and self.adapters.holds(url, adapter),
+                adapter is not None
+                and loads[url] <= least + ADAPTER_SLACK
+                and self.adapters.holds(url, adapter),
                 -self.prefixes.occupancy(url) if cold else 0,
                 -loads[url],
                 url == self.local_url,

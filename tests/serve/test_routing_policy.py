@@ -121,8 +121,8 @@ def test_a_new_document_goes_where_the_cache_has_room_before_the_least_loaded_re
     assert router.choose(fresh, router.hashes(fresh)).entry["url"] == A
 
 
-def test_an_adapter_goes_to_a_replica_holding_it():
-    router, _ = _router()
+def test_an_adapter_goes_to_a_replica_holding_it_unless_it_is_busier():
+    router, upstreams = _router()
     ctx = SimpleNamespace(
         path="/v1/completions",
         model="ja",
@@ -132,6 +132,10 @@ def test_an_adapter_goes_to_a_replica_holding_it():
     router.adapters.record(B, "ja", slots=4)
     choice = router.choose(ctx, router.hashes(ctx))
     assert (choice.entry["url"], choice.reason) == (B, "adapter")
+    upstreams.inflight[B] = 1  # one request more than A: still worth it
+    assert router.choose(ctx, router.hashes(ctx)).entry["url"] == B
+    upstreams.inflight[B] = 2  # two more: A loads the adapter instead of queueing behind B
+    assert router.choose(ctx, router.hashes(ctx)).entry["url"] == A
 
 
 def test_the_local_engine_wins_ties_and_connection_mode_keeps_it():
