@@ -188,10 +188,8 @@ class EngineSettings(StrictConfig):
 
     reasoning_parser: str | None = Field(
         "auto",
-        description="vLLM's parser that returns a reasoning model's thinking apart from its answer "
-        "(`reasoning`, not `content`). auto: picked from the model's chat template at engine start "
-        "(Qwen3: qwen3; <think> templates: deepseek_r1; none for others); or a vLLM parser name; "
-        "none: thinking stays in `content`.",
+        description="vLLM's parser that returns a model's thinking as `reasoning`, apart from `content`. "
+        "auto: picked from the chat template at engine start; or a vLLM parser name; none: no parser.",
     )
 
     @field_validator("quantization", "kv_cache_dtype")
