@@ -92,6 +92,19 @@ KV_CACHE_DTYPES = (
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
 
 
+# Engine field -> (vLLM's flag for a parser plugin, serve.engine_args' list of the parser
+# names, what they are called, what `none` means).
+PARSER_KINDS = {
+    "tool_call_parser": ("--tool-parser-plugin", "tool_parser_names", "tool-call parsers", "for no tools"),
+    "reasoning_parser": (
+        "--reasoning-parser-plugin",
+        "reasoning_parser_names",
+        "reasoning parsers",
+        "to leave thinking in `content`",
+    ),
+}
+
+
 class EngineSettings(StrictConfig):
     """vLLM engine settings for one model. Unset (none) settings keep vLLM's default.
 
@@ -236,33 +249,19 @@ class EngineSettings(StrictConfig):
             raise ValueError(f"cannot check extra_args: vLLM does not import here ({exc})") from None
         return value
 
-    @field_validator("reasoning_parser")
-    @classmethod
-    def _known_reasoning_parser(cls, value: str | None, info):
-        if value in (None, "auto", "none") or "--reasoning-parser-plugin" in info.data.get("extra_args", []):
-            return value
-        from serve.engine_args import reasoning_parser_names
-
-        names = reasoning_parser_names()
-        if value not in names:
-            raise ValueError(
-                f"{value!r} is not one of vLLM's reasoning parsers ({', '.join(names)}); or 'auto' to "
-                "pick it from the model's chat template, 'none' to leave thinking in `content`"
-            )
-        return value
-
-    @field_validator("tool_call_parser")
+    @field_validator("tool_call_parser", "reasoning_parser")
     @classmethod
     def _known_parser(cls, value: str | None, info):
-        if value in (None, "auto", "none") or "--tool-parser-plugin" in info.data.get("extra_args", []):
+        plugin_flag, list_names, kind, off = PARSER_KINDS[info.field_name]
+        if value in (None, "auto", "none") or plugin_flag in info.data.get("extra_args", []):
             return value
-        from serve.engine_args import tool_parser_names
+        from serve import engine_args
 
-        names = tool_parser_names()
+        names = getattr(engine_args, list_names)()
         if value not in names:
             raise ValueError(
-                f"{value!r} is not one of vLLM's tool-call parsers ({', '.join(names)}); or 'auto' to "
-                "pick it from the model's chat template, 'none' for no tools"
+                f"{value!r} is not one of vLLM's {kind} ({', '.join(names)}); or 'auto' to "
+                f"pick it from the model's chat template, 'none' {off}"
             )
         return value
 

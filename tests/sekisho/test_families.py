@@ -154,12 +154,15 @@ def _ask(
             max_tokens=64,
             extra_body={"skip_special_tokens": False},
         )
-        # harmony: <|channel|>final<|message|>ANSWER<|return|>
-        text = r.choices[0].text
-        return text.split("<|message|>")[-1].split("<|return|>")[0].split("<|end|>")[0].strip()
+        return _harmony_answer(r.choices[0].text)
 
     with ThreadPoolExecutor(4) as pool:
         return list(pool.map(complete if tokenizer else chat, questions))
+
+
+def _harmony_answer(text: str) -> str:
+    """The final answer of a harmony completion: <|channel|>final<|message|>ANSWER<|return|>."""
+    return text.split("<|message|>")[-1].split("<|return|>")[0].split("<|end|>")[0].strip()
 
 
 def _ask_tool(base_url: str, api_key: str, model: str) -> list[tuple[str, dict]] | str:
@@ -210,8 +213,7 @@ def _ask_unserved(model_dir: str, questions: list[str]) -> list[str]:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]  # as vLLM's completions tokenize it
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=64, do_sample=False)
-        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
-        answers.append(text.split("<|message|>")[-1].split("<|return|>")[0].split("<|end|>")[0].strip())
+        answers.append(_harmony_answer(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)))
     return answers
 
 
