@@ -3,6 +3,7 @@ way through the gateway (authenticated, checked, forwarded, relayed, audited).""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class RequestContext:
     strip_usage: bool = False  # the gateway asked for the usage event: the client does not get it
     rename: tuple[bytes, bytes] | None = None  # the engine's versioned model name -> the client's
     record: dict = field(default_factory=dict)  # the audit record so far (serve.gateway.recorder)
+    admission: asyncio.Future | None = None  # its admitted record being committed (Recorder.admit_early)
 
     @classmethod
     def arrive(cls, request: web.Request, request_id: str | None = None) -> RequestContext:

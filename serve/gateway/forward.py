@@ -99,7 +99,9 @@ class Forwarder:
         ctx.body set) from a live replica, trying another while one is unreachable."""
         self._ask_for_usage(ctx)
         self.recorder.open(ctx)
-        await self.recorder.admit(ctx)  # fail closed: no answer starts unrecorded (raises a 503)
+        # Fail closed: committed while the engine starts on the request; the relay waits
+        # for it before the answer's first byte (a 503 instead if it cannot be recorded).
+        self.recorder.admit_early(ctx)
         hashes = self.router.hashes(ctx)
         deadline = time.monotonic() + NO_REPLICA_WAIT_S
         unreachable: list[str] = []

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from serve.gateway.context import RequestContext
 from serve.gateway.errors import GatewayError
+from serve.gateway.ledger import LedgerError
 from serve.gateway.recorder import Recorder
 from serve.gateway.relay import SseRelay, buffered
 
@@ -24,8 +25,10 @@ async def call_local(ctx: RequestContext, recorder: Recorder, local, body: bytes
 
     Raises:
         ConnectionResetError, asyncio.CancelledError: the client went away (audited as 499).
+        LedgerError: the request could not be recorded as admitted (nothing was sent).
     """
     relay, parts, start = None, [], {}
+    unrecorded: LedgerError | None = None  # the admission failed: the 503, not the answer
     done, body_sent = asyncio.Event(), False
 
     async def receive():
@@ -37,12 +40,17 @@ async def call_local(ctx: RequestContext, recorder: Recorder, local, body: bytes
         return {"type": "http.disconnect"}
 
     async def send(message):
-        nonlocal relay
+        nonlocal relay, unrecorded
         if message["type"] == "http.response.start":
             start.update(message)
             if ctx.stream and message["status"] == 200:
-                relay = SseRelay(ctx, recorder)
-                await relay.prepare()
+                opened = SseRelay(ctx, recorder)
+                try:
+                    await opened.prepare()  # waits for the admission (Recorder.admit_early)
+                except LedgerError as err:  # nothing was sent; vLLM aborts the request
+                    unrecorded = err
+                    raise
+                relay = opened
         elif message["type"] == "http.response.body":
             chunk = message.get("body", b"")
             if relay is not None:
@@ -55,10 +63,14 @@ async def call_local(ctx: RequestContext, recorder: Recorder, local, body: bytes
     try:
         await local.app(scope, receive, send)
     except (ConnectionResetError, asyncio.CancelledError) as exc:
+        if unrecorded is not None:
+            raise unrecorded from None
         if relay is not None:
             await relay.finish(499)
         raise exc
     except Exception as exc:  # the engine failed; answered below as a 5xx, never a hang
+        if unrecorded is not None:
+            raise unrecorded from None
         if relay is not None:
             if isinstance(exc, OSError) or type(exc).__name__ == "ClientDisconnect":
                 await relay.finish(499)

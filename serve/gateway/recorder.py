@@ -2,11 +2,18 @@
 its completed audit record (through the ledger, which also counts its tokens
 against the key's quota) and its metrics.
 
-Fail closed: when the ledger cannot record, `admit` and `finish` raise
-LedgerError (a 503 GatewayError) and the caller sends that instead of the answer."""
+Fail closed: when the ledger cannot record, `admitted` and `finish` raise
+LedgerError (a 503 GatewayError) and the caller sends that instead of the answer.
+
+The admission is committed while the engine already works on the request
+(`admit_early`): its commit (2-25 ms, more under load) overlaps the prefill
+instead of adding to the time to first token. Nothing reaches the client before
+it is committed: the relay waits for it (`admitted`) before the response's
+status line, and `finish` before the completed record."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -56,6 +63,20 @@ class Recorder:
         await self.ledger.admitted({**ctx.record, "ts": time.time(), "admitted": True})
         self.metrics.audit_admit.observe(time.perf_counter() - start)
 
+    def admit_early(self, ctx: RequestContext) -> None:
+        """Start committing the opened request as admitted and return at once; the
+        engine may start on it, but nothing goes to the client before `admitted`."""
+        ctx.admission = asyncio.ensure_future(self.admit(ctx))
+
+    async def admitted(self, ctx: RequestContext) -> None:
+        """Wait for the admission `admit_early` started (at once if none is pending).
+
+        Raises:
+            LedgerError: it could not be recorded (send that 503, not the answer).
+        """
+        if ctx.admission is not None:
+            await asyncio.shield(ctx.admission)  # a client leaving does not cancel the commit
+
     def served_by(self, ctx: RequestContext, version: str | None, sha256: str | None) -> None:
         """The replica about to answer serves this version (else the route's)."""
         ctx.record.update(model_version=version or ctx.route.version, model_sha256=sha256 or ctx.route.sha256)
@@ -80,6 +101,7 @@ class Recorder:
             error: the error code the client got, if any.
             text: the response body, kept only with record_text.
         """
+        await self.admitted(ctx)  # the admitted row first: the completed record replaces it
         prompt_tokens, completion_tokens = usage
         latency = time.perf_counter() - ctx.started
         record = ctx.record

@@ -67,6 +67,12 @@ class SseRelay:
         return self.reported if self.reported is not None else (0, self.events)
 
     async def prepare(self) -> None:
+        """Send the status line and headers, once the request is recorded as admitted.
+
+        Raises:
+            LedgerError: it could not be recorded (nothing was sent; send that 503).
+        """
+        await self.recorder.admitted(self.ctx)
         await self.response.prepare(self.ctx.request)
 
     async def feed(self, chunk: bytes) -> None:
