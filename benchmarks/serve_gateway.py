@@ -451,7 +451,8 @@ def main() -> int:
         if a and cc:
             ratios.append(cc["tok_s"] / a["tok_s"])
             line = f"c={c}: (c)/(a) tokens/s {ratios[-1]:.2f}, TTFT p50 added {(cc['ttft_p50'] - a['ttft_p50']) * 1000:+.1f} ms"
-            line += f", of which recording the admission (fail closed) {cc['admit_ms']:.2f} ms"
+            # Committed while the engine starts on the request (fail closed: before the first byte).
+            line += f"; the admission's commit took {cc['admit_ms']:.2f} ms, beside the prefill"
             if b:
                 line += f"; (c)/(b) tokens/s {cc['tok_s'] / b['tok_s']:.2f}"
             print(line)
