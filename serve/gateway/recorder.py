@@ -53,12 +53,8 @@ class Recorder:
         if self.record_text:
             ctx.record["request_body"] = ctx.body.decode("utf-8", "replace")
 
-    async def admit(self, ctx: RequestContext) -> None:
-        """Durably record the opened request as admitted; call before its answer's first byte.
-
-        Raises:
-            LedgerError: it could not be recorded (send that 503, not the answer).
-        """
+    async def _admit(self, ctx: RequestContext) -> None:
+        """Durably record the opened request as admitted (run by `admit_early`)."""
         start = time.perf_counter()
         await self.ledger.admitted({**ctx.record, "ts": time.time(), "admitted": True})
         self.metrics.audit_admit.observe(time.perf_counter() - start)
@@ -66,7 +62,7 @@ class Recorder:
     def admit_early(self, ctx: RequestContext) -> None:
         """Start committing the opened request as admitted and return at once; the
         engine may start on it, but nothing goes to the client before `admitted`."""
-        ctx.admission = asyncio.ensure_future(self.admit(ctx))
+        ctx.admission = asyncio.ensure_future(self._admit(ctx))
 
     async def admitted(self, ctx: RequestContext) -> None:
         """Wait for the admission `admit_early` started (at once if none is pending).
