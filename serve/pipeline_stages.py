@@ -27,7 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+from serve.vllm_process import LAUNCHER
+
 STAGE_MODULE = "serve.pipeline_stages"
 
 
@@ -55,7 +56,7 @@ def stage_commands(cmd: list[str], stages: int, master_addr: str, master_port: i
     if "--pipeline-parallel-size" not in cmd:
         cmd += ["--pipeline-parallel-size", str(stages)]
     out = [cmd + multi_node_args(stages, 0, master_addr, master_port)]
-    module = cmd.index(SERVER_MODULE)
+    module = cmd.index(LAUNCHER)
     for rank in range(1, stages):
         headless = cmd[:module] + [STAGE_MODULE] + cmd[module + 1 :]
         out.append(headless + multi_node_args(stages, rank, master_addr, master_port) + ["--headless"])

@@ -26,7 +26,7 @@ def test_every_engine_process_records_egress(main_job):
                 cmd = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"vllm.entrypoints.openai.api_server" in cmd:
+            if b"serve.vllm_main" in cmd:  # vLLM's OpenAI server (serve.vllm_process)
                 engines.append(int(proc.name))
     assert engines, "the vLLM engine process should be running"
     for pid in engines:

@@ -77,7 +77,7 @@ def test_pipeline_stages_get_a_bundle_each_pinned_to_the_plans_nodes():
 
 
 def test_each_stage_runs_vllms_multi_node_mode_with_the_same_engine_flags():
-    base = ["/py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--tensor-parallel-size", "2"]
+    base = ["/py", "-m", "serve.vllm_main", "--model", "/m", "--tensor-parallel-size", "2"]
     head, stage1, stage2 = stage_commands(base, 3, "10.0.0.5", 29500)
     multi = ["--distributed-executor-backend", "mp", "--nnodes", "3", "--master-addr", "10.0.0.5"]
     assert head == base + ["--pipeline-parallel-size", "3"] + [
