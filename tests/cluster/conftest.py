@@ -78,8 +78,24 @@ def _wait_for(path: Path, proc: subprocess.Popen, deadline_s: float) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="package")
+_STOP_HEADS: list = []  # how to stop the head, while it runs
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the head after the last test of this folder. A `package` fixture in a
+    folder without `__init__.py` lives for the whole session: the head (its Serve
+    apps, dashboard and autoscaler) ran beside every later test, taking CPU from
+    them and making Ray Train's placement-group cleaner in the families' jobs find
+    two clusters ("Found multiple active Ray instances")."""
+    if nextitem is None or Path(nextitem.path).parent != Path(item.path).parent:
+        while _STOP_HEADS:
+            _STOP_HEADS.pop()()
+
+
+@pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
+    """The test head, from the first test of this folder that asks for it until the
+    last test of this folder (pytest_runtest_teardown above)."""
     root = tmp_path_factory.mktemp("ray-head")
     inventory_file = single_node_inventory(root)
     inventory = Inventory.from_yaml(inventory_file)
@@ -102,19 +118,27 @@ def ray_head(tmp_path_factory):
     command = f"{head_start_command(inventory)} --temp-dir={temp_dir} --block"
     log = open(root / "ray-start.log", "w")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log, start_new_session=True)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    _STOP_HEADS.append(stop)
     try:
         _wait_for(temp_dir / "ray_current_cluster", proc, 120)
         dashboard = f"127.0.0.1:{inventory.ray.dashboard_port}"
         yield Head(inventory_file, inventory, token, dashboard, root / "sekisho-home")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if stop in _STOP_HEADS:
+            _STOP_HEADS.remove(stop)
+            stop()
 
 
 @pytest.fixture
