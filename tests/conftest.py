@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,38 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(
             f"CI must run the tests in a network namespace with only loopback "
             f"(found interfaces {interfaces}); run them through `make test`."
+        )
+
+
+def _ray_clusters() -> dict[int, str]:
+    """The GCS processes on this host: pid -> their log folder (the cluster's session)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"/gcs_server"):
+            logs = next((c[len(b"--log_dir=") :] for c in cmd if c.startswith(b"--log_dir=")), b"")
+            out[int(proc.name)] = logs.decode(errors="replace")
+    return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of a folder, no Ray cluster but the session's own (the demo's,
+    this process's) may still run: one left behind takes CPU from every later test,
+    and Ray Train's cleaner in later jobs fails on finding two clusters."""
+    yield
+    if nextitem is not None and Path(nextitem.path).parent == Path(item.path).parent:
+        return
+    own = ""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        own = sys.modules["ray"]._private.worker.global_worker.node.get_session_dir_path()
+    left = {pid: logs for pid, logs in _ray_clusters().items() if not (own and logs.startswith(own))}
+    if left:
+        pytest.fail(
+            f"a Ray cluster outlives the tests of {Path(item.path).parent}: GCS {left}", pytrace=False
         )
 
 
