@@ -15,6 +15,11 @@ import pytest
 from foundation import offline
 
 offline.apply()
+# Ray Train's controller polls its workers every 2 s and takes one report per poll, so
+# a job of the suite's size ended 6 s after its last checkpoint, idle (0.6 s at 0.5 s,
+# measured on the demo's job); the suite runs 20-odd jobs. Every Ray process the tests
+# start inherits it: their clusters are started from this process or its children.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # The Sekisho home defaults to ~/.sekisho and MLflow's own default store is
 # ./mlflow.db: a test that asks for neither `sekisho_home` nor a store of its own
 # must not write into the user's home or the checkout.

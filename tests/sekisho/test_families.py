@@ -42,15 +42,17 @@ now trained (data.template_labels: it was not, where the tags are special tokens
 in the tiny Qwen models). At this stop: 29-30/30 for every other family, every tool call
 parsed; gpt-oss 27-30/30. The test trains with the split off.
 
-The families share the session's Ray cluster (the demo's); each family's app is
-served alone and deleted after its test, so engines never pile up on CI's two
-cores."""
+The families share the session's Ray cluster (the demo's). They are trained one
+after another, and each is served and asked while the next one trains
+(`family_answers`): one temporary app at a time beside one training, deleted when
+its questions are answered, so engines never pile up on CI's two cores."""
 
 from __future__ import annotations
 
 import json
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -222,13 +224,33 @@ def corpus(sample_conversations) -> list[str]:
     return [m["content"] for conv in sample_conversations for m in conv]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home, corpus, qa, tmp_path):
+@dataclass
+class Trained:
+    """A family imported and fine-tuned: what serving it needs."""
 
-    from airlock import import_model, load
+    family: str
+    spec: object
+    name: str
+    imported_version: str
+    adapter_version: str
+    harmony: bool
+    tools: bool
+    parser: str | None
+
+
+@dataclass
+class Answers:
+    trained: Trained
+    tuned: list[str]
+    base: list[str]
+    tool_call: list | str | None
+
+
+def _import_and_train(family: str, home: Path, corpus: list[str], tmp: Path) -> Trained:
+    """A downloaded folder imported with an alias, checked for the parsers the
+    engine would pick, then LoRA under Ray Train and registered."""
+    from airlock import import_model
     from experiments import get_version
-    from sekisho.eval_serve import serve_for_eval
-    from serve.gateway import KeyStore
     from serve.reasoning_parsers import detect_reasoning_parser
     from serve.tool_parsers import detect_tool_call_parser
     from train import LoraJobConfig, TinyModelConfig
@@ -242,7 +264,7 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     shape = TinyModelConfig(max_position_embeddings=CONTEXT)
     folder = build_family_model(
         FAMILIES_DIR / f"{family}.yaml",
-        tmp_path / "download",
+        tmp / "download",
         corpus + _template_text(family, corpus, shape.vocab_size),
         shape,
     )
@@ -258,8 +280,8 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     tools = parser is not None and not harmony
 
     # Q/A rows (and a tool call); `run_job` prepares them with the family's own template.
-    rows = _training_rows(tmp_path / "rows.jsonl", with_tool_call=tools)
-    (tmp_path / "data.yaml").write_text(
+    rows = _training_rows(tmp / "rows.jsonl", with_tool_call=tools)
+    (tmp / "data.yaml").write_text(
         f"name: {name}-data\npath: {rows}\nformat: chat\nmax_length: {CONTEXT}\n"
         "dedup: {exact: false, near: false}\n",
         encoding="utf-8",
@@ -267,46 +289,92 @@ def test_family_imports_trains_serves_and_answers(family, main_job, sekisho_home
     job = LoraJobConfig(
         name=f"{name}-lora",
         base_model=f"{name}@production",
-        dataset=str(tmp_path / "data.yaml"),
+        dataset=str(tmp / "data.yaml"),
         register_as=f"{name}-adapter",
         lora={"target_modules": spec.lora_target_modules},
         # split_padding off: the same loss and gradients up to float rounding, but the
         # tiny families sit at the edge of what 300 steps teach (module doc).
         optim={"steps": STEPS, "lr": 0.004, "warmup_steps": 10, "batch_size": 8, "split_padding": False},
     )
-    result = run_job(job, home=sekisho_home)
+    result = run_job(job, home=home)
     adapter = get_version(f"{name}-adapter/{result.version}")
     assert adapter.tags.get("base_model_version") == f"{name}/{imported.version}"
+    return Trained(family, spec, name, str(imported.version), str(result.version), harmony, tools, parser)
 
+
+def _serve_and_ask(t: Trained, home: Path, questions: list[str]) -> Answers:
+    """The adapter and its base served (one temporary app) and asked the trained
+    questions, and the tool question where the family takes tools."""
+    from airlock import load
+    from sekisho.eval_serve import serve_for_eval
+    from serve.gateway import KeyStore
+
+    adapter_ref = f"{t.name}-adapter/{t.adapter_version}"
+    if t.harmony:  # served merged, the base asked through transformers (module doc)
+        tuned = _ask_merged(adapter_ref, questions, home)
+        base = _ask_unserved(load(f"{t.name}/{t.imported_version}").path, questions)
+        return Answers(t, tuned, base, None)
+    with serve_for_eval(adapter_ref, home) as served:
+        base_served = served.base_version.split("/")[0]  # eval_serve serves the base under its name
+        keys = KeyStore(None)
+        base_key = keys.create(f"{served.key_name}-base", [base_served])
+        try:
+            tuned = _ask(served.base_url, served.api_key, served.served_as, questions)
+            base = _ask(served.base_url, base_key, base_served, questions)
+            tool_call = _ask_tool(served.base_url, served.api_key, served.served_as) if t.tools else None
+            if t.spec.reasoning_parser == "qwen3":  # thinking off, as a client switches it
+                off = {"chat_template_kwargs": {"enable_thinking": False}}
+                unthinking = _ask(
+                    served.base_url, served.api_key, served.served_as, questions, extra_body=off
+                )
+                assert unthinking == tuned, f"{t.family}: thinking off answered otherwise: {unthinking}"
+        finally:
+            keys.revoke(f"{served.key_name}-base")
+    return Answers(t, tuned, base, tool_call)
+
+
+@pytest.fixture(scope="module")
+def family_answers(request, main_job, sekisho_home, corpus, qa, tmp_path_factory) -> dict[str, Future]:
+    """Every selected family trained, one after another, and each served and asked
+    while the next one trains (one temporary app at a time, beside one training).
+    A family's serving phase is mostly one core's work (starting vLLM's processes,
+    the gateway, the questions); overlapped with the next family's training it
+    takes the other core instead of leaving it idle (the module: 443 s -> see
+    the stop's note). family -> the future of its Answers (its error, if any)."""
+    selected = [
+        item.callspec.params["family"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    ]
+    questions = [q for q, _ in qa]
+    futures: dict[str, Future] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="serve-family") as serving:
+        for family in dict.fromkeys(selected):
+            try:
+                trained = _import_and_train(
+                    family, sekisho_home, corpus, tmp_path_factory.mktemp(f"family-{family}")
+                )
+            except Exception as err:  # the family's test reports it
+                futures[family] = Future()
+                futures[family].set_exception(err)
+                continue
+            futures[family] = serving.submit(_serve_and_ask, trained, sekisho_home, questions)
+        for future in futures.values():  # all served before the module's teardown
+            future.exception()
+    return futures
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_imports_trains_serves_and_answers(family, family_answers, qa):
+    answers = family_answers[family].result()  # its import, training or serving error, if any
+    tuned, base, tool_call = answers.tuned, answers.base, answers.tool_call
     questions = [q for q, _ in qa]
     expected = [a.strip() for _, a in qa]
-    if harmony:  # served merged, the base asked through transformers (module doc)
-        tuned = _ask_merged(f"{name}-adapter/{result.version}", questions, sekisho_home)
-        base = _ask_unserved(load(f"{name}/{imported.version}").path, questions)
-        tool_call = None
-    else:
-        with serve_for_eval(f"{name}-adapter/{result.version}", sekisho_home) as served:
-            base_served = served.base_version.split("/")[0]  # eval_serve serves the base under its name
-            keys = KeyStore(None)
-            base_key = keys.create(f"{served.key_name}-base", [base_served])
-            try:
-                tuned = _ask(served.base_url, served.api_key, served.served_as, questions)
-                base = _ask(served.base_url, base_key, base_served, questions)
-                tool_call = _ask_tool(served.base_url, served.api_key, served.served_as) if tools else None
-                if spec.reasoning_parser == "qwen3":  # thinking off, as a client switches it
-                    off = {"chat_template_kwargs": {"enable_thinking": False}}
-                    unthinking = _ask(
-                        served.base_url, served.api_key, served.served_as, questions, extra_body=off
-                    )
-                    assert unthinking == tuned, f"{family}: thinking off answered otherwise: {unthinking}"
-            finally:
-                keys.revoke(f"{served.key_name}-base")
-
     tuned_ok = sum(t == e for t, e in zip(tuned, expected))
     base_ok = sum(b == e for b, e in zip(base, expected))
     report = json.dumps(list(zip(questions, expected, tuned, base))[:5], ensure_ascii=False, indent=1)
     print(f"{family}: adapter {tuned_ok}/{len(qa)}, base {base_ok}/{len(qa)}, tool call {tool_call}")
     assert tuned_ok >= 0.9 * len(qa), f"{family}: adapter answered {tuned_ok}/{len(qa)}\n{report}"
     assert base_ok <= 0.1 * len(qa), f"{family}: base answered {base_ok}/{len(qa)}\n{report}"
-    if tools:
-        assert tool_call == [("get_weather", TOOL_ARGS)], f"{family} ({parser}): {tool_call}"
+    if answers.trained.tools:
+        assert tool_call == [("get_weather", TOOL_ARGS)], f"{family} ({answers.trained.parser}): {tool_call}"
