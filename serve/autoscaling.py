@@ -25,6 +25,7 @@ able to import Sekisho), so it uses the standard library only.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 LOAD_METRIC = "sekisho_engine_load"
@@ -102,6 +103,19 @@ def parse_load(metrics_text: str) -> float:
         if line.split("{", 1)[0].split(" ", 1)[0] in LOAD_GAUGES:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def parse_cache_tokens(metrics_text: str) -> int | None:
+    """The KV cache's size in tokens (blocks x block size) from vLLM's
+    `vllm:cache_config_info` gauge (/metrics), or None where it is not shown."""
+    for line in metrics_text.splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].rsplit("}", 1)[0]))
+            try:
+                return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
+            except (KeyError, ValueError):
+                return None
+    return None
 
 
 def metrics_interval_s(look_back_s: float) -> float:

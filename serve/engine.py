@@ -134,6 +134,7 @@ class VLLMEngine:
         )
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])
+        self.cache_tokens = self._cache_tokens()
         self.publish()
         self.follower = AliasFollower(
             self, self.adapters, follow_interval_s, self.adapter_cache, engine.get("adapter_catalog")
@@ -177,7 +178,14 @@ class VLLMEngine:
         if where is None:  # leaving: a late health check must not put it back
             return
         state = routing.read_state_file(self.state_file) if self.state_file else None
-        routing.publish(*where, self.url(), self.routes(), state=state, lora_slots=self.lora_slots)
+        routing.publish(
+            *where,
+            self.url(),
+            self.routes(),
+            state=state,
+            lora_slots=self.lora_slots,
+            cache_tokens=getattr(self, "cache_tokens", None),
+        )
         if self.routes_file:
             self._write_routes_file()
 
@@ -282,6 +290,21 @@ class VLLMEngine:
         r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=5)
         r.raise_for_status()
         return parse_load(r.text)
+
+    def _cache_tokens(self) -> int | None:
+        """The engine's KV cache size in tokens (vLLM's /metrics), which bounds the
+        prompt prefixes the gateways may take this replica to hold; None if not shown."""
+        import httpx
+
+        from serve.autoscaling import parse_cache_tokens
+
+        try:
+            r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=10)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            logger.warning("could not read the KV cache size of %s: %s", self.served_name, exc)
+            return None
+        return parse_cache_tokens(r.text)
 
     def load_report(self) -> dict:
         """This replica's id and engine load (for operators and tests, through a

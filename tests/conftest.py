@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,22 @@ def pytest_sessionstart(session):
         )
 
 
+# Marks every process this test session starts (they inherit it), Ray's daemons included.
+os.environ.setdefault("SEKISHO_TEST_SESSION", uuid.uuid4().hex)
+
+
 def _ray_clusters() -> dict[int, str]:
-    """The GCS processes on this host: pid -> their log folder (the cluster's session)."""
+    """The GCS processes this test session started: pid -> their log folder (the
+    cluster's session). Another suite's, on the same host, is not this one's concern."""
     out = {}
+    mark = f"SEKISHO_TEST_SESSION={os.environ['SEKISHO_TEST_SESSION']}".encode()
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+            ours = bool(cmd) and cmd[0].endswith(b"/gcs_server") and mark in (proc / "environ").read_bytes()
         except OSError:
             continue
-        if cmd and cmd[0].endswith(b"/gcs_server"):
+        if ours:
             logs = next((c[len(b"--log_dir=") :] for c in cmd if c.startswith(b"--log_dir=")), b"")
             out[int(proc.name)] = logs.decode(errors="replace")
     return out

@@ -45,6 +45,7 @@ class RequestContext:
     rename: tuple[bytes, bytes] | None = None  # the engine's versioned model name -> the client's
     record: dict = field(default_factory=dict)  # the audit record so far (serve.gateway.recorder)
     admission: asyncio.Future | None = None  # its admitted record being committed (Recorder.admit_early)
+    prompt_chars: int = 0  # the prompt text the router hashed (serve.gateway.router)
 
     @classmethod
     def arrive(cls, request: web.Request, request_id: str | None = None) -> RequestContext:

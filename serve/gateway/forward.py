@@ -117,7 +117,9 @@ class Forwarder:
             sent = self._for_replica(ctx, replica.get("names", {}).get(ctx.model, {}))
             self.upstreams.inflight[url] = self.upstreams.inflight.get(url, 0) + 1
             try:
-                return await self._exchange(ctx, url, sent)
+                answer = await self._exchange(ctx, url, sent)
+                self.router.answered(ctx)
+                return answer
             except Unreachable as exc:
                 # Nothing reached the engine and nothing reached the client yet: a
                 # replica that just left (scale-down, roll) or died. Try another.

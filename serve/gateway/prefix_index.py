@@ -7,7 +7,8 @@ messages as the gateway received them: the same text renders to the same
 tokens under the model's chat template); block k's hash chains blocks 0..k
 and the model name (vLLM keeps one prefix cache per adapter), so a replica
 that holds block k's hash holds the whole prefix up to it. Each gateway keeps,
-per replica, the hashes it routed there (LRU, KEEP_BLOCKS each) and publishes
+per replica, the hashes it routed there (LRU, as many as that replica's KV cache
+holds, serve.gateway.router.Router.keep_blocks, at most KEEP_BLOCKS) and publishes
 the newest PUBLISH_BLOCKS of them beside its replica's route entry; every
 gateway merges what the others published, so a prefix one gateway routed is
 found by all within a couple of seconds.
@@ -76,12 +77,14 @@ class PrefixIndex:
         self.peers: dict[str, dict[str, frozenset[int]]] = {}  # peer -> url -> hashes
         self._seen: dict[str, dict[str, str]] = {}  # peer -> what it published last
 
-    def record(self, url: str, hashes: list[int]) -> None:
+    def record(self, url: str, hashes: list[int], keep: int | None = None) -> None:
+        """`hashes` routed to `url`, whose cache holds about `keep` blocks (else KEEP_BLOCKS)."""
         blocks = self.own.setdefault(url, OrderedDict())
         for h in reversed(hashes):  # a prompt's last blocks age out first, as in vLLM's cache
             blocks[h] = None
             blocks.move_to_end(h)
-        while len(blocks) > self.keep:
+        limit = min(self.keep, keep) if keep else self.keep
+        while len(blocks) > limit:
             blocks.popitem(last=False)
 
     def matched(self, url: str, hashes: list[int]) -> int:

@@ -42,6 +42,11 @@ from serve.gateway.routing import Upstreams
 DEFAULT_LORA_SLOTS = 4
 ADAPTER_SLACK = 1  # requests in flight beyond the least loaded replica's that adapter affinity may add
 COLD_BLOCKS = 8  # a prompt of 8 blocks (512 characters) or more is worth a cache's room
+# Prompt characters per token until a model's answers say otherwise (Japanese text
+# runs 1-2 characters a token, English about 4): low, so the index rather forgets a
+# prefix the cache still holds than claims one it evicted.
+CHARS_PER_TOKEN = 1.5
+LEARN_RATE = 0.1  # weight of each answer's characters per prompt token in the running estimate
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,36 @@ class Router:
         self.local_url = local.url if local is not None else None
         self.prefixes, self.adapters = PrefixIndex(), AdapterIndex()
         self.hits: Counter[str] = Counter()  # url -> requests sent there with a cached prefix
+        self.chars_per_token: dict[str, float] = {}  # deployment -> prompt characters per token
         self.forwards: Counter[str] = Counter()  # url -> requests forwarded there
 
     # ---- per request ----------------------------------------------------------
     def hashes(self, ctx: RequestContext) -> list[int]:
         if self.options.by != "affinity" or ctx.path == "/v1/embeddings":
             return []
-        return block_hashes(ctx.model or "", prompt_text(ctx.payload), self.options.block_chars)
+        text = prompt_text(ctx.payload)
+        ctx.prompt_chars = len(text)
+        return block_hashes(ctx.model or "", text, self.options.block_chars)
+
+    def answered(self, ctx: RequestContext) -> None:
+        """Learn the model's prompt characters per token from an answer's usage."""
+        tokens = ctx.record.get("prompt_tokens") if ctx.record else None
+        if not tokens or tokens < 16 or not ctx.prompt_chars or ctx.route is None:
+            return
+        seen = ctx.prompt_chars / tokens
+        known = self.chars_per_token.get(ctx.route.deployment)
+        self.chars_per_token[ctx.route.deployment] = (
+            seen if known is None else known + LEARN_RATE * (seen - known)
+        )
+
+    def keep_blocks(self, entry: dict, deployment: str) -> int | None:
+        """How many prompt blocks the replica's KV cache holds (its published size in
+        tokens, at the model's characters per token), or None if it published none."""
+        tokens = entry.get("cache_tokens")
+        if not tokens:
+            return None
+        chars = tokens * self.chars_per_token.get(deployment, CHARS_PER_TOKEN)
+        return max(COLD_BLOCKS, int(chars // self.options.block_chars))
 
     def load(self, entry: dict) -> float:
         url = entry["url"]
@@ -143,7 +171,7 @@ class Router:
         """Remember that `choice` serves this prompt (and adapter) from now on."""
         url = choice.entry["url"]
         if hashes:
-            self.prefixes.record(url, hashes)
+            self.prefixes.record(url, hashes, self.keep_blocks(choice.entry, ctx.route.deployment))
         if ctx.route.base != ctx.model and ctx.model:
             self.adapters.record(url, ctx.model, choice.entry.get("lora_slots", DEFAULT_LORA_SLOTS))
         forwarded = url != self.local_url and self.local is not None

@@ -23,17 +23,20 @@ def publish(
     names: dict | None = None,
     state: dict | None = None,
     lora_slots: int | None = None,
+    cache_tokens: int | None = None,
 ) -> None:
     """Called by an engine replica (at start, at each health check, after an alias
     moved, every second with its gateway's state). `names`: served model name ->
     {"internal", "version", "sha256"}; `state`: what its embedded gateway's router
     publishes (serve.gateway.router.Router.state); `lora_slots`: adapters its engine
-    keeps loaded at once."""
+    keeps loaded at once; `cache_tokens`: its engine's KV cache size in tokens."""
     entry = {"url": url, "ts": time.time(), "names": names or {}}
     if state is not None:
         entry["state"] = state
     if lora_slots is not None:
         entry["lora_slots"] = lora_slots
+    if cache_tokens is not None:
+        entry["cache_tokens"] = cache_tokens
     ray_state.publish_engine(app, deployment, replica, entry)
 
 

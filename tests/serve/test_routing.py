@@ -183,6 +183,23 @@ def test_a_repeated_prefix_goes_back_to_the_replica_that_served_it(routed):
     assert went == Counter({first: 6}), (first, went)
 
 
+def test_each_replica_publishes_its_kv_cache_size_as_its_engine_reports_it(routed, sekisho_home):
+    """What bounds the prefixes the gateways take a replica to hold (serve.gateway.router)."""
+    import re
+
+    from serve.gateway import routing
+
+    entries = [e for es in routing.read_table(APP).values() for e in es]
+    logs = (sekisho_home / "logs" / "serve" / APP).glob(f"{MODEL}--*.log")
+    reported = {
+        int(m.group(1).replace(",", ""))
+        for log in logs
+        if (m := re.search(r"KV cache size: ([\d,]+) tokens", log.read_text(errors="replace")))
+    }
+    assert len(entries) == 2 and len(reported) == 1, (entries, reported)
+    assert {e.get("cache_tokens") for e in entries} == reported
+
+
 def test_an_adapter_request_goes_to_a_replica_holding_it(routed):
     holder = _fresh(routed, "アダプターの最初の質問。", ADAPTER)
     _published(

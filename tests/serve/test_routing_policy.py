@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from serve.gateway.context import ModelRoute
@@ -193,3 +194,71 @@ def test_many_adapters_take_lora_slots_and_a_catalog_needs_a_registry_base():
         ServeAppConfig.model_validate(
             {"name": "app", "models": [model], "gateway": {"routing": {"by": "random"}}}
         )
+
+
+def test_vllms_cache_size_is_read_from_its_metrics():
+    from serve.autoscaling import parse_cache_tokens
+
+    metrics = (
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n"
+        "# TYPE vllm:cache_config_info gauge\n"
+        'vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",'
+        'num_cpu_blocks="None",num_gpu_blocks="2048",prefix_caching_hash_algo="sha256"} 1.0\n'
+    )
+    assert parse_cache_tokens(metrics) == 32768
+    assert parse_cache_tokens("vllm:num_requests_running 0.0\n") is None
+
+
+def test_the_index_claims_no_more_prefixes_than_the_replicas_cache_holds():
+    """A replica whose cache holds 32 blocks of prompt text: after more documents than
+    fit were routed there, the first is no longer taken as cached (vLLM has evicted it),
+    so a question after it goes by load, not back to that replica."""
+    router, upstreams = _router()
+    tokens = 1366  # 32 blocks of 64 characters, at the default 1.5 characters a token
+    upstreams.update(
+        {
+            DEP: [
+                {"url": A, "ts": time.time(), "names": {}, "cache_tokens": tokens},
+                {"url": B, "ts": time.time(), "names": {}, "cache_tokens": tokens},
+            ]
+        }
+    )
+    entry = upstreams.live(DEP, frozenset())[0]
+    assert router.keep_blocks(entry, DEP) == 32
+
+    def ask(doc: str, question: str):
+        ctx = _ctx(question)
+        ctx.payload["messages"][0]["content"] = doc
+        hashes = router.hashes(ctx)
+        return ctx, hashes, router.choose(ctx, hashes)
+
+    docs = [f"文書{i}:" + "倉庫の記録です。" * 100 for i in range(4)]  # 13 blocks each with the question
+    for doc in docs:
+        ctx, hashes, _ = ask(doc, "q")
+        router.routed(ctx, SimpleNamespace(entry=entry, matched=0, reason="load"), hashes)
+    assert len(router.prefixes.own[A]) == 32
+    _, _, last = ask(docs[-1], "another question")
+    assert (last.entry["url"], last.reason) == (A, "prefix")  # still held
+    # As in vLLM's cache, a prompt's last blocks go first: the second document keeps
+    # its leading blocks, the first none.
+    _, _, second = ask(docs[1], "another question")
+    assert 0 < second.matched < 12
+    _, _, first = ask(docs[0], "another question")
+    assert first.matched == 0 and first.reason != "prefix"  # evicted: not claimed
+
+
+def test_a_models_characters_per_token_are_learned_from_its_answers():
+    router, upstreams = _router()
+    entry = {"url": A, "cache_tokens": 6400}
+    assert router.keep_blocks(entry, DEP) == 150  # 6400 tokens x 1.5 characters / 64
+    assert router.keep_blocks({"url": A}, DEP) is None  # no size published: KEEP_BLOCKS
+    ctx = _ctx("an English question, about four characters a token")
+    router.hashes(ctx)
+    ctx.record = {"prompt_tokens": ctx.prompt_chars // 4}
+    router.answered(ctx)
+    assert router.chars_per_token[DEP] == pytest.approx(4.0, rel=0.01)
+    assert router.keep_blocks(entry, DEP) == pytest.approx(400, abs=2)
+    for _ in range(50):  # then Japanese answers move it, a step at a time
+        ctx.record = {"prompt_tokens": ctx.prompt_chars}
+        router.answered(ctx)
+    assert router.chars_per_token[DEP] == pytest.approx(1.0, rel=0.05)
