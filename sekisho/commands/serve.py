@@ -132,9 +132,11 @@ def cmd_serve_status(args) -> int:
                 if r["deployment"] == dep_name:
                     print(f"    {model:22} {r['version']}  sha256 {r['sha256'][:16]}…")
             for v in views.get(dep_name, []):  # routing state per replica (serve.gateway.router)
+                cache = f"{v['cache_tokens']:,} tokens" if v.get("cache_tokens") else "-"
                 print(
                     f"    replica {v['replica']}  load {v['load']:g}  adapters {v['adapters']}/"
-                    f"{v['lora_slots'] or '-'}  prefix hits {v['prefix_hits']}  forwarded in {v['forwarded_in']}"
+                    f"{v['lora_slots'] or '-'}  KV cache {cache}  prefix hits {v['prefix_hits']}  "
+                    f"forwarded in {v['forwarded_in']}"
                 )
     return 0
 

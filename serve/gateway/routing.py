@@ -137,8 +137,8 @@ def read_state_file(path: str) -> dict | None:
 
 def replica_views(app: str) -> dict[str, list[dict]]:
     """deployment -> per live replica, what `sekisho serve status` shows of its
-    routing: id, load, adapters held and prefix hits and forwards as every
-    gateway of the app counted them (from the states they published)."""
+    routing: id, load, adapters held, its KV cache size, and prefix hits and
+    forwards as every gateway of the app counted them (from the states they published)."""
     table = read_table(app)
     states = [e["state"] for entries in table.values() for e in entries if e.get("state")]
     views: dict[str, list[dict]] = {}
@@ -154,6 +154,7 @@ def replica_views(app: str) -> dict[str, list[dict]]:
                     "load": (e.get("state") or {}).get("load", 0),
                     "adapters": len(adapters),
                     "lora_slots": e.get("lora_slots"),
+                    "cache_tokens": e.get("cache_tokens"),
                     "prefix_hits": sum((s.get("prefix_hits") or {}).get(url, 0) for s in states),
                     "forwarded_in": sum((s.get("forwards") or {}).get(url, 0) for s in states),
                 }

@@ -199,6 +199,23 @@ def test_each_replica_publishes_its_kv_cache_size_as_its_engine_reports_it(route
     assert len(entries) == 2 and len(reported) == 1, (entries, reported)
     assert {e.get("cache_tokens") for e in entries} == reported
 
+    # ... and `serve status` shows it with each replica's routing state.
+    import contextlib
+    import io
+
+    import ray
+
+    from sekisho.cli import main
+
+    out = io.StringIO()
+    address = ray.get_runtime_context().gcs_address
+    with contextlib.redirect_stdout(out):
+        assert main(["--home", str(sekisho_home), "serve", "status", "--address", address]) == 0
+    (size,) = reported
+    shown = [line.split() for line in out.getvalue().splitlines() if line.strip().startswith("replica ")]
+    replicas = [line for line in shown if line[line.index("KV") + 2] == f"{size:,}"]
+    assert len(replicas) >= 2 and all("hits" in line for line in replicas), out.getvalue()
+
 
 def test_an_adapter_request_goes_to_a_replica_holding_it(routed):
     holder = _fresh(routed, "アダプターの最初の質問。", ADAPTER)
