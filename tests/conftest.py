@@ -8,12 +8,18 @@ import os
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from foundation import offline
+# A Ray call made with no cluster connected (a gateway's table refresher thread after
+# the session's cluster stopped) would start a private cluster of its own, which
+# outlives every test: here it fails instead.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+
+from foundation import offline  # noqa: E402 - after the switch above, before Ray is imported
 
 offline.apply()
 # Ray Train's controller polls its workers every 2 s and takes one report per poll, so
@@ -71,7 +77,12 @@ def pytest_runtest_teardown(item, nextitem):
     own = ""
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         own = sys.modules["ray"]._private.worker.global_worker.node.get_session_dir_path()
-    left = {pid: logs for pid, logs in _ray_clusters().items() if not (own and logs.startswith(own))}
+    deadline = time.monotonic() + 30  # a cluster just stopped takes a moment to exit
+    while True:
+        left = {pid: logs for pid, logs in _ray_clusters().items() if not (own and logs.startswith(own))}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if left:
         pytest.fail(
             f"a Ray cluster outlives the tests of {Path(item.path).parent}: GCS {left}", pytrace=False

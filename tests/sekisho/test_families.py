@@ -339,8 +339,9 @@ def family_answers(request, main_job, sekisho_home, corpus, qa, tmp_path_factory
     while the next one trains (one temporary app at a time, beside one training).
     A family's serving phase is mostly one core's work (starting vLLM's processes,
     the gateway, the questions); overlapped with the next family's training it
-    takes the other core instead of leaving it idle (the module: 443 s -> see
-    the stop's note). family -> the future of its Answers (its error, if any)."""
+    takes the other core instead of leaving it idle (the module in a full run: 443 s
+    one after another, 254 s overlapped, with Ray Train's 0.5 s poll of tests/conftest.py).
+    family -> the future of its Answers (its error, if any)."""
     selected = [
         item.callspec.params["family"]
         for item in request.session.items
