@@ -184,7 +184,7 @@ class VLLMEngine:
             self.routes(),
             state=state,
             lora_slots=self.lora_slots,
-            cache_tokens=getattr(self, "cache_tokens", None),
+            cache_tokens=self.cache_tokens,
         )
         if self.routes_file:
             self._write_routes_file()
@@ -287,9 +287,15 @@ class VLLMEngine:
             r = httpx.get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
             r.raise_for_status()
             return float(r.json()["load"])
-        r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=5)
+        return parse_load(self._metrics_text())
+
+    def _metrics_text(self, timeout_s: float = 5) -> str:
+        """vLLM's Prometheus text (/metrics), with the engine key."""
+        import httpx
+
+        r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=timeout_s)
         r.raise_for_status()
-        return parse_load(r.text)
+        return r.text
 
     def _cache_tokens(self) -> int | None:
         """The engine's KV cache size in tokens (vLLM's /metrics), which bounds the
@@ -299,12 +305,10 @@ class VLLMEngine:
         from serve.autoscaling import parse_cache_tokens
 
         try:
-            r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=10)
-            r.raise_for_status()
+            return parse_cache_tokens(self._metrics_text(timeout_s=10))
         except httpx.HTTPError as exc:
             logger.warning("could not read the KV cache size of %s: %s", self.served_name, exc)
             return None
-        return parse_cache_tokens(r.text)
 
     def load_report(self) -> dict:
         """This replica's id and engine load (for operators and tests, through a
