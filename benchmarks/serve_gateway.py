@@ -20,6 +20,11 @@ Each arm also prints its engine processes' niceness: bare vLLM has the
 benchmark's (0); plain Ray Serve LLM runs them at Ray's worker niceness (15),
 as it does on any cluster; Sekisho sets `engine.niceness` (default 0).
 
+`--pin-engine` lays every arm out as on the reference cluster, where a node has
+cores to spare beside its engines: the engine alone on one core, everything
+else of the arm (the OpenAI server with the gateway, ledger, Ray, Serve's
+actors, the load client) on the other. Without it, all share both cores.
+
 Last line: result: gateway_vs_bare_vllm=MIN over concurrencies of (c)/(a) tokens/s.
 """
 
@@ -143,6 +148,7 @@ ROLES = (  # (role, what its command line or process name holds), first match wi
     ("ledger", "serve.gateway.ledger"),
     ("engine", "VLLM::"),
     ("api-server", "vllm.entrypoints"),
+    ("api-server", "serve.vllm_main"),  # how Sekisho starts vLLM's server (serve/vllm_main.py)
     # Serve's replica actors: plain ray.serve.llm's server (its arm's API server),
     # or Sekisho's engine replica beside its vLLM process (health checks, route
     # publishing, the alias follower): shown apart, not counted as the gateway's.
@@ -165,6 +171,59 @@ def cpu_by_role() -> dict[str, int]:
         role = next((r for r, mark in ROLES if mark in cmd or mark in name), "other")
         out[role] = out.get(role, 0) + ticks
     return out
+
+
+def _tree(root: int) -> set[int]:
+    """`root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for pid, _, ppid, _ in _processes():
+        children.setdefault(ppid, []).append(pid)
+    ours, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in ours:
+                ours.add(child)
+                frontier.append(child)
+    return ours
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (new threads inherit it from their creator)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
+def pin_engine_apart() -> str:
+    """The reference cluster's layout on this machine: the engine (vLLM's engine core and
+    worker) alone on one core, everything else of the arm (the OpenAI server with the
+    gateway inside, the ledger, Ray, Serve's actors, this load client) on the others.
+    The engine keeps the core vLLM bound its worker to, if it did. Returns what was done."""
+    tree = _tree(os.getpid())
+    names = {pid: name for pid, name, _, _ in _processes() if pid in tree}
+    engine = [pid for pid, name in names.items() if name.startswith("VLLM::")]
+    if not engine:
+        return "no engine process found; nothing pinned"
+    bound = set()
+    for pid in engine:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                cpus = os.sched_getaffinity(int(tid))
+            except OSError:
+                continue
+            if len(cpus) == 1:
+                bound |= cpus
+    core = min(bound) if len(bound) == 1 else (os.cpu_count() or 1) - 1
+    rest = set(range(os.cpu_count() or 1)) - {core}
+    for pid in tree:
+        _set_affinity(pid, {core} if pid in engine else rest)
+    return f"engine ({len(engine)} processes) alone on CPU {core}; {len(tree) - len(engine)} others on {sorted(rest)}"
 
 
 FOREIGN_OK = 0.15  # loads during which other processes took more than this share of a core are set aside
@@ -265,12 +324,19 @@ def engine_niceness() -> str:
     return ",".join(map(str, nice)) or "?"
 
 
+PIN_ENGINE = False  # --pin-engine
+
+
 def measure(arm: str, base_url: str, model: str, key: str | None, out: dict, repeats: int) -> int:
     """Timed loads at each concurrency; returns the number of requests sent (warm-ups included)."""
     print(f"  {arm}: engine core and worker at niceness {engine_niceness()}", flush=True)
+    if PIN_ENGINE:
+        print(f"  {arm}: {pin_engine_apart()}", flush=True)
     sent = 0
     for c in CONCURRENCY:
         for _ in range(repeats):
+            if PIN_ENGINE:
+                pin_engine_apart()  # processes started since (the ledger child, Ray workers) too
             wait_quiet()
             r = asyncio.run(load(base_url, model, key, c))
             sent += r["requests"]
@@ -353,7 +419,14 @@ def arm_ray_serve_llm(model_dir: Path, home: Path, out: dict, repeats: int) -> N
         ray.shutdown()
 
 
-def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement: str = "embedded") -> None:
+def arm_sekisho(
+    model_dir: Path,
+    home: Path,
+    out: dict,
+    repeats: int,
+    placement: str = "embedded",
+    routing: str = "affinity",
+) -> None:
     import ray
     from ray import serve
 
@@ -366,10 +439,12 @@ def arm_sekisho(model_dir: Path, home: Path, out: dict, repeats: int, placement:
     cfg = ServeAppConfig(
         name="bench",
         port=port,
-        gateway={"placement": placement},
+        gateway={"placement": placement, "routing": {"by": routing}},
         models=[ModelSpec(name="tiny-base", source=str(model_dir), engine=ENGINE)],
     )
     arm = "c:sekisho-gateway" if placement == "embedded" else "d:gateway-separate"
+    if routing == "connection":
+        arm = "e:sekisho-unrouted"
     base_url = deploy(resolve_app(cfg, home / "cache"))
     key = KeyStore().create(f"bench-{time.time_ns()}", ["tiny-base"])
     audit = AuditLog("bench")
@@ -399,9 +474,18 @@ def main() -> int:
         "--arms",
         default="abc",
         help="a bare vLLM, b ray.serve.llm, c Sekisho (embedded "
-        "gateway), d Sekisho with the gateway as a separate deployment",
+        "gateway), d Sekisho with the gateway as a separate deployment, e Sekisho without "
+        "per-request routing (gateway.routing.by: connection)",
+    )
+    p.add_argument(
+        "--pin-engine",
+        action="store_true",
+        help="give the engine a core of its own and everything else the other cores, in every arm "
+        "(the reference cluster's layout: an H100 node has cores to spare beside its engines)",
     )
     args = p.parse_args()
+    global PIN_ENGINE
+    PIN_ENGINE = args.pin_engine
     home = Path(tempfile.mkdtemp(prefix="sekisho-bench-"))
     os.environ["SEKISHO_HOME"] = str(home)
     from data import read_chat_jsonl
@@ -427,6 +511,8 @@ def main() -> int:
             arm_sekisho(model_dir, home, out, args.repeats)
         if "d" in args.arms:  # for comparison: the gateway as its own deployment (one more hop)
             arm_sekisho(model_dir, home, out, args.repeats, placement="separate")
+        if "e" in args.arms:  # what per-request routing costs on one replica: the kernel's spreading instead
+            arm_sekisho(model_dir, home, out, args.repeats, routing="connection")
     # Medians over the loads no other process disturbed (all of them if none was quiet).
     quiet = {k: [r for r in rs if r["foreign"] <= FOREIGN_OK] or rs for k, rs in out.items()}
     med = {
@@ -455,6 +541,9 @@ def main() -> int:
             line += f"; the admission's commit took {cc['admit_ms']:.2f} ms, beside the prefill"
             if b:
                 line += f"; (c)/(b) tokens/s {cc['tok_s'] / b['tok_s']:.2f}"
+            e = med.get(("e:sekisho-unrouted", c))
+            if e:
+                line += f"; (c)/(e) tokens/s {cc['tok_s'] / e['tok_s']:.2f} (what routing costs)"
             print(line)
     if not ratios:
         print(f"result: gateway_vs_bare_vllm=nan target=>={TARGET} fail")
