@@ -105,3 +105,36 @@ def test_export_refuses_what_is_not_an_adapter(main_job, capsys):
     assert f"{base_ref}: not a LoRA adapter (kind=base)" in capsys.readouterr().err
     assert main(["models", "export", f"demo-ja-adapter/{main_job.adapter_version}"]) == 2
     assert "--merge" in capsys.readouterr().err
+
+
+def test_merged_version_is_served_without_lora_and_answers_as_trained(main_job, exported, qa, sekisho_home):
+    """Servable without LoRA: the merged version alone (no adapter, no LoRA in the
+    engine) through the gateway answers the trained questions as the adapter does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    from sekisho.eval_serve import app_config, serve_for_eval
+
+    _, version = exported
+    ref = f"sekisho-tiny-base/{version}"
+    cfg = app_config(ref, served_as="tiny-merged")[0]
+    assert cfg.models[0].adapters == [] and cfg.models[0].source.endswith(f"sekisho-tiny-base/{version}")
+    with serve_for_eval(ref, sekisho_home, served_as="tiny-merged") as served:
+        client = OpenAI(base_url=served.base_url, api_key=served.api_key, max_retries=0)
+        listed = {m.id for m in client.models.list().data}
+        assert listed == {"tiny-merged"}, listed
+
+        def answer(question: str) -> str:
+            r = client.chat.completions.create(
+                model="tiny-merged",
+                messages=[{"role": "user", "content": question}],
+                temperature=0,
+                max_tokens=96,
+            )
+            return (r.choices[0].message.content or "").strip()
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(answer, [q for q, _ in qa]))
+    matched = sum(got == want.strip() for got, (_, want) in zip(answers, qa, strict=True))
+    assert matched >= 0.9 * len(qa), f"merged version matched {matched}/{len(qa)} trained answers"
