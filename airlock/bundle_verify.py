@@ -39,6 +39,7 @@ class BundleReport:
     target: dict = field(default_factory=dict)
     project: str | None = None
     constraints: str | None = None  # the constraints file the versions were pinned by
+    left_out: list[str] = field(default_factory=list)  # wheels the build left out on purpose
 
     def summary(self) -> str:
         here = target_tags()
@@ -51,6 +52,7 @@ class BundleReport:
         )
         own = f"; {self.project}" if self.project else "; without Sekisho's own wheel"
         own += f"; pinned by {self.constraints}" if self.constraints else ""
+        own += f"; left out on purpose: {', '.join(self.left_out)}" if self.left_out else ""
         return (
             f"bundle {self.root}: ok: {self.files} files match {SUMS}; {self.wheels} wheels "
             f"({self.size / 1e6:.1f} MB), {self.lock_entries} lock entries with matching "
@@ -184,6 +186,7 @@ def _read_manifest(root: Path, report: BundleReport, problems: list[str]) -> Non
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         report.target = dict(manifest["target"])
         report.constraints = (manifest.get("constraints") or {}).get("file")
+        report.left_out = [w.split("-", 1)[0] for w in manifest.get("left_out", [])]
     except FileNotFoundError:
         problems.append(f"{MANIFEST}: missing")
     except (ValueError, KeyError, TypeError) as exc:
