@@ -125,20 +125,26 @@ def _processes():
         )
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """CPU ticks used so far by this benchmark's process tree (the client and the
-    arm's servers) and by everything else on the machine."""
-    procs = {pid: (ppid, ticks) for pid, _, ppid, ticks in _processes()}
-    ours, frontier = {os.getpid()}, [os.getpid()]
+def _tree(root: int, procs: list[tuple[int, str, int, int]]) -> set[int]:
+    """`root` and every process below it, among `procs` (from _processes)."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
+    for pid, _, ppid, _ in procs:
         children.setdefault(ppid, []).append(pid)
+    ours, frontier = {root}, [root]
     while frontier:
         for child in children.get(frontier.pop(), []):
             if child not in ours:
                 ours.add(child)
                 frontier.append(child)
-    mine = sum(t for pid, (_, t) in procs.items() if pid in ours)
+    return ours
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """CPU ticks used so far by this benchmark's process tree (the client and the
+    arm's servers) and by everything else on the machine."""
+    procs = list(_processes())
+    ours = _tree(os.getpid(), procs)
+    mine = sum(ticks for pid, _, _, ticks in procs if pid in ours)
     with open("/proc/stat") as f:  # the whole machine's busy time, processes that exited meanwhile included
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
     return mine, user + nice + system + irq + softirq + steal - mine
@@ -173,20 +179,6 @@ def cpu_by_role() -> dict[str, int]:
     return out
 
 
-def _tree(root: int) -> set[int]:
-    """`root` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for pid, _, ppid, _ in _processes():
-        children.setdefault(ppid, []).append(pid)
-    ours, frontier = {root}, [root]
-    while frontier:
-        for child in children.get(frontier.pop(), []):
-            if child not in ours:
-                ours.add(child)
-                frontier.append(child)
-    return ours
-
-
 def _set_affinity(pid: int, cpus: set[int]) -> None:
     """Every thread of `pid` onto `cpus` (new threads inherit it from their creator)."""
     try:
@@ -205,8 +197,9 @@ def pin_engine_apart() -> str:
     worker) alone on one core, everything else of the arm (the OpenAI server with the
     gateway inside, the ledger, Ray, Serve's actors, this load client) on the others.
     The engine keeps the core vLLM bound its worker to, if it did. Returns what was done."""
-    tree = _tree(os.getpid())
-    names = {pid: name for pid, name, _, _ in _processes() if pid in tree}
+    procs = list(_processes())
+    tree = _tree(os.getpid(), procs)
+    names = {pid: name for pid, name, _, _ in procs if pid in tree}
     engine = [pid for pid, name in names.items() if name.startswith("VLLM::")]
     if not engine:
         return "no engine process found; nothing pinned"
