@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from serve.gateway.anchors import Anchor, parse_target, scan_anchors, write_anchor
 from serve.gateway.db import audit_admitted, audit_head, audit_records, connect, reading
@@ -80,6 +80,7 @@ class AuditLog:
         self.chain, self.engine = chain, connect(url)
         self.reader = reading(self.engine)
         self._head_made = False
+        self._statements: _Statements | None = None
 
     def _make_head(self) -> None:
         """Create the chain's head the first time this log writes (readers never do)."""
@@ -110,69 +111,82 @@ class AuditLog:
         request_id) and append `completed` records to the chain, in order, removing
         their admitted rows. Returns the completed records' sequence numbers.
 
+        The ledger's hot path: its statements go to the driver's own connection
+        (one pooled, with the dialect's pragmas), not through SQLAlchemy's
+        statement compiler, which cost 4/5 of a commit's CPU (0.72 ms against
+        0.13 ms for one admission on SQLite).
+
         Args:
             before: a wall time: if the write lock comes later, write nothing (its
                 callers have given up and answered 503).
 
         Raises:
-            sqlalchemy.exc.SQLAlchemyError: nothing of it was written.
+            sqlalchemy.exc.DBAPIError (OperationalError for the database itself:
+                locked, full, unreachable): nothing of it was written.
             TimeoutError: the lock came after `before`; nothing was written.
         """
         self._make_head()
         bodies = [canonical(r) for r in completed]
-        rows, seqs = [], []
-        with self.engine.begin() as conn:
-            # Lock the head first (row lock on PostgreSQL; SQLite holds the write lock).
-            conn.execute(
-                update(audit_head).where(audit_head.c.chain == self.chain).values(seq=audit_head.c.seq)
-            )
-            seq, prev = conn.execute(
-                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.chain == self.chain)
-            ).one()
+        sql = self._sql
+        raw = self.engine.raw_connection()
+        statement, seqs = "BEGIN", []
+        try:
+            cur = raw.cursor()
+            if sql.begin:  # SQLite: take the write lock now (autocommit driver, see db.connect)
+                cur.execute(sql.begin)
+            if completed:
+                # Lock the head first (row lock on PostgreSQL; SQLite holds the write lock).
+                statement = sql.lock_head
+                cur.execute(statement, (self.chain,))
+                statement = sql.head
+                cur.execute(statement, (self.chain,))
+                seq, prev = cur.fetchone()
             if before is not None and time.time() > before:
                 raise TimeoutError("the chain's lock came after the callers gave up")
             if admitted:
-                conn.execute(
-                    insert(audit_admitted),
+                statement = sql.admit
+                cur.executemany(
+                    statement,
                     [
-                        {
-                            "chain": self.chain,
-                            "request_id": str(r["request_id"]),
-                            "ts": r.get("ts", time.time()),
-                            "record": canonical(r),
-                        }
+                        (self.chain, str(r["request_id"]), r.get("ts", time.time()), canonical(r))
                         for r in admitted
                     ],
                 )
-            if not completed:
-                return []
-            for record, body in zip(completed, bodies):
-                seq += 1
-                h = link_hash(seq, prev, body)
-                rows.append(
-                    {
-                        "chain": self.chain,
-                        "seq": seq,
-                        "ts": record.get("ts", time.time()),
-                        "record": body,
-                        "prev_hash": prev,
-                        "hash": h,
-                    }
-                )
-                seqs.append(seq)
-                prev = h
-            conn.execute(insert(audit_records), rows)
-            conn.execute(
-                update(audit_head).where(audit_head.c.chain == self.chain).values(seq=seq, hash=prev)
-            )
-            done = [str(r["request_id"]) for r in completed if r.get("request_id")]
-            if done:
-                conn.execute(
-                    delete(audit_admitted).where(
-                        audit_admitted.c.chain == self.chain, audit_admitted.c.request_id.in_(done)
-                    )
-                )
+            if completed:
+                rows = []
+                for record, body in zip(completed, bodies):
+                    seq += 1
+                    h = link_hash(seq, prev, body)
+                    rows.append((self.chain, seq, record.get("ts", time.time()), body, prev, h))
+                    seqs.append(seq)
+                    prev = h
+                statement = sql.append
+                cur.executemany(statement, rows)
+                statement = sql.move_head
+                cur.execute(statement, (seq, prev, self.chain))
+                done = [(self.chain, str(r["request_id"])) for r in completed if r.get("request_id")]
+                if done:
+                    statement = sql.close_admitted
+                    cur.executemany(statement, done)
+            statement = "COMMIT"
+            raw.commit()  # sqlite3 commits the transaction BEGIN opened, autocommit or not
+        except BaseException as exc:
+            _rollback(raw)
+            dbapi = self.engine.dialect.dbapi
+            if isinstance(exc, dbapi.Error):
+                if isinstance(exc, dbapi.OperationalError):
+                    raw.invalidate()  # e.g. the server went away: the pool opens a new one
+                raise DBAPIError.instance(statement, None, exc, dbapi.Error) from exc
+            raise
+        finally:
+            raw.close()  # back to the pool
         return seqs
+
+    @property
+    def _sql(self) -> _Statements:
+        if self._statements is None:
+            self._statements = _Statements.of(self.engine.dialect)
+        return self._statements
 
     def admitted(self) -> list[dict]:
         """Requests admitted whose completed record is not in the chain."""
@@ -277,6 +291,48 @@ class AuditLog:
                 f"the chain head says {head_seq} records but {n} remain: records after {n} were deleted",
             )
         return VerifyResult(True, n)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """AuditLog.write's statements in the driver's own parameter style."""
+
+    begin: str | None  # SQLite: BEGIN IMMEDIATE; PostgreSQL's driver begins by itself
+    lock_head: str
+    head: str
+    admit: str
+    append: str
+    move_head: str
+    close_admitted: str
+
+    @classmethod
+    def of(cls, dialect) -> _Statements:
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+
+        def sql(text: str) -> str:
+            return text.replace("?", mark)
+
+        head, records, admitted = audit_head.name, audit_records.name, audit_admitted.name
+        return cls(
+            begin="BEGIN IMMEDIATE" if dialect.name == "sqlite" else None,
+            lock_head=sql(f"UPDATE {head} SET seq = seq WHERE chain = ?"),
+            head=sql(f"SELECT seq, hash FROM {head} WHERE chain = ?"),
+            admit=sql(f"INSERT INTO {admitted} (chain, request_id, ts, record) VALUES (?, ?, ?, ?)"),
+            append=sql(
+                f"INSERT INTO {records} (chain, seq, ts, record, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            move_head=sql(f"UPDATE {head} SET seq = ?, hash = ? WHERE chain = ?"),
+            close_admitted=sql(f"DELETE FROM {admitted} WHERE chain = ? AND request_id = ?"),
+        )
+
+
+def _rollback(raw) -> None:
+    """Undo an open transaction of `raw` (a pooled DB-API connection; sqlite3 rolls
+    back what BEGIN opened, autocommit or not); one that is gone has nothing to undo."""
+    try:
+        raw.rollback()
+    except Exception:
+        pass
 
 
 def _when(anchor: Anchor) -> str:

@@ -101,7 +101,7 @@ class Forwarder:
         self.recorder.open(ctx)
         # Fail closed: committed while the engine starts on the request; the relay waits
         # for it before the answer's first byte (a 503 instead if it cannot be recorded).
-        self.recorder.admit_early(ctx)
+        await self.recorder.admit_early(ctx)
         hashes = self.router.hashes(ctx)
         deadline = time.monotonic() + NO_REPLICA_WAIT_S
         unreachable: list[str] = []

@@ -13,7 +13,6 @@ status line, and `finish` before the completed record."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 
@@ -53,25 +52,34 @@ class Recorder:
         if self.record_text:
             ctx.record["request_body"] = ctx.body.decode("utf-8", "replace")
 
-    async def _admit(self, ctx: RequestContext) -> None:
-        """Durably record the opened request as admitted (run by `admit_early`)."""
-        start = time.perf_counter()
-        await self.ledger.admitted({**ctx.record, "ts": time.time(), "admitted": True})
-        self.metrics.audit_admit.observe(time.perf_counter() - start)
-
-    def admit_early(self, ctx: RequestContext) -> None:
-        """Start committing the opened request as admitted and return at once; the
+    async def admit_early(self, ctx: RequestContext) -> None:
+        """Send the opened request's admission to the ledger and return at once; the
         engine may start on it, but nothing goes to the client before `admitted`."""
-        ctx.admission = asyncio.ensure_future(self._admit(ctx))
+        sent = time.perf_counter()
+        admission = await self.ledger.send(
+            "admitted", record={**ctx.record, "ts": time.time(), "admitted": True}
+        )
+
+        def committed(fut) -> None:  # also marks a failure as seen where no one waits any more
+            if not fut.cancelled() and fut.exception() is None:
+                self.metrics.audit_admit.observe(time.perf_counter() - sent)
+
+        admission.add_done_callback(committed)
+        ctx.admission = admission
 
     async def admitted(self, ctx: RequestContext) -> None:
-        """Wait for the admission `admit_early` started (at once if none is pending).
+        """Wait for the admission `admit_early` sent (at once if none is pending).
+
+        The request's own task is the only one that waits for it. If that task is
+        cancelled (the client left), only its wait ends: the ledger still commits
+        the admission, before the completed record that follows it.
 
         Raises:
             LedgerError: it could not be recorded (send that 503, not the answer).
         """
-        if ctx.admission is not None:
-            await asyncio.shield(ctx.admission)  # a client leaving does not cancel the commit
+        admission = ctx.admission
+        if admission is not None and not admission.cancelled():
+            await admission
 
     def served_by(self, ctx: RequestContext, version: str | None, sha256: str | None) -> None:
         """The replica about to answer serves this version (else the route's)."""

@@ -103,6 +103,45 @@ def test_ledger_group_commits_each_record_once_in_order(db_url):
     assert all(by_seq[s]["i"] == i for i, s in enumerate(seqs))
 
 
+def test_admissions_close_when_their_records_complete_even_if_no_one_waits(db_url):
+    """An admission whose waiter was cancelled (the client left) is still committed,
+    before the completed record sent after it, which closes it; a record the
+    database refuses fails alone (its group's others are written) on both databases."""
+    import asyncio
+
+    from serve.gateway.ledger import Ledger, LedgerError
+
+    log = AuditLog("admit", db_url)
+
+    async def run():
+        ledger = Ledger(db_url, "admit")
+        try:
+            waits = []
+            for i in range(40):
+                admission = await ledger.send("admitted", record={"request_id": f"r{i}", "ts": time.time()})
+                waits.append(asyncio.ensure_future(asyncio.wait_for(admission, 30)))
+            for w in waits[::2]:
+                w.cancel()  # half the clients leave before their admission is confirmed
+            await asyncio.gather(*waits[1::2])
+            twice = {"request_id": "r21", "ts": time.time()}  # admitted already: the database refuses it
+            done = await asyncio.gather(
+                *(ledger.audit({"request_id": f"r{i}", "ts": time.time(), "status": 200}) for i in range(20)),
+                ledger.admitted(twice),
+                return_exceptions=True,
+            )
+            return done
+        finally:
+            await ledger.close()
+
+    done = asyncio.run(run())
+    assert all(isinstance(seq, int) for seq in done[:20])
+    assert isinstance(done[20], LedgerError)
+    open_ids = sorted(r["request_id"] for r in log.admitted())
+    assert open_ids == sorted(f"r{i}" for i in range(20, 40))  # the completed 20 closed theirs
+    result = log.verify()
+    assert result.ok and result.records == 20 and result.open_admissions == 20
+
+
 def test_ledger_counts_quotas_and_starts_again_after_its_process_dies(db_url):
     import asyncio
 
@@ -122,9 +161,9 @@ def test_ledger_counts_quotas_and_starts_again_after_its_process_dies(db_url):
                 await ledger.call("nonsense")
             ledger.proc.kill()
             deadline = time.monotonic() + 30
-            while ledger.writer is not None and time.monotonic() < deadline:
+            while ledger.replies is not None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert ledger.writer is None  # the gateway noticed; the next call starts a new process
+            assert ledger.replies is None  # the gateway noticed; the next call starts a new process
             assert await ledger.audit({"n": 2, "ts": time.time()}) == 2
         finally:
             await ledger.close()
