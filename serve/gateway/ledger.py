@@ -100,6 +100,7 @@ class Ledger:
         self.replies: _Replies | None = None  # while the child answers
         self.pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self.ids = itertools.count(1)
+        self._outbox: list[bytes] = []  # messages waiting for this pass's write (see _flush)
         self._starting: asyncio.Lock | None = None
 
     async def start(self) -> None:
@@ -162,7 +163,7 @@ class Ledger:
         lost = self.replies is replies
         if lost:
             self.replies = None
-        pending, self.pending = self.pending, {}
+        pending, self.pending, self._outbox = self.pending, {}, []
         for fut, timer in pending.values():
             timer.cancel()
             if not fut.done():
@@ -201,8 +202,19 @@ class Ledger:
             fut.set_exception(LedgerError("the gateway's audit/quota process is gone"))
             return fut
         self.pending[rid] = (fut, loop.call_later(self.timeout_s, self._expire, rid))
-        transport.write(json.dumps({"id": rid, "op": op, "deadline": deadline, **args}).encode() + b"\n")
+        if not self._outbox:  # the messages of one pass of the loop go in one write
+            loop.call_soon(self._flush)
+        self._outbox.append(json.dumps({"id": rid, "op": op, "deadline": deadline, **args}).encode())
         return fut
+
+    def _flush(self) -> None:
+        """Write the messages sent since the last flush: one system call and one
+        wake-up of the child for all the requests that reached it in one pass."""
+        outbox, self._outbox = self._outbox, []
+        replies = self.replies
+        # A child gone meanwhile: their waiters learn it from _gone (or their timer).
+        if outbox and replies is not None and not replies.transport.is_closing():
+            replies.transport.write(b"\n".join(outbox) + b"\n")
 
     async def call(self, op: str, **args) -> dict:
         """Send one message and wait (at most timeout_s) for its reply.
