@@ -80,7 +80,7 @@ class AuditLog:
         self.chain, self.engine = chain, connect(url)
         self.reader = reading(self.engine)
         self._head_made = False
-        self._statements: _Statements | None = None
+        self._sql = _Statements.of(self.engine.dialect)  # write's statements, for this database
 
     def _make_head(self) -> None:
         """Create the chain's head the first time this log writes (readers never do)."""
@@ -181,12 +181,6 @@ class AuditLog:
         finally:
             raw.close()  # back to the pool
         return seqs
-
-    @property
-    def _sql(self) -> _Statements:
-        if self._statements is None:
-            self._statements = _Statements.of(self.engine.dialect)
-        return self._statements
 
     def admitted(self) -> list[dict]:
         """Requests admitted whose completed record is not in the chain."""

@@ -77,7 +77,7 @@ class _Replies(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        *lines, self.buf = (self.buf + data).split(b"\n") if self.buf else data.split(b"\n")
+        *lines, self.buf = (self.buf + data).split(b"\n")
         for line in lines:
             if not self.ready.done():
                 self.ready.set_result(line + b"\n")
@@ -197,10 +197,7 @@ class Ledger:
         rid = next(self.ids)
         fut = loop.create_future()
         deadline = time.time() + self.timeout_s  # the child drops what its caller gave up on
-        transport = self.replies.transport
-        if transport.is_closing():
-            fut.set_exception(LedgerError("the gateway's audit/quota process is gone"))
-            return fut
+        # A child that goes away before _flush writes this fails it through _gone.
         self.pending[rid] = (fut, loop.call_later(self.timeout_s, self._expire, rid))
         if not self._outbox:  # the messages of one pass of the loop go in one write
             loop.call_soon(self._flush)
