@@ -64,6 +64,13 @@ class VLLMEngine:
         if mlflow_uri:
             os.environ["SEKISHO_MLFLOW_URI"] = mlflow_uri
         self.app, self.served_name, self.engine_key = app, served_name, engine_key
+        import httpx
+
+        # One client for every call to this replica's engine (health every 10 s, load
+        # on each autoscaling poll): httpx.get built a client, with a TLS context
+        # loaded from the CA bundle, per call. No keep-alive: the engine's server
+        # closes idle connections after 5 s.
+        self.http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
         self.lora_slots = engine.get("max_cpu_loras") or engine["max_loras"]
         if engine.get("enable_prefix_caching") is None and engine.get("task", "generate") == "generate":
             # The gateways route prompts to the replica that holds their prefix (serve.gateway.router).
@@ -213,9 +220,8 @@ class VLLMEngine:
         return {"Authorization": f"Bearer {self.engine_key}"}
 
     def load_adapter(self, name: str, path: str) -> None:
-        import httpx
 
-        r = httpx.post(
+        r = self.http.post(
             f"{self.url()}/v1/load_lora_adapter",
             json={"lora_name": name, "lora_path": path},
             headers=self._auth(),
@@ -225,9 +231,8 @@ class VLLMEngine:
             raise RuntimeError(f"vLLM refused to load adapter {name} from {path}: {r.status_code} {r.text}")
 
     def unload_adapter(self, name: str) -> None:
-        import httpx
 
-        httpx.post(
+        self.http.post(
             f"{self.url()}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._auth(), timeout=60
         )
 
@@ -250,7 +255,7 @@ class VLLMEngine:
                     f"last log lines:\n{self.log_tail()}"
                 )
             try:
-                if httpx.get(f"{self.url()}/health", timeout=2).status_code == 200:
+                if self.http.get(f"{self.url()}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -279,21 +284,19 @@ class VLLMEngine:
         """vLLM's running + waiting requests: from its gauges in-process where the
         engine was started for autoscaling (serve.autoscaling.EngineLoadEndpoint),
         else from its /metrics."""
-        import httpx
 
         from serve.autoscaling import LOAD_PATH, parse_load
 
         if self.load_endpoint:
-            r = httpx.get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
+            r = self.http.get(f"{self.url()}{LOAD_PATH}", headers=self._auth(), timeout=5)
             r.raise_for_status()
             return float(r.json()["load"])
         return parse_load(self._metrics_text())
 
     def _metrics_text(self, timeout_s: float = 5) -> str:
         """vLLM's Prometheus text (/metrics), with the engine key."""
-        import httpx
 
-        r = httpx.get(f"{self.url()}/metrics", headers=self._auth(), timeout=timeout_s)
+        r = self.http.get(f"{self.url()}/metrics", headers=self._auth(), timeout=timeout_s)
         r.raise_for_status()
         return r.text
 
@@ -319,11 +322,10 @@ class VLLMEngine:
 
     def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and Serve replaces it."""
-        import httpx
 
         if self.proc.poll() is not None:
             raise RuntimeError(f"vLLM exited with status {self.proc.returncode}:\n{self.log_tail()}")
-        httpx.get(f"{self.url()}/health", timeout=5).raise_for_status()
+        self.http.get(f"{self.url()}/health", timeout=5).raise_for_status()
         self.publish()
 
     def shutdown(self) -> None:
@@ -366,6 +368,8 @@ class VLLMEngine:
 
             stop_stages(self.stages)
             self.stages = []
+        if getattr(self, "http", None) is not None:
+            self.http.close()
 
     def _peers(self) -> tuple[bool, bool]:
         """After this replica withdrew: is another replica of the app still routed
