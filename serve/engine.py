@@ -20,7 +20,7 @@ from pathlib import Path
 from foundation import offline
 from foundation.net import free_port
 from serve.engine_guard import ADAPTER_CACHE_ENV
-from serve.vllm_process import engine_env, engine_log_path, engine_preexec, take_niceness, vllm_command
+from serve.vllm_process import engine_child_env, engine_env, engine_log_path, take_niceness, vllm_command
 
 ROUTES_REFRESH_S = 1.0
 # Leaving (scale-down, roll, delete): after the replica withdraws from the route
@@ -134,10 +134,9 @@ class VLLMEngine:
             env["VLLM_HOST_IP"] = self.host  # where the other stages reach this one
         self.proc = subprocess.Popen(
             cmd,
-            env=env,
+            env={**env, **engine_child_env(engine["niceness"])},
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
-            preexec_fn=engine_preexec(engine["niceness"]),
         )
         self._check_niceness(engine["niceness"])
         self._wait_healthy(engine["startup_timeout_s"])

@@ -71,17 +71,16 @@ class PipelineStage:
         import ray.util
 
         from foundation import offline
-        from serve.vllm_process import engine_preexec
+        from serve.vllm_process import engine_child_env
 
         self.node_ip = ray.util.get_node_ip_address()
         offline.apply(self.node_ip)  # vLLM on this node reports this node's address
         self.log_path = Path(tempfile.mkstemp(prefix="sekisho-vllm-stage-", suffix=".log")[1])
         self.proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **env},
+            env={**os.environ, **env, **engine_child_env(int(env.get("SEKISHO_STAGE_NICENESS", "0")))},
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
-            preexec_fn=engine_preexec(int(env.get("SEKISHO_STAGE_NICENESS", "0"))),
         )
 
     def where(self) -> dict:
@@ -150,6 +149,9 @@ def stop_stages(handles: list) -> None:
 
 def main() -> None:  # pragma: no cover - runs as the stage's process
     """Run one headless stage: vLLM's own `serve --headless` path on this node."""
+    from serve.vllm_main import adopt_engine_settings
+
+    adopt_engine_settings()
     from vllm.entrypoints.cli.serve import run_headless
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup

@@ -15,11 +15,39 @@ engine_env sets only for that case). Everything else is vLLM's own code path.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import runpy
+import signal
+import sys
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 START_ENV = "SEKISHO_ENGINE_CORE_START"
+# Set by serve.vllm_process.engine_child_env: the replica's pid, the engine's niceness.
+PARENT_ENV, NICENESS_ENV = "SEKISHO_ENGINE_PARENT", "SEKISHO_ENGINE_NICENESS"
+
+
+def take_niceness(niceness: int) -> None:
+    """Run the calling thread (and what it starts from now on) at `niceness`; where
+    lowering it is not allowed, keep the current one (the replica warns)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except OSError:
+        pass
+
+
+def adopt_engine_settings() -> None:
+    """Die with the replica, even if it is SIGKILLed (Linux prctl PR_SET_PDEATHSIG),
+    and take the engine's niceness (its children inherit it), as the replica set
+    them in the environment; a process started otherwise keeps its own."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None:
+        return
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the replica died before the line above
+        sys.exit(1)
+    take_niceness(int(os.environ.pop(NICENESS_ENV, "0")))
 
 
 def _fork_the_engine_core() -> None:
@@ -36,6 +64,7 @@ def _fork_the_engine_core() -> None:
 
 
 def main() -> None:
+    adopt_engine_settings()
     if os.environ.get(START_ENV) == "fork":
         _fork_the_engine_core()
     runpy.run_module(SERVER_MODULE, run_name="__main__", alter_sys=True)

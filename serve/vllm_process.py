@@ -1,5 +1,5 @@
 """vLLM's OpenAI server as a process of an engine replica: its command line,
-what runs in the process before vLLM (die with the replica, take the engine's
+what the process does before vLLM (die with the replica, take the engine's
 niceness), where its log goes and what phase of its start the log shows.
 
 Each engine's log is `logs/serve/APP/MODEL--REPLICA.log` in the Sekisho home
@@ -8,43 +8,24 @@ place); `sekisho serve up` follows the phases, `sekisho serve logs` prints them.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 from serve.reasoning_parsers import resolve_reasoning_parser
 from serve.tool_parsers import resolve_tool_call_parser
-from serve.vllm_main import START_ENV
+from serve.vllm_main import NICENESS_ENV, PARENT_ENV, START_ENV, take_niceness  # noqa: F401 (re-exported)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Kill the engine if the replica process dies, even by SIGKILL (Linux prctl)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def take_niceness(niceness: int) -> None:
-    """Run the calling thread (and what it starts from now on) at `niceness`; where
-    lowering it is not allowed, keep the current one (the replica warns)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    except OSError:
-        pass
-
-
-def engine_preexec(niceness: int):
-    """What runs in the engine's process before vLLM: die with the replica, and
-    take the engine's own scheduling priority (its children inherit it)."""
-
-    def setup() -> None:  # pragma: no cover - runs in the child
-        _die_with_parent()
-        take_niceness(niceness)
-
-    return setup
+def engine_child_env(niceness: int) -> dict[str, str]:
+    """What an engine's process needs in its environment to take its settings itself
+    (serve.vllm_main.adopt_engine_settings, first thing after exec). No Python runs between fork
+    and exec (no `preexec_fn`): in a Ray worker's forked child it ran beside gRPC's
+    fork handlers, and once a new engine aborted there ("epoll_wait error: Bad file
+    descriptor") before vLLM started."""
+    return {PARENT_ENV: str(os.getpid()), NICENESS_ENV: str(niceness)}
 
 
 LAUNCHER = "serve.vllm_main"  # vLLM's OpenAI server, its engine core started as engine_env says

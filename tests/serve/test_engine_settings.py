@@ -364,3 +364,51 @@ def test_a_one_worker_cpu_engine_runs_its_worker_in_the_engine_core_a_parallel_o
     }
     for split in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}):
         assert engine_env({**one, **split}) == {"VLLM_CPU_KVCACHE_SPACE": "3"}
+
+
+def test_an_engine_process_takes_its_niceness_and_dies_with_its_replica(tmp_path):
+    """The settings an engine's process takes itself after exec (no Python between
+    fork and exec): the replica's niceness, and death with the replica even when the
+    replica is SIGKILLed."""
+    import signal
+    import sys
+
+    engine = (
+        "from serve.vllm_main import adopt_engine_settings; adopt_engine_settings(); "
+        "import os, time; print(os.getpriority(os.PRIO_PROCESS, 0), flush=True); time.sleep(120)"
+    )
+    replica = (
+        "import os, subprocess, sys, time\n"
+        "from serve.vllm_process import engine_child_env\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {engine!r}], env={{**os.environ, **engine_child_env(7)}},"
+        f" stdout=open({str(tmp_path / 'engine.out')!r}, 'w'))\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", replica],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    engine_pid = int(proc.stdout.readline())
+    out = tmp_path / "engine.out"
+    deadline = time.monotonic() + 60
+    while not out.read_text().strip():
+        assert time.monotonic() < deadline, "the engine process never started"
+        time.sleep(0.1)
+    assert int(out.read_text()) == 7  # the engine's niceness, taken in its own process
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{engine_pid}").exists() and "Z" not in _state(engine_pid):
+        assert time.monotonic() < deadline, "the engine outlived its replica"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
